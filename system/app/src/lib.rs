@@ -1,0 +1,203 @@
+//! The app server: stateless business logic.
+//!
+//! # Layout
+//! - [`AppServer`]: implements [`chat_proto::link::AppApi`]: validates requests, answers
+//!   REST and WebSocket operations from the store.
+//! - [`sequencer`]: one task per active conversation that batches concurrent sends into
+//!   one transaction, so `seq` stays gapless without making a hot group chat a conflict point.
+//! - [`routing`]: after a batch is durable, looks recipients up in the registry and hands
+//!   the messages to the connection servers.
+//! - [`errors`]: store and auth errors mapped to protocol errors, in one place.
+//!
+//! The server keeps no state that matters across restarts: everything durable is in the
+//! store, everything about connections is in the registry.
+
+pub mod errors;
+pub mod routing;
+pub mod sequencer;
+
+use chat_auth::{Passwords, Tokens};
+use chat_proto::limits::*;
+use chat_proto::link::{AppApi, Delivery, SendAck, SendRequest, SyncPage};
+use chat_proto::model::{now_ms, validate_password, validate_username};
+use chat_proto::rest::*;
+use chat_proto::{ApiError, ConvId, Seq};
+use chat_registry::Registry;
+use chat_store::ChatStore;
+use errors::store_error;
+use futures::future::BoxFuture;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Tunables of an app server. Every queue and batch is bounded.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// Sends waiting per conversation before new ones are refused with `overloaded`.
+    pub conv_queue_len_max: usize,
+    /// Sends committed in one transaction of one conversation.
+    pub batch_messages_max: usize,
+    /// Conversations with a live sequencer task; sends to further ones answer `overloaded`.
+    pub convs_active_max: usize,
+    /// A conversation's sequencer task exits after this long without sends.
+    pub sequencer_idle_timeout: Duration,
+    /// Registry lookups for delivery give up after this long (the message is durable; clients sync).
+    pub registry_timeout: Duration,
+}
+
+impl Default for AppConfig {
+    fn default() -> Self {
+        AppConfig {
+            conv_queue_len_max: 1024,
+            batch_messages_max: 128,
+            convs_active_max: 100_000,
+            sequencer_idle_timeout: Duration::from_secs(30),
+            registry_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+pub struct AppServer {
+    store: ChatStore,
+    passwords: Passwords,
+    tokens: Tokens,
+    sequencers: sequencer::Sequencers,
+}
+
+impl AppServer {
+    pub fn new(
+        store: ChatStore,
+        registry: Arc<dyn Registry>,
+        delivery: Arc<dyn Delivery>,
+        passwords: Passwords,
+        tokens: Tokens,
+        config: AppConfig,
+    ) -> Arc<AppServer> {
+        let router = routing::Router::new(registry, delivery, config.registry_timeout);
+        Arc::new(AppServer {
+            sequencers: sequencer::Sequencers::new(store.clone(), router, config),
+            store,
+            passwords,
+            tokens,
+        })
+    }
+
+    pub fn store(&self) -> &ChatStore {
+        &self.store
+    }
+}
+
+/// Argon2 takes tens of milliseconds of CPU: keep it off the async worker threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(format!("worker failed: {e}")))
+}
+
+#[async_trait::async_trait]
+impl AppApi for AppServer {
+    async fn register(&self, credentials: Credentials) -> Result<UserCreated, ApiError> {
+        validate_username(&credentials.username)?;
+        validate_password(&credentials.password)?;
+        let passwords = self.passwords.clone();
+        let password = credentials.password;
+        let hash = blocking(move || passwords.hash(&password))
+            .await?
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        self.store.create_user(&credentials.username, &hash, now_ms()).await.map_err(store_error)?;
+        tracing::info!(user = %credentials.username, "registered");
+        Ok(UserCreated { username: credentials.username })
+    }
+
+    async fn login(&self, credentials: Credentials) -> Result<Session, ApiError> {
+        let invalid = || ApiError::new(chat_proto::ErrorCode::InvalidCredentials, "wrong username or password");
+        // Malformed usernames cannot exist; answer them like unknown ones, without a store read.
+        let stored = if validate_username(&credentials.username).is_ok() {
+            self.store.get_user(&credentials.username).await.map_err(store_error)?.map(|u| u.password_hash)
+        } else {
+            None
+        };
+        let passwords = self.passwords.clone();
+        let password = credentials.password;
+        let ok = blocking(move || passwords.verify(&password, stored.as_deref())).await?;
+        if !ok {
+            return Err(invalid());
+        }
+        let issued = self.tokens.issue(&credentials.username).map_err(|e| ApiError::internal(e.to_string()))?;
+        Ok(Session { token: issued.token, username: credentials.username, expires_at: issued.expires_at })
+    }
+
+    async fn create_conversation(&self, caller: &str, request: CreateConversation) -> Result<(ConversationView, bool), ApiError> {
+        if request.members.is_empty() {
+            return Err(ApiError::bad_request("`members` must name at least one other user"));
+        }
+        // The caller is added by the store; count distinct others plus the caller.
+        let mut others: Vec<String> = request.members.into_iter().filter(|m| m != caller).collect();
+        others.sort();
+        others.dedup();
+        for member in &others {
+            validate_username(member).map_err(|_| ApiError::bad_request(format!("`{member}` is not a valid username")))?;
+        }
+        if others.is_empty() {
+            return Err(ApiError::bad_request("`members` must name at least one other user"));
+        }
+        if others.len() + 1 > CONV_MEMBERS_MAX {
+            return Err(ApiError::bad_request(format!("a conversation has at most {CONV_MEMBERS_MAX} members")));
+        }
+        if let Some(title) = &request.title {
+            if title.is_empty() || title.len() > TITLE_BYTES_MAX {
+                return Err(ApiError::bad_request(format!("`title` must be 1-{TITLE_BYTES_MAX} bytes")));
+            }
+        }
+        let (conv, created) = self
+            .store
+            .create_conversation(caller, others, request.title, now_ms())
+            .await
+            .map_err(store_error)?;
+        if created {
+            tracing::info!(conv = conv.conv_id, kind = conv.kind.as_str(), members = conv.members.len(), "conversation created");
+        }
+        Ok((ConversationView::from(&conv), created))
+    }
+
+    async fn history(&self, caller: &str, conv: ConvId, query: HistoryQuery) -> Result<HistoryPage, ApiError> {
+        let limit = query.limit.unwrap_or(HISTORY_LIMIT_DEFAULT);
+        if !(1..=HISTORY_LIMIT_MAX).contains(&limit) {
+            return Err(ApiError::bad_request(format!("`limit` must be 1-{HISTORY_LIMIT_MAX}")));
+        }
+        let (messages, next_before) = self.store.history(caller, conv, query.before, limit).await.map_err(store_error)?;
+        Ok(HistoryPage { messages: messages.iter().map(MessageView::from).collect(), next_before })
+    }
+
+    async fn inbox(&self, caller: &str, query: InboxQuery) -> Result<Inbox, ApiError> {
+        let limit = query.limit.unwrap_or(INBOX_LIMIT_DEFAULT);
+        if !(1..=INBOX_LIMIT_MAX).contains(&limit) {
+            return Err(ApiError::bad_request(format!("`limit` must be 1-{INBOX_LIMIT_MAX}")));
+        }
+        let items = self.store.inbox(caller, limit).await.map_err(store_error)?;
+        let conversations = items
+            .into_iter()
+            .map(|item| InboxEntry {
+                conv_id: item.conv.conv_id,
+                kind: item.conv.kind,
+                members: item.conv.members,
+                title: item.conv.title,
+                last_seq: item.last_seq,
+                last_message: item.last_message.as_ref().map(MessageView::from),
+                unread: item.unread,
+            })
+            .collect();
+        Ok(Inbox { conversations })
+    }
+
+    fn send(&self, request: SendRequest) -> BoxFuture<'static, Result<SendAck, ApiError>> {
+        self.sequencers.submit(request)
+    }
+
+    async fn read(&self, user: &str, conv: ConvId, seq: Seq) -> Result<(), ApiError> {
+        self.store.mark_read(user, conv, seq).await.map_err(store_error)
+    }
+
+    async fn sync(&self, user: &str, conv: ConvId, after: Seq, limit: u32) -> Result<SyncPage, ApiError> {
+        let limit = limit.clamp(1, SYNC_PAGE_MESSAGES_MAX);
+        let (messages, last_seq) = self.store.messages_after(user, conv, after, limit).await.map_err(store_error)?;
+        Ok(SyncPage { messages, last_seq })
+    }
+}

@@ -1,0 +1,52 @@
+//! Delivery routing: from durable messages to the connections of their recipients.
+
+use chat_proto::ConnAddr;
+use chat_proto::Message;
+use chat_proto::link::{Delivery, Target};
+use chat_registry::Registry;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct Router {
+    registry: Arc<dyn Registry>,
+    delivery: Arc<dyn Delivery>,
+    registry_timeout: Duration,
+}
+
+impl Router {
+    pub fn new(registry: Arc<dyn Registry>, delivery: Arc<dyn Delivery>, registry_timeout: Duration) -> Router {
+        Router { registry, delivery, registry_timeout }
+    }
+
+    /// Delivers `messages` (one conversation, ascending `seq`) to every connection of
+    /// `members` except each message's origin. One registry lookup for the whole batch.
+    /// Failures only cost latency: the messages are durable and clients `sync`.
+    pub async fn route(&self, members: &[String], messages: &[(Arc<Message>, ConnAddr)]) {
+        let lookup = tokio::time::timeout(self.registry_timeout, self.registry.lookup(members)).await;
+        let connections = match lookup {
+            Ok(Ok(connections)) => connections,
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "registry lookup failed; recipients will sync");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!("registry lookup timed out; recipients will sync");
+                return;
+            }
+        };
+        let targets: Vec<Target> = members
+            .iter()
+            .zip(connections)
+            .flat_map(|(user, addrs)| addrs.into_iter().map(move |addr| Target { user: user.clone(), addr }))
+            .collect();
+        if targets.is_empty() {
+            return;
+        }
+        for (message, origin) in messages {
+            let these: Vec<Target> = targets.iter().filter(|t| t.addr != *origin).cloned().collect();
+            if !these.is_empty() {
+                self.delivery.deliver(&these, message.clone());
+            }
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Per-conversation send batching.
+//!
+//! Every send of a conversation goes through that conversation's queue, drained by one task
+//! that commits whatever has accumulated (up to `batch_messages_max`) in one transaction. So:
+//! - `seq` is assigned by one writer per conversation per app server: concurrent sends to a
+//!   hot group chat do not conflict with each other and retry, they share a commit;
+//! - sends submitted in order get increasing `seq`s (the queue is FIFO and submission is
+//!   synchronous, see [`chat_proto::link::AppApi::send`]);
+//! - delivery happens in `seq` order, because the same task routes each batch after its
+//!   commit and before it takes the next.
+//! Several app servers may still write one conversation (each with its own task); the
+//! store's optimistic concurrency keeps `seq` gapless then, at the cost of retries.
+
+use crate::AppConfig;
+use crate::errors::store_error;
+use crate::routing::Router;
+use chat_proto::link::{SendAck, SendRequest};
+use chat_proto::model::{is_valid_client_msg_id, now_ms};
+use chat_proto::{ApiError, ConvId, ErrorCode};
+use chat_store::{AppendError, ChatStore, NewMessage};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot};
+
+struct Pending {
+    request: SendRequest,
+    reply: oneshot::Sender<Result<SendAck, ApiError>>,
+}
+
+pub struct Sequencers {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    store: ChatStore,
+    router: Router,
+    config: AppConfig,
+    // A std Mutex: held only to look up or insert a queue, never across an await.
+    queues: Mutex<HashMap<ConvId, mpsc::Sender<Pending>>>,
+}
+
+impl Sequencers {
+    pub fn new(store: ChatStore, router: Router, config: AppConfig) -> Sequencers {
+        Sequencers { shared: Arc::new(Shared { store, router, config, queues: Mutex::new(HashMap::new()) }) }
+    }
+
+    /// Queues the send now; the returned future resolves once it is durable (or refused).
+    pub fn submit(&self, request: SendRequest) -> BoxFuture<'static, Result<SendAck, ApiError>> {
+        if let Err(err) = validate(&request) {
+            return futures::future::ready(Err(err)).boxed();
+        }
+        let (reply, answer) = oneshot::channel();
+        let conv = request.conv;
+        let queued = {
+            let mut queues = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
+            let active = queues.len();
+            match queues.get(&conv) {
+                Some(queue) => queue.try_send(Pending { request, reply }),
+                None if active >= self.shared.config.convs_active_max => {
+                    Err(mpsc::error::TrySendError::Full(Pending { request, reply }))
+                }
+                None => {
+                    let (queue, receiver) = mpsc::channel(self.shared.config.conv_queue_len_max);
+                    let result = queue.try_send(Pending { request, reply });
+                    queues.insert(conv, queue);
+                    tokio::spawn(run(self.shared.clone(), conv, receiver));
+                    result
+                }
+            }
+        };
+        if let Err(err) = queued {
+            // Closed cannot happen: a task removes its queue from the map (under the lock)
+            // before it drops the receiver. Both answer the same way anyway.
+            let pending = match err {
+                mpsc::error::TrySendError::Full(p) | mpsc::error::TrySendError::Closed(p) => p,
+            };
+            let _ = pending.reply.send(Err(ApiError::new(ErrorCode::Overloaded, "too many sends in flight; retry")));
+        }
+        async move {
+            answer.await.unwrap_or_else(|_| Err(ApiError::internal("the sequencer stopped")))
+        }
+        .boxed()
+    }
+}
+
+fn validate(request: &SendRequest) -> Result<(), ApiError> {
+    if !is_valid_client_msg_id(&request.client_msg_id) {
+        return Err(ApiError::new(ErrorCode::BadFrame, "`id` must be 1-64 characters of A-Za-z0-9_-"));
+    }
+    if request.body.is_empty() {
+        return Err(ApiError::new(ErrorCode::BadFrame, "`body` must not be empty"));
+    }
+    if request.body.len() > chat_proto::limits::BODY_BYTES_MAX {
+        return Err(ApiError::new(ErrorCode::BodyTooLarge, "`body` is too large"));
+    }
+    Ok(())
+}
+
+async fn run(shared: Arc<Shared>, conv: ConvId, mut receiver: mpsc::Receiver<Pending>) {
+    let batch_max = shared.config.batch_messages_max;
+    let mut members: Option<Arc<[String]>> = None;
+    loop {
+        let first = match tokio::time::timeout(shared.config.sequencer_idle_timeout, receiver.recv()).await {
+            Ok(Some(pending)) => pending,
+            Ok(None) => return,
+            Err(_idle) => {
+                let mut queues = shared.queues.lock().unwrap_or_else(|p| p.into_inner());
+                // Submitters send under this lock, so an empty queue stays empty once removed.
+                if receiver.is_empty() {
+                    queues.remove(&conv);
+                    return;
+                }
+                continue;
+            }
+        };
+        let mut batch = vec![first];
+        while batch.len() < batch_max {
+            match receiver.try_recv() {
+                Ok(pending) => batch.push(pending),
+                Err(_) => break,
+            }
+        }
+        commit(&shared, conv, batch, &mut members).await;
+    }
+}
+
+async fn commit(shared: &Shared, conv: ConvId, batch: Vec<Pending>, members: &mut Option<Arc<[String]>>) {
+    let items = batch
+        .iter()
+        .map(|p| NewMessage {
+            sender: p.request.sender.clone(),
+            client_msg_id: p.request.client_msg_id.clone(),
+            body: p.request.body.clone(),
+        })
+        .collect();
+    let results = match shared.store.append(conv, items, now_ms()).await {
+        Ok(results) => results,
+        Err(err) => {
+            let err = store_error(err);
+            for pending in batch {
+                let _ = pending.reply.send(Err(err.clone()));
+            }
+            return;
+        }
+    };
+    let mut fresh = Vec::new();
+    for (pending, result) in batch.into_iter().zip(results) {
+        let answer = match result {
+            Ok(appended) => {
+                let ack = SendAck { conv: appended.message.conv, seq: appended.seq, ts: appended.ts };
+                if appended.fresh {
+                    fresh.push((Arc::new(appended.message), pending.request.origin));
+                }
+                Ok(ack)
+            }
+            Err(AppendError::UnknownConversation) => Err(ApiError::unknown_conversation()),
+        };
+        // The sender may have gone; the message is durable either way.
+        let _ = pending.reply.send(answer);
+    }
+    if fresh.is_empty() {
+        return;
+    }
+    // Membership is fixed at creation in v1, so one read per task start is enough.
+    if members.is_none() {
+        match shared.store.conversation(conv).await {
+            Ok(Some(c)) => *members = Some(c.members.into()),
+            Ok(None) => return,
+            Err(err) => {
+                tracing::warn!(conv, error = %err, "members unavailable; recipients will sync");
+                return;
+            }
+        }
+    }
+    if let Some(members) = members.as_ref() {
+        shared.router.route(members, &fresh).await;
+    }
+}

@@ -1,0 +1,10 @@
+//! The `chat` binary's library: everything `main.rs` starts, so tests and the simulator
+//! start the very same code.
+//!
+//! # Layout
+//! - [`serve`]: `chat serve`: gateway, connection server and app server in one process over
+//!   one store and an in-process registry.
+//! - [`client_cmd`]: `chat client`: the terminal client.
+
+pub mod client_cmd;
+pub mod serve;

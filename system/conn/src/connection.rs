@@ -1,0 +1,356 @@
+//! One WebSocket: a reader loop for client frames and a writer task for everything sent.
+//!
+//! Ordering rules kept here:
+//! - sends are submitted to the app server in the order they were read (the submit is
+//!   synchronous, the acks are awaited concurrently, up to `sends_in_flight_max`);
+//! - per conversation, `message` frames leave in increasing `seq`: the writer remembers the
+//!   highest `seq` it sent per conversation and drops older live pushes (already covered by
+//!   a sync), and while a `sync` streams it holds live pushes of that conversation back and
+//!   releases them after the sync's pages.
+
+use crate::ConnServer;
+use crate::hub::Outbound;
+use chat_proto::frame::{ClientFrame, ServerFrame};
+use chat_proto::limits::SYNC_PAGE_MESSAGES_MAX;
+use chat_proto::link::SendRequest;
+use chat_proto::{ApiError, ConnAddr, ConvId, ErrorCode, Message, Seq};
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+/// Why the server closes a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CloseReason {
+    /// 1009: a frame over the size limit.
+    TooBig,
+    /// 1013: the client fell behind its pushes, or the registry refused it for now.
+    TryAgainLater,
+    /// 1008: too many devices for this user.
+    Policy,
+    /// 1001: no frame from the client within the idle timeout.
+    Idle,
+}
+
+impl CloseReason {
+    fn frame(self) -> CloseFrame {
+        let (code, reason) = match self {
+            CloseReason::TooBig => (CloseCode::Size, "frame too large"),
+            CloseReason::TryAgainLater => (CloseCode::Again, "try again later; sync after reconnecting"),
+            CloseReason::Policy => (CloseCode::Policy, "too many connections for this user"),
+            CloseReason::Idle => (CloseCode::Away, "idle timeout"),
+        };
+        CloseFrame { code, reason: reason.into() }
+    }
+}
+
+pub(crate) async fn run<S>(server: Arc<ConnServer>, user: String, ws: WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let config = &server.config;
+    let (outbound, outbound_rx) = mpsc::channel(config.outbound_queue_len_max);
+    let overflow = Arc::new(Notify::new());
+    let addr = server.hub.add(&user, outbound.clone(), overflow.clone());
+    let span = tracing::info_span!("conn", conn_id = addr.conn, user = %user);
+    let _enter = span.enter();
+    tracing::debug!("connected");
+
+    let (sink, stream) = ws.split();
+    let (close_tx, close_rx) = watch::channel(None::<CloseReason>);
+    let (done_tx, done_rx) = watch::channel(false);
+    let writer = Writer {
+        sink,
+        held_max: config.sync_held_messages_max,
+        last_sent: HashMap::new(),
+        syncing: HashMap::new(),
+    };
+    tokio::spawn(writer.run(outbound_rx, overflow, close_rx, done_tx, config.heartbeat_interval));
+
+    let registered = tokio::time::timeout(config.request_timeout, server.registry.register(&user, addr)).await;
+    let reason = match registered {
+        Ok(Ok(())) => {
+            let reader = Reader { server: server.clone(), user: user.clone(), addr, outbound, sends: Arc::new(Semaphore::new(config.sends_in_flight_max)) };
+            reader.run(stream, done_rx).await
+        }
+        Ok(Err(chat_registry::RegistryError::TooManyConnections)) => Some(CloseReason::Policy),
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "registry refused the connection");
+            Some(CloseReason::TryAgainLater)
+        }
+        Err(_) => {
+            tracing::warn!("registry timed out registering the connection");
+            Some(CloseReason::TryAgainLater)
+        }
+    };
+    let _ = close_tx.send(reason);
+    server.hub.remove(addr.conn);
+    let unregister = server.registry.unregister(&user, addr);
+    if !matches!(tokio::time::timeout(config.request_timeout, unregister).await, Ok(Ok(()))) {
+        // The entry is stale now; deliveries to it are dropped, and it expires or is
+        // overwritten by the next refresh of whichever server holds the id.
+        tracing::warn!("could not unregister the connection");
+    }
+    tracing::debug!(?reason, "disconnected");
+}
+
+struct Reader {
+    server: Arc<ConnServer>,
+    user: String,
+    addr: ConnAddr,
+    outbound: mpsc::Sender<Outbound>,
+    sends: Arc<Semaphore>,
+}
+
+impl Reader {
+    /// Reads frames until the client leaves or the connection must close; returns why the
+    /// server closes it, if it does.
+    async fn run<S>(&self, mut stream: SplitStream<WebSocketStream<S>>, mut writer_done: watch::Receiver<bool>) -> Option<CloseReason>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let idle_timeout = self.server.config.idle_timeout;
+        loop {
+            let next = tokio::select! {
+                next = tokio::time::timeout(idle_timeout, stream.next()) => next,
+                _ = writer_done.changed() => return None,
+            };
+            let message = match next {
+                Err(_) => return Some(CloseReason::Idle),
+                Ok(None) => return None,
+                Ok(Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. })))) => return Some(CloseReason::TooBig),
+                Ok(Some(Err(err))) => {
+                    tracing::debug!(error = %err, "read failed");
+                    return None;
+                }
+                Ok(Some(Ok(message))) => message,
+            };
+            match message {
+                WsMessage::Text(text) => {
+                    if !self.handle_text(text.as_str()).await {
+                        return None;
+                    }
+                }
+                WsMessage::Binary(_) => {
+                    let err = ApiError::new(ErrorCode::BadFrame, "binary frames are not part of the protocol; send JSON text");
+                    if !self.reply(ServerFrame::error(&err, None)).await {
+                        return None;
+                    }
+                }
+                // tungstenite answers pings itself on the next read; pongs only prove liveness.
+                WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => {}
+                WsMessage::Close(_) => return None,
+            }
+        }
+    }
+
+    /// Handles one text frame; false when the connection is gone.
+    async fn handle_text(&self, text: &str) -> bool {
+        let frame = match ClientFrame::parse(text) {
+            Ok(frame) => frame,
+            Err(err) => return self.reply(err.to_frame()).await,
+        };
+        match frame {
+            ClientFrame::Ping => self.reply(ServerFrame::Pong).await,
+            ClientFrame::Send { id, conv, body } => self.send(id, conv, body).await,
+            ClientFrame::Read { conv, seq } => {
+                let read = self.server.app.read(&self.user, conv, seq);
+                match self.with_timeout(read).await {
+                    Ok(()) => true,
+                    Err(err) => self.reply(ServerFrame::error(&err, None)).await,
+                }
+            }
+            ClientFrame::Sync { conv, after } => self.sync(conv, after).await,
+        }
+    }
+
+    async fn send(&self, id: String, conv: ConvId, body: String) -> bool {
+        // Waiting here stops reading the socket: backpressure on a client that outruns the store.
+        let Ok(permit) = self.sends.clone().acquire_owned().await else { return false };
+        let request = SendRequest { sender: self.user.clone(), origin: self.addr, conv, client_msg_id: id.clone(), body };
+        // Submitted now, in read order; only the ack is awaited off the read loop.
+        let ack = self.server.app.send(request);
+        let timeout = self.server.config.request_timeout;
+        let outbound = self.outbound.clone();
+        tokio::spawn(async move {
+            let frame = match tokio::time::timeout(timeout, ack).await {
+                Ok(Ok(ack)) => ServerFrame::Sent { id, conv: ack.conv, seq: ack.seq, ts: ack.ts },
+                Ok(Err(err)) => ServerFrame::error(&err, Some(id)),
+                // Maybe durable, maybe not: a resend with the same id answers the same seq.
+                Err(_) => ServerFrame::error(&ApiError::unavailable("no answer in time; resend with the same id"), Some(id)),
+            };
+            let _ = outbound.send(Outbound::Frame(frame)).await;
+            drop(permit);
+        });
+        true
+    }
+
+    /// Streams every message with `seq > after`, then `synced`. Frames of this connection
+    /// are not read meanwhile; a sync is bounded by what the store holds.
+    async fn sync(&self, conv: ConvId, after: Seq) -> bool {
+        if self.outbound.send(Outbound::SyncStart(conv)).await.is_err() {
+            return false;
+        }
+        let mut after = after;
+        loop {
+            let page = self.server.app.sync(&self.user, conv, after, SYNC_PAGE_MESSAGES_MAX);
+            let page = match self.with_timeout(page).await {
+                Ok(page) => page,
+                Err(err) => {
+                    return self.outbound.send(Outbound::SyncAbort(conv)).await.is_ok()
+                        && self.reply(ServerFrame::error(&err, None)).await;
+                }
+            };
+            let last_seq = page.last_seq;
+            let caught_up = page.messages.last().is_none_or(|m| m.seq >= last_seq);
+            if let Some(last) = page.messages.last() {
+                after = last.seq;
+            }
+            if !page.messages.is_empty() && self.outbound.send(Outbound::SyncPage(page.messages)).await.is_err() {
+                return false;
+            }
+            if caught_up {
+                return self.outbound.send(Outbound::SyncEnd { conv, last_seq }).await.is_ok();
+            }
+        }
+    }
+
+    async fn with_timeout<T>(&self, call: impl Future<Output = Result<T, ApiError>>) -> Result<T, ApiError> {
+        tokio::time::timeout(self.server.config.request_timeout, call)
+            .await
+            .unwrap_or_else(|_| Err(ApiError::unavailable("no answer in time; retry")))
+    }
+
+    async fn reply(&self, frame: ServerFrame) -> bool {
+        self.outbound.send(Outbound::Frame(frame)).await.is_ok()
+    }
+}
+
+struct Writer<S> {
+    sink: SplitSink<WebSocketStream<S>, WsMessage>,
+    held_max: usize,
+    /// Highest `seq` sent per conversation on this connection.
+    last_sent: HashMap<ConvId, Seq>,
+    /// Conversations with a sync streaming, and the live pushes held back meanwhile.
+    syncing: HashMap<ConvId, Vec<Arc<Message>>>,
+}
+
+impl<S> Writer<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    async fn run(
+        mut self,
+        mut outbound: mpsc::Receiver<Outbound>,
+        overflow: Arc<Notify>,
+        mut close: watch::Receiver<Option<CloseReason>>,
+        done: watch::Sender<bool>,
+        heartbeat_interval: std::time::Duration,
+    ) {
+        let mut heartbeat = tokio::time::interval(heartbeat_interval);
+        heartbeat.tick().await;
+        let reason = loop {
+            tokio::select! {
+                item = outbound.recv() => {
+                    let Some(item) = item else { break None };
+                    match self.write(item).await {
+                        Ok(true) => {}
+                        Ok(false) => break Some(CloseReason::TryAgainLater),
+                        Err(_) => break None,
+                    }
+                    // Write whatever else is queued, then flush once: one syscall for a burst.
+                    let mut failed = None;
+                    while let Ok(item) = outbound.try_recv() {
+                        match self.write(item).await {
+                            Ok(true) => {}
+                            Ok(false) => { failed = Some(Some(CloseReason::TryAgainLater)); break }
+                            Err(_) => { failed = Some(None); break }
+                        }
+                    }
+                    if let Some(reason) = failed { break reason; }
+                    if self.sink.flush().await.is_err() { break None; }
+                }
+                _ = heartbeat.tick() => {
+                    if self.sink.send(WsMessage::Ping(Default::default())).await.is_err() { break None; }
+                }
+                _ = overflow.notified() => break Some(CloseReason::TryAgainLater),
+                changed = close.changed() => {
+                    // The reader ended; its reason (if any) is the close code to send.
+                    break if changed.is_ok() { *close.borrow() } else { None };
+                }
+            }
+        };
+        if let Some(reason) = reason {
+            let _ = self.sink.send(WsMessage::Close(Some(reason.frame()))).await;
+        }
+        let _ = self.sink.close().await;
+        let _ = done.send(true);
+    }
+
+    /// Buffers one item for the socket. Ok(false): too many held pushes; the connection must close.
+    async fn write(&mut self, item: Outbound) -> Result<bool, WsError> {
+        match item {
+            Outbound::Frame(frame) => self.feed(&frame).await?,
+            Outbound::Push(message) => {
+                if let Some(held) = self.syncing.get_mut(&message.conv) {
+                    if held.len() >= self.held_max {
+                        return Ok(false);
+                    }
+                    held.push(message);
+                } else {
+                    self.push(&message).await?;
+                }
+            }
+            Outbound::SyncStart(conv) => {
+                self.syncing.entry(conv).or_default();
+            }
+            Outbound::SyncPage(messages) => {
+                for message in &messages {
+                    // Explicitly requested: sent even if a live push already carried it.
+                    self.feed(&ServerFrame::message(message)).await?;
+                    let last = self.last_sent.entry(message.conv).or_insert(0);
+                    *last = (*last).max(message.seq);
+                }
+            }
+            Outbound::SyncEnd { conv, last_seq } => {
+                let held = self.release(conv).await?;
+                let seq = last_seq.max(held);
+                self.feed(&ServerFrame::Synced { conv, seq }).await?;
+            }
+            Outbound::SyncAbort(conv) => {
+                self.release(conv).await?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Sends the pushes held during a sync that the sync did not cover; returns the highest seq sent.
+    async fn release(&mut self, conv: ConvId) -> Result<Seq, WsError> {
+        let mut held = self.syncing.remove(&conv).unwrap_or_default();
+        held.sort_by_key(|m| m.seq);
+        for message in held {
+            self.push(&message).await?;
+        }
+        Ok(self.last_sent.get(&conv).copied().unwrap_or(0))
+    }
+
+    async fn push(&mut self, message: &Message) -> Result<(), WsError> {
+        let last = self.last_sent.entry(message.conv).or_insert(0);
+        if message.seq <= *last {
+            return Ok(());
+        }
+        *last = message.seq;
+        self.feed(&ServerFrame::message(message)).await
+    }
+
+    async fn feed(&mut self, frame: &ServerFrame) -> Result<(), WsError> {
+        // `feed` buffers without flushing; the caller flushes once after a burst.
+        self.sink.feed(WsMessage::text(frame.to_json())).await
+    }
+}

@@ -1,0 +1,101 @@
+//! The connections this server holds, and delivery into them.
+
+use chat_proto::link::{Delivery, Target};
+use chat_proto::{ConnAddr, ConnId, Message, ServerId};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{Notify, mpsc};
+
+/// What a connection's writer task is asked to do.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A frame to send as is (acks, errors, pongs).
+    Frame(chat_proto::frame::ServerFrame),
+    /// A live message pushed by an app server.
+    Push(Arc<Message>),
+    /// Messages of a `sync`, in order: `Start`, `Page`s, then `End` or `Abort`.
+    SyncStart(chat_proto::ConvId),
+    SyncPage(Vec<Message>),
+    SyncEnd { conv: chat_proto::ConvId, last_seq: chat_proto::Seq },
+    SyncAbort(chat_proto::ConvId),
+}
+
+pub(crate) struct ConnHandle {
+    pub user: String,
+    pub outbound: mpsc::Sender<Outbound>,
+    /// Woken when the connection must close because it fell behind.
+    pub overflow: Arc<Notify>,
+}
+
+pub struct ConnHub {
+    server: ServerId,
+    /// High bits of every connection id: random per process, so ids of a restarted server
+    /// do not repeat those a stale registry entry may still name.
+    epoch: u64,
+    next: AtomicU64,
+    // A std Mutex: held for one map operation, never across an await.
+    conns: Mutex<HashMap<ConnId, ConnHandle>>,
+}
+
+impl ConnHub {
+    pub fn new(server: ServerId) -> Arc<ConnHub> {
+        let epoch = u64::from(rand::random::<u32>()) << 32;
+        Arc::new(ConnHub { server, epoch, next: AtomicU64::new(1), conns: Mutex::new(HashMap::new()) })
+    }
+
+    pub fn server_id(&self) -> ServerId {
+        self.server
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every (user, connection) held, for registry refreshes.
+    pub fn entries(&self) -> Vec<(String, ConnAddr)> {
+        self.lock()
+            .iter()
+            .map(|(conn, handle)| (handle.user.clone(), ConnAddr { server: self.server, conn: *conn }))
+            .collect()
+    }
+
+    pub(crate) fn add(&self, user: &str, outbound: mpsc::Sender<Outbound>, overflow: Arc<Notify>) -> ConnAddr {
+        let conn = self.epoch | (self.next.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff);
+        self.lock().insert(conn, ConnHandle { user: user.to_owned(), outbound, overflow });
+        ConnAddr { server: self.server, conn }
+    }
+
+    pub(crate) fn remove(&self, conn: ConnId) {
+        self.lock().remove(&conn);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ConnId, ConnHandle>> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Delivery for ConnHub {
+    fn deliver(&self, targets: &[Target], message: Arc<Message>) {
+        let conns = self.lock();
+        for target in targets {
+            if target.addr.server != self.server {
+                continue;
+            }
+            let Some(handle) = conns.get(&target.addr.conn) else { continue };
+            if handle.user != target.user {
+                // A stale registry entry: that id is someone else's connection now.
+                continue;
+            }
+            if handle.outbound.try_send(Outbound::Push(message.clone())).is_err() {
+                // Full (or closing): the client cannot keep up. Closing it is the only way to
+                // keep per-connection order without unbounded memory; it syncs on reconnect.
+                handle.overflow.notify_one();
+            }
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! The connection server: holds WebSockets, forwards client frames to app servers, and
+//! pushes outgoing frames.
+//!
+//! # Layout
+//! - [`ConnServer`]: configuration and entry point: [`ConnServer::serve`] runs one
+//!   authenticated WebSocket until it closes; [`ConnServer::run_heartbeat`] refreshes the
+//!   registry.
+//! - [`hub`]: the table of live connections on this server; implements
+//!   [`chat_proto::link::Delivery`] for app servers.
+//! - [`connection`]: one connection: a reader loop (client frames) and a writer task (acks,
+//!   pushes, syncs, heartbeats) joined by a bounded queue.
+//!
+//! The server does no business logic: every frame goes to an app server through
+//! [`chat_proto::link::AppApi`].
+
+pub mod connection;
+pub mod hub;
+
+use chat_proto::link::AppApi;
+use chat_proto::limits::FRAME_BYTES_MAX;
+use chat_registry::Registry;
+use hub::ConnHub;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// Tunables of a connection server. Every queue is bounded.
+#[derive(Debug, Clone)]
+pub struct ConnConfig {
+    /// WebSockets this server holds at most; the gateway answers 503 beyond.
+    pub connections_max: usize,
+    /// Frames queued for one connection; a client that falls this far behind is closed
+    /// with 1013 and catches up with `sync` after reconnecting.
+    pub outbound_queue_len_max: usize,
+    /// Sends of one connection awaiting their ack; beyond, the server stops reading it.
+    pub sends_in_flight_max: usize,
+    /// Live pushes held back while a `sync` of the same conversation is streaming.
+    pub sync_held_messages_max: usize,
+    /// The server pings every connection this often...
+    pub heartbeat_interval: Duration,
+    /// ...and closes it after this long without any frame from the client.
+    pub idle_timeout: Duration,
+    /// How often the connections are re-asserted in the registry.
+    pub registry_refresh_interval: Duration,
+    /// Every call to an app server or the registry gives up after this long.
+    pub request_timeout: Duration,
+}
+
+impl Default for ConnConfig {
+    fn default() -> Self {
+        ConnConfig {
+            connections_max: 10_000,
+            outbound_queue_len_max: 1024,
+            sends_in_flight_max: 256,
+            sync_held_messages_max: 4096,
+            heartbeat_interval: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+            registry_refresh_interval: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+pub struct ConnServer {
+    hub: Arc<ConnHub>,
+    app: Arc<dyn AppApi>,
+    registry: Arc<dyn Registry>,
+    config: ConnConfig,
+}
+
+impl ConnServer {
+    pub fn new(hub: Arc<ConnHub>, app: Arc<dyn AppApi>, registry: Arc<dyn Registry>, config: ConnConfig) -> Arc<ConnServer> {
+        Arc::new(ConnServer { hub, app, registry, config })
+    }
+
+    pub fn hub(&self) -> &Arc<ConnHub> {
+        &self.hub
+    }
+
+    pub fn config(&self) -> &ConnConfig {
+        &self.config
+    }
+
+    /// Whether another connection can be accepted now.
+    pub fn has_capacity(&self) -> bool {
+        self.hub.len() < self.config.connections_max
+    }
+
+    /// The WebSocket limits: frames and messages over [`FRAME_BYTES_MAX`] are refused.
+    pub fn websocket_config() -> WebSocketConfig {
+        WebSocketConfig::default()
+            .max_message_size(Some(FRAME_BYTES_MAX))
+            .max_frame_size(Some(FRAME_BYTES_MAX))
+            // Bound what a slow reader can make us buffer beyond the outbound queue.
+            .max_write_buffer_size(4 * 1024 * 1024)
+    }
+
+    /// Runs one authenticated WebSocket of `user` until it closes.
+    pub async fn serve<S>(self: Arc<Self>, user: String, ws: WebSocketStream<S>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        connection::run(self, user, ws).await
+    }
+
+    /// Re-asserts this server's connections in the registry every
+    /// `registry_refresh_interval`, forever: entries that expired or were lost (a registry
+    /// restart without persistence) come back within one interval.
+    pub async fn run_heartbeat(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(self.config.registry_refresh_interval);
+        loop {
+            ticker.tick().await;
+            let entries = self.hub.entries();
+            let refresh = self.registry.refresh(self.hub.server_id(), &entries);
+            match tokio::time::timeout(self.config.request_timeout, refresh).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => tracing::warn!(error = %err, "registry refresh failed"),
+                Err(_) => tracing::warn!("registry refresh timed out"),
+            }
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! The REST routes of the v1 protocol (see docs/protocol.md).
+
+use crate::Gateway;
+use crate::error::{ConvPath, HttpError, JsonBody, QueryParams, error};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chat_proto::ErrorCode;
+use chat_proto::limits::REST_BODY_BYTES_MAX;
+use chat_proto::rest::{CreateConversation, Credentials, HistoryQuery, InboxQuery};
+
+pub fn router(gateway: Gateway) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/users", post(register))
+        .route("/v1/sessions", post(login))
+        .route("/v1/conversations", post(create_conversation))
+        .route("/v1/conversations/{conv_id}/messages", get(history))
+        .route("/v1/inbox", get(inbox))
+        .route("/v1/ws", get(crate::ws::upgrade))
+        .fallback(|| async { error(ErrorCode::NotFound, "no such route") })
+        .method_not_allowed_fallback(|| async {
+            let mut response = error(ErrorCode::BadRequest, "method not allowed on this route").into_response();
+            *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+            response
+        })
+        .layer(DefaultBodyLimit::max(REST_BODY_BYTES_MAX))
+        .with_state(gateway)
+}
+
+/// The authenticated caller of a REST route: a valid `Authorization: Bearer` token.
+pub struct Caller(pub String);
+
+impl FromRequestParts<Gateway> for Caller {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, gateway: &Gateway) -> Result<Self, Self::Rejection> {
+        let token = bearer_token(parts).ok_or_else(|| error(ErrorCode::Unauthorized, "missing bearer token"))?;
+        gateway
+            .tokens
+            .verify(token)
+            .map(Caller)
+            .map_err(|_| error(ErrorCode::Unauthorized, "invalid or expired token"))
+    }
+}
+
+pub fn bearer_token(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+async fn index() -> Html<&'static str> {
+    Html(include_str!("../assets/index.html"))
+}
+
+async fn register(State(gw): State<Gateway>, JsonBody(body): JsonBody<Credentials>) -> Result<Response, HttpError> {
+    let created = gw.app.register(body).await?;
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+async fn login(State(gw): State<Gateway>, JsonBody(body): JsonBody<Credentials>) -> Result<Response, HttpError> {
+    Ok(Json(gw.app.login(body).await?).into_response())
+}
+
+async fn create_conversation(
+    State(gw): State<Gateway>,
+    Caller(caller): Caller,
+    JsonBody(body): JsonBody<CreateConversation>,
+) -> Result<Response, HttpError> {
+    let (conversation, created) = gw.app.create_conversation(&caller, body).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(conversation)).into_response())
+}
+
+async fn history(
+    State(gw): State<Gateway>,
+    Caller(caller): Caller,
+    ConvPath(conv): ConvPath,
+    QueryParams(query): QueryParams<HistoryQuery>,
+) -> Result<Response, HttpError> {
+    Ok(Json(gw.app.history(&caller, conv, query).await?).into_response())
+}
+
+async fn inbox(State(gw): State<Gateway>, Caller(caller): Caller, QueryParams(query): QueryParams<InboxQuery>) -> Result<Response, HttpError> {
+    Ok(Json(gw.app.inbox(&caller, query).await?).into_response())
+}

@@ -1,0 +1,22 @@
+//! The v1 chat protocol and the seams between components.
+//!
+//! # Layout
+//! - [`limits`]: every bound the system enforces, in one place.
+//! - [`model`]: identifiers, messages, conversations and their validation.
+//! - [`frame`]: WebSocket frames (client and server), parsing with clear errors.
+//! - [`rest`]: REST request and response bodies.
+//! - [`error`]: the error codes shared by REST and WebSocket answers.
+//! - [`link`]: the traits between connection servers and app servers (in-process now,
+//!   over the network later), and the clock.
+//!
+//! This crate has no runtime dependency: it builds the same under `--cfg madsim`.
+
+pub mod error;
+pub mod frame;
+pub mod limits;
+pub mod link;
+pub mod model;
+pub mod rest;
+
+pub use error::{ApiError, ErrorCode};
+pub use model::{ConnAddr, ConnId, ConvId, ConvKind, Conversation, Message, Seq, ServerId};

@@ -1,0 +1,110 @@
+//! REST bodies of the v1 protocol.
+
+use crate::model::{ConvId, ConvKind, Conversation, Message, Seq};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserCreated {
+    pub username: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub token: String,
+    pub username: String,
+    /// Seconds since the Unix epoch (the token's `exp`).
+    pub expires_at: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateConversation {
+    pub members: Vec<String>,
+    #[serde(default)]
+    pub title: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversationView {
+    pub conv_id: ConvId,
+    pub kind: ConvKind,
+    pub members: Vec<String>,
+    pub title: Option<String>,
+}
+
+impl From<&Conversation> for ConversationView {
+    fn from(c: &Conversation) -> Self {
+        ConversationView { conv_id: c.conv_id, kind: c.kind, members: c.members.clone(), title: c.title.clone() }
+    }
+}
+
+/// A message as REST shows it (history, inbox).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageView {
+    pub conv_id: ConvId,
+    pub seq: Seq,
+    pub sender: String,
+    pub body: String,
+    pub client_msg_id: String,
+    pub ts: u64,
+}
+
+impl From<&Message> for MessageView {
+    fn from(m: &Message) -> Self {
+        MessageView {
+            conv_id: m.conv,
+            seq: m.seq,
+            sender: m.sender.clone(),
+            body: m.body.clone(),
+            client_msg_id: m.client_msg_id.clone(),
+            ts: m.ts,
+        }
+    }
+}
+
+impl From<MessageView> for Message {
+    fn from(m: MessageView) -> Self {
+        Message { conv: m.conv_id, seq: m.seq, sender: m.sender, body: m.body, client_msg_id: m.client_msg_id, ts: m.ts }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HistoryQuery {
+    pub before: Option<Seq>,
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryPage {
+    /// Ascending `seq`.
+    pub messages: Vec<MessageView>,
+    /// The smallest `seq` of this page when older messages exist, else `null`.
+    pub next_before: Option<Seq>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct InboxQuery {
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboxEntry {
+    pub conv_id: ConvId,
+    pub kind: ConvKind,
+    pub members: Vec<String>,
+    pub title: Option<String>,
+    pub last_seq: Seq,
+    pub last_message: Option<MessageView>,
+    pub unread: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inbox {
+    /// Most recent activity first.
+    pub conversations: Vec<InboxEntry>,
+}

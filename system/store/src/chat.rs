@@ -1,0 +1,469 @@
+//! The chat data model, written once over [`Kv`]: users, conversations, messages, inboxes
+//! and read cursors. The key layout is in [`crate::keys`] and `KEYS.md`.
+//!
+//! Every method is one [`run`](crate::kv::run_with) transaction, so it is retried on
+//! conflicts and must be idempotent when retried after
+//! [`KvError::CommitUnknownResult`]: each method says how it is.
+
+use crate::keys::{self, COUNTER_CONV, Key, value};
+use crate::kv::{Kv, KvError, RunOptions, Tx, TxError, run_with};
+use chat_proto::{ConvId, ConvKind, Conversation, Message, Seq};
+use futures::future::try_join_all;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::Arc;
+
+/// Why a chat store operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("username taken")]
+    UsernameTaken,
+    #[error("unknown user `{0}`")]
+    UnknownUser(String),
+    /// The conversation does not exist or the caller is not a member (one error for both, so
+    /// membership does not leak).
+    #[error("no such conversation")]
+    UnknownConversation,
+    #[error(transparent)]
+    Kv(#[from] KvError),
+}
+
+impl StoreError {
+    /// Whether the same call may succeed later (the store was busy or unreachable).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Kv(e) if e.is_retryable())
+    }
+}
+
+impl TxError for StoreError {
+    fn as_kv(&self) -> Option<&KvError> {
+        match self {
+            StoreError::Kv(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Why one message of an append batch was not stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AppendError {
+    /// The conversation does not exist or the sender is not a member.
+    #[error("no such conversation")]
+    UnknownConversation,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub password_hash: String,
+    pub created_ts: u64,
+}
+
+/// One message to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    pub sender: String,
+    pub client_msg_id: String,
+    pub body: String,
+}
+
+/// The outcome of one appended message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    pub seq: Seq,
+    pub ts: u64,
+    /// The stored message (for a repeated client id: the first one, which may belong to
+    /// another conversation if the client reused the id there).
+    pub message: Message,
+    /// False when `(sender, client_msg_id)` was already stored, or repeated in the batch.
+    pub fresh: bool,
+}
+
+/// One conversation of an inbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxItem {
+    pub conv: Conversation,
+    pub last_seq: Seq,
+    pub last_message: Option<Message>,
+    /// Messages after the user's read cursor.
+    pub unread: u64,
+}
+
+/// The chat store over any [`Kv`] backend.
+#[derive(Clone)]
+pub struct ChatStore {
+    kv: Arc<dyn Kv>,
+    run_options: RunOptions,
+}
+
+impl ChatStore {
+    pub fn new(kv: Arc<dyn Kv>) -> ChatStore {
+        ChatStore { kv, run_options: RunOptions::default() }
+    }
+
+    pub fn with_run_options(kv: Arc<dyn Kv>, run_options: RunOptions) -> ChatStore {
+        ChatStore { kv, run_options }
+    }
+
+    pub fn kv(&self) -> &Arc<dyn Kv> {
+        &self.kv
+    }
+
+    async fn run<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnMut(Tx, bool) -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        run_with(&*self.kv, &self.run_options, f).await
+    }
+
+    /// Creates a user. Idempotent under retry: after an unknown commit result, finding our
+    /// own record (same salted hash and timestamp) counts as success.
+    pub async fn create_user(&self, username: &str, password_hash: &str, ts: u64) -> Result<(), StoreError> {
+        let key = &keys::user(username);
+        let record = &value::user(password_hash, ts);
+        self.run(move |tx, maybe_committed| async move {
+            if let Some(existing) = tx.get(key).await? {
+                if maybe_committed && existing == *record {
+                    return Ok(());
+                }
+                return Err(StoreError::UsernameTaken);
+            }
+            tx.set(key, record);
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn get_user(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
+        let key = &keys::user(username);
+        self.run(move |tx, _| async move {
+            let Some(raw) = tx.get(key).await? else { return Ok(None) };
+            let (password_hash, created_ts) = value::decode_user(&raw)?;
+            Ok(Some(UserRecord { password_hash, created_ts }))
+        })
+        .await
+    }
+
+    /// Creates a conversation of `creator` and `others`, or finds the existing direct one.
+    ///
+    /// Members are `creator ∪ others`, sorted and deduplicated; each must exist. Exactly one
+    /// other member and no title makes a direct conversation, unique per pair through the
+    /// `("direct", a, b)` key: a second call from either side returns the first one with
+    /// `created == false`. Anything else is a new group. Sizes (members, title) are checked
+    /// by the caller.
+    ///
+    /// Retry after an unknown commit result: a direct conversation is found again (reported
+    /// with `created == false`); a group may be created twice, since nothing in the request
+    /// identifies it.
+    pub async fn create_conversation(
+        &self,
+        creator: &str,
+        others: Vec<String>,
+        title: Option<String>,
+        ts: u64,
+    ) -> Result<(Conversation, bool), StoreError> {
+        let mut members = others;
+        members.push(creator.to_owned());
+        members.sort();
+        members.dedup();
+        let kind = if members.len() == 2 && title.is_none() { ConvKind::Direct } else { ConvKind::Group };
+        let (members, title) = (&members, &title);
+        self.run(move |tx, _| async move {
+            let tx_ref = &tx;
+            let found = try_join_all(members.iter().map(|m| async move { tx_ref.get(&keys::user(m)).await })).await?;
+            if let Some((missing, _)) = members.iter().zip(&found).find(|(_, f)| f.is_none()) {
+                return Err(StoreError::UnknownUser(missing.clone()));
+            }
+            let direct_key = match kind {
+                ConvKind::Direct => Some(keys::direct(&members[0], &members[1])),
+                ConvKind::Group => None,
+            };
+            if let Some(direct_key) = &direct_key
+                && let Some(raw) = tx.get(direct_key).await?
+            {
+                let conv_id = value::decode_int(keys::subspace::DIRECT, &raw)?;
+                let conv = load_conv(&tx, conv_id)
+                    .await?
+                    .ok_or_else(|| corrupt(format!("direct key points to missing conversation {conv_id}")))?;
+                return Ok((conv, false));
+            }
+
+            // Allocate the id. The counter is a hot key for concurrent creations, which are
+            // rare next to sends; conflicts are retried by the run loop.
+            let counter_key = keys::counter(COUNTER_CONV);
+            let last_id = match tx.get(&counter_key).await? {
+                Some(raw) => value::decode_int(keys::subspace::COUNTER, &raw)?,
+                None => 0,
+            };
+            let conv_id = last_id.checked_add(1).ok_or_else(|| corrupt("conversation ids exhausted".into()))?;
+            tx.set(&counter_key, &value::int(conv_id));
+
+            let conv = Conversation { conv_id, kind, members: members.clone(), title: title.clone(), created_ts: ts };
+            tx.set(&keys::conv(conv_id), &value::conv(&conv));
+            // The head exists from creation on, with the creation time as last activity, so
+            // the recency index always sits at `head.last_ts`.
+            tx.set(&keys::head(conv_id), &value::head(0, ts));
+            if let Some(direct_key) = &direct_key {
+                tx.set(direct_key, &value::int(conv_id));
+            }
+            for member in members {
+                tx.set(&keys::recent(member, ts, conv_id), &value::empty());
+            }
+            Ok((conv, true))
+        })
+        .await
+    }
+
+    pub async fn conversation(&self, conv_id: ConvId) -> Result<Option<Conversation>, StoreError> {
+        self.run(move |tx, _| async move { Ok(load_conv(&tx, conv_id).await?) }).await
+    }
+
+    /// Appends a batch of messages to one conversation in ONE transaction.
+    ///
+    /// The app server batches the sends that arrive concurrently for a conversation, so a hot
+    /// group chat costs one transaction (one conflict on its head key at most) per batch
+    /// instead of one per message; hence a batch API.
+    ///
+    /// Per item: a non-member sender (or a missing conversation) gets
+    /// [`AppendError::UnknownConversation`]; a `(sender, client_msg_id)` already stored, or
+    /// repeated earlier in the batch, gets the stored message with `fresh == false`; anything
+    /// else gets the next gapless `seq`. `ts` is raised to the conversation's last activity
+    /// so recency never goes backwards.
+    ///
+    /// Idempotent under retry after an unknown commit result: if the first attempt landed,
+    /// its `idem` keys are found and every item is answered with its stored `seq`.
+    pub async fn append(
+        &self,
+        conv_id: ConvId,
+        batch: Vec<NewMessage>,
+        ts: u64,
+    ) -> Result<Vec<Result<Appended, AppendError>>, StoreError> {
+        let batch = &batch;
+        self.run(move |tx, _| async move { append_in(&tx, conv_id, batch, ts).await }).await
+    }
+
+    /// The newest `limit` messages with `seq < before` (or the newest overall), ascending,
+    /// and the `before` of the next older page when older messages exist.
+    pub async fn history(
+        &self,
+        user: &str,
+        conv_id: ConvId,
+        before: Option<Seq>,
+        limit: u32,
+    ) -> Result<(Vec<Message>, Option<Seq>), StoreError> {
+        self.run(move |tx, _| async move {
+            load_member_conv(&tx, user, conv_id).await?;
+            if limit == 0 {
+                return Ok((Vec::new(), None));
+            }
+            let (begin, end_all) = keys::msgs(conv_id);
+            let end = before.map_or(end_all, |before| keys::msg(conv_id, before));
+            let pairs = tx.get_range(&begin, &end, limit as usize, true).await?;
+            let mut messages = decode_messages(conv_id, pairs)?;
+            messages.reverse();
+            // `seq` is gapless from 1, so older messages exist exactly when the oldest of
+            // this page is not message 1.
+            let next_before = messages.first().map(|m| m.seq).filter(|&seq| seq > 1);
+            Ok((messages, next_before))
+        })
+        .await
+    }
+
+    /// Up to `limit` messages with `seq > after`, ascending, and the conversation's newest
+    /// `seq` (for `sync`).
+    pub async fn messages_after(
+        &self,
+        user: &str,
+        conv_id: ConvId,
+        after: Seq,
+        limit: u32,
+    ) -> Result<(Vec<Message>, Seq), StoreError> {
+        self.run(move |tx, _| async move {
+            let conv = load_member_conv(&tx, user, conv_id).await?;
+            let (last_seq, _) = load_head(&tx, &conv).await?;
+            let Some(first) = after.checked_add(1).filter(|&first| first <= last_seq && limit > 0) else {
+                return Ok((Vec::new(), last_seq));
+            };
+            let (_, end) = keys::msgs(conv_id);
+            let pairs = tx.get_range(&keys::msg(conv_id, first), &end, limit as usize, false).await?;
+            Ok((decode_messages(conv_id, pairs)?, last_seq))
+        })
+        .await
+    }
+
+    /// The user's `limit` most recently active conversations, most recent first.
+    pub async fn inbox(&self, user: &str, limit: u32) -> Result<Vec<InboxItem>, StoreError> {
+        self.run(move |tx, _| async move {
+            if limit == 0 {
+                return Ok(Vec::new());
+            }
+            let (begin, end) = keys::recents(user);
+            let entries = tx.get_range(&begin, &end, limit as usize, true).await?;
+            let tx = &tx;
+            // One item per entry; their reads run concurrently (they matter over a network).
+            try_join_all(entries.into_iter().map(|(key, _)| async move {
+                let conv_id = match Key::decode(&key)? {
+                    Key::Recent { conv, .. } => conv,
+                    other => return Err(corrupt(format!("{other:?} in the recency index"))),
+                };
+                let conv = load_conv(tx, conv_id)
+                    .await?
+                    .ok_or_else(|| corrupt(format!("recency index names missing conversation {conv_id}")))?;
+                let (last_seq, _) = load_head(tx, &conv).await?;
+                let cursor = load_cursor(tx, user, conv_id).await?;
+                let last_message = match last_seq {
+                    0 => None,
+                    seq => Some(load_message(tx, conv_id, seq).await?.ok_or_else(|| {
+                        corrupt(format!("conversation {conv_id} head names missing message {seq}"))
+                    })?),
+                };
+                Ok::<_, StoreError>(InboxItem { conv, last_seq, last_message, unread: last_seq.saturating_sub(cursor) })
+            }))
+            .await
+        })
+        .await
+    }
+
+    /// Moves the user's read cursor to `seq`, capped at the newest message; never backwards.
+    /// Idempotent.
+    pub async fn mark_read(&self, user: &str, conv_id: ConvId, seq: Seq) -> Result<(), StoreError> {
+        self.run(move |tx, _| async move {
+            let conv = load_member_conv(&tx, user, conv_id).await?;
+            let (last_seq, _) = load_head(&tx, &conv).await?;
+            let old = load_cursor(&tx, user, conv_id).await?;
+            let new = old.max(seq.min(last_seq));
+            if new != old {
+                tx.set(&keys::cursor(user, conv_id), &value::int(new));
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
+async fn append_in(
+    tx: &Tx,
+    conv_id: ConvId,
+    batch: &[NewMessage],
+    ts: u64,
+) -> Result<Vec<Result<Appended, AppendError>>, StoreError> {
+    let Some(conv) = load_conv(tx, conv_id).await? else {
+        return Ok(batch.iter().map(|_| Err(AppendError::UnknownConversation)).collect());
+    };
+    let (last_seq, last_ts) = load_head(tx, &conv).await?;
+    let ts = ts.max(last_ts);
+    let conv = &conv;
+    let stored = try_join_all(batch.iter().map(|m| async move {
+        if conv.is_member(&m.sender) { tx.get(&keys::idem(&m.sender, &m.client_msg_id)).await } else { Ok(None) }
+    }))
+    .await?;
+
+    let mut seq = last_seq;
+    let mut results = Vec::with_capacity(batch.len());
+    let mut answered: HashMap<(&str, &str), Appended> = HashMap::new();
+    let mut newest_by_sender: BTreeMap<&str, Seq> = BTreeMap::new();
+    for (item, stored) in batch.iter().zip(stored) {
+        if !conv.is_member(&item.sender) {
+            results.push(Err(AppendError::UnknownConversation));
+            continue;
+        }
+        let id = (item.sender.as_str(), item.client_msg_id.as_str());
+        if let Some(first) = answered.get(&id) {
+            results.push(Ok(Appended { fresh: false, ..first.clone() }));
+            continue;
+        }
+        let appended = match stored {
+            Some(raw) => {
+                let (stored_conv, stored_seq) = value::decode_idem(&raw)?;
+                let message = load_message(tx, stored_conv, stored_seq).await?.ok_or_else(|| {
+                    corrupt(format!("idem key names missing message {stored_seq} of conversation {stored_conv}"))
+                })?;
+                Appended { seq: stored_seq, ts: message.ts, message, fresh: false }
+            }
+            None => {
+                seq += 1;
+                let message = Message {
+                    conv: conv_id,
+                    seq,
+                    sender: item.sender.clone(),
+                    body: item.body.clone(),
+                    client_msg_id: item.client_msg_id.clone(),
+                    ts,
+                };
+                tx.set(&keys::msg(conv_id, seq), &value::msg(&message));
+                tx.set(&keys::idem(&item.sender, &item.client_msg_id), &value::idem(conv_id, seq));
+                newest_by_sender.insert(&item.sender, seq);
+                Appended { seq, ts, message, fresh: true }
+            }
+        };
+        answered.insert(id, appended.clone());
+        results.push(Ok(appended));
+    }
+
+    if seq > last_seq {
+        tx.set(&keys::head(conv_id), &value::head(seq, ts));
+        for member in &conv.members {
+            // Clear first: when `ts == last_ts` the set below must win.
+            tx.clear(&keys::recent(member, last_ts, conv_id));
+            tx.set(&keys::recent(member, ts, conv_id), &value::empty());
+        }
+        // The sender has read what it sent. Cursors never exceed the old head, so the new seq
+        // is always a move forward.
+        for (sender, newest) in newest_by_sender {
+            tx.set(&keys::cursor(sender, conv_id), &value::int(newest));
+        }
+        tracing::debug!(conv = conv_id, first_seq = last_seq + 1, last_seq = seq, "appended messages");
+    }
+    Ok(results)
+}
+
+fn corrupt(why: String) -> StoreError {
+    StoreError::Kv(KvError::Corrupt(why))
+}
+
+async fn load_conv(tx: &Tx, conv_id: ConvId) -> Result<Option<Conversation>, KvError> {
+    match tx.get(&keys::conv(conv_id)).await? {
+        Some(raw) => value::decode_conv(conv_id, &raw).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The conversation if it exists and `user` is a member.
+async fn load_member_conv(tx: &Tx, user: &str, conv_id: ConvId) -> Result<Conversation, StoreError> {
+    match load_conv(tx, conv_id).await? {
+        Some(conv) if conv.is_member(user) => Ok(conv),
+        _ => Err(StoreError::UnknownConversation),
+    }
+}
+
+/// `(last_seq, last_ts)`; a conversation without a head has no messages yet.
+async fn load_head(tx: &Tx, conv: &Conversation) -> Result<(Seq, u64), KvError> {
+    match tx.get(&keys::head(conv.conv_id)).await? {
+        Some(raw) => value::decode_head(&raw),
+        None => Ok((0, conv.created_ts)),
+    }
+}
+
+async fn load_cursor(tx: &Tx, user: &str, conv_id: ConvId) -> Result<Seq, KvError> {
+    match tx.get(&keys::cursor(user, conv_id)).await? {
+        Some(raw) => value::decode_int(keys::subspace::CURSOR, &raw),
+        None => Ok(0),
+    }
+}
+
+async fn load_message(tx: &Tx, conv_id: ConvId, seq: Seq) -> Result<Option<Message>, KvError> {
+    match tx.get(&keys::msg(conv_id, seq)).await? {
+        Some(raw) => value::decode_msg(conv_id, seq, &raw).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn decode_messages(conv_id: ConvId, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Vec<Message>, KvError> {
+    pairs
+        .into_iter()
+        .map(|(key, raw)| match Key::decode(&key)? {
+            Key::Msg { conv, seq } if conv == conv_id => value::decode_msg(conv, seq, &raw),
+            other => Err(KvError::Corrupt(format!("{other:?} in the messages of conversation {conv_id}"))),
+        })
+        .collect()
+}

@@ -1,0 +1,133 @@
+//! The in-memory backend: tests, property tests and the simulator.
+//!
+//! It uses no threads and no real time (std `Instant` is simulated under madsim), so it runs
+//! unchanged inside the deterministic simulator.
+
+use crate::kv::{Kv, KvError, Tx};
+use crate::occ::{CommitPath, CommitRequest, KeyValue, OccTx, Resolver, Snapshot};
+use async_trait::async_trait;
+use imbl::OrdMap;
+use std::ops::Bound;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+/// A transactional ordered map in memory, with FoundationDB's semantics (see [`crate::occ`]).
+#[derive(Clone)]
+pub struct MemoryKv {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    // A std Mutex: held only for map clones and commits, never across an `.await`.
+    state: Mutex<State>,
+}
+
+struct State {
+    /// A persistent map: `clone` is O(1) and shares structure, which makes every
+    /// transaction's snapshot free.
+    map: OrdMap<Vec<u8>, Vec<u8>>,
+    /// The version of the last commit.
+    version: u64,
+    resolver: Resolver,
+}
+
+impl MemoryKv {
+    pub fn new() -> MemoryKv {
+        MemoryKv::with_resolver_commits_max(Resolver::COMMITS_MAX_DEFAULT)
+    }
+
+    /// A store whose conflict history keeps at most `commits_max` commits (older read
+    /// versions get [`KvError::TransactionTooOld`]).
+    pub fn with_resolver_commits_max(commits_max: usize) -> MemoryKv {
+        MemoryKv {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State { map: OrdMap::new(), version: 0, resolver: Resolver::new(commits_max) }),
+            }),
+        }
+    }
+
+    /// The number of keys stored (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.shared.state().map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Default for MemoryKv {
+    fn default() -> Self {
+        MemoryKv::new()
+    }
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Commits apply to the map only after validation succeeded and cannot panic halfway
+        // in a way that breaks the map's own invariants, so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[async_trait]
+impl Kv for MemoryKv {
+    async fn begin(&self) -> Result<Tx, KvError> {
+        let (map, version) = {
+            let state = self.shared.state();
+            (state.map.clone(), state.version)
+        };
+        let commit_path: Arc<dyn CommitPath> = self.shared.clone();
+        Ok(Tx::new(Arc::new(OccTx::new(Box::new(MemorySnapshot(map)), commit_path, version))))
+    }
+}
+
+#[async_trait]
+impl CommitPath for Shared {
+    async fn commit(&self, request: CommitRequest) -> Result<(), KvError> {
+        let mut state = self.state();
+        let now = Instant::now();
+        state.resolver.prune(now);
+        state.resolver.check(request.read_version, &request.reads)?;
+        state.version += 1;
+        let version = state.version;
+        state.resolver.record(version, now, &request.mutations);
+        let map = &mut state.map;
+        for (begin, end) in &request.mutations.cleared {
+            let doomed: Vec<Vec<u8>> = map.range::<_, [u8]>(bounds(begin, end)).map(|(k, _)| k.clone()).collect();
+            for key in doomed {
+                map.remove(&key);
+            }
+        }
+        for (key, value) in request.mutations.points {
+            match value {
+                Some(value) => {
+                    map.insert(key, value);
+                }
+                None => {
+                    map.remove(&key);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn bounds<'a>(begin: &'a [u8], end: &'a [u8]) -> (Bound<&'a [u8]>, Bound<&'a [u8]>) {
+    (Bound::Included(begin), Bound::Excluded(end))
+}
+
+struct MemorySnapshot(OrdMap<Vec<u8>, Vec<u8>>);
+
+impl Snapshot for MemorySnapshot {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        Ok(self.0.get(key).cloned())
+    }
+
+    fn range(&self, begin: &[u8], end: &[u8], limit: usize, reverse: bool) -> Result<Vec<KeyValue>, KvError> {
+        let take = if limit == 0 { usize::MAX } else { limit };
+        let range = self.0.range::<_, [u8]>(bounds(begin, end));
+        let pairs = |(k, v): (&Vec<u8>, &Vec<u8>)| (k.clone(), v.clone());
+        Ok(if reverse { range.rev().take(take).map(pairs).collect() } else { range.take(take).map(pairs).collect() })
+    }
+}

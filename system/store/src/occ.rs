@@ -1,0 +1,515 @@
+//! Optimistic concurrency control shared by the local backends, modelled on FoundationDB.
+//!
+//! A transaction ([`OccTx`]) reads from a consistent snapshot taken at its *read version*
+//! and buffers its writes. At commit it sends its read version, the key ranges it read
+//! (read-conflict set) and its mutations to the backend's commit path, which asks a
+//! [`Resolver`]: did any transaction that committed *after* our read version write a key we
+//! read? If so the commit fails with [`KvError::NotCommitted`] and the run loop retries on a
+//! fresh snapshot. That makes every committed transaction serializable in commit order, as
+//! in FoundationDB. Transactions without mutations commit trivially: their reads all came
+//! from one snapshot, which is a consistent point in the commit order.
+
+use crate::kv::{KEY_BYTES_MAX, KvError, KvTx, TX_BYTES_MAX, TX_LIFETIME, VALUE_BYTES_MAX};
+use async_trait::async_trait;
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+/// A half-open key range `[begin, end)`.
+pub(crate) type KeyRange = (Vec<u8>, Vec<u8>);
+pub(crate) type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// Snapshot range reads fetch at least this many pairs per page, so a page that loses a few
+/// pairs to the transaction's own clears does not cost a second round trip.
+const RANGE_PAGE_LEN_MIN: usize = 64;
+
+/// The smallest key strictly greater than `key`.
+pub(crate) fn key_after(key: &[u8]) -> Vec<u8> {
+    let mut next = Vec::with_capacity(key.len() + 1);
+    next.extend_from_slice(key);
+    next.push(0);
+    next
+}
+
+/// A consistent, immutable view of the committed data at (or after, see the redb backend)
+/// the transaction's read version. Calls are synchronous: both local backends read memory or
+/// a memory-mapped B-tree.
+pub(crate) trait Snapshot: Send + Sync + 'static {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError>;
+    /// Like [`KvTx::get_range`]; `begin < end` is guaranteed by the caller.
+    fn range(&self, begin: &[u8], end: &[u8], limit: usize, reverse: bool) -> Result<Vec<KeyValue>, KvError>;
+}
+
+/// A backend's way to validate and apply a transaction.
+#[async_trait]
+pub(crate) trait CommitPath: Send + Sync + 'static {
+    async fn commit(&self, request: CommitRequest) -> Result<(), KvError>;
+}
+
+/// The buffered writes of one transaction, in the form a backend applies them: first every
+/// cleared range, then every point write. That order reproduces the transaction's own order
+/// because [`WriteBuffer::clear_range`] drops point writes it covers: every point write left
+/// was issued after every clear covering it.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Mutations {
+    pub cleared: Vec<KeyRange>,
+    /// Sorted by key; `None` clears the key.
+    pub points: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Bytes of keys and values, as counted against [`TX_BYTES_MAX`].
+    pub bytes: usize,
+}
+
+impl Mutations {
+    pub fn is_empty(&self) -> bool {
+        self.cleared.is_empty() && self.points.is_empty()
+    }
+}
+
+/// What a transaction sends to its backend's commit path.
+#[derive(Debug)]
+pub(crate) struct CommitRequest {
+    pub read_version: u64,
+    pub reads: Vec<KeyRange>,
+    pub mutations: Mutations,
+}
+
+/// The log of recent commits that conflict checks run against.
+///
+/// Entries are dropped once older than [`TX_LIFETIME`] (no live transaction can need them)
+/// or beyond `commits_max` (to bound memory). `floor` is the newest dropped version: a
+/// transaction with an older read version might have missed a dropped conflicting write, so
+/// it fails with [`KvError::TransactionTooOld`] and the run loop retries it.
+#[derive(Debug)]
+pub(crate) struct Resolver {
+    log: VecDeque<Committed>,
+    floor: u64,
+    commits_max: usize,
+}
+
+#[derive(Debug)]
+struct Committed {
+    version: u64,
+    at: Instant,
+    /// Sorted written (set or cleared) keys.
+    points: Vec<Vec<u8>>,
+    ranges: Vec<KeyRange>,
+}
+
+impl Resolver {
+    /// Enough for 5 s of commits at over 3,000 commits a second, a few MB of keys.
+    pub const COMMITS_MAX_DEFAULT: usize = 16_384;
+
+    pub fn new(commits_max: usize) -> Resolver {
+        assert!(commits_max > 0, "the resolver must keep at least one commit");
+        Resolver { log: VecDeque::new(), floor: 0, commits_max }
+    }
+
+    /// Drops entries no live transaction can conflict with, and entries beyond the cap.
+    pub fn prune(&mut self, now: Instant) {
+        while let Some(front) = self.log.front() {
+            let expired = now.saturating_duration_since(front.at) > TX_LIFETIME;
+            if !expired && self.log.len() <= self.commits_max {
+                break;
+            }
+            self.floor = front.version;
+            self.log.pop_front();
+        }
+    }
+
+    /// Fails if a commit newer than `read_version` wrote into one of `reads`.
+    pub fn check(&self, read_version: u64, reads: &[KeyRange]) -> Result<(), KvError> {
+        if read_version < self.floor {
+            return Err(KvError::TransactionTooOld);
+        }
+        if reads.is_empty() {
+            return Ok(());
+        }
+        // The log is in version order: only its tail is newer than the read version.
+        for committed in self.log.iter().rev().take_while(|c| c.version > read_version) {
+            if reads.iter().any(|read| committed.intersects(read)) {
+                return Err(KvError::NotCommitted);
+            }
+        }
+        Ok(())
+    }
+
+    /// Records an accepted commit. Versions must increase.
+    pub fn record(&mut self, version: u64, at: Instant, mutations: &Mutations) {
+        if let Some(last) = self.log.back() {
+            assert!(version > last.version, "commit versions must increase");
+        }
+        self.log.push_back(Committed {
+            version,
+            at,
+            points: mutations.points.iter().map(|(k, _)| k.clone()).collect(),
+            ranges: mutations.cleared.clone(),
+        });
+    }
+
+    /// Forgets commits newer than `version`: they were accepted but then failed to apply.
+    pub fn forget_after(&mut self, version: u64) {
+        while self.log.back().is_some_and(|c| c.version > version) {
+            self.log.pop_back();
+        }
+    }
+}
+
+impl Committed {
+    fn intersects(&self, (begin, end): &KeyRange) -> bool {
+        let first = self.points.partition_point(|k| k.as_slice() < begin.as_slice());
+        if self.points.get(first).is_some_and(|k| k.as_slice() < end.as_slice()) {
+            return true;
+        }
+        self.ranges.iter().any(|(b, e)| b < end && begin < e)
+    }
+}
+
+/// The transaction's own writes, consulted by its reads.
+#[derive(Debug, Default)]
+struct WriteBuffer {
+    points: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    cleared: Vec<KeyRange>,
+    bytes: usize,
+}
+
+enum Own<'a> {
+    Set(&'a [u8]),
+    Cleared,
+    Untouched,
+}
+
+impl WriteBuffer {
+    fn lookup(&self, key: &[u8]) -> Own<'_> {
+        match self.points.get(key) {
+            Some(Some(value)) => Own::Set(value),
+            Some(None) => Own::Cleared,
+            None if self.in_cleared_range(key) => Own::Cleared,
+            None => Own::Untouched,
+        }
+    }
+
+    fn in_cleared_range(&self, key: &[u8]) -> bool {
+        self.cleared.iter().any(|(b, e)| b.as_slice() <= key && key < e.as_slice())
+    }
+
+    /// Whether the snapshot's value of `key` is hidden by this transaction's writes.
+    fn overrides(&self, key: &[u8]) -> bool {
+        !matches!(self.lookup(key), Own::Untouched)
+    }
+
+    fn set(&mut self, key: &[u8], value: &[u8]) {
+        self.points.insert(key.to_vec(), Some(value.to_vec()));
+    }
+
+    fn clear(&mut self, key: &[u8]) {
+        self.points.insert(key.to_vec(), None);
+    }
+
+    fn clear_range(&mut self, begin: &[u8], end: &[u8]) {
+        let covered: Vec<Vec<u8>> = self.points.range::<[u8], _>(bounds(begin, end)).map(|(k, _)| k.clone()).collect();
+        for key in covered {
+            self.points.remove(&key);
+        }
+        self.cleared.push((begin.to_vec(), end.to_vec()));
+    }
+
+    /// The transaction's own set values in `[begin, end)`.
+    fn sets_in<'a>(&'a self, begin: &'a [u8], end: &'a [u8]) -> impl Iterator<Item = (&'a Vec<u8>, &'a Vec<u8>)> {
+        self.points.range::<[u8], _>(bounds(begin, end)).filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
+    }
+
+    fn into_mutations(self) -> Mutations {
+        Mutations { cleared: self.cleared, points: self.points.into_iter().collect(), bytes: self.bytes }
+    }
+}
+
+fn bounds<'a>(begin: &'a [u8], end: &'a [u8]) -> (Bound<&'a [u8]>, Bound<&'a [u8]>) {
+    (Bound::Included(begin), Bound::Excluded(end))
+}
+
+/// The generic optimistic transaction used by [`crate::MemoryKv`] and [`crate::RedbKv`].
+pub(crate) struct OccTx {
+    snapshot: Box<dyn Snapshot>,
+    commit_path: Arc<dyn CommitPath>,
+    read_version: u64,
+    began: Instant,
+    // A std Mutex: it guards plain data and is never held across an `.await`.
+    state: Mutex<TxState>,
+}
+
+#[derive(Default)]
+struct TxState {
+    writes: WriteBuffer,
+    reads: Vec<KeyRange>,
+    /// The first failed mutation (size limits); reported by later reads and by the commit.
+    error: Option<KvError>,
+    /// The commit's outcome once it ran; a second `commit` answers it again.
+    committed: Option<Result<(), KvError>>,
+}
+
+impl OccTx {
+    pub fn new(snapshot: Box<dyn Snapshot>, commit_path: Arc<dyn CommitPath>, read_version: u64) -> OccTx {
+        OccTx {
+            snapshot,
+            commit_path,
+            read_version,
+            began: Instant::now(),
+            state: Mutex::new(TxState::default()),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, TxState> {
+        // A panic while holding this lock leaves plain buffers behind, still usable.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The checks every read and the commit start with.
+    fn check_usable(&self, state: &TxState) -> Result<(), KvError> {
+        if let Some(error) = &state.error {
+            return Err(error.clone());
+        }
+        if self.began.elapsed() > TX_LIFETIME {
+            return Err(KvError::TransactionTooOld);
+        }
+        Ok(())
+    }
+
+    fn mutate(&self, bytes: usize, apply: impl FnOnce(&mut WriteBuffer)) {
+        let mut state = self.state();
+        debug_assert!(state.committed.is_none(), "mutation after commit");
+        state.writes.bytes = state.writes.bytes.saturating_add(bytes);
+        if state.writes.bytes > TX_BYTES_MAX {
+            state.error.get_or_insert(KvError::TransactionTooLarge);
+            return;
+        }
+        apply(&mut state.writes);
+    }
+
+    fn fail(&self, error: KvError) {
+        self.state().error.get_or_insert(error);
+    }
+
+    /// Merges the snapshot's pairs in `[begin, end)` with the transaction's own writes.
+    /// Returns the pairs and the key range they depend on (the read-conflict range).
+    fn merged_range(
+        &self,
+        begin: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<(Vec<KeyValue>, KeyRange), KvError> {
+        let wanted = if limit == 0 { usize::MAX } else { limit };
+        let mut state = self.state();
+        self.check_usable(&state)?;
+        // Holding the lock across the snapshot reads is fine: they are synchronous.
+
+        // 1. Snapshot pairs not hidden by our own writes, page by page until we have enough.
+        let mut kept: Vec<KeyValue> = Vec::new();
+        let (mut lo, mut hi) = (begin.to_vec(), end.to_vec());
+        loop {
+            let page_len = if limit == 0 { 0 } else { (wanted - kept.len()).max(RANGE_PAGE_LEN_MIN) };
+            let page = self.snapshot.range(&lo, &hi, page_len, reverse)?;
+            let page_full = page_len != 0 && page.len() == page_len;
+            let last_key = page.last().map(|(k, _)| k.clone());
+            for (key, value) in page {
+                if !state.writes.overrides(&key) {
+                    kept.push((key, value));
+                    if kept.len() == wanted {
+                        break;
+                    }
+                }
+            }
+            let Some(last_key) = last_key else { break };
+            if kept.len() >= wanted || !page_full {
+                break;
+            }
+            if reverse {
+                hi = last_key;
+            } else {
+                lo = key_after(&last_key);
+            }
+            if lo >= hi {
+                break;
+            }
+        }
+
+        // 2. Our own sets in the range. Snapshot pairs beyond the last kept one are never
+        // needed: `kept` alone already fills the limit before them.
+        let mut merged = kept;
+        merged.extend(state.writes.sets_in(begin, end).map(|(k, v)| (k.clone(), v.clone())));
+        if reverse {
+            merged.sort_by(|a, b| b.0.cmp(&a.0));
+        } else {
+            merged.sort_by(|a, b| a.0.cmp(&b.0));
+        }
+        merged.truncate(wanted);
+
+        // 3. Like FoundationDB, a limited read only depends on the part of the range it
+        // covered: a write past its last key cannot change its answer.
+        let conflict = match merged.last() {
+            Some((last, _)) if merged.len() == wanted && limit != 0 => {
+                if reverse {
+                    (last.clone(), end.to_vec())
+                } else {
+                    (begin.to_vec(), key_after(last))
+                }
+            }
+            _ => (begin.to_vec(), end.to_vec()),
+        };
+        state.reads.push(conflict.clone());
+        Ok((merged, conflict))
+    }
+}
+
+#[async_trait]
+impl KvTx for OccTx {
+    async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        if key.len() > KEY_BYTES_MAX {
+            return Err(KvError::KeyTooLarge);
+        }
+        let mut state = self.state();
+        self.check_usable(&state)?;
+        // Reads answered from our own writes are recorded too: conservative (a spurious
+        // conflict at worst) and simpler than FoundationDB's exact rule.
+        state.reads.push((key.to_vec(), key_after(key)));
+        match state.writes.lookup(key) {
+            Own::Set(value) => Ok(Some(value.to_vec())),
+            Own::Cleared => Ok(None),
+            Own::Untouched => {
+                drop(state);
+                self.snapshot.get(key)
+            }
+        }
+    }
+
+    async fn get_range(
+        &self,
+        begin: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<KeyValue>, KvError> {
+        if begin >= end {
+            let state = self.state();
+            self.check_usable(&state)?;
+            return Ok(Vec::new());
+        }
+        self.merged_range(begin, end, limit, reverse).map(|(pairs, _)| pairs)
+    }
+
+    fn set(&self, key: &[u8], value: &[u8]) {
+        if key.len() > KEY_BYTES_MAX {
+            return self.fail(KvError::KeyTooLarge);
+        }
+        if value.len() > VALUE_BYTES_MAX {
+            return self.fail(KvError::ValueTooLarge);
+        }
+        self.mutate(key.len() + value.len(), |w| w.set(key, value));
+    }
+
+    fn clear(&self, key: &[u8]) {
+        if key.len() > KEY_BYTES_MAX {
+            return self.fail(KvError::KeyTooLarge);
+        }
+        self.mutate(key.len(), |w| w.clear(key));
+    }
+
+    fn clear_range(&self, begin: &[u8], end: &[u8]) {
+        if begin >= end {
+            return;
+        }
+        self.mutate(begin.len() + end.len(), |w| w.clear_range(begin, end));
+    }
+
+    async fn commit(&self) -> Result<(), KvError> {
+        let request = {
+            let mut state = self.state();
+            if let Some(outcome) = &state.committed {
+                return outcome.clone();
+            }
+            if let Err(error) = self.check_usable(&state) {
+                state.committed = Some(Err(error.clone()));
+                return Err(error);
+            }
+            let mutations = std::mem::take(&mut state.writes).into_mutations();
+            if mutations.is_empty() {
+                // Read-only: every read came from one consistent snapshot.
+                state.committed = Some(Ok(()));
+                return Ok(());
+            }
+            CommitRequest {
+                read_version: self.read_version,
+                reads: std::mem::take(&mut state.reads),
+                mutations,
+            }
+        };
+        let outcome = self.commit_path.commit(request).await;
+        self.state().committed = Some(outcome.clone());
+        outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn muts(points: &[&[u8]], cleared: &[(&[u8], &[u8])]) -> Mutations {
+        Mutations {
+            points: points.iter().map(|k| (k.to_vec(), Some(vec![]))).collect(),
+            cleared: cleared.iter().map(|(b, e)| (b.to_vec(), e.to_vec())).collect(),
+            bytes: 0,
+        }
+    }
+
+    fn read(b: &[u8], e: &[u8]) -> KeyRange {
+        (b.to_vec(), e.to_vec())
+    }
+
+    #[test]
+    fn resolver_detects_only_newer_overlapping_writes() {
+        let now = Instant::now();
+        let mut r = Resolver::new(10);
+        r.record(1, now, &muts(&[b"a"], &[]));
+        r.record(2, now, &muts(&[b"m"], &[(b"x", b"z")]));
+        // Read before version 1: sees both.
+        assert_eq!(r.check(0, &[read(b"a", b"b")]), Err(KvError::NotCommitted));
+        // Read at version 1: the write of `a` is already in its snapshot.
+        assert_eq!(r.check(1, &[read(b"a", b"b")]), Ok(()));
+        assert_eq!(r.check(1, &[read(b"l", b"n")]), Err(KvError::NotCommitted));
+        assert_eq!(r.check(1, &[read(b"n", b"x")]), Ok(()));
+        assert_eq!(r.check(1, &[read(b"y", b"y\0")]), Err(KvError::NotCommitted));
+        assert_eq!(r.check(1, &[]), Ok(()));
+        r.forget_after(1);
+        assert_eq!(r.check(1, &[read(b"l", b"n")]), Ok(()));
+    }
+
+    #[test]
+    fn resolver_prunes_by_count_and_age_and_raises_the_floor() {
+        let now = Instant::now();
+        let mut r = Resolver::new(2);
+        for v in 1..=3 {
+            r.record(v, now, &muts(&[b"k"], &[]));
+        }
+        r.prune(now);
+        assert_eq!(r.check(0, &[]), Err(KvError::TransactionTooOld));
+        assert_eq!(r.check(1, &[read(b"k", b"l")]), Err(KvError::NotCommitted));
+        r.prune(now + TX_LIFETIME + std::time::Duration::from_millis(1));
+        assert_eq!(r.check(2, &[]), Err(KvError::TransactionTooOld));
+        assert_eq!(r.check(3, &[read(b"k", b"l")]), Ok(()));
+    }
+
+    #[test]
+    fn clear_range_drops_earlier_point_writes_only() {
+        let mut w = WriteBuffer::default();
+        w.set(b"b", b"1");
+        w.clear_range(b"a", b"c");
+        w.set(b"bb", b"2");
+        assert!(matches!(w.lookup(b"b"), Own::Cleared));
+        assert!(matches!(w.lookup(b"bb"), Own::Set(b"2")));
+        assert!(matches!(w.lookup(b"c"), Own::Untouched));
+        let m = w.into_mutations();
+        assert_eq!(m.cleared, vec![read(b"a", b"c")]);
+        assert_eq!(m.points, vec![(b"bb".to_vec(), Some(b"2".to_vec()))]);
+    }
+}
