@@ -43,7 +43,10 @@ fn one_seed_replays_the_same_trace() {
     let second = run_seed(seed, TIME_LIMIT, scenario);
     assert_eq!(first.result, Ok(()));
     assert!(first.events > 100, "the trace records the run ({} events)", first.events);
-    assert_eq!(first.trace_hash, second.trace_hash, "seed {seed} is not deterministic");
+    if let Some((line, a, b)) = chat_sim::seeds::first_difference(&first.trace, &second.trace) {
+        panic!("seed {seed} is not deterministic: trace line {line} differs:\n  first:  {a}\n  second: {b}");
+    }
+    assert_eq!(first.trace_hash, second.trace_hash);
     // The trace really depends on the seed: another seed takes other random pauses.
     let other = run_seed(seed + 1, TIME_LIMIT, scenario);
     assert_ne!(first.trace_hash, other.trace_hash, "the trace does not capture the run");

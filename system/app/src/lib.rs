@@ -87,6 +87,8 @@ impl AppServer {
 }
 
 /// Argon2 takes tens of milliseconds of CPU: keep it off the async worker threads.
+/// (madsim deprecates `spawn_blocking` but runs it as an ordinary task, which is right there.)
+#[allow(deprecated)]
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(format!("worker failed: {e}")))
 }

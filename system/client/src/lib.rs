@@ -8,7 +8,7 @@
 //! - [`tracker`]: [`Tracker`], the client side of ordering and idempotency without I/O:
 //!   last seen `seq` per conversation, gap detection, pending sends matched to their acks.
 //! - [`live`]: [`LiveSession`], a tracker on a WebSocket with heartbeats and reconnection.
-//! - [`error`]: [`ClientError`].
+//! - [`error`]: the one error type, [`ClientError`].
 //!
 //! # Runtime
 //! Everything runs on the `tokio` alias (madsim-tokio): real tokio normally, the simulator
@@ -34,6 +34,7 @@
 //! ```
 
 pub mod error;
+mod io;
 pub mod live;
 pub mod rest;
 pub mod tracker;
@@ -42,7 +43,7 @@ pub mod ws;
 
 pub use chat_proto::frame::{ClientFrame, ServerFrame};
 pub use chat_proto::rest::{ConversationView, HistoryPage, Inbox, InboxEntry, MessageView, Session, UserCreated};
-pub use chat_proto::{ApiError, ConvId, ErrorCode, Message, Seq};
+pub use chat_proto::{ApiError, ConvId, ConvKind, ErrorCode, Message, Seq};
 pub use error::ClientError;
 pub use live::LiveSession;
 pub use rest::{Client, RawResponse, TIMEOUT_DEFAULT};

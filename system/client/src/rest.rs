@@ -4,6 +4,7 @@
 //! spawned with the `tokio` alias, so the same code runs on real sockets and in the simulator.
 
 use crate::error::{ClientError, error_from_answer};
+use crate::io::QuietFlush;
 use crate::url::{BaseUrl, encode_query_value};
 use crate::ws::WsConnection;
 use chat_proto::rest::{ConversationView, CreateConversation, Credentials, HistoryPage, Inbox, Session, UserCreated};
@@ -229,7 +230,7 @@ impl Client {
     async fn send(&self, request: Request<Full<Bytes>>) -> Result<RawResponse, ClientError> {
         let stream = self.connect().await?;
         let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| ClientError::Http(e.to_string()))?;
+            hyper::client::conn::http1::handshake(TokioIo::new(QuietFlush::new(stream))).await.map_err(|e| ClientError::Http(error_chain(&e)))?;
         // The driver ends by itself once `sender` is dropped after the answer; aborting it on
         // drop also ends it when this request times out (a partition raises no TCP error).
         let _driver = AbortOnDrop(tokio::spawn(async move {
@@ -237,12 +238,12 @@ impl Client {
                 tracing::debug!(error = %e, "http connection ended with an error");
             }
         }));
-        let response = sender.send_request(request).await.map_err(|e| ClientError::Http(e.to_string()))?;
+        let response = sender.send_request(request).await.map_err(|e| ClientError::Http(error_chain(&e)))?;
         let (parts, body) = response.into_parts();
         let body = Limited::new(body, RESPONSE_BYTES_MAX)
             .collect()
             .await
-            .map_err(|e| ClientError::Http(format!("reading the answer: {e}")))?
+            .map_err(|e| ClientError::Http(format!("reading the answer: {}", error_chain(&*e))))?
             .to_bytes();
         Ok(RawResponse { status: parts.status.as_u16(), headers: parts.headers, body: body.to_vec() })
     }
@@ -250,6 +251,18 @@ impl Client {
     async fn within<T>(&self, op: &'static str, future: impl Future<Output = T>) -> Result<T, ClientError> {
         tokio::time::timeout(self.timeout, future).await.map_err(|_| ClientError::Timeout { op, after: self.timeout })
     }
+}
+
+/// An error and its sources, `outer: inner: innermost`.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
 }
 
 fn header_value(value: &str) -> Result<HeaderValue, ClientError> {

@@ -319,7 +319,7 @@ mod tests {
         let mut t = Tracker::with_id_prefix("me");
         t.follow(1, 3);
         let ClientFrame::Send { id, .. } = t.send(1, "hello") else { panic!() };
-        assert_eq!(t.pending_ids(), [id.clone()]);
+        assert_eq!(t.pending_ids(), std::slice::from_ref(&id));
         // Our message got seq 5; the push of 4 (someone else's) is still on its way.
         let step = t.on_frame(ServerFrame::Sent { id: id.clone(), conv: 1, seq: 5, ts: 0 });
         assert_eq!(step.events, [LiveEvent::Acked { id, conv: 1, seq: 5, ts: 0 }]);
@@ -356,7 +356,7 @@ mod tests {
         let step = t.on_frame(ServerFrame::Error { code: ErrorCode::UnknownConversation, message: "no".into(), id: Some(bad.clone()) });
         assert!(matches!(&step.events[..], [LiveEvent::SendFailed { id, .. }] if *id == bad));
         // The retryable one stays pending; the other is gone.
-        assert_eq!(t.pending_ids(), [busy.clone()]);
+        assert_eq!(t.pending_ids(), std::slice::from_ref(&busy));
         assert_eq!(t.resend(&busy), Some(ClientFrame::Send { id: busy, conv: 1, body: "x".into() }));
         let step = t.on_frame(ServerFrame::Error { code: ErrorCode::BadFrame, message: "?".into(), id: None });
         assert!(matches!(&step.events[..], [LiveEvent::Error(e)] if e.code == ErrorCode::BadFrame));

@@ -1,6 +1,7 @@
 //! [`WsConnection`]: one WebSocket to the server, JSON frames in and out, every wait bounded.
 
 use crate::error::{ClientError, error_from_answer};
+use crate::io::QuietFlush;
 use crate::url::BaseUrl;
 use chat_proto::frame::{ClientFrame, ServerFrame};
 use chat_proto::limits::FRAME_BYTES_MAX;
@@ -35,7 +36,7 @@ pub enum WsEvent {
     Closed { code: Option<u16>, reason: String },
 }
 
-type Stream = WebSocketStream<TcpStream>;
+type Stream = WebSocketStream<QuietFlush<TcpStream>>;
 
 /// The WebSocket configuration of every client connection.
 pub fn ws_config() -> WebSocketConfig {
@@ -84,7 +85,7 @@ impl WsConnection {
             let value = HeaderValue::from_str(value).map_err(|e| ClientError::Http(format!("bad header value: {e}")))?;
             request.headers_mut().insert(name, value);
         }
-        let handshake = tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config()));
+        let handshake = tokio_tungstenite::client_async_with_config(request, QuietFlush::new(stream), Some(ws_config()));
         let (stream, _response) = match tokio::time::timeout(timeout, handshake).await {
             Err(_) => return Err(ClientError::Timeout { op: "websocket handshake", after: timeout }),
             Ok(Err(WsError::Http(response))) => {

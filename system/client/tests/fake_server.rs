@@ -254,7 +254,7 @@ async fn live_session_syncs_a_gap_and_resyncs_after_reconnect() {
     let id = live.send_message(5, "hello").await.unwrap();
     let err = live.next_events().await.unwrap_err();
     assert!(matches!(err, ClientError::Closed { code: Some(1013), .. }), "{err:?}");
-    assert_eq!(live.tracker().pending_ids(), [id.clone()]);
+    assert_eq!(live.tracker().pending_ids(), std::slice::from_ref(&id));
 
     live.reconnect().await.unwrap();
     let mut events = Vec::new();

@@ -4,8 +4,8 @@
 //! # Layout
 //! - [`kv`]: the seam. The [`Kv`] / [`KvTx`] traits with FoundationDB's semantics and limits,
 //!   [`KvError`], and the [`run`] retry loop (FoundationDB's `db.run`).
-//! - [`occ`] (private): optimistic concurrency shared by the local backends: snapshot reads,
-//!   read-your-writes, the conflict [`Resolver`](occ) of recent commits.
+//! - `occ` (private): optimistic concurrency shared by the local backends: snapshot reads,
+//!   read-your-writes, and the resolver that checks commits against recent ones.
 //! - [`memory`]: [`MemoryKv`], for tests, property tests and the simulator (no threads, no
 //!   real time).
 //! - [`redb_kv`]: [`RedbKv`], the durable embedded store: one writer thread doing group

@@ -212,6 +212,8 @@ impl CommitPath for RedbCommitPath {
     }
 }
 
+type Guard<'a> = redb::AccessGuard<'a, &'static [u8]>;
+
 struct RedbSnapshot {
     table: ReadOnlyTable<&'static [u8], &'static [u8]>,
 }
@@ -224,7 +226,7 @@ impl Snapshot for RedbSnapshot {
     fn range(&self, begin: &[u8], end: &[u8], limit: usize, reverse: bool) -> Result<Vec<KeyValue>, KvError> {
         let take = if limit == 0 { usize::MAX } else { limit };
         let range = self.table.range::<&[u8]>(begin..end).map_err(redb_error)?;
-        let pair = |entry: Result<(redb::AccessGuard<'_, &[u8]>, redb::AccessGuard<'_, &[u8]>), redb::StorageError>| {
+        let pair = |entry: Result<(Guard<'_>, Guard<'_>), redb::StorageError>| {
             let (k, v) = entry.map_err(redb_error)?;
             Ok((k.value().to_vec(), v.value().to_vec()))
         };

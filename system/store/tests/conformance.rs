@@ -1,6 +1,6 @@
 //! The conformance suite against every local backend.
 
-use chat_store::{Kv, MemoryKv, testing};
+use chat_store::{MemoryKv, testing};
 use std::sync::Arc;
 
 #[tokio::test]
@@ -16,7 +16,7 @@ async fn memory_kv_enforces_the_transaction_lifetime() {
 #[cfg(not(madsim))]
 mod redb {
     use super::*;
-    use chat_store::RedbKv;
+    use chat_store::{Kv, RedbKv};
 
     fn open() -> (Arc<dyn Kv>, tempfile::TempDir) {
         let dir = tempfile::tempdir().expect("tempdir");
