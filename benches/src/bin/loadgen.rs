@@ -1,1 +1,935 @@
-fn main() {}
+//! `loadgen`: a WebSocket load generator for a chat server on this machine.
+//!
+//! Without `--server` it starts the real server in-process (`chat::serve::run` over `RedbKv`
+//! in a temporary directory on 127.0.0.1:0, cheap password hashing) and stops it at the end.
+//! With `--server URL` it drives a running server, which must be on a loopback address.
+//!
+//! Steps: register `--users` users (names carry a random run prefix), create conversations
+//! (direct pairs and/or groups), open `--conns-per-user` WebSockets per user, then
+//! 1. BASELINE: JSON `ping` round trips through the same connections, `--window` in flight
+//!    per connection: the cost of the WebSocket path alone, touching no store;
+//! 2. SENDS: `send` frames with unique ids, `--window` in flight per connection, round-robin
+//!    over the user's conversations; counts `sent` acks (ack latency), and `message` pushes
+//!    received by the other members' connections (end-to-end latency, from the send time
+//!    written at the start of each body).
+//!
+//! It prints one compact report with every parameter, and the ratio sends/s ÷ pings/s:
+//! both are measured through the same connections, clients and machine in the same run,
+//! so the ratio says what durability, sequencing and fan-out cost next to a bare round trip.
+//! Everything is bounded: counts, `--duration-max`, and `--wait-max` on every wait.
+//! Whatever the server sends is counted, never trusted to be well-formed.
+
+use anyhow::{Context, bail, ensure};
+use chat_client::{Client, ClientError, ClientFrame, ServerFrame, WsEvent, WsReceiver, WsSender};
+use chat_proto::ConvId;
+use clap::{Parser, ValueEnum};
+use futures::StreamExt;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{Semaphore, mpsc};
+
+/// WebSockets opened at most (each is a file descriptor on both ends).
+const CONNS_MAX: usize = 4_000;
+/// REST calls (register, login, create) and connects in flight during setup.
+const SETUP_CONCURRENCY: usize = 8;
+/// A send answered `overloaded` or `unavailable` is resent (same id) at most this often.
+const SEND_RETRIES_MAX: u32 = 5;
+/// Pause before resending a send answered with a retryable error.
+const RETRY_BACKOFF: Duration = Duration::from_millis(20);
+/// How often waiting loops look at the stop flags.
+const TICK: Duration = Duration::from_millis(100);
+/// The send time at the start of each body: 16 digits of microseconds and a space.
+const BODY_STAMP_BYTES: usize = 17;
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "WebSocket load generator for the chat server (127.0.0.1 only)")]
+struct Args {
+    /// Base URL of a running server on a loopback address (http://127.0.0.1:8080).
+    /// Default: start one in-process over RedbKv in a temporary directory.
+    #[arg(long)]
+    server: Option<String>,
+    /// Users registered for this run.
+    #[arg(long, default_value_t = 50)]
+    users: usize,
+    /// WebSockets per user.
+    #[arg(long, default_value_t = 1)]
+    conns_per_user: usize,
+    /// Which conversations to create: direct pairs, groups, or both.
+    #[arg(long, value_enum, default_value_t = Convs::Both)]
+    convs: Convs,
+    /// Direct conversations each user opens (with the next users, wrapping around); a user
+    /// is in about twice as many.
+    #[arg(long, default_value_t = 2)]
+    directs_per_user: usize,
+    /// Users are split into consecutive groups of this size (one group each).
+    #[arg(long, default_value_t = 5)]
+    group_size: usize,
+    /// Messages sent in total, spread evenly over the connections.
+    #[arg(long, default_value_t = 50_000)]
+    messages: u64,
+    /// Ping round trips in total for the baseline, spread evenly over the connections.
+    #[arg(long, default_value_t = 50_000)]
+    pings: u64,
+    /// Frames in flight per connection (pings in the baseline, sends after).
+    #[arg(long, default_value_t = 32)]
+    window: usize,
+    /// Bytes of each message body (the send time takes the first 17).
+    #[arg(long, default_value_t = 200)]
+    body_bytes: usize,
+    /// The whole run stops after this long, finished or not (e.g. 90s, 2m).
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    duration_max: Duration,
+    /// Every single wait (a REST call, a frame, a window slot) gives up after this long.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    wait_max: Duration,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum Convs {
+    Direct,
+    Group,
+    Both,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = number.parse().map_err(|_| format!("`{text}`: expected a number and a unit (500ms, 90s, 2m)"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("`{text}`: unknown unit `{unit}` (ms, s, m)")),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    validate(&args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let report = runtime.block_on(run(args))?;
+    println!("{report}");
+    Ok(())
+}
+
+fn validate(args: &Args) -> anyhow::Result<()> {
+    ensure!(args.users >= 2, "--users must be at least 2");
+    ensure!(args.conns_per_user >= 1, "--conns-per-user must be at least 1");
+    ensure!(args.users * args.conns_per_user <= CONNS_MAX, "at most {CONNS_MAX} connections");
+    ensure!(args.window >= 1, "--window must be at least 1");
+    ensure!(
+        (BODY_STAMP_BYTES + 1..=chat_proto::limits::BODY_BYTES_MAX).contains(&args.body_bytes),
+        "--body-bytes must be {}..={}",
+        BODY_STAMP_BYTES + 1,
+        chat_proto::limits::BODY_BYTES_MAX
+    );
+    if let Some(url) = &args.server {
+        let base = chat_client::BaseUrl::parse(url)?;
+        let loopback = base.ip().is_some_and(|ip| ip.is_loopback()) || base.host == "localhost";
+        ensure!(loopback, "--server must be on this machine (127.0.0.1, ::1 or localhost), not `{}`", base.host);
+    }
+    Ok(())
+}
+
+/// Microseconds since the Unix epoch (the send stamp in bodies).
+fn now_micros() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------------------
+// The server under load.
+
+/// The in-process server: the binary's own `run`, over the durable store.
+struct InProcess {
+    base: String,
+    kv: Arc<chat_store::RedbKv>,
+    shutdown: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl InProcess {
+    async fn start() -> anyhow::Result<InProcess> {
+        let dir = tempfile::tempdir().context("creating a temporary directory")?;
+        let kv = Arc::new(chat_store::RedbKv::open(dir.path().join("messages.redb")).context("opening the store")?);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding 127.0.0.1:0")?;
+        let base = format!("http://{}", listener.local_addr()?);
+        let secret: Vec<u8> = (0..chat_auth::secret::SECRET_BYTES).map(|_| rand::random()).collect();
+        let mut options = chat::serve::Options::new(secret);
+        // A load test of messaging, not of Argon2.
+        options.password_cost = chat_auth::PasswordCost::TESTING;
+        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+        let kv_dyn: Arc<dyn chat_store::Kv> = kv.clone();
+        let task = tokio::spawn(chat::serve::run(listener, kv_dyn, options, async {
+            let _ = stopped.await;
+        }));
+        Ok(InProcess { base, kv, shutdown, task, _dir: dir })
+    }
+
+    async fn stop(self, wait_max: Duration) {
+        let _ = self.shutdown.send(());
+        match tokio::time::timeout(wait_max, self.task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => eprintln!("loadgen: the in-process server failed: {e:#}"),
+            Ok(Err(e)) => eprintln!("loadgen: the in-process server task ended abnormally: {e}"),
+            Err(_) => eprintln!("loadgen: the in-process server did not stop within {wait_max:?}; leaving it"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Setup: users, conversations, connections.
+
+struct Conversation {
+    id: ConvId,
+    members: Vec<usize>,
+}
+
+struct Setup {
+    run: String,
+    clients: Vec<Client>,
+    convs: Vec<Conversation>,
+    /// Conversations of each user.
+    convs_of: Vec<Vec<ConvId>>,
+    /// Members of each conversation.
+    members_of: HashMap<ConvId, usize>,
+}
+
+fn username(run: &str, i: usize) -> String {
+    format!("lg{run}_{i}")
+}
+
+async fn setup(args: &Args, base: &str) -> anyhow::Result<Setup> {
+    // 6 random characters of a-z0-9: usernames stay unique across runs against one server.
+    let run: String = (0..6)
+        .map(|_| {
+            let i = rand::random_range(0..36u8);
+            (if i < 10 { b'0' + i } else { b'a' + i - 10 }) as char
+        })
+        .collect();
+    let password = format!("pw-{run}-{}", rand::random::<u64>());
+    let anon = Client::new(base)?.with_timeout(args.wait_max);
+
+    let clients: Vec<Client> = futures::stream::iter(0..args.users)
+        .map(|i| {
+            let (anon, name, password) = (anon.clone(), username(&run, i), password.clone());
+            async move {
+                anon.register(&name, &password).await.with_context(|| format!("registering {name}"))?;
+                let session = anon.login(&name, &password).await.with_context(|| format!("logging in {name}"))?;
+                anyhow::Ok(anon.with_token(session.token))
+            }
+        })
+        .buffered(SETUP_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+
+    // Direct pairs: each user with the next `directs_per_user` users (wrapping, deduplicated).
+    let mut plans: Vec<Vec<usize>> = Vec::new();
+    if matches!(args.convs, Convs::Direct | Convs::Both) {
+        let mut pairs = BTreeSet::new();
+        for i in 0..args.users {
+            for k in 1..=args.directs_per_user {
+                let j = (i + k) % args.users;
+                if i != j && pairs.insert((i.min(j), i.max(j))) {
+                    plans.push(vec![i, j]);
+                }
+            }
+        }
+    }
+    if matches!(args.convs, Convs::Group | Convs::Both) && args.group_size >= 2 {
+        let users: Vec<usize> = (0..args.users).collect();
+        plans.extend(users.chunks(args.group_size).filter(|chunk| chunk.len() >= 2).map(<[usize]>::to_vec));
+    }
+    ensure!(!plans.is_empty(), "no conversations: use --directs-per-user >= 1 or --group-size >= 2");
+
+    let convs: Vec<Conversation> = futures::stream::iter(plans)
+        .map(|members| {
+            let creator = clients[members[0]].clone();
+            let others: Vec<String> = members[1..].iter().map(|&m| username(&run, m)).collect();
+            // Two members and no title open a direct conversation; a title makes a group.
+            let title = (members.len() > 2 || args.convs == Convs::Group).then_some("loadgen");
+            async move {
+                let (view, _) = creator.create_conversation(&others, title).await.context("creating a conversation")?;
+                anyhow::Ok(Conversation { id: view.conv_id, members })
+            }
+        })
+        .buffered(SETUP_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+
+    let mut convs_of = vec![Vec::new(); args.users];
+    let mut members_of = HashMap::new();
+    for conv in &convs {
+        for &m in &conv.members {
+            convs_of[m].push(conv.id);
+        }
+        members_of.insert(conv.id, conv.members.len());
+    }
+    Ok(Setup { run, clients, convs, convs_of, members_of })
+}
+
+struct Conn {
+    index: usize,
+    user: usize,
+    sender: WsSender,
+    receiver: WsReceiver,
+}
+
+async fn connect_all(args: &Args, setup: &Setup) -> anyhow::Result<Vec<Conn>> {
+    let wanted: Vec<(usize, usize)> =
+        (0..args.users).flat_map(|u| (0..args.conns_per_user).map(move |_| u)).enumerate().collect();
+    futures::stream::iter(wanted)
+        .map(|(index, user)| {
+            let client = setup.clients[user].clone();
+            async move {
+                let ws = client.connect_ws().await.with_context(|| format!("opening WebSocket {index}"))?;
+                let (sender, receiver) = ws.split();
+                anyhow::Ok(Conn { index, user, sender, receiver })
+            }
+        })
+        .buffered(SETUP_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// `total` spread over `n` parts, the remainder going to the first ones.
+fn share(total: u64, n: usize, i: usize) -> u64 {
+    total / n as u64 + u64::from((i as u64) < total % n as u64)
+}
+
+// ---------------------------------------------------------------------------------------
+// Measurements.
+
+/// Latencies in microseconds.
+#[derive(Default)]
+struct Latencies(Vec<u32>);
+
+impl Latencies {
+    fn record(&mut self, elapsed: Duration) {
+        self.0.push(elapsed.as_micros().min(u32::MAX as u128) as u32);
+    }
+
+    fn extend(&mut self, other: Latencies) {
+        self.0.extend(other.0);
+    }
+
+    /// `p50 .. p99 .. max` in milliseconds.
+    fn summary(mut self) -> String {
+        if self.0.is_empty() {
+            return "no samples".into();
+        }
+        self.0.sort_unstable();
+        let at = |q: f64| {
+            let rank = ((q * self.0.len() as f64).ceil() as usize).clamp(1, self.0.len());
+            self.0[rank - 1] as f64 / 1000.0
+        };
+        format!("p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms", at(0.50), at(0.99), at(1.0))
+    }
+}
+
+/// What went wrong on connections, by kind, for the report.
+#[derive(Default, Debug)]
+struct Problems {
+    /// Frames that could not be decoded, or that answered nothing we asked.
+    unexpected_frames: u64,
+    /// Error frames that match no pending send.
+    error_frames: u64,
+    /// Connections closed by the server or broken.
+    closed: u64,
+    /// Waits that hit `--wait-max`.
+    stalls: u64,
+    first: Option<String>,
+}
+
+impl Problems {
+    fn note(&mut self, what: String) {
+        self.first.get_or_insert(what);
+    }
+
+    fn merge(&mut self, other: Problems) {
+        self.unexpected_frames += other.unexpected_frames;
+        self.error_frames += other.error_frames;
+        self.closed += other.closed;
+        self.stalls += other.stalls;
+        if self.first.is_none() {
+            self.first = other.first;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.unexpected_frames + self.error_frames + self.closed + self.stalls == 0
+    }
+}
+
+/// Counters shared by every connection of a phase.
+struct Phase {
+    started: Instant,
+    /// The whole run's deadline passed.
+    stop: Arc<AtomicBool>,
+    /// Set by the coordinator once the phase is complete or can make no more progress.
+    over: AtomicBool,
+    senders_done: AtomicUsize,
+    replies: AtomicU64,
+    failed: AtomicU64,
+    delivered: AtomicU64,
+    deliveries_expected: AtomicU64,
+    last_reply_micros: AtomicU64,
+    last_push_micros: AtomicU64,
+}
+
+impl Phase {
+    fn new(stop: Arc<AtomicBool>) -> Arc<Phase> {
+        Arc::new(Phase {
+            started: Instant::now(),
+            stop,
+            over: AtomicBool::new(false),
+            senders_done: AtomicUsize::new(0),
+            replies: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            deliveries_expected: AtomicU64::new(0),
+            last_reply_micros: AtomicU64::new(0),
+            last_push_micros: AtomicU64::new(0),
+        })
+    }
+
+    fn ending(&self) -> bool {
+        self.over.load(Ordering::Relaxed) || self.stop.load(Ordering::Relaxed)
+    }
+
+    fn since_start_micros(&self) -> u64 {
+        self.started.elapsed().as_micros() as u64
+    }
+
+    fn replied(&self) {
+        self.replies.fetch_add(1, Ordering::Relaxed);
+        self.last_reply_micros.fetch_max(self.since_start_micros(), Ordering::Relaxed);
+    }
+
+    fn pushed(&self) {
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+        self.last_push_micros.fetch_max(self.since_start_micros(), Ordering::Relaxed);
+    }
+
+    /// Ends the phase once every sender is done and every reply (and push) is in, or once
+    /// nothing moved for `wait_max` after the senders finished (lost frames), or at the
+    /// deadline.
+    async fn coordinate(&self, conns: usize, wait_max: Duration) {
+        let mut last_progress = (0, 0, Instant::now());
+        while !self.stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(TICK / 2).await;
+            let replies = self.replies.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed);
+            let delivered = self.delivered.load(Ordering::Relaxed);
+            let senders_done = self.senders_done.load(Ordering::Relaxed) == conns;
+            if senders_done && delivered >= self.deliveries_expected.load(Ordering::Relaxed) {
+                break;
+            }
+            if (replies, delivered) != (last_progress.0, last_progress.1) {
+                last_progress = (replies, delivered, Instant::now());
+            } else if senders_done && last_progress.2.elapsed() > wait_max {
+                break;
+            }
+        }
+        self.over.store(true, Ordering::Relaxed);
+    }
+
+    fn rate(&self, count: u64, last_micros: &AtomicU64) -> (f64, f64) {
+        let secs = last_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        (secs, if secs > 0.0 { count as f64 / secs } else { 0.0 })
+    }
+}
+
+/// Waits for a window slot, giving up after `wait_max` or when the phase ends.
+async fn window_slot(window: &Semaphore, phase: &Phase, wait_max: Duration) -> Result<(), &'static str> {
+    let give_up = Instant::now() + wait_max;
+    loop {
+        if phase.ending() {
+            return Err("the phase ended");
+        }
+        match tokio::time::timeout(TICK, window.acquire()).await {
+            Ok(Ok(permit)) => {
+                permit.forget();
+                return Ok(());
+            }
+            Ok(Err(_)) => return Err("the window closed"),
+            Err(_) if Instant::now() > give_up => return Err("no reply within --wait-max"),
+            Err(_) => {}
+        }
+    }
+}
+
+/// The next event of a connection: `None` on a quiet tick; an `Err` text once the
+/// connection is unusable.
+async fn next_event(receiver: &mut WsReceiver, problems: &mut Problems) -> Result<Option<ServerFrame>, String> {
+    match receiver.recv_timeout(TICK).await {
+        Ok(WsEvent::Frame(frame)) => Ok(Some(frame)),
+        Ok(WsEvent::Pong(_)) => Ok(None),
+        Ok(WsEvent::Closed { code, reason }) => Err(format!("closed by the server ({code:?}): {reason}")),
+        Err(ClientError::Timeout { .. }) => Ok(None),
+        Err(ClientError::Decode(e)) => {
+            problems.unexpected_frames += 1;
+            problems.note(format!("undecodable frame: {e}"));
+            Ok(None)
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Phase 1: ping round trips.
+
+struct ConnResult {
+    conn: Conn,
+    latencies: Latencies,
+    pushes: Latencies,
+    problems: Problems,
+}
+
+async fn ping_conn(mut conn: Conn, quota: u64, window: usize, wait_max: Duration, phase: Arc<Phase>) -> ConnResult {
+    let slots = Semaphore::new(window);
+    let in_flight: Mutex<VecDeque<Instant>> = Mutex::new(VecDeque::new());
+    let sent = AtomicU64::new(0);
+    let sender_done = AtomicBool::new(false);
+    let Conn { sender, receiver, .. } = &mut conn;
+
+    let send = async {
+        let mut problem = None;
+        for _ in 0..quota {
+            if let Err(why) = window_slot(&slots, &phase, wait_max).await {
+                problem = Some(format!("ping send stopped: {why}"));
+                break;
+            }
+            in_flight.lock().unwrap_or_else(|p| p.into_inner()).push_back(Instant::now());
+            if let Err(e) = sender.send(&ClientFrame::Ping).await {
+                problem = Some(format!("ping send failed: {e}"));
+                break;
+            }
+            sent.fetch_add(1, Ordering::Relaxed);
+        }
+        sender_done.store(true, Ordering::Relaxed);
+        phase.senders_done.fetch_add(1, Ordering::Relaxed);
+        problem
+    };
+    let receive = async {
+        let mut latencies = Latencies::default();
+        let mut problems = Problems::default();
+        let mut received = 0u64;
+        loop {
+            let done = sender_done.load(Ordering::Relaxed);
+            if (done && received >= sent.load(Ordering::Relaxed)) || phase.ending() {
+                break;
+            }
+            match next_event(receiver, &mut problems).await {
+                Ok(None) => {}
+                Ok(Some(ServerFrame::Pong)) => {
+                    let Some(at) = in_flight.lock().unwrap_or_else(|p| p.into_inner()).pop_front() else {
+                        problems.unexpected_frames += 1;
+                        continue;
+                    };
+                    latencies.record(at.elapsed());
+                    received += 1;
+                    phase.replied();
+                    slots.add_permits(1);
+                }
+                Ok(Some(other)) => {
+                    problems.unexpected_frames += 1;
+                    problems.note(format!("unexpected frame during pings: {other:?}"));
+                }
+                Err(why) => {
+                    problems.closed += 1;
+                    problems.note(why);
+                    slots.close();
+                    break;
+                }
+            }
+        }
+        (latencies, problems)
+    };
+    let (send_problem, (latencies, mut problems)) = tokio::join!(send, receive);
+    if let Some(why) = send_problem {
+        problems.stalls += 1;
+        problems.note(why);
+    }
+    ConnResult { conn, latencies, pushes: Latencies::default(), problems }
+}
+
+// ---------------------------------------------------------------------------------------
+// Phase 2: sends, acks and pushes.
+
+struct Pending {
+    first_sent: Instant,
+    conv: ConvId,
+    body: String,
+    retries: u32,
+}
+
+struct SendPlan {
+    run: String,
+    quota: u64,
+    convs: Vec<ConvId>,
+    /// Connections that get a push of a message in each conversation (all members'
+    /// connections but the sending one).
+    recipients: Arc<HashMap<ConvId, u64>>,
+    body_bytes: usize,
+}
+
+fn body(stamp_micros: u64, bytes: usize) -> String {
+    let mut body = format!("{stamp_micros:016} ");
+    body.extend(std::iter::repeat_n('x', bytes.saturating_sub(body.len())));
+    body
+}
+
+async fn send_conn(mut conn: Conn, plan: SendPlan, window: usize, wait_max: Duration, phase: Arc<Phase>) -> ConnResult {
+    let slots = Semaphore::new(window);
+    let pending: Mutex<HashMap<String, Pending>> = Mutex::new(HashMap::new());
+    let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<String>();
+    let sender_done = AtomicBool::new(false);
+    let index = conn.index;
+    let Conn { sender, receiver, .. } = &mut conn;
+    let lock = |m: &Mutex<HashMap<String, Pending>>| -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    };
+
+    let send = async {
+        let mut problem = None;
+        let mut resend = async |id: String, sender: &mut WsSender| -> Result<(), ClientError> {
+            tokio::time::sleep(RETRY_BACKOFF).await;
+            let frame = {
+                let pending = lock(&pending);
+                let Some(p) = pending.get(&id) else { return Ok(()) };
+                ClientFrame::Send { id, conv: p.conv, body: p.body.clone() }
+            };
+            sender.send(&frame).await
+        };
+        'sending: for n in 0..plan.quota {
+            while let Ok(id) = retry_rx.try_recv() {
+                if let Err(e) = resend(id, sender).await {
+                    problem = Some(format!("resend failed: {e}"));
+                    break 'sending;
+                }
+            }
+            if let Err(why) = window_slot(&slots, &phase, wait_max).await {
+                problem = Some(format!("send stopped: {why}"));
+                break;
+            }
+            let id = format!("{}-{index}-{n}", plan.run);
+            let conv = plan.convs[n as usize % plan.convs.len()];
+            let text = body(now_micros(), plan.body_bytes);
+            lock(&pending).insert(id.clone(), Pending { first_sent: Instant::now(), conv, body: text.clone(), retries: 0 });
+            if let Err(e) = sender.send(&ClientFrame::Send { id, conv, body: text }).await {
+                problem = Some(format!("send failed: {e}"));
+                break;
+            }
+        }
+        // Retries until every send is answered.
+        while problem.is_none() && !lock(&pending).is_empty() && !phase.ending() {
+            if let Ok(Some(id)) = tokio::time::timeout(TICK, retry_rx.recv()).await
+                && let Err(e) = resend(id, sender).await
+            {
+                problem = Some(format!("resend failed: {e}"));
+            }
+        }
+        sender_done.store(true, Ordering::Relaxed);
+        phase.senders_done.fetch_add(1, Ordering::Relaxed);
+        problem
+    };
+    let receive = async {
+        let mut acks = Latencies::default();
+        let mut pushes = Latencies::default();
+        let mut problems = Problems::default();
+        // Until the coordinator ends the phase: other connections' pushes keep coming after
+        // this connection's own sends are all acknowledged.
+        while !phase.ending() {
+            match next_event(receiver, &mut problems).await {
+                Ok(None) => {}
+                Ok(Some(ServerFrame::Sent { id, conv, .. })) => {
+                    let Some(p) = lock(&pending).remove(&id) else {
+                        problems.unexpected_frames += 1;
+                        problems.note(format!("ack of an unknown send `{id}`"));
+                        continue;
+                    };
+                    acks.record(p.first_sent.elapsed());
+                    phase.deliveries_expected.fetch_add(plan.recipients.get(&conv).copied().unwrap_or(0), Ordering::Relaxed);
+                    phase.replied();
+                    slots.add_permits(1);
+                }
+                Ok(Some(ServerFrame::Error { code, message, id: Some(id) })) => {
+                    let mut pending = lock(&pending);
+                    let Some(p) = pending.get_mut(&id) else {
+                        problems.error_frames += 1;
+                        problems.note(format!("error for an unknown send `{id}`: {code:?} {message}"));
+                        continue;
+                    };
+                    if code.is_retryable() && p.retries < SEND_RETRIES_MAX {
+                        p.retries += 1;
+                        let _ = retry_tx.send(id);
+                    } else {
+                        pending.remove(&id);
+                        drop(pending);
+                        problems.note(format!("send `{id}` refused: {code:?} {message}"));
+                        phase.failed.fetch_add(1, Ordering::Relaxed);
+                        slots.add_permits(1);
+                    }
+                }
+                Ok(Some(ServerFrame::Message { sender, body, .. })) => {
+                    // Only pushes of this run's messages count; the stamp is our own clock.
+                    let stamp = body.get(..BODY_STAMP_BYTES - 1).and_then(|s| s.parse::<u64>().ok());
+                    match stamp {
+                        Some(stamp) if sender.starts_with(&format!("lg{}_", plan.run)) => {
+                            pushes.record(Duration::from_micros(now_micros().saturating_sub(stamp)));
+                            phase.pushed();
+                        }
+                        _ => problems.unexpected_frames += 1,
+                    }
+                }
+                Ok(Some(other)) => {
+                    problems.unexpected_frames += 1;
+                    problems.note(format!("unexpected frame during sends: {other:?}"));
+                }
+                Err(why) => {
+                    problems.closed += 1;
+                    problems.note(why);
+                    slots.close();
+                    break;
+                }
+            }
+            // The sender may have stopped (error, deadline) with sends unanswered.
+            if sender_done.load(Ordering::Relaxed) && phase.ending() {
+                break;
+            }
+        }
+        (acks, pushes, problems)
+    };
+    let (send_problem, (acks, pushes, mut problems)) = tokio::join!(send, receive);
+    if let Some(why) = send_problem {
+        problems.stalls += 1;
+        problems.note(why);
+    }
+    ConnResult { conn, latencies: acks, pushes, problems }
+}
+
+// ---------------------------------------------------------------------------------------
+// The run and its report.
+
+struct PhaseOutcome {
+    conns: Vec<Conn>,
+    latencies: Latencies,
+    pushes: Latencies,
+    problems: Problems,
+}
+
+async fn gather(handles: Vec<tokio::task::JoinHandle<ConnResult>>) -> anyhow::Result<PhaseOutcome> {
+    let mut outcome =
+        PhaseOutcome { conns: Vec::new(), latencies: Latencies::default(), pushes: Latencies::default(), problems: Problems::default() };
+    for handle in handles {
+        let result = handle.await.context("a connection task failed")?;
+        outcome.conns.push(result.conn);
+        outcome.latencies.extend(result.latencies);
+        outcome.pushes.extend(result.pushes);
+        outcome.problems.merge(result.problems);
+    }
+    Ok(outcome)
+}
+
+async fn run(args: Args) -> anyhow::Result<String> {
+    let deadline_started = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let watchdog = {
+        let (stop, duration_max) = (stop.clone(), args.duration_max);
+        tokio::spawn(async move {
+            tokio::time::sleep(duration_max).await;
+            stop.store(true, Ordering::Relaxed);
+        })
+    };
+    let in_process = match &args.server {
+        Some(_) => None,
+        None => Some(InProcess::start().await?),
+    };
+    let base = match (&args.server, &in_process) {
+        (Some(url), _) => url.clone(),
+        (None, Some(server)) => server.base.clone(),
+        (None, None) => unreachable!("a server is started when none is given"),
+    };
+    let result = tokio::time::timeout(args.duration_max + args.wait_max, load(&args, &base, &stop, in_process.as_ref())).await;
+    watchdog.abort();
+    if let Some(server) = in_process {
+        server.stop(args.wait_max).await;
+    }
+    let mut report = match result {
+        Ok(report) => report?,
+        Err(_) => bail!("the run did not end within --duration-max + --wait-max"),
+    };
+    report.push_str(&format!("\ntotal run time {:.1} s", deadline_started.elapsed().as_secs_f64()));
+    Ok(report)
+}
+
+async fn load(args: &Args, base: &str, stop: &Arc<AtomicBool>, server: Option<&InProcess>) -> anyhow::Result<String> {
+    let started = Instant::now();
+    let setup = setup(args, base).await?;
+    let mut conns = connect_all(args, &setup).await?;
+    let conns_len = conns.len();
+    let setup_secs = started.elapsed().as_secs_f64();
+
+    // 1. BASELINE: pings.
+    let phase = Phase::new(stop.clone());
+    let handles = conns
+        .drain(..)
+        .enumerate()
+        .map(|(i, conn)| tokio::spawn(ping_conn(conn, share(args.pings, conns_len, i), args.window, args.wait_max, phase.clone())))
+        .collect();
+    phase.coordinate(conns_len, args.wait_max).await;
+    let pings = gather(handles).await?;
+    let pongs = phase.replies.load(Ordering::Relaxed);
+    let (ping_secs, pings_per_sec) = phase.rate(pongs, &phase.last_reply_micros);
+    let ping_stopped = stop.load(Ordering::Relaxed);
+
+    // 2. SENDS.
+    let recipients: Arc<HashMap<ConvId, u64>> = Arc::new(
+        setup.members_of.iter().map(|(&conv, &members)| (conv, (members * args.conns_per_user) as u64 - 1)).collect(),
+    );
+    let store_before = server.map(|s| (s.kv.txs_committed(), s.kv.batches_committed()));
+    let phase = Phase::new(stop.clone());
+    let handles = pings
+        .conns
+        .into_iter()
+        .enumerate()
+        .map(|(i, conn)| {
+            let plan = SendPlan {
+                run: setup.run.clone(),
+                quota: share(args.messages, conns_len, i),
+                convs: setup.convs_of[conn.user].clone(),
+                recipients: recipients.clone(),
+                body_bytes: args.body_bytes,
+            };
+            tokio::spawn(send_conn(conn, plan, args.window, args.wait_max, phase.clone()))
+        })
+        .collect();
+    phase.coordinate(conns_len, args.wait_max).await;
+    let sends = gather(handles).await?;
+    let store_after = server.map(|s| (s.kv.txs_committed(), s.kv.batches_committed()));
+    let acked = phase.replies.load(Ordering::Relaxed);
+    let failed = phase.failed.load(Ordering::Relaxed);
+    let delivered = phase.delivered.load(Ordering::Relaxed);
+    let expected = phase.deliveries_expected.load(Ordering::Relaxed);
+    let (send_secs, sends_per_sec) = phase.rate(acked, &phase.last_reply_micros);
+    let (push_secs, pushes_per_sec) = phase.rate(delivered, &phase.last_push_micros);
+    let send_stopped = stop.load(Ordering::Relaxed);
+
+    for conn in sends.conns {
+        let mut sender = conn.sender;
+        let _ = sender.close().await;
+    }
+
+    // The report.
+    let directs = setup.convs.iter().filter(|c| c.members.len() == 2).count();
+    let groups = setup.convs.len() - directs;
+    let mut out = String::new();
+    let target = match server {
+        Some(_) => "in-process chat::serve::run over RedbKv (tempdir), TESTING password cost".to_string(),
+        None => base.to_string(),
+    };
+    out.push_str(&format!("loadgen: server {target}\n"));
+    out.push_str(&format!(
+        "  users {} x {} conns = {} WebSockets; convs {} ({} direct, {} groups of <= {}); window {}/conn; body {} B; cores {}\n",
+        args.users,
+        args.conns_per_user,
+        conns_len,
+        setup.convs.len(),
+        directs,
+        groups,
+        args.group_size,
+        args.window,
+        args.body_bytes,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+    ));
+    out.push_str(&format!("  setup (register, login, create, connect) {setup_secs:.1} s\n"));
+    out.push_str(&format!(
+        "BASELINE pings : {pongs}/{} round trips in {ping_secs:.2} s = {pings_per_sec:.0}/s; rtt {}{}\n",
+        args.pings,
+        pings.latencies.summary(),
+        if ping_stopped { " [STOPPED at --duration-max]" } else { "" }
+    ));
+    out.push_str(&format!(
+        "SENDS          : {acked}/{} acked ({failed} refused) in {send_secs:.2} s = {sends_per_sec:.0}/s; ack {}{}\n",
+        args.messages,
+        sends.latencies.summary(),
+        if send_stopped { " [STOPPED at --duration-max]" } else { "" }
+    ));
+    out.push_str(&format!(
+        "PUSHES         : {delivered}/{expected} delivered in {push_secs:.2} s = {pushes_per_sec:.0}/s; end-to-end {}\n",
+        sends.pushes.summary()
+    ));
+    let ratio = if pings_per_sec > 0.0 { sends_per_sec / pings_per_sec } else { 0.0 };
+    out.push_str(&format!("RATIO          : sends/s / pings/s = {ratio:.3}\n"));
+    if let (Some((txs0, batches0)), Some((txs1, batches1))) = (store_before, store_after) {
+        let (txs, batches) = (txs1 - txs0, batches1 - batches0);
+        out.push_str(&format!(
+            "STORE          : {txs} transactions in {batches} fsyncs during sends: {:.1} messages/transaction, {:.1} transactions/fsync\n",
+            acked as f64 / txs.max(1) as f64,
+            txs as f64 / batches.max(1) as f64
+        ));
+    }
+    let mut problems = pings.problems;
+    problems.merge(sends.problems);
+    if problems.is_empty() {
+        out.push_str("problems       : none");
+    } else {
+        out.push_str(&format!(
+            "problems       : {} unexpected frames, {} unmatched errors, {} closed, {} stalled; first: {}",
+            problems.unexpected_frames,
+            problems.error_frames,
+            problems.closed,
+            problems.stalls,
+            problems.first.as_deref().unwrap_or("-")
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("2h").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn shares_add_up() {
+        assert_eq!((0..7).map(|i| share(50_000, 7, i)).sum::<u64>(), 50_000);
+        assert_eq!(share(3, 5, 4), 0);
+    }
+
+    #[test]
+    fn bodies_carry_their_stamp() {
+        let b = body(1_767_139_200_123_456, 200);
+        assert_eq!(b.len(), 200);
+        assert_eq!(b[..BODY_STAMP_BYTES - 1].parse::<u64>(), Ok(1_767_139_200_123_456));
+    }
+
+    #[test]
+    fn only_loopback_servers() {
+        let mut args = Args::parse_from(["loadgen"]);
+        assert!(validate(&args).is_ok());
+        args.server = Some("http://10.0.0.1:8080".into());
+        assert!(validate(&args).is_err());
+        args.server = Some("http://127.0.0.1:8080".into());
+        assert!(validate(&args).is_ok());
+    }
+}

@@ -143,10 +143,10 @@ impl AppApi for AppServer {
         if others.len() + 1 > CONV_MEMBERS_MAX {
             return Err(ApiError::bad_request(format!("a conversation has at most {CONV_MEMBERS_MAX} members")));
         }
-        if let Some(title) = &request.title {
-            if title.is_empty() || title.len() > TITLE_BYTES_MAX {
-                return Err(ApiError::bad_request(format!("`title` must be 1-{TITLE_BYTES_MAX} bytes")));
-            }
+        if let Some(title) = &request.title
+            && (title.is_empty() || title.len() > TITLE_BYTES_MAX)
+        {
+            return Err(ApiError::bad_request(format!("`title` must be 1-{TITLE_BYTES_MAX} bytes")));
         }
         let (conv, created) = self
             .store

@@ -8,6 +8,7 @@
 //!   synchronous, see [`chat_proto::link::AppApi::send`]);
 //! - delivery happens in `seq` order, because the same task routes each batch after its
 //!   commit and before it takes the next.
+//!
 //! Several app servers may still write one conversation (each with its own task); the
 //! store's optimistic concurrency keeps `seq` gapless then, at the cost of retries.
 

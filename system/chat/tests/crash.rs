@@ -75,10 +75,10 @@ async fn acked_messages_survive_sigkill_mid_burst() {
         match rx.recv_timeout(Duration::from_secs(30)).await {
             Ok(WsEvent::Frame(ServerFrame::Sent { id, seq, .. })) => {
                 assert!(acked.insert(id, seq).is_none(), "one ack per id");
-                if acked.len() == kill_after_acks {
-                    if let Some(server) = server.take() {
-                        server.sigkill();
-                    }
+                if acked.len() == kill_after_acks
+                    && let Some(server) = server.take()
+                {
+                    server.sigkill();
                 }
             }
             Ok(WsEvent::Frame(other)) => panic!("unexpected frame {other:?}"),

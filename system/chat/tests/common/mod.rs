@@ -23,7 +23,7 @@ pub struct TestServer {
 impl TestServer {
     pub async fn start() -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
-        let kv = chat_store::RedbKv::open(&dir.path().join("messages.redb")).expect("open store");
+        let kv = chat_store::RedbKv::open(dir.path().join("messages.redb")).expect("open store");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let mut options = Options::new(SECRET.to_vec());
