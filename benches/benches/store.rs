@@ -36,7 +36,7 @@ const FILL_MESSAGES: usize = 20_000;
 const HISTORY_LIMIT: u32 = 50;
 const INBOX_LIMIT: u32 = 20;
 
-const _: () = assert!(FILL_MEMBERS_PER_CONV * 9 <= FILL_USERS, "members (i + 9k) % users must be distinct");
+const _: () = assert!((FILL_MEMBERS_PER_CONV - 1) * 9 < FILL_USERS, "members (i + 9k) % users must be distinct");
 const _: () = assert!(FILL_CONVS * FILL_MEMBERS_PER_CONV / FILL_USERS >= INBOX_LIMIT as usize, "every inbox read fills its page");
 
 fn runtime() -> Runtime {

@@ -1,6 +1,7 @@
 //! The chat system under madsim's deterministic simulator.
 //!
-//! Built only with `RUSTFLAGS="--cfg madsim"` (see `ci/test`); otherwise this crate is empty.
+//! The scenarios build only with `RUSTFLAGS="--cfg madsim"` (see `ci/test`); without it
+//! this crate holds only [`resp`], which is tested on real sockets too.
 //! The production crates run unchanged: each server node starts [`chat::serve::run`], the
 //! same entry point as `chat serve`, and clients use the real `chat-client` library over
 //! simulated TCP.
@@ -11,9 +12,13 @@
 //! - [`smoke`]: the walking-skeleton scenario: one server node, three client nodes,
 //!   direct and group conversations, and its checks.
 //! - [`seeds`]: running a scenario for a seed on a fresh runtime.
+//! - [`resp`]: a Redis model server (the registry's commands over RESP2) for simulated
+//!   clusters, checked against a real `redis-server`.
 
-#![cfg(madsim)]
-
+pub mod resp;
+#[cfg(madsim)]
 pub mod seeds;
+#[cfg(madsim)]
 pub mod smoke;
+#[cfg(madsim)]
 pub mod trace;

@@ -108,13 +108,22 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    validate(&args)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
-    let report = runtime.block_on(run(args))?;
-    println!("{report}");
-    Ok(())
+    let outcome = validate(&args).and_then(|()| {
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+        runtime.block_on(run(args))
+    });
+    match outcome {
+        Ok(report) => {
+            println!("{report}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("loadgen: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 fn validate(args: &Args) -> anyhow::Result<()> {
@@ -379,7 +388,8 @@ struct Phase {
     stop: Arc<AtomicBool>,
     /// Set by the coordinator once the phase is complete or can make no more progress.
     over: AtomicBool,
-    senders_done: AtomicUsize,
+    /// Connections whose own frames are all answered (or given up on).
+    conns_done: AtomicUsize,
     replies: AtomicU64,
     failed: AtomicU64,
     delivered: AtomicU64,
@@ -394,7 +404,7 @@ impl Phase {
             started: Instant::now(),
             stop,
             over: AtomicBool::new(false),
-            senders_done: AtomicUsize::new(0),
+            conns_done: AtomicUsize::new(0),
             replies: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
@@ -422,16 +432,15 @@ impl Phase {
         self.last_push_micros.fetch_max(self.since_start_micros(), Ordering::Relaxed);
     }
 
-    /// Ends the phase once every sender is done and every reply (and push) is in, or once
-    /// nothing moved for `wait_max` after the senders finished (lost frames), or at the
-    /// deadline.
+    /// Ends the phase once every connection has its replies and every expected push is in,
+    /// or once nothing moved for `wait_max` after that (lost pushes), or at the deadline.
     async fn coordinate(&self, conns: usize, wait_max: Duration) {
         let mut last_progress = (0, 0, Instant::now());
         while !self.stop.load(Ordering::Relaxed) {
             tokio::time::sleep(TICK / 2).await;
             let replies = self.replies.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed);
             let delivered = self.delivered.load(Ordering::Relaxed);
-            let senders_done = self.senders_done.load(Ordering::Relaxed) == conns;
+            let senders_done = self.conns_done.load(Ordering::Relaxed) == conns;
             if senders_done && delivered >= self.deliveries_expected.load(Ordering::Relaxed) {
                 break;
             }
@@ -448,6 +457,12 @@ impl Phase {
         let secs = last_micros.load(Ordering::Relaxed) as f64 / 1e6;
         (secs, if secs > 0.0 { count as f64 / secs } else { 0.0 })
     }
+}
+
+/// Locks a mutex held only for map and queue updates, never across an `.await`; a panic
+/// elsewhere leaves plain data behind, still usable.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Waits for a window slot, giving up after `wait_max` or when the phase ends.
@@ -510,7 +525,7 @@ async fn ping_conn(mut conn: Conn, quota: u64, window: usize, wait_max: Duration
                 problem = Some(format!("ping send stopped: {why}"));
                 break;
             }
-            in_flight.lock().unwrap_or_else(|p| p.into_inner()).push_back(Instant::now());
+            lock(&in_flight).push_back(Instant::now());
             if let Err(e) = sender.send(&ClientFrame::Ping).await {
                 problem = Some(format!("ping send failed: {e}"));
                 break;
@@ -518,22 +533,28 @@ async fn ping_conn(mut conn: Conn, quota: u64, window: usize, wait_max: Duration
             sent.fetch_add(1, Ordering::Relaxed);
         }
         sender_done.store(true, Ordering::Relaxed);
-        phase.senders_done.fetch_add(1, Ordering::Relaxed);
         problem
     };
     let receive = async {
         let mut latencies = Latencies::default();
         let mut problems = Problems::default();
         let mut received = 0u64;
+        let mut last_progress = Instant::now();
         loop {
             let done = sender_done.load(Ordering::Relaxed);
             if (done && received >= sent.load(Ordering::Relaxed)) || phase.ending() {
                 break;
             }
+            if done && last_progress.elapsed() > wait_max {
+                problems.stalls += 1;
+                problems.note(format!("{} pongs missing after --wait-max", sent.load(Ordering::Relaxed) - received));
+                break;
+            }
             match next_event(receiver, &mut problems).await {
                 Ok(None) => {}
                 Ok(Some(ServerFrame::Pong)) => {
-                    let Some(at) = in_flight.lock().unwrap_or_else(|p| p.into_inner()).pop_front() else {
+                    last_progress = Instant::now();
+                    let Some(at) = lock(&in_flight).pop_front() else {
                         problems.unexpected_frames += 1;
                         continue;
                     };
@@ -557,6 +578,7 @@ async fn ping_conn(mut conn: Conn, quota: u64, window: usize, wait_max: Duration
         (latencies, problems)
     };
     let (send_problem, (latencies, mut problems)) = tokio::join!(send, receive);
+    phase.conns_done.fetch_add(1, Ordering::Relaxed);
     if let Some(why) = send_problem {
         problems.stalls += 1;
         problems.note(why);
@@ -594,16 +616,13 @@ async fn send_conn(mut conn: Conn, plan: SendPlan, window: usize, wait_max: Dura
     let slots = Semaphore::new(window);
     let pending: Mutex<HashMap<String, Pending>> = Mutex::new(HashMap::new());
     let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<String>();
-    let sender_done = AtomicBool::new(false);
+    let receiver_dead = AtomicBool::new(false);
     let index = conn.index;
     let Conn { sender, receiver, .. } = &mut conn;
-    let lock = |m: &Mutex<HashMap<String, Pending>>| -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
-        m.lock().unwrap_or_else(|p| p.into_inner())
-    };
 
     let send = async {
         let mut problem = None;
-        let mut resend = async |id: String, sender: &mut WsSender| -> Result<(), ClientError> {
+        let resend = async |id: String, sender: &mut WsSender| -> Result<(), ClientError> {
             tokio::time::sleep(RETRY_BACKOFF).await;
             let frame = {
                 let pending = lock(&pending);
@@ -632,16 +651,26 @@ async fn send_conn(mut conn: Conn, plan: SendPlan, window: usize, wait_max: Dura
                 break;
             }
         }
-        // Retries until every send is answered.
-        while problem.is_none() && !lock(&pending).is_empty() && !phase.ending() {
+        // Resends until every send is answered, while answers keep coming.
+        let mut last_progress = (lock(&pending).len(), Instant::now());
+        while problem.is_none() && !phase.ending() && !receiver_dead.load(Ordering::Relaxed) {
+            let unanswered = lock(&pending).len();
+            if unanswered == 0 {
+                break;
+            }
+            if unanswered != last_progress.0 {
+                last_progress = (unanswered, Instant::now());
+            } else if last_progress.1.elapsed() > wait_max {
+                problem = Some(format!("{unanswered} sends unanswered after --wait-max"));
+                break;
+            }
             if let Ok(Some(id)) = tokio::time::timeout(TICK, retry_rx.recv()).await
                 && let Err(e) = resend(id, sender).await
             {
                 problem = Some(format!("resend failed: {e}"));
             }
         }
-        sender_done.store(true, Ordering::Relaxed);
-        phase.senders_done.fetch_add(1, Ordering::Relaxed);
+        phase.conns_done.fetch_add(1, Ordering::Relaxed);
         problem
     };
     let receive = async {
@@ -700,13 +729,10 @@ async fn send_conn(mut conn: Conn, plan: SendPlan, window: usize, wait_max: Dura
                 Err(why) => {
                     problems.closed += 1;
                     problems.note(why);
+                    receiver_dead.store(true, Ordering::Relaxed);
                     slots.close();
                     break;
                 }
-            }
-            // The sender may have stopped (error, deadline) with sends unanswered.
-            if sender_done.load(Ordering::Relaxed) && phase.ending() {
-                break;
             }
         }
         (acks, pushes, problems)

@@ -4,7 +4,10 @@
 //! # Layout
 //! - [`serve`]: `chat serve`: gateway, connection server and app server in one process over
 //!   one store and an in-process registry.
+//! - [`roles`]: `chat app`, `chat conn`, `chat gateway`: the cluster roles, one process each.
 //! - [`client_cmd`]: `chat client`: the terminal client.
 
+pub mod cli;
 pub mod client_cmd;
+pub mod roles;
 pub mod serve;

@@ -15,6 +15,12 @@ enum Command {
     Serve(chat::serve::ServeArgs),
     /// A terminal client: register or log in, list the inbox, open a conversation, chat.
     Client(chat::client_cmd::ClientArgs),
+    /// Cluster role: an app server (business logic, the store, routing), serving the link.
+    App(chat::cli::AppArgs),
+    /// Cluster role: a connection server (holds WebSockets), linked to the app servers.
+    Conn(chat::cli::ConnArgs),
+    /// Cluster role: the API gateway (REST, auth, rate limits, WebSocket placement).
+    Gateway(chat::cli::GatewayArgs),
 }
 
 #[cfg(not(madsim))]
@@ -22,8 +28,8 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let default_filter = match cli.command {
-        Command::Serve(_) => "info",
         Command::Client(_) => "warn",
+        _ => "info",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -34,7 +40,45 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => chat::serve::main(args).await,
         Command::Client(args) => chat::client_cmd::run(args).await,
+        Command::App(args) => run_app(args).await,
+        Command::Conn(args) => run_conn(args).await,
+        Command::Gateway(args) => run_gateway(args).await,
     }
+}
+
+#[cfg(not(madsim))]
+async fn bind(addr: std::net::SocketAddr, role: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    use anyhow::Context;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    // Scripts read this line to find the port.
+    println!("chat {role}: listening on {}", listener.local_addr()?);
+    Ok(listener)
+}
+
+#[cfg(not(madsim))]
+async fn run_app(args: chat::cli::AppArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let options = args.options()?;
+    std::fs::create_dir_all(&args.data).with_context(|| format!("creating {}", args.data.display()))?;
+    let kv = chat_store::RedbKv::open(args.data.join("messages.redb")).context("opening the store")?;
+    let listener = bind(args.listen, "app").await?;
+    let registry = std::sync::Arc::new(args.redis.registry());
+    chat::roles::run_app(listener, std::sync::Arc::new(kv), registry, options, chat::serve::shutdown_signal()).await
+}
+
+#[cfg(not(madsim))]
+async fn run_conn(args: chat::cli::ConnArgs) -> anyhow::Result<()> {
+    let options = args.options()?;
+    let listener = bind(args.listen, "conn").await?;
+    let registry = std::sync::Arc::new(args.redis.registry());
+    chat::roles::run_conn(listener, registry, options, chat::serve::shutdown_signal()).await
+}
+
+#[cfg(not(madsim))]
+async fn run_gateway(args: chat::cli::GatewayArgs) -> anyhow::Result<()> {
+    let options = args.options()?;
+    let listener = bind(args.listen, "gateway").await?;
+    chat::roles::run_gateway(listener, options, chat::serve::shutdown_signal()).await
 }
 
 /// The binary is not simulated; the simulator starts [`chat::serve::run`] on its nodes.

@@ -9,8 +9,9 @@ use chat_app::{AppConfig, AppServer};
 use chat_auth::{PasswordCost, Passwords, Tokens};
 use chat_conn::hub::ConnHub;
 use chat_conn::{ConnConfig, ConnServer};
-use chat_gateway::Gateway;
 use chat_gateway::http::HttpConfig;
+use chat_gateway::ratelimit::{RateConfig, RateLimits};
+use chat_gateway::{Gateway, WsBackend};
 use chat_registry::LocalRegistry;
 use chat_store::{ChatStore, Kv};
 use std::future::Future;
@@ -49,6 +50,7 @@ pub struct Options {
     pub app: AppConfig,
     pub conn: ConnConfig,
     pub http: HttpConfig,
+    pub rates: RateConfig,
 }
 
 impl Options {
@@ -60,6 +62,7 @@ impl Options {
             app: AppConfig::default(),
             conn: ConnConfig::default(),
             http: HttpConfig::default(),
+            rates: RateConfig::default(),
         }
     }
 }
@@ -74,7 +77,8 @@ pub async fn run(listener: TcpListener, kv: Arc<dyn Kv>, options: Options, shutd
     let app = AppServer::new(ChatStore::new(kv), registry.clone(), hub.clone(), passwords, tokens.clone(), options.app);
     let conn = ConnServer::new(hub, app.clone(), registry, options.conn);
     let heartbeat = tokio::spawn(conn.clone().run_heartbeat());
-    let router = Gateway::new(app, tokens, conn).router();
+    let limits = Arc::new(RateLimits::new(options.rates));
+    let router = Gateway::new(app, tokens, WsBackend::Local(conn), limits).router();
     chat_gateway::http::serve(listener, router, options.http, shutdown).await;
     heartbeat.abort();
     Ok(())
@@ -108,8 +112,9 @@ pub async fn main(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Completes on SIGINT or SIGTERM.
 #[cfg(not(madsim))]
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
         let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

@@ -180,21 +180,24 @@ async fn group_of_256_members_is_allowed() {
     assert_eq!(group.members.len(), 256);
 }
 
-/// Sends `n` messages from `client` to `conv` over a WebSocket and returns their seqs.
+/// Sends `n` messages from `client` to `conv` over a WebSocket and returns their seqs in
+/// send order. (Acks may arrive in any order; seqs follow send order.)
 async fn send_n(client: &chat_client::Client, conv: u64, n: usize, prefix: &str) -> Vec<u64> {
     let mut ws = client.connect_ws().await.unwrap();
-    let mut seqs = Vec::new();
     for i in 0..n {
         let frame = chat_client::ClientFrame::Send { id: format!("{prefix}{i}"), conv, body: format!("message {i}") };
         ws.send(&frame).await.unwrap();
     }
-    while seqs.len() < n {
+    let mut acks = std::collections::HashMap::new();
+    while acks.len() < n {
         match next_frame(&mut ws).await {
-            chat_client::ServerFrame::Sent { seq, .. } => seqs.push(seq),
+            chat_client::ServerFrame::Sent { id, seq, .. } => {
+                acks.insert(id, seq);
+            }
             other => panic!("unexpected {other:?}"),
         }
     }
-    seqs
+    (0..n).map(|i| acks[&format!("{prefix}{i}")]).collect()
 }
 
 #[tokio::test]

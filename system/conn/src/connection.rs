@@ -25,12 +25,15 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
+/// How long a connection the server closes may still be read, for the client's close reply.
+const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Why the server closes a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CloseReason {
     /// 1009: a frame over the size limit.
     TooBig,
-    /// 1013: the client fell behind its pushes, or the registry refused it for now.
+    /// 1013: the client fell behind its pushes.
     TryAgainLater,
     /// 1008: too many devices for this user.
     Policy,
@@ -62,7 +65,7 @@ where
     let _enter = span.enter();
     tracing::debug!("connected");
 
-    let (sink, stream) = ws.split();
+    let (sink, mut stream) = ws.split();
     let (close_tx, close_rx) = watch::channel(None::<CloseReason>);
     let (done_tx, done_rx) = watch::channel(false);
     let writer = Writer {
@@ -74,22 +77,36 @@ where
     tokio::spawn(writer.run(outbound_rx, overflow, close_rx, done_tx, config.heartbeat_interval));
 
     let registered = tokio::time::timeout(config.request_timeout, server.registry.register(&user, addr)).await;
-    let reason = match registered {
-        Ok(Ok(())) => {
-            let reader = Reader { server: server.clone(), user: user.clone(), addr, outbound, sends: Arc::new(Semaphore::new(config.sends_in_flight_max)) };
-            reader.run(stream, done_rx).await
-        }
+    let refused = match registered {
+        Ok(Ok(())) => None,
         Ok(Err(chat_registry::RegistryError::TooManyConnections)) => Some(CloseReason::Policy),
+        // The registry is down or slow: serve the connection anyway. Sends work (they need
+        // the store, not the registry), and the next registry refresh adds this connection
+        // so pushes resume; until then the client catches up with `sync`.
         Ok(Err(err)) => {
-            tracing::warn!(error = %err, "registry refused the connection");
-            Some(CloseReason::TryAgainLater)
+            tracing::warn!(error = %err, "registry unavailable; connection registered at the next refresh");
+            None
         }
         Err(_) => {
-            tracing::warn!("registry timed out registering the connection");
-            Some(CloseReason::TryAgainLater)
+            tracing::warn!("registry timed out; connection registered at the next refresh");
+            None
+        }
+    };
+    let reason = match refused {
+        Some(reason) => Some(reason),
+        None => {
+            let reader = Reader { server: server.clone(), user: user.clone(), addr, outbound, sends: Arc::new(Semaphore::new(config.sends_in_flight_max)) };
+            reader.run(&mut stream, done_rx).await
         }
     };
     let _ = close_tx.send(reason);
+    if reason.is_some() {
+        // Read what the client still sends (the rest of an oversized frame, its close
+        // reply) before dropping the socket: closing a socket with unread input makes the
+        // kernel send a reset, which can destroy our close frame before the client reads it.
+        let deadline = tokio::time::Instant::now() + CLOSE_LINGER;
+        while let Ok(Some(_)) = tokio::time::timeout_at(deadline, stream.next()).await {}
+    }
     server.hub.remove(addr.conn);
     let unregister = server.registry.unregister(&user, addr);
     if !matches!(tokio::time::timeout(config.request_timeout, unregister).await, Ok(Ok(()))) {
@@ -111,7 +128,7 @@ struct Reader {
 impl Reader {
     /// Reads frames until the client leaves or the connection must close; returns why the
     /// server closes it, if it does.
-    async fn run<S>(&self, mut stream: SplitStream<WebSocketStream<S>>, mut writer_done: watch::Receiver<bool>) -> Option<CloseReason>
+    async fn run<S>(&self, stream: &mut SplitStream<WebSocketStream<S>>, mut writer_done: watch::Receiver<bool>) -> Option<CloseReason>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {

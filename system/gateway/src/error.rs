@@ -13,23 +13,34 @@ use serde::de::DeserializeOwned;
 
 /// An [`ApiError`] on its way to becoming a response.
 #[derive(Debug)]
-pub struct HttpError(pub ApiError);
+pub struct HttpError(pub ApiError, Option<u64>);
+
+impl HttpError {
+    /// With a `Retry-After` header of `seconds`.
+    pub fn with_retry_after(err: ApiError, seconds: u64) -> HttpError {
+        HttpError(err, Some(seconds))
+    }
+}
 
 impl From<ApiError> for HttpError {
     fn from(err: ApiError) -> Self {
-        HttpError(err)
+        HttpError(err, None)
     }
 }
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.0.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, axum::Json(ErrorBody { error: self.0 })).into_response()
+        let mut response = (status, axum::Json(ErrorBody { error: self.0 })).into_response();
+        if let Some(seconds) = self.1 {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
 pub fn error(code: ErrorCode, message: impl Into<String>) -> HttpError {
-    HttpError(ApiError::new(code, message))
+    HttpError(ApiError::new(code, message), None)
 }
 
 /// A JSON body. Unlike axum's `Json`, it does not insist on a `Content-Type`, and every
@@ -80,6 +91,6 @@ impl<S: Send + Sync> FromRequestParts<S> for ConvPath {
         axum::extract::Path::<chat_proto::ConvId>::from_request_parts(parts, state)
             .await
             .map(|p| ConvPath(p.0))
-            .map_err(|_: PathRejection| HttpError(ApiError::unknown_conversation()))
+            .map_err(|_: PathRejection| HttpError::from(ApiError::unknown_conversation()))
     }
 }

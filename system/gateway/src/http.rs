@@ -15,6 +15,11 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
+/// The client's socket address, in every request's extensions (axum's `ConnectInfo` needs
+/// its tokio feature, which this crate does without).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
     /// HTTP connections served at once (upgraded WebSockets are bounded by the connection server).
@@ -54,7 +59,10 @@ pub async fn serve(listener: TcpListener, router: axum::Router, config: HttpConf
             let header_read_timeout = config.header_read_timeout;
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                    router.clone().oneshot(request.map(axum::body::Body::new))
+                    let mut request = request.map(axum::body::Body::new);
+                    // For per-IP rate limits and logs.
+                    request.extensions_mut().insert(PeerAddr(peer));
+                    router.clone().oneshot(request)
                 });
                 let served = hyper::server::conn::http1::Builder::new()
                     .timer(AliasTimer)

@@ -3,6 +3,7 @@
 use crate::Gateway;
 use crate::error::{ConvPath, HttpError, JsonBody, QueryParams, error};
 use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
+use crate::http::PeerAddr;
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{Html, IntoResponse, Response};
@@ -13,15 +14,26 @@ use chat_proto::limits::REST_BODY_BYTES_MAX;
 use chat_proto::rest::{CreateConversation, Credentials, HistoryQuery, InboxQuery};
 
 pub fn router(gateway: Gateway) -> Router {
-    Router::new()
-        .route("/", get(index))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/v1/users", post(register))
-        .route("/v1/sessions", post(login))
-        .route("/v1/conversations", post(create_conversation))
-        .route("/v1/conversations/{conv_id}/messages", get(history))
-        .route("/v1/inbox", get(inbox))
-        .route("/v1/ws", get(crate::ws::upgrade))
+    with_fallbacks(
+        Router::new()
+            .route("/", get(index))
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/v1/users", post(register))
+            .route("/v1/sessions", post(login))
+            .route("/v1/conversations", post(create_conversation))
+            .route("/v1/conversations/{conv_id}/messages", get(history))
+            .route("/v1/inbox", get(inbox))
+            .route("/v1/ws", get(crate::ws::upgrade)),
+    )
+    .with_state(gateway)
+}
+
+pub fn websocket_router(gateway: Gateway) -> Router {
+    with_fallbacks(Router::new().route("/healthz", get(|| async { "ok" })).route("/v1/ws", get(crate::ws::upgrade))).with_state(gateway)
+}
+
+fn with_fallbacks(router: Router<Gateway>) -> Router<Gateway> {
+    router
         .fallback(|| async { error(ErrorCode::NotFound, "no such route") })
         .method_not_allowed_fallback(|| async {
             let mut response = error(ErrorCode::BadRequest, "method not allowed on this route").into_response();
@@ -29,10 +41,10 @@ pub fn router(gateway: Gateway) -> Router {
             response
         })
         .layer(DefaultBodyLimit::max(REST_BODY_BYTES_MAX))
-        .with_state(gateway)
 }
 
-/// The authenticated caller of a REST route: a valid `Authorization: Bearer` token.
+/// The authenticated caller of a REST route: a valid `Authorization: Bearer` token, within
+/// the caller's rate limit.
 pub struct Caller(pub String);
 
 impl FromRequestParts<Gateway> for Caller {
@@ -40,12 +52,29 @@ impl FromRequestParts<Gateway> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, gateway: &Gateway) -> Result<Self, Self::Rejection> {
         let token = bearer_token(parts).ok_or_else(|| error(ErrorCode::Unauthorized, "missing bearer token"))?;
-        gateway
-            .tokens
-            .verify(token)
-            .map(Caller)
-            .map_err(|_| error(ErrorCode::Unauthorized, "invalid or expired token"))
+        let user = gateway.tokens.verify(token).map_err(|_| error(ErrorCode::Unauthorized, "invalid or expired token"))?;
+        gateway.limits.check_user(&user).map_err(rate_limited)?;
+        Ok(Caller(user))
     }
+}
+
+/// Any request, within its client address's rate limit.
+pub struct WithinIpLimit;
+
+impl FromRequestParts<Gateway> for WithinIpLimit {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, gateway: &Gateway) -> Result<Self, Self::Rejection> {
+        if let Some(PeerAddr(peer)) = parts.extensions.get::<PeerAddr>() {
+            gateway.limits.check_ip(peer.ip()).map_err(rate_limited)?;
+        }
+        Ok(WithinIpLimit)
+    }
+}
+
+pub fn rate_limited(wait: std::time::Duration) -> HttpError {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    HttpError::with_retry_after(error(ErrorCode::RateLimited, "too many requests; retry later").0, seconds.max(1))
 }
 
 pub fn bearer_token(parts: &Parts) -> Option<&str> {
@@ -58,12 +87,12 @@ async fn index() -> Html<&'static str> {
     Html(include_str!("../assets/index.html"))
 }
 
-async fn register(State(gw): State<Gateway>, JsonBody(body): JsonBody<Credentials>) -> Result<Response, HttpError> {
+async fn register(State(gw): State<Gateway>, _: WithinIpLimit, JsonBody(body): JsonBody<Credentials>) -> Result<Response, HttpError> {
     let created = gw.app.register(body).await?;
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
-async fn login(State(gw): State<Gateway>, JsonBody(body): JsonBody<Credentials>) -> Result<Response, HttpError> {
+async fn login(State(gw): State<Gateway>, _: WithinIpLimit, JsonBody(body): JsonBody<Credentials>) -> Result<Response, HttpError> {
     Ok(Json(gw.app.login(body).await?).into_response())
 }
 

@@ -1,20 +1,31 @@
 //! The WebSocket upgrade.
 //!
-//! The token is checked before the upgrade (401 otherwise). The handshake is done here by
-//! hand rather than with axum's `WebSocketUpgrade`, whose `on_upgrade` spawns on the real
-//! tokio; the upgraded socket is then handed to the connection server, and the gateway
-//! does nothing more with it.
+//! The token is checked, and the user's and address's rate limits applied, before the
+//! upgrade (401 / 429 otherwise). Then:
+//! - [`WsBackend::Local`]: the handshake is answered here by hand (axum's `WebSocketUpgrade`
+//!   spawns on the real tokio) and the upgraded socket goes to the in-process connection
+//!   server;
+//! - [`WsBackend::Splice`]: the upgrade request is forwarded to a connection server chosen
+//!   by [`crate::placement`], with the client's key and token, and its answer returned to the
+//!   client; after the 101 the gateway copies bytes both ways. It never parses a frame, and
+//!   the client keeps one URL (`/v1/ws` on the gateway), which browsers need: a WebSocket
+//!   cannot follow a redirect. The cost is two sockets and a copy per connection on the
+//!   gateway; a client able to connect to connection servers directly could skip it.
 
-use crate::Gateway;
 use crate::error::{HttpError, QueryParams, error};
-use crate::routes::bearer_token;
+use crate::routes::{bearer_token, rate_limited};
+use crate::{Gateway, WsBackend};
+use axum::body::Body;
+use crate::http::PeerAddr;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chat_conn::ConnServer;
 use chat_proto::ErrorCode;
+use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
+use std::net::SocketAddr;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -24,14 +35,57 @@ pub struct WsQuery {
     token: Option<String>,
 }
 
-pub async fn upgrade(State(gw): State<Gateway>, QueryParams(query): QueryParams<WsQuery>, mut request: Request) -> Result<Response, HttpError> {
+/// Bytes of a connection server's refusal passed back to the client.
+const REFUSAL_BYTES_MAX: usize = 16 * 1024;
+
+pub async fn upgrade(State(gw): State<Gateway>, QueryParams(query): QueryParams<WsQuery>, request: Request) -> Result<Response, HttpError> {
     let (parts, body) = request.into_parts();
     let token = query.token.as_deref().or_else(|| bearer_token(&parts)).map(str::to_owned);
-    request = Request::from_parts(parts, body);
+    let peer = parts.extensions.get::<PeerAddr>().map(|p| p.0);
+    let mut request = Request::from_parts(parts, body);
     let token = token.ok_or_else(|| error(ErrorCode::Unauthorized, "missing token"))?;
     let user = gw.tokens.verify(&token).map_err(|_| error(ErrorCode::Unauthorized, "invalid or expired token"))?;
+    if let Some(peer) = peer {
+        gw.limits.check_ip(peer.ip()).map_err(rate_limited)?;
+    }
+    gw.limits.check_user(&user).map_err(rate_limited)?;
+    let key = check_handshake(request.headers())?;
 
-    let headers = request.headers();
+    match &gw.ws {
+        WsBackend::Local(conn) => {
+            if !conn.has_capacity() {
+                return Err(error(ErrorCode::Unavailable, "no connection capacity; retry later"));
+            }
+            let on_upgrade = hyper::upgrade::on(&mut request);
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                match on_upgrade.await {
+                    Ok(upgraded) => {
+                        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ConnServer::websocket_config())).await;
+                        conn.serve(user, ws).await;
+                    }
+                    Err(err) => tracing::debug!(error = %err, "upgrade failed"),
+                }
+            });
+            Ok(switching_protocols(&derive_accept_key(key.as_bytes())))
+        }
+        WsBackend::Splice(placement) => {
+            for addr in placement.candidates(&user) {
+                match splice(&mut request, addr, &key, &token, peer, placement.connect_timeout()).await {
+                    Ok(response) => return Ok(response),
+                    Err(err) => {
+                        tracing::warn!(%addr, %err, "connection server unreachable; trying the next");
+                        placement.mark(addr, false);
+                    }
+                }
+            }
+            Err(error(ErrorCode::Unavailable, "no connection server is available; retry later"))
+        }
+    }
+}
+
+/// Checks the upgrade headers; returns the client's `Sec-WebSocket-Key`.
+fn check_handshake(headers: &HeaderMap) -> Result<String, HttpError> {
     let has_token = |name: header::HeaderName, wanted: &str| {
         headers
             .get_all(name)
@@ -46,32 +100,98 @@ pub async fn upgrade(State(gw): State<Gateway>, QueryParams(query): QueryParams<
     if headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
         return Err(error(ErrorCode::BadRequest, "Sec-WebSocket-Version must be 13"));
     }
-    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
-        return Err(error(ErrorCode::BadRequest, "missing Sec-WebSocket-Key"));
-    };
-    let accept = derive_accept_key(key.as_bytes());
-    if !gw.conn.has_capacity() {
-        return Err(error(ErrorCode::Unavailable, "no connection capacity; retry later"));
-    }
+    headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .and_then(|k| k.to_str().ok())
+        .map(str::to_owned)
+        .ok_or_else(|| error(ErrorCode::BadRequest, "missing Sec-WebSocket-Key"))
+}
 
-    let on_upgrade = hyper::upgrade::on(&mut request);
-    let conn = gw.conn.clone();
-    tokio::spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ConnServer::websocket_config())).await;
-                conn.serve(user, ws).await;
-            }
-            Err(err) => tracing::debug!(error = %err, "upgrade failed"),
-        }
-    });
-
+fn switching_protocols(accept: &str) -> Response {
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let h = response.headers_mut();
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    if let Ok(value) = HeaderValue::from_str(&accept) {
+    if let Ok(value) = HeaderValue::from_str(accept) {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, value);
     }
-    Ok(response)
+    response
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SpliceError {
+    #[error("connect: {0}")]
+    Connect(String),
+    #[error("handshake: {0}")]
+    Handshake(String),
+}
+
+/// Forwards the upgrade to `addr`. A refusal from the connection server (401, 503...) is
+/// passed back to the client as is; only an unreachable server is an error here.
+async fn splice(
+    request: &mut Request,
+    addr: SocketAddr,
+    key: &str,
+    token: &str,
+    peer: Option<SocketAddr>,
+    timeout: std::time::Duration,
+) -> Result<Response, SpliceError> {
+    let stream = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(err)) => return Err(SpliceError::Connect(err.to_string())),
+        Err(_) => return Err(SpliceError::Connect("timed out".into())),
+    };
+    let _ = stream.set_nodelay(true);
+    let (mut sender, connection) = tokio::time::timeout(timeout, hyper::client::conn::http1::handshake(TokioIo::new(stream)))
+        .await
+        .map_err(|_| SpliceError::Handshake("timed out".into()))?
+        .map_err(|e| SpliceError::Handshake(e.to_string()))?;
+    tokio::spawn(async move {
+        let _ = connection.with_upgrades().await;
+    });
+    let mut forward = hyper::Request::get("/v1/ws")
+        .header(header::HOST, addr.to_string())
+        .header(header::UPGRADE, "websocket")
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::SEC_WEBSOCKET_VERSION, "13")
+        .header(header::SEC_WEBSOCKET_KEY, key)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"));
+    if let Some(peer) = peer {
+        forward = forward.header("x-forwarded-for", peer.ip().to_string());
+    }
+    let forward = forward.body(Empty::<bytes::Bytes>::new()).map_err(|e| SpliceError::Handshake(e.to_string()))?;
+    let mut answer = tokio::time::timeout(timeout, sender.send_request(forward))
+        .await
+        .map_err(|_| SpliceError::Handshake("no answer in time".into()))?
+        .map_err(|e| SpliceError::Handshake(e.to_string()))?;
+
+    if answer.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let status = answer.status();
+        let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
+        let body = tokio::time::timeout(timeout, Limited::new(answer.into_body(), REFUSAL_BYTES_MAX).collect())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        let mut response = Response::new(Body::from(body));
+        *response.status_mut() = status;
+        if let Some(content_type) = content_type {
+            response.headers_mut().insert(header::CONTENT_TYPE, content_type);
+        }
+        return Ok(response);
+    }
+    let accept = answer.headers().get(header::SEC_WEBSOCKET_ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let server_side = hyper::upgrade::on(&mut answer);
+    let client_side = hyper::upgrade::on(request);
+    tokio::spawn(async move {
+        let (client, server) = match (client_side.await, server_side.await) {
+            (Ok(client), Ok(server)) => (client, server),
+            _ => return,
+        };
+        let (mut client, mut server) = (TokioIo::new(client), TokioIo::new(server));
+        // Ends when either side closes; no frame is parsed here.
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+    });
+    Ok(switching_protocols(&accept))
 }

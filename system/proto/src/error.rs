@@ -26,8 +26,10 @@ pub enum ErrorCode {
     BadFrame,
     /// WS: body over [`crate::limits::BODY_BYTES_MAX`].
     BodyTooLarge,
-    /// Too many requests in flight; retry later (429 / WS error).
+    /// Too many requests in flight; retry later (503 / WS error).
     Overloaded,
+    /// Over the caller's rate limit; retry after the `Retry-After` seconds (429).
+    RateLimited,
     /// A dependency (store, registry, peer) is unavailable; retrying the same request is safe (503).
     Unavailable,
     /// A bug or unexpected failure (500).
@@ -48,6 +50,7 @@ impl ErrorCode {
             ErrorCode::BadFrame => "bad_frame",
             ErrorCode::BodyTooLarge => "body_too_large",
             ErrorCode::Overloaded => "overloaded",
+            ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }
@@ -61,15 +64,15 @@ impl ErrorCode {
             ErrorCode::Unauthorized | ErrorCode::InvalidCredentials => 401,
             ErrorCode::UsernameTaken => 409,
             ErrorCode::UnknownUser | ErrorCode::UnknownConversation | ErrorCode::NotFound => 404,
-            ErrorCode::Overloaded => 429,
-            ErrorCode::Unavailable => 503,
+            ErrorCode::RateLimited => 429,
+            ErrorCode::Overloaded | ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
         }
     }
 
     /// Whether the same request may succeed if sent again later.
     pub fn is_retryable(self) -> bool {
-        matches!(self, ErrorCode::Overloaded | ErrorCode::Unavailable)
+        matches!(self, ErrorCode::Overloaded | ErrorCode::RateLimited | ErrorCode::Unavailable)
     }
 }
 

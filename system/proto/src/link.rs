@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 use std::sync::Arc;
 
 /// A `send` frame, with who sent it and from which connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SendRequest {
     pub sender: String,
     /// The sending connection: it gets the `sent` ack, and no `message` push of its own message.
@@ -23,7 +23,7 @@ pub struct SendRequest {
 }
 
 /// The answer to a durable send (or to a repeated client id: the first send's `seq`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SendAck {
     pub conv: ConvId,
     pub seq: Seq,
@@ -31,7 +31,7 @@ pub struct SendAck {
 }
 
 /// One page of a `sync`: messages with `seq > after` in ascending order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SyncPage {
     pub messages: Vec<Message>,
     /// The conversation's newest `seq` when the page was read.
@@ -62,7 +62,7 @@ pub trait AppApi: Send + Sync + 'static {
 ///
 /// The user travels with the address so a connection server can refuse a stale registry
 /// entry whose connection id now belongs to someone else.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Target {
     pub user: String,
     pub addr: ConnAddr,

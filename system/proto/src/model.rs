@@ -27,7 +27,7 @@ impl std::fmt::Display for ConnAddr {
 }
 
 /// A stored message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     pub conv: ConvId,
     pub seq: Seq,
@@ -55,7 +55,7 @@ impl ConvKind {
 }
 
 /// A conversation's metadata.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Conversation {
     pub conv_id: ConvId,
     pub kind: ConvKind,

@@ -3,7 +3,7 @@
 use crate::model::{ConvId, ConvKind, Conversation, Message, Seq};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Credentials {
     pub username: String,
     pub password: String,
@@ -22,7 +22,7 @@ pub struct Session {
     pub expires_at: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreateConversation {
     pub members: Vec<String>,
     #[serde(default)]
@@ -73,7 +73,7 @@ impl From<MessageView> for Message {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryQuery {
     pub before: Option<Seq>,
     pub limit: Option<u32>,
@@ -87,7 +87,7 @@ pub struct HistoryPage {
     pub next_before: Option<Seq>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InboxQuery {
     pub limit: Option<u32>,
 }

@@ -5,11 +5,20 @@
 //! - [`Registry`]: the seam. Connection servers register and unregister connections and
 //!   refresh them on every heartbeat; app servers look recipients up.
 //! - [`LocalRegistry`]: in-process implementation for `chat serve`, tests and the simulator.
+//! - [`redis`]: [`RedisRegistry`], the registry in Redis shared by all servers; its module
+//!   doc holds the key layout and the list of Redis commands it sends.
+//! - [`testing`]: the conformance suite every implementation passes (against a real
+//!   `redis-server` and the simulator's Redis model too), and a `redis-server` launcher.
 //!
 //! The trait is shaped for Redis: batched lookups (one round trip per message, not per
 //! member), removal only of the exact entry (a stale unregister after a reconnect must not
 //! remove the new connection), and `refresh` so entries can carry a TTL and be rebuilt after
 //! the registry loses its data.
+
+pub mod redis;
+pub mod testing;
+
+pub use crate::redis::{RedisConfig, RedisRegistry};
 
 use chat_proto::{ConnAddr, ServerId};
 use std::collections::HashMap;
@@ -120,6 +129,11 @@ impl Registry for LocalRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn local_registry_passes_the_conformance_suite() {
+        testing::conformance(&testing::LocalBackend).await;
+    }
 
     fn addr(server: u32, conn: u64) -> ConnAddr {
         ConnAddr { server, conn }

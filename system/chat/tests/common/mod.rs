@@ -1,7 +1,10 @@
 //! A server on 127.0.0.1:0 for integration tests: the same `chat::serve::run` as the binary,
-//! over the durable embedded store in a temporary directory.
+//! over the durable embedded store in a temporary directory; or, with `CHAT_TEST_CLUSTER=1`,
+//! a cluster of processes (see [`cluster`]) whose gateway the same tests talk to.
 
 #![allow(dead_code)]
+
+pub mod cluster;
 
 use chat::serve::{Options, run};
 use chat_auth::{PasswordCost, Tokens};
@@ -17,11 +20,35 @@ pub struct TestServer {
     pub base: String,
     pub tokens: Tokens,
     shutdown: Option<oneshot::Sender<()>>,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
+    _cluster: Option<cluster::Cluster>,
 }
 
 impl TestServer {
+    /// In-process by default; a process cluster when `CHAT_TEST_CLUSTER` is set.
     pub async fn start() -> TestServer {
+        if std::env::var_os("CHAT_TEST_CLUSTER").is_some() {
+            return Self::start_cluster(cluster::ClusterOptions::default()).await;
+        }
+        Self::start_in_process().await
+    }
+
+    pub async fn start_cluster(options: cluster::ClusterOptions) -> TestServer {
+        let cluster = tokio::task::spawn_blocking(move || cluster::Cluster::start(options)).await.expect("cluster start");
+        TestServer {
+            base: cluster.base.clone(),
+            tokens: Tokens::new(&cluster.secret(), Tokens::TTL_DEFAULT),
+            shutdown: None,
+            _dir: None,
+            _cluster: Some(cluster),
+        }
+    }
+
+    pub fn cluster(&mut self) -> &mut cluster::Cluster {
+        self._cluster.as_mut().expect("a cluster test server")
+    }
+
+    pub async fn start_in_process() -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let kv = chat_store::RedbKv::open(dir.path().join("messages.redb")).expect("open store");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -36,7 +63,7 @@ impl TestServer {
             .await
             .expect("server failed");
         });
-        TestServer { base: format!("http://{addr}"), tokens: Tokens::new(SECRET, Tokens::TTL_DEFAULT), shutdown: Some(tx), _dir: dir }
+        TestServer { base: format!("http://{addr}"), tokens: Tokens::new(SECRET, Tokens::TTL_DEFAULT), shutdown: Some(tx), _dir: Some(dir), _cluster: None }
     }
 
     pub fn anonymous(&self) -> Client {

@@ -1,0 +1,160 @@
+//! Command-line flags of the cluster roles, turned into [`crate::roles`] options.
+
+use crate::roles::{AppOptions, Common, ConnOptions, GatewayOptions};
+use anyhow::Context;
+use chat_app::AppConfig;
+use chat_auth::{PasswordCost, Tokens};
+use chat_conn::ConnConfig;
+use chat_gateway::http::HttpConfig;
+use chat_gateway::ratelimit::{Rate, RateConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Flags every cluster role takes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// Token signing secret, hex, at least 32 bytes; the same on every process of the cluster.
+    #[arg(long, env = "CHAT_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: String,
+    /// Lifetime of session tokens, in seconds.
+    #[arg(long, env = "CHAT_TOKEN_TTL_SECS", default_value_t = Tokens::TTL_DEFAULT.as_secs())]
+    pub token_ttl_secs: u64,
+    /// Link heartbeat interval in milliseconds; a link silent for 4 intervals is reconnected.
+    #[arg(long, env = "CHAT_LINK_HEARTBEAT_MS", default_value_t = 1000)]
+    pub link_heartbeat_ms: u64,
+}
+
+impl CommonArgs {
+    pub fn common(&self) -> anyhow::Result<Common> {
+        let secret = hex::decode(self.token_secret.trim()).context("--token-secret must be hex")?;
+        anyhow::ensure!(secret.len() >= chat_auth::secret::SECRET_BYTES, "--token-secret must be at least 32 bytes");
+        let mut common = Common::new(secret);
+        common.token_ttl = Duration::from_secs(self.token_ttl_secs);
+        common.link.heartbeat_interval = Duration::from_millis(self.link_heartbeat_ms.max(10));
+        common.link.idle_timeout = common.link.heartbeat_interval * 4;
+        Ok(common)
+    }
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RedisArgs {
+    /// Address of the Redis server holding the connection registry.
+    #[arg(long, env = "CHAT_REDIS", default_value = "127.0.0.1:6379")]
+    pub redis: String,
+    /// Prefix of every registry key, so deployments can share a Redis.
+    #[arg(long, env = "CHAT_REDIS_PREFIX", default_value = "chat:")]
+    pub redis_prefix: String,
+    /// Registry entries not refreshed for this many seconds expire.
+    #[arg(long, env = "CHAT_REGISTRY_TTL_SECS", default_value_t = 30)]
+    pub registry_ttl_secs: u64,
+}
+
+impl RedisArgs {
+    pub fn registry(&self) -> chat_registry::redis::RedisRegistry {
+        let mut config = chat_registry::redis::RedisConfig::new(self.redis.clone());
+        config.key_prefix = self.redis_prefix.clone();
+        config.entry_ttl = Duration::from_secs(self.registry_ttl_secs.max(1));
+        chat_registry::redis::RedisRegistry::new(config)
+    }
+}
+
+/// `chat app`: an app server.
+#[derive(clap::Args, Debug, Clone)]
+pub struct AppArgs {
+    /// Address for link connections from connection servers and gateways.
+    #[arg(long, env = "CHAT_LISTEN", default_value = "127.0.0.1:7100")]
+    pub listen: SocketAddr,
+    /// Directory of the embedded store. It has one owner: run one app server per data
+    /// directory (several app servers need a shared store such as FoundationDB).
+    #[arg(long, env = "CHAT_DATA", default_value = "./chat-data")]
+    pub data: PathBuf,
+    /// Argon2id memory cost of new password hashes, in KiB (OWASP's minimum is the default).
+    #[arg(long, env = "CHAT_PASSWORD_MEMORY_KIB", default_value_t = PasswordCost::DEFAULT.memory_kib)]
+    pub password_memory_kib: u32,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+impl AppArgs {
+    pub fn options(&self) -> anyhow::Result<AppOptions> {
+        let password_cost = PasswordCost { memory_kib: self.password_memory_kib, ..PasswordCost::DEFAULT };
+        Ok(AppOptions { common: self.common.common()?, password_cost, app: AppConfig::default(), link_connections_max: 4096 })
+    }
+}
+
+/// `chat conn`: a connection server.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConnArgs {
+    /// This server's id in the registry: unique in the cluster, stable across restarts.
+    #[arg(long, env = "CHAT_SERVER_ID")]
+    pub id: u32,
+    /// Address for WebSockets (spliced from gateways).
+    #[arg(long, env = "CHAT_LISTEN", default_value = "127.0.0.1:7200")]
+    pub listen: SocketAddr,
+    /// App server link addresses, comma-separated.
+    #[arg(long, env = "CHAT_APPS", value_delimiter = ',', required = true)]
+    pub app: Vec<SocketAddr>,
+    /// WebSockets held at most.
+    #[arg(long, default_value_t = ConnConfig::default().connections_max)]
+    pub connections_max: usize,
+    /// How often this server's connections are re-asserted in the registry, in milliseconds.
+    #[arg(long, env = "CHAT_REGISTRY_REFRESH_MS", default_value_t = 10_000)]
+    pub registry_refresh_ms: u64,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+impl ConnArgs {
+    pub fn options(&self) -> anyhow::Result<ConnOptions> {
+        let mut conn = ConnConfig { connections_max: self.connections_max, ..ConnConfig::default() };
+        conn.registry_refresh_interval = Duration::from_millis(self.registry_refresh_ms.max(100));
+        Ok(ConnOptions { common: self.common.common()?, server_id: self.id, apps: self.app.clone(), conn, http: HttpConfig::default() })
+    }
+}
+
+/// `chat gateway`: the API gateway.
+#[derive(clap::Args, Debug, Clone)]
+pub struct GatewayArgs {
+    /// Address for clients (REST and WebSocket).
+    #[arg(long, env = "CHAT_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// App server link addresses, comma-separated.
+    #[arg(long, env = "CHAT_APPS", value_delimiter = ',', required = true)]
+    pub app: Vec<SocketAddr>,
+    /// Connection server WebSocket addresses, comma-separated.
+    #[arg(long, env = "CHAT_CONNS", value_delimiter = ',', required = true)]
+    pub conn: Vec<SocketAddr>,
+    /// Requests per second allowed per user (0: no limit).
+    #[arg(long, env = "CHAT_RATE_USER", default_value_t = 20)]
+    pub rate_user_per_sec: u32,
+    /// Burst allowed per user.
+    #[arg(long, env = "CHAT_RATE_USER_BURST", default_value_t = 100)]
+    pub rate_user_burst: u32,
+    /// Requests per second allowed per client IP (0: no limit).
+    #[arg(long, env = "CHAT_RATE_IP", default_value_t = 200)]
+    pub rate_ip_per_sec: u32,
+    /// Burst allowed per client IP.
+    #[arg(long, env = "CHAT_RATE_IP_BURST", default_value_t = 1000)]
+    pub rate_ip_burst: u32,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+impl GatewayArgs {
+    pub fn options(&self) -> anyhow::Result<GatewayOptions> {
+        let rate = |per_second: u32, burst: u32| (per_second > 0).then_some(Rate { per_second, burst: burst.max(1) });
+        Ok(GatewayOptions {
+            common: self.common.common()?,
+            apps: self.app.clone(),
+            conns: self.conn.clone(),
+            rates: RateConfig { user: rate(self.rate_user_per_sec, self.rate_user_burst), ip: rate(self.rate_ip_per_sec, self.rate_ip_burst) },
+            http: HttpConfig::default(),
+            health_check_interval: Duration::from_millis(500),
+        })
+    }
+}

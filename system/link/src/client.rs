@@ -1,0 +1,288 @@
+//! [`LinkClient`]: one persistent, multiplexed connection to one app server.
+//!
+//! A supervisor task owns the connection: connect (bounded), `Hello`, then a writer task
+//! (queue -> socket, heartbeats) and a reader loop (responses -> waiting callers,
+//! deliveries -> the local [`Delivery`]). When the connection dies (error, or silence past
+//! `idle_timeout`), every request in flight fails with `unavailable` and the supervisor
+//! reconnects with jittered exponential backoff.
+//!
+//! Requests are queued synchronously when made, so requests made one after another reach
+//! the app server in that order (what [`AppApi::send`] promises).
+
+use crate::LinkConfig;
+use crate::frame::{LINK_VERSION, LinkFrame, Peer, Request, Response, read_frame, write_frame};
+use chat_proto::link::{AppApi, Delivery, SendAck, SendRequest, SyncPage};
+use chat_proto::rest::*;
+use chat_proto::{ApiError, ConvId, ErrorCode, Seq};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+type Reply = oneshot::Sender<Result<Response, ApiError>>;
+
+/// A connection to one app server. Cheap to clone; the connection closes when the last
+/// clone is dropped.
+#[derive(Clone)]
+pub struct LinkClient {
+    shared: Arc<Shared>,
+    _supervisor: Arc<AbortOnDrop>,
+}
+
+struct Shared {
+    addr: SocketAddr,
+    config: LinkConfig,
+    next_id: AtomicU64,
+    // A std Mutex: held for a map operation or a try_send, never across an await.
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The live connection's queue; `None` while disconnected.
+    outbound: Option<mpsc::Sender<LinkFrame>>,
+    pending: HashMap<u64, Reply>,
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl LinkClient {
+    /// Starts connecting to the app server at `addr` in the background. `delivery`, for a
+    /// connection server, receives the messages the app server routes to it.
+    pub fn new(addr: SocketAddr, peer: Peer, delivery: Option<Arc<dyn Delivery>>, config: LinkConfig) -> LinkClient {
+        let shared = Arc::new(Shared { addr, config, next_id: AtomicU64::new(1), state: Mutex::new(State::default()) });
+        let supervisor = tokio::spawn(supervise(shared.clone(), peer, delivery));
+        LinkClient { shared, _supervisor: Arc::new(AbortOnDrop(supervisor)) }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.shared.addr
+    }
+
+    /// Whether a connection is up right now.
+    pub fn is_connected(&self) -> bool {
+        self.shared.lock().outbound.is_some()
+    }
+
+    /// Queues `request` now; the future resolves with its answer or a retryable error.
+    pub fn request(&self, request: Request) -> BoxFuture<'static, Result<Response, ApiError>> {
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        {
+            let mut state = self.shared.lock();
+            let Some(outbound) = state.outbound.clone() else {
+                return futures::future::ready(Err(ApiError::unavailable("app server not connected; retry"))).boxed();
+            };
+            // Registered before it is queued, so an answer cannot overtake its waiter.
+            state.pending.insert(id, reply);
+            if let Err(err) = outbound.try_send(LinkFrame::Request { id, request }) {
+                state.pending.remove(&id);
+                let error = match err {
+                    mpsc::error::TrySendError::Full(_) => ApiError::new(ErrorCode::Overloaded, "link to the app server is full; retry"),
+                    mpsc::error::TrySendError::Closed(_) => ApiError::unavailable("app server connection lost; retry"),
+                };
+                return futures::future::ready(Err(error)).boxed();
+            }
+        }
+        let shared = self.shared.clone();
+        let timeout = self.shared.config.request_timeout;
+        async move {
+            match tokio::time::timeout(timeout, answer).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(ApiError::unavailable("app server connection lost; retry")),
+                Err(_) => {
+                    shared.lock().pending.remove(&id);
+                    Err(ApiError::unavailable("app server did not answer in time; retry"))
+                }
+            }
+        }
+        .boxed()
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets the connection and fails every request waiting on it.
+    fn disconnected(&self) {
+        let pending = {
+            let mut state = self.lock();
+            state.outbound = None;
+            std::mem::take(&mut state.pending)
+        };
+        for (_, reply) in pending {
+            let _ = reply.send(Err(ApiError::unavailable("app server connection lost; retry")));
+        }
+    }
+}
+
+async fn supervise(shared: Arc<Shared>, peer: Peer, delivery: Option<Arc<dyn Delivery>>) {
+    let config = shared.config.clone();
+    let mut backoff = config.reconnect_backoff_min;
+    loop {
+        match tokio::time::timeout(config.connect_timeout, TcpStream::connect(shared.addr)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                tracing::info!(addr = %shared.addr, "link connected");
+                backoff = config.reconnect_backoff_min;
+                run_connection(&shared, stream, peer, delivery.as_ref()).await;
+                shared.disconnected();
+                tracing::warn!(addr = %shared.addr, "link lost");
+            }
+            Ok(Err(err)) => tracing::debug!(addr = %shared.addr, error = %err, "link connect failed"),
+            Err(_) => tracing::debug!(addr = %shared.addr, "link connect timed out"),
+        }
+        // Jitter keeps a fleet of connection servers from reconnecting in lockstep.
+        let jitter = rand::random::<f64>() * 0.5 + 0.5;
+        tokio::time::sleep(backoff.mul_f64(jitter)).await;
+        backoff = (backoff * 2).min(config.reconnect_backoff_max);
+    }
+}
+
+async fn run_connection(shared: &Arc<Shared>, stream: TcpStream, peer: Peer, delivery: Option<&Arc<dyn Delivery>>) {
+    let config = &shared.config;
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let hello = LinkFrame::Hello { version: LINK_VERSION, peer };
+    if write_frame(&mut writer, &hello).await.is_err() || writer.flush().await.is_err() {
+        return;
+    }
+    let (outbound, queue) = mpsc::channel(config.outbound_queue_len_max);
+    shared.lock().outbound = Some(outbound);
+    let writer_task = tokio::spawn(write_loop(writer, queue, config.heartbeat_interval));
+    loop {
+        let frame = match tokio::time::timeout(config.idle_timeout, read_frame(&mut reader)).await {
+            Ok(Ok(frame)) => frame,
+            Ok(Err(err)) => {
+                tracing::debug!(addr = %shared.addr, error = %err, "link read failed");
+                break;
+            }
+            Err(_) => {
+                tracing::warn!(addr = %shared.addr, "link silent past the idle timeout");
+                break;
+            }
+        };
+        match frame {
+            LinkFrame::Response { id, result } => {
+                if let Some(reply) = shared.lock().pending.remove(&id) {
+                    let _ = reply.send(result);
+                }
+            }
+            LinkFrame::Deliver { targets, message } => {
+                if let Some(delivery) = delivery {
+                    delivery.deliver(&targets, Arc::new(message));
+                }
+            }
+            LinkFrame::Pong | LinkFrame::Ping => {}
+            LinkFrame::Hello { .. } | LinkFrame::Request { .. } => {
+                tracing::warn!(addr = %shared.addr, "unexpected frame from app server");
+                break;
+            }
+        }
+    }
+    writer_task.abort();
+}
+
+pub(crate) async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(mut writer: W, mut queue: mpsc::Receiver<LinkFrame>, heartbeat_interval: Duration) {
+    let mut heartbeat = tokio::time::interval(heartbeat_interval);
+    loop {
+        let frame = tokio::select! {
+            frame = queue.recv() => match frame { Some(frame) => frame, None => return },
+            _ = heartbeat.tick() => LinkFrame::Ping,
+        };
+        if write_frame(&mut writer, &frame).await.is_err() {
+            return;
+        }
+        // Write the rest of a burst before one flush.
+        while let Ok(frame) = queue.try_recv() {
+            if write_frame(&mut writer, &frame).await.is_err() {
+                return;
+            }
+        }
+        if writer.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Maps an answer of the wrong kind (a bug on the other side) to an internal error.
+pub(crate) fn unexpected(response: Response) -> ApiError {
+    tracing::error!(?response, "app server answered with the wrong kind of response");
+    ApiError::internal("unexpected answer from the app server")
+}
+
+#[async_trait::async_trait]
+impl AppApi for LinkClient {
+    async fn register(&self, credentials: Credentials) -> Result<UserCreated, ApiError> {
+        match self.request(Request::Register { credentials }).await? {
+            Response::UserCreated { user } => Ok(user),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn login(&self, credentials: Credentials) -> Result<Session, ApiError> {
+        match self.request(Request::Login { credentials }).await? {
+            Response::Session { session } => Ok(session),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn create_conversation(&self, caller: &str, request: CreateConversation) -> Result<(ConversationView, bool), ApiError> {
+        match self.request(Request::CreateConversation { caller: caller.to_owned(), request }).await? {
+            Response::Conversation { conversation, created } => Ok((conversation, created)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn history(&self, caller: &str, conv: ConvId, query: HistoryQuery) -> Result<HistoryPage, ApiError> {
+        match self.request(Request::History { caller: caller.to_owned(), conv, query }).await? {
+            Response::History { page } => Ok(page),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn inbox(&self, caller: &str, query: InboxQuery) -> Result<Inbox, ApiError> {
+        match self.request(Request::Inbox { caller: caller.to_owned(), query }).await? {
+            Response::Inbox { inbox } => Ok(inbox),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn send(&self, request: SendRequest) -> BoxFuture<'static, Result<SendAck, ApiError>> {
+        let answer = self.request(Request::Send { request });
+        async move {
+            match answer.await? {
+                Response::Sent { ack } => Ok(ack),
+                other => Err(unexpected(other)),
+            }
+        }
+        .boxed()
+    }
+
+    async fn read(&self, user: &str, conv: ConvId, seq: Seq) -> Result<(), ApiError> {
+        match self.request(Request::Read { user: user.to_owned(), conv, seq }).await? {
+            Response::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn sync(&self, user: &str, conv: ConvId, after: Seq, limit: u32) -> Result<SyncPage, ApiError> {
+        match self.request(Request::Sync { user: user.to_owned(), conv, after, limit }).await? {
+            Response::Synced { page } => Ok(page),
+            other => Err(unexpected(other)),
+        }
+    }
+}

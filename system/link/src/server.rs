@@ -1,0 +1,166 @@
+//! The app server's end of the link.
+
+use crate::LinkConfig;
+use crate::client::write_loop;
+use crate::frame::{LINK_VERSION, LinkFrame, Peer, Request, Response, read_frame};
+use chat_proto::link::{AppApi, Delivery, Target};
+use chat_proto::{ApiError, Message, ServerId};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+
+/// The connection servers linked to this app server; delivers over their connections.
+#[derive(Default)]
+pub struct LinkRoutes {
+    // A std Mutex: held for a lookup or a try_send, never across an await.
+    routes: Mutex<HashMap<ServerId, (u64, mpsc::Sender<LinkFrame>)>>,
+    generation: AtomicU64,
+    dropped: AtomicU64,
+}
+
+impl LinkRoutes {
+    pub fn new() -> Arc<LinkRoutes> {
+        Arc::new(LinkRoutes::default())
+    }
+
+    /// Deliveries dropped because a connection server was unreachable or its queue full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ServerId, (u64, mpsc::Sender<LinkFrame>)>> {
+        self.routes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Delivery for LinkRoutes {
+    fn deliver(&self, targets: &[Target], message: Arc<Message>) {
+        let mut by_server: HashMap<ServerId, Vec<Target>> = HashMap::new();
+        for target in targets {
+            by_server.entry(target.addr.server).or_default().push(target.clone());
+        }
+        let routes = self.lock();
+        for (server, targets) in by_server {
+            let sent = routes.get(&server).is_some_and(|(_, queue)| {
+                queue.try_send(LinkFrame::Deliver { targets, message: (*message).clone() }).is_ok()
+            });
+            if !sent {
+                // The message is durable; the recipients catch up with `sync`.
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(server, conv = message.conv, seq = message.seq, "delivery dropped");
+            }
+        }
+    }
+}
+
+/// Serves link connections on `listener` with `app`, forever.
+pub async fn serve(listener: TcpListener, app: Arc<dyn AppApi>, routes: Arc<LinkRoutes>, config: LinkConfig, connections_max: usize) {
+    let permits = Arc::new(Semaphore::new(connections_max));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else { return };
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let (app, routes, config) = (app.clone(), routes.clone(), config.clone());
+                tokio::spawn(async move {
+                    serve_connection(stream, app, routes, config).await;
+                    tracing::debug!(%peer, "link connection closed");
+                    drop(permit);
+                });
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "link accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn serve_connection(stream: TcpStream, app: Arc<dyn AppApi>, routes: Arc<LinkRoutes>, config: LinkConfig) {
+    let (mut reader, writer) = tokio::io::split(stream);
+    let peer = match tokio::time::timeout(config.idle_timeout, read_frame(&mut reader)).await {
+        Ok(Ok(LinkFrame::Hello { version: LINK_VERSION, peer })) => peer,
+        Ok(Ok(LinkFrame::Hello { version, .. })) => {
+            tracing::warn!(version, "link peer speaks another version");
+            return;
+        }
+        _ => return,
+    };
+    let (outbound, queue) = mpsc::channel(config.outbound_queue_len_max);
+    let writer_task = tokio::spawn(write_loop(writer, queue, config.heartbeat_interval));
+    let generation = routes.generation.fetch_add(1, Ordering::Relaxed);
+    if let Peer::Conn(server) = peer {
+        routes.lock().insert(server, (generation, outbound.clone()));
+        tracing::info!(server, "connection server linked");
+    }
+    let in_flight = Arc::new(Semaphore::new(config.requests_in_flight_max));
+    loop {
+        let frame = match tokio::time::timeout(config.idle_timeout, read_frame(&mut reader)).await {
+            Ok(Ok(frame)) => frame,
+            Ok(Err(err)) => {
+                tracing::debug!(error = %err, "link read failed");
+                break;
+            }
+            Err(_) => {
+                tracing::warn!(?peer, "link peer silent past the idle timeout");
+                break;
+            }
+        };
+        match frame {
+            LinkFrame::Request { id, request } => {
+                let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
+                let answer = dispatch(&app, request);
+                let outbound = outbound.clone();
+                tokio::spawn(async move {
+                    let result = answer.await;
+                    let _ = outbound.send(LinkFrame::Response { id, result }).await;
+                    drop(permit);
+                });
+            }
+            LinkFrame::Ping => {
+                let _ = outbound.try_send(LinkFrame::Pong);
+            }
+            LinkFrame::Pong => {}
+            LinkFrame::Hello { .. } | LinkFrame::Response { .. } | LinkFrame::Deliver { .. } => {
+                tracing::warn!(?peer, "unexpected link frame");
+                break;
+            }
+        }
+    }
+    if let Peer::Conn(server) = peer {
+        let mut map = routes.lock();
+        if map.get(&server).is_some_and(|(g, _)| *g == generation) {
+            map.remove(&server);
+        }
+    }
+    writer_task.abort();
+}
+
+/// Starts serving one request. A send is submitted before this returns, so sends keep the
+/// order in which they arrived on the connection.
+fn dispatch(app: &Arc<dyn AppApi>, request: Request) -> futures::future::BoxFuture<'static, Result<Response, ApiError>> {
+    use futures::FutureExt;
+    if let Request::Send { request } = request {
+        let ack = app.send(request);
+        return async move { ack.await.map(|ack| Response::Sent { ack }) }.boxed();
+    }
+    let app = app.clone();
+    async move {
+        match request {
+            Request::Register { credentials } => app.register(credentials).await.map(|user| Response::UserCreated { user }),
+            Request::Login { credentials } => app.login(credentials).await.map(|session| Response::Session { session }),
+            Request::CreateConversation { caller, request } => app
+                .create_conversation(&caller, request)
+                .await
+                .map(|(conversation, created)| Response::Conversation { conversation, created }),
+            Request::History { caller, conv, query } => app.history(&caller, conv, query).await.map(|page| Response::History { page }),
+            Request::Inbox { caller, query } => app.inbox(&caller, query).await.map(|inbox| Response::Inbox { inbox }),
+            Request::Read { user, conv, seq } => app.read(&user, conv, seq).await.map(|()| Response::Done),
+            Request::Sync { user, conv, after, limit } => app.sync(&user, conv, after, limit).await.map(|page| Response::Synced { page }),
+            Request::Send { .. } => unreachable!("handled above"),
+        }
+    }
+    .boxed()
+}
