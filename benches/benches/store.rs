@@ -37,7 +37,8 @@ const HISTORY_LIMIT: u32 = 50;
 const INBOX_LIMIT: u32 = 20;
 
 const _: () = assert!((FILL_MEMBERS_PER_CONV - 1) * 9 < FILL_USERS, "members (i + 9k) % users must be distinct");
-const _: () = assert!(FILL_CONVS * FILL_MEMBERS_PER_CONV / FILL_USERS >= INBOX_LIMIT as usize, "every inbox read fills its page");
+const _: () =
+    assert!(FILL_CONVS * FILL_MEMBERS_PER_CONV / FILL_USERS >= INBOX_LIMIT as usize, "every inbox read fills its page");
 
 fn runtime() -> Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime")
@@ -211,7 +212,10 @@ fn read(c: &mut Criterion) {
     let (kv, _dir) = redb();
     let started = Instant::now();
     let (store, readers) = rt.block_on(filled_store(kv));
-    eprintln!("read: filled {FILL_MESSAGES} messages in {FILL_CONVS} conversations in {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "read: filled {FILL_MESSAGES} messages in {FILL_CONVS} conversations in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     let mut group = c.benchmark_group("read");
     group.throughput(Throughput::Elements(1));
     group.bench_function("redb/history_last_50", |b| {
@@ -268,10 +272,7 @@ fn frame(c: &mut Criterion) {
 }
 
 fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(4))
-        .sample_size(20)
+    Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4)).sample_size(20)
 }
 
 criterion_group! {

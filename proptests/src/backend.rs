@@ -39,11 +39,7 @@ impl Backend {
 /// loop's back-off). One thread keeps a case's interleaving a function of its input, apart
 /// from the run loop's random back-off.
 pub fn block_on<F: Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
-        .block_on(future)
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime").block_on(future)
 }
 
 /// The proptest configuration: `cases` unless `PROPTEST_CASES` asks for another number (to

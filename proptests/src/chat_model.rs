@@ -33,7 +33,12 @@ pub struct ChatModel {
 
 impl ChatModel {
     pub fn add_conv(&mut self, conv_id: ConvId, members: impl IntoIterator<Item = String>, created_ts: u64) {
-        self.convs.push(ConvModel { conv_id, members: members.into_iter().collect(), log: Vec::new(), last_ts: created_ts });
+        self.convs.push(ConvModel {
+            conv_id,
+            members: members.into_iter().collect(),
+            log: Vec::new(),
+            last_ts: created_ts,
+        });
     }
 
     pub fn conv(&self, conv_id: ConvId) -> Option<&ConvModel> {
@@ -95,7 +100,7 @@ impl ChatModel {
     /// backwards). Each with `(conv_id, last_seq, last message, unread)`.
     pub fn inbox(&self, user: &str) -> Vec<(ConvId, Seq, Option<Message>, u64)> {
         let mut convs: Vec<&ConvModel> = self.convs.iter().filter(|c| c.members.contains(user)).collect();
-        convs.sort_by(|a, b| (b.last_ts, b.conv_id).cmp(&(a.last_ts, a.conv_id)));
+        convs.sort_by_key(|c| std::cmp::Reverse((c.last_ts, c.conv_id)));
         convs
             .into_iter()
             .map(|c| {

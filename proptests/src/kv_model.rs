@@ -164,7 +164,11 @@ impl ModelTx {
                 if begin < end {
                     let covered = match pairs.last() {
                         Some((last, _)) if *limit != 0 && pairs.len() == *limit => {
-                            if *reverse { (last.clone(), end.clone()) } else { (begin.clone(), key_after(last)) }
+                            if *reverse {
+                                (last.clone(), end.clone())
+                            } else {
+                                (begin.clone(), key_after(last))
+                            }
                         }
                         _ => (begin.clone(), end.clone()),
                     };

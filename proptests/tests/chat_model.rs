@@ -177,8 +177,10 @@ fn check(backend: Backend, case: Case) -> Result<(), TestCaseError> {
         // Inboxes: order, last message and unread counts.
         for u in (0..USERS).map(user) {
             let inbox = store.inbox(&u, 100).await.map_err(|e| fail(format!("inbox of {u}"), e))?;
-            let got: Vec<_> =
-                inbox.into_iter().map(|item| (item.conv.conv_id, item.last_seq, item.last_message, item.unread)).collect();
+            let got: Vec<_> = inbox
+                .into_iter()
+                .map(|item| (item.conv.conv_id, item.last_seq, item.last_message, item.unread))
+                .collect();
             prop_assert_eq!(got, model.inbox(&u), "inbox of {}", u);
         }
         Ok(())
@@ -194,13 +196,15 @@ fn concurrent_batches_of_one_conversation_conflict_and_retry() {
     let store = ChatStore::new(yielding.clone());
     block_on(async {
         store.create_user(&user(0), "hash", 1).await.expect("create user");
-        let (conv, _) = store.create_conversation(&user(0), vec![], None, CREATED_TS).await.expect("create conversation");
+        let (conv, _) =
+            store.create_conversation(&user(0), vec![], None, CREATED_TS).await.expect("create conversation");
         let send = |id: &str| NewMessage { sender: user(0), client_msg_id: id.into(), body: "hi".into() };
         let (a, b) = futures::join!(
             store.append(conv.conv_id, vec![send("a")], CREATED_TS),
             store.append(conv.conv_id, vec![send("b")], CREATED_TS),
         );
-        let mut seqs: Vec<Seq> = [a, b].into_iter().map(|r| r.expect("append")[0].as_ref().expect("stored").seq).collect();
+        let mut seqs: Vec<Seq> =
+            [a, b].into_iter().map(|r| r.expect("append")[0].as_ref().expect("stored").seq).collect();
         seqs.sort();
         assert_eq!(seqs, vec![1, 2]);
     });

@@ -27,7 +27,8 @@ fn check(backend: Backend, transactions: Vec<Transaction>) -> Result<(), TestCas
             let tx = kv.begin().await.map_err(|e| TestCaseError::fail(format!("begin: {e}")))?;
             let mut expected = ModelTx::begin(&model);
             for (i, op) in transaction.ops.iter().enumerate() {
-                let got = run_op(&tx, op).await.map_err(|e| TestCaseError::fail(format!("tx {t} op {i} {op:?}: {e}")))?;
+                let got =
+                    run_op(&tx, op).await.map_err(|e| TestCaseError::fail(format!("tx {t} op {i} {op:?}: {e}")))?;
                 let want = expected.apply(op);
                 prop_assert_eq!(got, want, "tx {} op {}: {:?}", t, i, op);
             }

@@ -72,14 +72,25 @@ fn check(backend: Backend, case: Case) -> Result<(), TestCaseError> {
                     earlier
                 ),
                 _ => {
-                    prop_assert_eq!(outcome, Ok(()), "tx {} has no conflict (read-only: {})", t, mine.writes.is_empty());
+                    prop_assert_eq!(
+                        outcome,
+                        Ok(()),
+                        "tx {} has no conflict (read-only: {})",
+                        t,
+                        mine.writes.is_empty()
+                    );
                     mine.apply_writes_to(&mut model);
                     committed.push(t);
                 }
             }
         }
         let stored = read_all(kv).await.map_err(|e| fail("read all", e))?;
-        prop_assert_eq!(stored, model.pairs(), "successful transactions applied serially in commit order {:?}", committed);
+        prop_assert_eq!(
+            stored,
+            model.pairs(),
+            "successful transactions applied serially in commit order {:?}",
+            committed
+        );
         Ok(())
     })
 }

@@ -15,6 +15,7 @@
 //! - [`resp`]: a Redis model server (the registry's commands over RESP2) for simulated
 //!   clusters, checked against a real `redis-server`.
 
+pub mod fdb;
 pub mod resp;
 #[cfg(madsim)]
 pub mod seeds;

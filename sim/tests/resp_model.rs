@@ -252,7 +252,7 @@ mod real_sockets {
 }
 
 /// The model under madsim: a Redis node and a client node, the conformance suite on
-/// simulated time (so the TTL checks take no wall time), twice with the same seed.
+/// simulated time (so the TTL checks take no wall time), for two seeds.
 #[cfg(madsim)]
 #[test]
 fn model_passes_the_conformance_suite_under_madsim() {

@@ -69,8 +69,9 @@ struct Args {
     /// Messages sent in total, spread evenly over the connections.
     #[arg(long, default_value_t = 50_000)]
     messages: u64,
-    /// Ping round trips in total for the baseline, spread evenly over the connections.
-    #[arg(long, default_value_t = 50_000)]
+    /// Ping round trips in total for the baseline, spread evenly over the connections (more
+    /// than messages by default: a round trip costs far less than a send).
+    #[arg(long, default_value_t = 200_000)]
     pings: u64,
     /// Frames in flight per connection (pings in the baseline, sends after).
     #[arg(long, default_value_t = 32)]
@@ -111,7 +112,8 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let outcome = validate(&args).and_then(|()| {
-        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
         runtime.block_on(run(args))
     });
     match outcome {
@@ -172,6 +174,8 @@ impl InProcess {
         let mut options = chat::serve::Options::new(secret);
         // A load test of messaging, not of Argon2.
         options.password_cost = chat_auth::PasswordCost::TESTING;
+        // Every simulated user comes from 127.0.0.1: the per-IP limit would throttle setup.
+        options.rates = chat_gateway::ratelimit::RateConfig::unlimited();
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let kv_dyn: Arc<dyn chat_store::Kv> = kv.clone();
         let task = tokio::spawn(chat::serve::run(listener, kv_dyn, options, async {
@@ -209,6 +213,31 @@ struct Setup {
     members_of: HashMap<ConvId, usize>,
 }
 
+/// Attempts of one setup call answered with a retryable error (`overloaded` from a rate
+/// limit, `unavailable`, a timeout).
+const SETUP_ATTEMPTS_MAX: u32 = 8;
+
+/// Runs a setup call, retrying retryable errors with exponential back-off (100 ms doubling,
+/// at most 2 s), as the protocol asks of clients.
+async fn with_retries<T, F, Fut>(what: &str, mut call: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let mut backoff = Duration::from_millis(100);
+    for attempt in 1.. {
+        match call().await {
+            Ok(value) => return Ok(value),
+            Err(e) if e.is_retryable() && attempt < SETUP_ATTEMPTS_MAX => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e).with_context(|| format!("{what} (attempt {attempt})")),
+        }
+    }
+    unreachable!("the loop returns")
+}
+
 fn username(run: &str, i: usize) -> String {
     format!("lg{run}_{i}")
 }
@@ -228,8 +257,8 @@ async fn setup(args: &Args, base: &str) -> anyhow::Result<Setup> {
         .map(|i| {
             let (anon, name, password) = (anon.clone(), username(&run, i), password.clone());
             async move {
-                anon.register(&name, &password).await.with_context(|| format!("registering {name}"))?;
-                let session = anon.login(&name, &password).await.with_context(|| format!("logging in {name}"))?;
+                with_retries(&format!("registering {name}"), || anon.register(&name, &password)).await?;
+                let session = with_retries(&format!("logging in {name}"), || anon.login(&name, &password)).await?;
                 anyhow::Ok(anon.with_token(session.token))
             }
         })
@@ -265,7 +294,9 @@ async fn setup(args: &Args, base: &str) -> anyhow::Result<Setup> {
             // Two members and no title open a direct conversation; a title makes a group.
             let title = (members.len() > 2 || args.convs == Convs::Group).then_some("loadgen");
             async move {
-                let (view, _) = creator.create_conversation(&others, title).await.context("creating a conversation")?;
+                // A retried group creation may create a second group; the first one is unused.
+                let (view, _) =
+                    with_retries("creating a conversation", || creator.create_conversation(&others, title)).await?;
                 anyhow::Ok(Conversation { id: view.conv_id, members })
             }
         })
@@ -300,7 +331,7 @@ async fn connect_all(args: &Args, setup: &Setup) -> anyhow::Result<Vec<Conn>> {
         .map(|(index, user)| {
             let client = setup.clients[user].clone();
             async move {
-                let ws = client.connect_ws().await.with_context(|| format!("opening WebSocket {index}"))?;
+                let ws = with_retries(&format!("opening WebSocket {index}"), || client.connect_ws()).await?;
                 let (sender, receiver) = ws.split();
                 anyhow::Ok(Conn { index, user, sender, receiver })
             }
@@ -392,6 +423,8 @@ struct Phase {
     conns_done: AtomicUsize,
     replies: AtomicU64,
     failed: AtomicU64,
+    /// Sends sent again after a retryable error.
+    retried: AtomicU64,
     delivered: AtomicU64,
     deliveries_expected: AtomicU64,
     last_reply_micros: AtomicU64,
@@ -407,6 +440,7 @@ impl Phase {
             conns_done: AtomicUsize::new(0),
             replies: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             deliveries_expected: AtomicU64::new(0),
             last_reply_micros: AtomicU64::new(0),
@@ -522,7 +556,9 @@ async fn ping_conn(mut conn: Conn, quota: u64, window: usize, wait_max: Duration
         let mut problem = None;
         for _ in 0..quota {
             if let Err(why) = window_slot(&slots, &phase, wait_max).await {
-                problem = Some(format!("ping send stopped: {why}"));
+                if !phase.ending() {
+                    problem = Some(format!("ping send stopped: {why}"));
+                }
                 break;
             }
             lock(&in_flight).push_back(Instant::now());
@@ -617,59 +653,64 @@ async fn send_conn(mut conn: Conn, plan: SendPlan, window: usize, wait_max: Dura
     let pending: Mutex<HashMap<String, Pending>> = Mutex::new(HashMap::new());
     let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<String>();
     let receiver_dead = AtomicBool::new(false);
+    // Sends acknowledged or refused for good, counted by the receiver.
+    let answered = AtomicU64::new(0);
     let index = conn.index;
     let Conn { sender, receiver, .. } = &mut conn;
 
     let send = async {
-        let mut problem = None;
-        let resend = async |id: String, sender: &mut WsSender| -> Result<(), ClientError> {
-            tokio::time::sleep(RETRY_BACKOFF).await;
-            let frame = {
-                let pending = lock(&pending);
-                let Some(p) = pending.get(&id) else { return Ok(()) };
-                ClientFrame::Send { id, conv: p.conv, body: p.body.clone() }
-            };
-            sender.send(&frame).await
-        };
-        'sending: for n in 0..plan.quota {
-            while let Ok(id) = retry_rx.try_recv() {
-                if let Err(e) = resend(id, sender).await {
-                    problem = Some(format!("resend failed: {e}"));
-                    break 'sending;
+        let mut next: u64 = 0;
+        let mut progress = (next, answered.load(Ordering::Relaxed), Instant::now());
+        let problem: Option<String> = loop {
+            if phase.ending() || receiver_dead.load(Ordering::Relaxed) {
+                break None;
+            }
+            let now_answered = answered.load(Ordering::Relaxed);
+            if next == plan.quota && lock(&pending).is_empty() {
+                break None;
+            }
+            if (next, now_answered) != (progress.0, progress.1) {
+                progress = (next, now_answered, Instant::now());
+            } else if progress.2.elapsed() > wait_max {
+                break Some(format!("{} sends unanswered after --wait-max", lock(&pending).len()));
+            }
+            // New sends while the window has room; resends of refused ones as they come.
+            let outcome = tokio::select! {
+                Some(id) = retry_rx.recv() => {
+                    tokio::time::sleep(RETRY_BACKOFF).await;
+                    let mut ids = vec![id];
+                    while let Ok(id) = retry_rx.try_recv() {
+                        ids.push(id);
+                    }
+                    let mut outcome = Ok(());
+                    for id in ids {
+                        let frame = lock(&pending).get(&id).map(|p| ClientFrame::Send { id, conv: p.conv, body: p.body.clone() });
+                        if let Some(frame) = frame {
+                            phase.retried.fetch_add(1, Ordering::Relaxed);
+                            outcome = sender.send(&frame).await;
+                            if outcome.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    outcome
                 }
+                slot = slots.acquire(), if next < plan.quota => {
+                    let Ok(slot) = slot else { break None };
+                    slot.forget();
+                    let id = format!("{}-{index}-{next}", plan.run);
+                    let conv = plan.convs[next as usize % plan.convs.len()];
+                    let text = body(now_micros(), plan.body_bytes);
+                    lock(&pending).insert(id.clone(), Pending { first_sent: Instant::now(), conv, body: text.clone(), retries: 0 });
+                    next += 1;
+                    sender.send(&ClientFrame::Send { id, conv, body: text }).await
+                }
+                _ = tokio::time::sleep(TICK) => Ok(()),
+            };
+            if let Err(e) = outcome {
+                break Some(format!("send failed: {e}"));
             }
-            if let Err(why) = window_slot(&slots, &phase, wait_max).await {
-                problem = Some(format!("send stopped: {why}"));
-                break;
-            }
-            let id = format!("{}-{index}-{n}", plan.run);
-            let conv = plan.convs[n as usize % plan.convs.len()];
-            let text = body(now_micros(), plan.body_bytes);
-            lock(&pending).insert(id.clone(), Pending { first_sent: Instant::now(), conv, body: text.clone(), retries: 0 });
-            if let Err(e) = sender.send(&ClientFrame::Send { id, conv, body: text }).await {
-                problem = Some(format!("send failed: {e}"));
-                break;
-            }
-        }
-        // Resends until every send is answered, while answers keep coming.
-        let mut last_progress = (lock(&pending).len(), Instant::now());
-        while problem.is_none() && !phase.ending() && !receiver_dead.load(Ordering::Relaxed) {
-            let unanswered = lock(&pending).len();
-            if unanswered == 0 {
-                break;
-            }
-            if unanswered != last_progress.0 {
-                last_progress = (unanswered, Instant::now());
-            } else if last_progress.1.elapsed() > wait_max {
-                problem = Some(format!("{unanswered} sends unanswered after --wait-max"));
-                break;
-            }
-            if let Ok(Some(id)) = tokio::time::timeout(TICK, retry_rx.recv()).await
-                && let Err(e) = resend(id, sender).await
-            {
-                problem = Some(format!("resend failed: {e}"));
-            }
-        }
+        };
         phase.conns_done.fetch_add(1, Ordering::Relaxed);
         problem
     };
@@ -689,7 +730,10 @@ async fn send_conn(mut conn: Conn, plan: SendPlan, window: usize, wait_max: Dura
                         continue;
                     };
                     acks.record(p.first_sent.elapsed());
-                    phase.deliveries_expected.fetch_add(plan.recipients.get(&conv).copied().unwrap_or(0), Ordering::Relaxed);
+                    answered.fetch_add(1, Ordering::Relaxed);
+                    phase
+                        .deliveries_expected
+                        .fetch_add(plan.recipients.get(&conv).copied().unwrap_or(0), Ordering::Relaxed);
                     phase.replied();
                     slots.add_permits(1);
                 }
@@ -708,6 +752,7 @@ async fn send_conn(mut conn: Conn, plan: SendPlan, window: usize, wait_max: Dura
                         drop(pending);
                         problems.note(format!("send `{id}` refused: {code:?} {message}"));
                         phase.failed.fetch_add(1, Ordering::Relaxed);
+                        answered.fetch_add(1, Ordering::Relaxed);
                         slots.add_permits(1);
                     }
                 }
@@ -756,8 +801,12 @@ struct PhaseOutcome {
 }
 
 async fn gather(handles: Vec<tokio::task::JoinHandle<ConnResult>>) -> anyhow::Result<PhaseOutcome> {
-    let mut outcome =
-        PhaseOutcome { conns: Vec::new(), latencies: Latencies::default(), pushes: Latencies::default(), problems: Problems::default() };
+    let mut outcome = PhaseOutcome {
+        conns: Vec::new(),
+        latencies: Latencies::default(),
+        pushes: Latencies::default(),
+        problems: Problems::default(),
+    };
     for handle in handles {
         let result = handle.await.context("a connection task failed")?;
         outcome.conns.push(result.conn);
@@ -787,7 +836,8 @@ async fn run(args: Args) -> anyhow::Result<String> {
         (None, Some(server)) => server.base.clone(),
         (None, None) => unreachable!("a server is started when none is given"),
     };
-    let result = tokio::time::timeout(args.duration_max + args.wait_max, load(&args, &base, &stop, in_process.as_ref())).await;
+    let result =
+        tokio::time::timeout(args.duration_max + args.wait_max, load(&args, &base, &stop, in_process.as_ref())).await;
     watchdog.abort();
     if let Some(server) = in_process {
         server.stop(args.wait_max).await;
@@ -812,7 +862,9 @@ async fn load(args: &Args, base: &str, stop: &Arc<AtomicBool>, server: Option<&I
     let handles = conns
         .drain(..)
         .enumerate()
-        .map(|(i, conn)| tokio::spawn(ping_conn(conn, share(args.pings, conns_len, i), args.window, args.wait_max, phase.clone())))
+        .map(|(i, conn)| {
+            tokio::spawn(ping_conn(conn, share(args.pings, conns_len, i), args.window, args.wait_max, phase.clone()))
+        })
         .collect();
     phase.coordinate(conns_len, args.wait_max).await;
     let pings = gather(handles).await?;
@@ -846,6 +898,7 @@ async fn load(args: &Args, base: &str, stop: &Arc<AtomicBool>, server: Option<&I
     let store_after = server.map(|s| (s.kv.txs_committed(), s.kv.batches_committed()));
     let acked = phase.replies.load(Ordering::Relaxed);
     let failed = phase.failed.load(Ordering::Relaxed);
+    let retried = phase.retried.load(Ordering::Relaxed);
     let delivered = phase.delivered.load(Ordering::Relaxed);
     let expected = phase.deliveries_expected.load(Ordering::Relaxed);
     let (send_secs, sends_per_sec) = phase.rate(acked, &phase.last_reply_micros);
@@ -887,7 +940,7 @@ async fn load(args: &Args, base: &str, stop: &Arc<AtomicBool>, server: Option<&I
         if ping_stopped { " [STOPPED at --duration-max]" } else { "" }
     ));
     out.push_str(&format!(
-        "SENDS          : {acked}/{} acked ({failed} refused) in {send_secs:.2} s = {sends_per_sec:.0}/s; ack {}{}\n",
+        "SENDS          : {acked}/{} acked ({failed} refused, {retried} resent) in {send_secs:.2} s = {sends_per_sec:.0}/s; ack {}{}\n",
         args.messages,
         sends.latencies.summary(),
         if send_stopped { " [STOPPED at --duration-max]" } else { "" }

@@ -21,10 +21,12 @@ const _: () = assert!(REQUEST_BYTES_MAX > BULK_BYTES_MAX + 2 * HEADER_BYTES_MAX)
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProtocolError(pub String);
 
-/// The first whole request in `buf`: its arguments and the bytes it used. `Ok(None)`: not
-/// all of it has arrived. An empty array (`*0`, `*-1`) is a request with no arguments,
-/// which Redis ignores.
-pub fn parse_request(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, ProtocolError> {
+/// One request's arguments (the command name first) and the bytes it took.
+pub type Request = (Vec<Vec<u8>>, usize);
+
+/// The first whole request in `buf`. `Ok(None)`: not all of it has arrived. An empty array
+/// (`*0`, `*-1`) is a request with no arguments, which Redis ignores.
+pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, ProtocolError> {
     let mut at = 0;
     let Some(first) = buf.first() else {
         return Ok(None);

@@ -274,7 +274,7 @@ fn live<'a>(keys: &'a mut HashMap<Vec<u8>, Entry>, key: &[u8], now: Instant) -> 
 }
 
 fn sweep(keys: &mut HashMap<Vec<u8>, Entry>, now: Instant) {
-    keys.retain(|_, e| !e.expires_at.is_some_and(|at| now > at));
+    keys.retain(|_, e| e.expires_at.is_none_or(|at| now <= at));
 }
 
 fn wrong_arity(replies: &mut Replies, name: &str) {

@@ -104,8 +104,9 @@ where
         // Read what the client still sends (the rest of an oversized frame, its close
         // reply) before dropping the socket: closing a socket with unread input makes the
         // kernel send a reset, which can destroy our close frame before the client reads it.
-        let deadline = tokio::time::Instant::now() + CLOSE_LINGER;
-        while let Ok(Some(_)) = tokio::time::timeout_at(deadline, stream.next()).await {}
+        let deadline = std::time::Instant::now() + CLOSE_LINGER;
+        // `timeout_at` does not exist under madsim; a timeout of what is left does the same.
+        while let Ok(Some(_)) = tokio::time::timeout(deadline.saturating_duration_since(std::time::Instant::now()), stream.next()).await {}
     }
     server.hub.remove(addr.conn);
     let unregister = server.registry.unregister(&user, addr);

@@ -44,7 +44,10 @@
 //! `request_timeout`; on an I/O error, a protocol error or a timeout the connection is
 //! dropped and the next call reconnects, no sooner than the current backoff (doubling from
 //! `reconnect_backoff_min` to `reconnect_backoff_max`). While waiting out the backoff calls
-//! fail at once. Every failure is [`RegistryError::Unavailable`].
+//! fail at once. Every failure is [`RegistryError::Unavailable`]. `refresh` sends its
+//! entries in pipelines of [`REFRESH_CHUNK_ENTRIES_MAX`], up to
+//! [`REFRESH_CHUNKS_IN_FLIGHT_MAX`] at once, each bounded by `request_timeout`, and stops at
+//! the first failure (the next heartbeat re-sends everything).
 
 use crate::{CONNS_PER_USER_MAX, Registry, RegistryError};
 use chat_proto::model::now_ms;

@@ -1,0 +1,357 @@
+//! The store node: an accept loop on the runtime alias's TCP, one task pair per connection
+//! (one transaction), each running its requests on a real [`MemoryKv`] transaction.
+
+use super::faults::{CommitFault, SimFdbFaults};
+use super::wire::{RANGE_CHUNK_BYTES, RANGE_REPLY_BYTES_MAX, Reply, Request, WireError, read_frame};
+use chat_store::{Kv, KvError, MemoryKv, Tx};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+
+/// Transactions (connections) served at once; more wait in the listener's backlog.
+pub const CONNECTIONS_MAX: usize = 1024;
+/// Replies computed but not yet sent, per connection; the request reader waits beyond it.
+const REPLIES_QUEUED_MAX: usize = 256;
+/// A connection with no request for this long is closed (its transaction cannot commit
+/// after [`chat_store::kv::TX_LIFETIME`] anyway; twice that leaves room to report 1007).
+const REQUEST_WAIT_MAX: Duration = Duration::from_secs(10);
+/// A reply not written within this is abandoned with its connection (a partitioned peer
+/// holds our data without error, so writes never block in the simulator; kept as a bound).
+const REPLY_WRITE_MAX: Duration = Duration::from_secs(10);
+/// Waits after a failed accept or bind, doubling up to the max (never a tight loop).
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// The simulated FoundationDB server: its data lives in a [`MemoryKv`] owned by the
+/// harness, so killing the node loses open transactions but no committed data.
+#[derive(Clone)]
+pub struct SimFdbServer {
+    kv: MemoryKv,
+    faults: SimFdbFaults,
+}
+
+impl SimFdbServer {
+    /// A server over `kv` (a clone sharing the harness's data) injecting `faults`.
+    pub fn new(kv: MemoryKv, faults: SimFdbFaults) -> SimFdbServer {
+        SimFdbServer { kv, faults }
+    }
+
+    /// Binds `0.0.0.0:port` (retrying while a killed incarnation still holds the port) and
+    /// serves until the node is killed. The entry point of a store node's `init`.
+    pub async fn run(self, port: u16) {
+        let addr = SocketAddr::from(([0, 0, 0, 0], port));
+        let mut backoff = BACKOFF_MIN;
+        let listener = loop {
+            match TcpListener::bind(addr).await {
+                Ok(listener) => break listener,
+                Err(error) => {
+                    tracing::warn!(%error, ?backoff, "sim fdb: bind failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        };
+        self.serve(listener).await;
+    }
+
+    /// Serves `listener` until this future is dropped (or its node killed).
+    pub async fn serve(self, listener: TcpListener) {
+        let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return; // The semaphore is never closed.
+            };
+            match listener.accept().await {
+                Ok((stream, _peer)) => {
+                    backoff = BACKOFF_MIN;
+                    let server = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(error) = server.serve_connection(stream).await {
+                            tracing::debug!(%error, "sim fdb: connection ended");
+                        }
+                        drop(permit);
+                    });
+                }
+                Err(error) => {
+                    tracing::warn!(%error, ?backoff, "sim fdb: accept failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    /// One transaction: the handshake, then requests in order until the client closes.
+    ///
+    /// Reads are answered from the transaction at once but their replies leave after the
+    /// injected latency, in request order, from a writer task: so a client's concurrent
+    /// reads overlap as they would against FoundationDB's storage servers, while reads
+    /// issued after a mutation still see it.
+    async fn serve_connection(&self, stream: TcpStream) -> Result<(), ConnectionError> {
+        let (mut reader, mut writer) = tokio::io::split(stream);
+
+        let first = tokio::time::timeout(REQUEST_WAIT_MAX, read_frame(&mut reader))
+            .await
+            .map_err(|_| ConnectionError::Idle)??
+            .ok_or(ConnectionError::Closed)?;
+        if Request::decode(&first)? != Request::Begin {
+            return Err(ConnectionError::Protocol("the first request must be Begin"));
+        }
+        tokio::time::sleep(self.faults.latency()).await;
+        if !self.faults.admit() {
+            let refused = Reply::Error(KvError::Unavailable("injected: the store refuses new transactions".into()));
+            write_reply(&mut writer, &refused).await?;
+            return Ok(());
+        }
+        let tx = self.kv.begin().await?;
+        write_reply(&mut writer, &Reply::Ok).await?;
+
+        let (replies, queue) = mpsc::channel::<Outgoing>(REPLIES_QUEUED_MAX);
+        let sender = tokio::spawn(send_replies(writer, queue));
+        let result = self.serve_requests(&tx, &mut reader, &replies).await;
+        // Whatever ended the requests, queued replies still go out (bounded by their
+        // write timeout); dropping the sender of the queue ends the writer.
+        drop(replies);
+        let sent = sender.await.map_err(|_| ConnectionError::Protocol("reply writer failed"))?;
+        result.and(sent)
+    }
+
+    async fn serve_requests(
+        &self,
+        tx: &Tx,
+        reader: &mut (impl tokio::io::AsyncRead + Unpin),
+        replies: &mpsc::Sender<Outgoing>,
+    ) -> Result<(), ConnectionError> {
+        let mut mutated = false;
+        let mut committed: Option<Result<(), KvError>> = None;
+        loop {
+            let Some(frame) = tokio::time::timeout(REQUEST_WAIT_MAX, read_frame(reader))
+                .await
+                .map_err(|_| ConnectionError::Idle)??
+            else {
+                return Ok(()); // The client closed: its transaction is dropped, uncommitted.
+            };
+            let reply = match Request::decode(&frame)? {
+                Request::Begin => return Err(ConnectionError::Protocol("a second Begin")),
+                Request::Set { key, value } => {
+                    tx.set(key, value);
+                    mutated = true;
+                    continue;
+                }
+                Request::Clear { key } => {
+                    tx.clear(key);
+                    mutated = true;
+                    continue;
+                }
+                Request::ClearRange { begin, end } => {
+                    tx.clear_range(begin, end);
+                    mutated = true;
+                    continue;
+                }
+                Request::Get { key } => {
+                    let value = tx.get(key).await;
+                    self.count_error(&value);
+                    vec![value.map_or_else(Reply::Error, Reply::Value)]
+                }
+                Request::GetRange { begin, end, limit, reverse } => {
+                    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+                    let pairs = tx.get_range(begin, end, limit, reverse).await;
+                    self.count_error(&pairs);
+                    match pairs {
+                        Ok(pairs) => range_chunks(pairs),
+                        Err(error) => vec![Reply::Error(error)],
+                    }
+                }
+                Request::Commit => {
+                    let outcome = match &committed {
+                        Some(outcome) => outcome.clone(),
+                        None => {
+                            let outcome = self.commit(tx, mutated).await;
+                            committed = Some(outcome.clone());
+                            outcome
+                        }
+                    };
+                    vec![outcome.map_or_else(Reply::Error, |()| Reply::Ok)]
+                }
+            };
+            let due = Instant::now() + self.faults.latency();
+            replies.send(Outgoing { due, replies: reply }).await.map_err(|_| ConnectionError::Closed)?;
+        }
+    }
+
+    /// Commits with the injected faults. The first half of the latency passes before the
+    /// commit applies (the caller adds the second half before the reply): a kill in either
+    /// half leaves the client with 1021, applied or not.
+    async fn commit(&self, tx: &Tx, mutated: bool) -> Result<(), KvError> {
+        tokio::time::sleep(self.faults.latency() / 2).await;
+        // Read-only commits never reach FoundationDB's proxies: nothing to inject.
+        let fault = if mutated { self.faults.commit_fault() } else { CommitFault::None };
+        match fault {
+            CommitFault::None => {
+                let outcome = tx.commit().await;
+                self.count_commit(mutated, &outcome);
+                outcome
+            }
+            CommitFault::NotCommitted => Err(KvError::NotCommitted),
+            CommitFault::UnknownResult { apply } => {
+                let applied = apply && {
+                    let outcome = tx.commit().await;
+                    self.count_commit(mutated, &outcome);
+                    outcome.is_ok()
+                };
+                self.faults.count(|c| {
+                    if applied {
+                        c.injected_unknown_applied += 1;
+                    } else {
+                        c.injected_unknown_not_applied += 1;
+                    }
+                });
+                Err(KvError::CommitUnknownResult)
+            }
+        }
+    }
+
+    fn count_commit(&self, mutated: bool, outcome: &Result<(), KvError>) {
+        match outcome {
+            Ok(()) if mutated => self.faults.count(|c| c.commits_applied += 1),
+            Ok(()) => {}
+            Err(KvError::NotCommitted) => self.faults.count(|c| c.conflicts += 1),
+            Err(error) => self.count_error::<()>(&Err(error.clone())),
+        }
+    }
+
+    fn count_error<T>(&self, result: &Result<T, KvError>) {
+        if let Err(KvError::TransactionTooOld) = result {
+            self.faults.count(|c| c.too_old += 1);
+        }
+    }
+}
+
+/// Replies due at one time (a range reply's chunks leave together).
+struct Outgoing {
+    due: Instant,
+    replies: Vec<Reply>,
+}
+
+/// Writes replies in order, each no earlier than its due time.
+async fn send_replies(
+    mut writer: impl AsyncWrite + Unpin,
+    mut queue: mpsc::Receiver<Outgoing>,
+) -> Result<(), ConnectionError> {
+    while let Some(Outgoing { due, replies }) = queue.recv().await {
+        let now = Instant::now();
+        if due > now {
+            tokio::time::sleep(due - now).await;
+        }
+        let write = async {
+            for reply in &replies {
+                writer.write_all(&reply.to_frame()).await?;
+            }
+            writer.flush().await
+        };
+        tokio::time::timeout(REPLY_WRITE_MAX, write).await.map_err(|_| ConnectionError::Idle)??;
+    }
+    Ok(())
+}
+
+async fn write_reply(writer: &mut (impl AsyncWrite + Unpin), reply: &Reply) -> Result<(), ConnectionError> {
+    let write = async {
+        writer.write_all(&reply.to_frame()).await?;
+        writer.flush().await
+    };
+    tokio::time::timeout(REPLY_WRITE_MAX, write).await.map_err(|_| ConnectionError::Idle)??;
+    Ok(())
+}
+
+/// A range reply cut into frames of about [`RANGE_CHUNK_BYTES`]; refused with
+/// [`KvError::Io`] beyond [`RANGE_REPLY_BYTES_MAX`] in total.
+fn range_chunks(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<Reply> {
+    let total: usize = pairs.iter().map(|(k, v)| Reply::pair_bytes(k, v)).sum();
+    if total > RANGE_REPLY_BYTES_MAX {
+        return vec![Reply::Error(KvError::Io(format!(
+            "range reply of {total} bytes exceeds {RANGE_REPLY_BYTES_MAX}; read it in pages"
+        )))];
+    }
+    let mut chunks = Vec::new();
+    let mut chunk = Vec::new();
+    let mut chunk_bytes = 0;
+    for (key, value) in pairs {
+        let bytes = Reply::pair_bytes(&key, &value);
+        if !chunk.is_empty() && chunk_bytes + bytes > RANGE_CHUNK_BYTES {
+            chunks.push(Reply::Range { pairs: std::mem::take(&mut chunk), more: true });
+            chunk_bytes = 0;
+        }
+        chunk_bytes += bytes;
+        chunk.push((key, value));
+    }
+    chunks.push(Reply::Range { pairs: chunk, more: false });
+    chunks
+}
+
+/// Why a connection ended early (logged at debug: clients come and go).
+#[derive(Debug)]
+enum ConnectionError {
+    Io(std::io::Error),
+    Wire(WireError),
+    Protocol(&'static str),
+    Store(KvError),
+    Closed,
+    Idle,
+}
+
+impl std::fmt::Display for ConnectionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectionError::Io(error) => write!(f, "i/o: {error}"),
+            ConnectionError::Wire(error) => write!(f, "{error}"),
+            ConnectionError::Protocol(why) => write!(f, "protocol: {why}"),
+            ConnectionError::Store(error) => write!(f, "store: {error}"),
+            ConnectionError::Closed => write!(f, "closed by the client"),
+            ConnectionError::Idle => write!(f, "idle or stuck past its bound"),
+        }
+    }
+}
+
+impl From<std::io::Error> for ConnectionError {
+    fn from(error: std::io::Error) -> Self {
+        ConnectionError::Io(error)
+    }
+}
+
+impl From<WireError> for ConnectionError {
+    fn from(error: WireError) -> Self {
+        ConnectionError::Wire(error)
+    }
+}
+
+impl From<KvError> for ConnectionError {
+    fn from(error: KvError) -> Self {
+        ConnectionError::Store(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_replies_are_chunked_within_the_frame_limit() {
+        let value = vec![b'v'; 100_000];
+        let pairs: Vec<_> = (0..10u8).map(|i| (vec![i], value.clone())).collect();
+        let chunks = range_chunks(pairs.clone());
+        assert!(chunks.len() > 1);
+        let mut joined = Vec::new();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let Reply::Range { pairs, more } = chunk else { panic!("{chunk:?}") };
+            assert_eq!(*more, i + 1 < chunks.len());
+            assert!(chunk.to_frame().len() <= super::super::wire::FRAME_BYTES_MAX);
+            joined.extend(pairs.iter().cloned());
+        }
+        assert_eq!(joined, pairs);
+        assert_eq!(range_chunks(Vec::new()), vec![Reply::Range { pairs: vec![], more: false }]);
+    }
+}

@@ -1,0 +1,315 @@
+//! The standard scenario: a cluster, tens of users on many devices chatting in direct and
+//! group conversations for minutes of simulated time while the seed's fault schedule plays,
+//! then faults stop, everyone settles, and the checkers judge what everyone observed.
+
+use crate::checkers::{Evidence, Violation, check_all};
+use crate::cluster::{Cluster, ClusterConfig, Node, client_ip};
+use crate::faults::{Fault, Schedule};
+use crate::trace::Trace;
+use crate::workload::{Controls, Device, Observed, Phase, run_client};
+use anyhow::{Context, bail};
+use chat_client::{Client, ClientFrame, ServerFrame, WsEvent};
+use chat_proto::ConvId;
+use chat_proto::rest::{Inbox, MessageView};
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+pub const PASSWORD: &str = "simulated password";
+
+#[derive(Debug, Clone)]
+pub struct ScenarioConfig {
+    pub cluster: ClusterConfig,
+    pub users: usize,
+    /// Devices (connections); users get one each, then some a second.
+    pub devices: usize,
+    pub direct_convs: usize,
+    pub groups: usize,
+    pub group_size_max: usize,
+    /// Simulated time with faults.
+    pub chaos: Duration,
+    /// Bound on simulated time to settle once faults stop (the liveness bound).
+    pub settle_max: Duration,
+}
+
+impl Default for ScenarioConfig {
+    fn default() -> Self {
+        ScenarioConfig {
+            cluster: ClusterConfig::default(),
+            users: 30,
+            devices: 50,
+            direct_convs: 25,
+            groups: 6,
+            group_size_max: 10,
+            chaos: Duration::from_secs(300),
+            settle_max: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Why a run failed: a checker's violation, or the scenario itself could not run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub checker: String,
+    pub detail: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.checker, self.detail)
+    }
+}
+
+/// Figures of a run, for reports.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub sends: usize,
+    pub messages_stored: usize,
+    pub pushes: usize,
+    pub reconnects: usize,
+}
+
+/// Runs the scenario under the current simulated runtime.
+pub async fn run(config: ScenarioConfig, schedule: Schedule, trace: Trace) -> Result<Stats, Failure> {
+    match run_inner(config, schedule, trace).await {
+        Ok(Ok(stats)) => Ok(stats),
+        Ok(Err(violations)) => {
+            let first = &violations[0];
+            let detail = violations.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("; ");
+            Err(Failure { checker: first.checker.to_owned(), detail })
+        }
+        Err(err) => Err(Failure { checker: "scenario".into(), detail: format!("{err:#}") }),
+    }
+}
+
+async fn run_inner(config: ScenarioConfig, schedule: Schedule, trace: Trace) -> anyhow::Result<Result<Stats, Vec<Violation>>> {
+    let cluster = Cluster::start(config.cluster.clone(), trace.clone());
+    let gateways = cluster.gateway_urls();
+    for episode in &schedule.episodes {
+        trace.record(format!("schedule {episode}"));
+    }
+
+    // Users, conversations and devices, created through the gateway like any client would.
+    let (tokens, convs) = on_node("setup", IpAddr::V4(Ipv4Addr::new(10, 9, 0, 1)), setup(config.clone(), gateways.clone(), trace.clone())).await??;
+    let users: Vec<String> = (0..config.users).map(user_name).collect();
+    let devices: Vec<Device> = (0..config.devices)
+        .map(|index| {
+            let user = users[index % users.len()].clone();
+            let mine = convs.iter().filter(|(_, m)| m.contains(&user)).map(|(c, _)| *c).collect();
+            Device { index, token: tokens[&user].clone(), user, convs: mine, gateways: gateways.clone() }
+        })
+        .collect();
+
+    let controls = Controls::new(devices.len());
+    let deadline = config.chaos + config.settle_max + Duration::from_secs(60);
+    let handle = madsim::runtime::Handle::current();
+    let mut tasks = Vec::new();
+    for device in &devices {
+        let node = handle.create_node().name(format!("client{}", device.index)).ip(client_ip(device.index)).build();
+        tasks.push(node.spawn(run_client(device.clone(), controls.clone(), trace.clone(), deadline)));
+    }
+
+    play(&cluster, &schedule, &controls, config.chaos).await;
+
+    // Faults are over: resolve every pending send, then let everyone catch up.
+    trace.record("phase resolve");
+    controls.set_phase(Phase::Resolve);
+    let resolve_deadline = std::time::Instant::now() + config.settle_max / 2;
+    while controls.resolved.load(Ordering::Relaxed) < devices.len() && std::time::Instant::now() < resolve_deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    trace.record(format!("phase catchup ({} of {} devices resolved)", controls.resolved.load(Ordering::Relaxed), devices.len()));
+    controls.set_phase(Phase::Catchup);
+    let mut observed: Vec<Observed> = Vec::new();
+    let settle_deadline = std::time::Instant::now() + config.settle_max;
+    for task in tasks {
+        match tokio::time::timeout(settle_deadline.saturating_duration_since(std::time::Instant::now()), task).await {
+            Ok(Ok(o)) => observed.push(o),
+            Ok(Err(err)) => bail!("a client task failed: {err}"),
+            Err(_) => bail!("liveness: clients did not finish within {:?} after faults stopped", config.settle_max),
+        }
+    }
+    trace.record("phase check");
+
+    let reads = on_node("checker", IpAddr::V4(Ipv4Addr::new(10, 9, 0, 2)), final_reads(gateways[0].clone(), tokens.clone(), convs.clone())).await??;
+    let (histories, inboxes_before, inboxes_after) = reads;
+    let evidence = Evidence { convs: &convs, devices: &devices, observed: &observed, histories: &histories, inboxes_before: &inboxes_before, inboxes_after: &inboxes_after };
+    let violations = check_all(&evidence);
+    let stats = Stats {
+        sends: observed.iter().map(|o| o.sends.len()).sum(),
+        messages_stored: histories.values().map(Vec::len).sum(),
+        pushes: observed.iter().map(|o| o.pushes.iter().map(Vec::len).sum::<usize>()).sum(),
+        reconnects: observed.iter().map(|o| o.pushes.len().saturating_sub(1)).sum(),
+    };
+    trace.record(format!("stats {stats:?}"));
+    for v in &violations {
+        trace.record(format!("violation {v}"));
+    }
+    Ok(if violations.is_empty() { Ok(stats) } else { Err(violations) })
+}
+
+pub fn user_name(i: usize) -> String {
+    format!("user{i:03}")
+}
+
+async fn on_node<T: Send + 'static>(name: &str, ip: IpAddr, f: impl Future<Output = T> + Send + 'static) -> anyhow::Result<T> {
+    let node = madsim::runtime::Handle::current().create_node().name(name).ip(ip).build();
+    node.spawn(f).await.map_err(|e| anyhow::anyhow!("task on {name} failed: {e}"))
+}
+
+/// Plays the fault schedule for the chaos phase, then ends every fault still on.
+async fn play(cluster: &Cluster, schedule: &Schedule, controls: &Controls, chaos: Duration) {
+    let start = std::time::Instant::now();
+    let mut timeline: Vec<(Duration, bool, usize)> = Vec::new();
+    for (i, e) in schedule.episodes.iter().enumerate() {
+        timeline.push((e.start, true, i));
+        if !e.duration.is_zero() {
+            timeline.push((e.start + e.duration, false, i));
+        }
+    }
+    timeline.sort();
+    let mut killed = BTreeSet::new();
+    for (at, begin, i) in timeline {
+        tokio::time::sleep(at.saturating_sub(start.elapsed())).await;
+        let fault = &schedule.episodes[i].fault;
+        match (fault, begin) {
+            (Fault::Kill(node), true) => {
+                cluster.kill(*node);
+                killed.insert(*node);
+            }
+            (Fault::Kill(node), false) => {
+                cluster.restart(*node);
+                killed.remove(node);
+            }
+            (Fault::Partition(a, b), true) => cluster.partition(*a, *b),
+            (Fault::Partition(a, b), false) => cluster.unpartition(*a, *b),
+            (Fault::Isolate(node), true) => cluster.isolate(*node),
+            (Fault::Isolate(node), false) => cluster.rejoin(*node),
+            (Fault::Latency { min_ms, max_ms }, true) => cluster.latency(Duration::from_millis(*min_ms)..Duration::from_millis(*max_ms)),
+            (Fault::Latency { .. }, false) => cluster.latency(NORMAL_LATENCY),
+            (Fault::StoreFaults, on) => cluster.store_faults(on),
+            (Fault::FlushRegistry, _) => cluster.flush_registry(),
+            (Fault::Disconnect(device), _) => {
+                if let Some(flag) = controls.disconnect.get(*device) {
+                    flag.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+    tokio::time::sleep(chaos.saturating_sub(start.elapsed())).await;
+    for node in killed {
+        cluster.restart(node);
+    }
+    cluster.heal();
+    cluster.latency(NORMAL_LATENCY);
+    cluster.store_faults(false);
+}
+
+/// madsim's default per-packet latency.
+const NORMAL_LATENCY: std::ops::Range<Duration> = Duration::from_millis(1)..Duration::from_millis(10);
+
+type Tokens = HashMap<String, String>;
+type Convs = Vec<(ConvId, Vec<String>)>;
+
+async fn setup(config: ScenarioConfig, gateways: Vec<String>, trace: Trace) -> anyhow::Result<(Tokens, Convs)> {
+    let anon = Client::new(&gateways[0])?;
+    let users: Vec<String> = (0..config.users).map(user_name).collect();
+    let mut tokens = HashMap::new();
+    for user in &users {
+        // The cluster may still be starting; retry until it answers.
+        let mut attempts = 0;
+        loop {
+            match anon.register(user, PASSWORD).await {
+                Ok(_) => break,
+                Err(err) if err.code() == Some(chat_proto::ErrorCode::UsernameTaken) => break,
+                Err(err) if attempts < 100 => {
+                    attempts += 1;
+                    tracing::debug!(%err, "register retry");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(err) => bail!("register {user}: {err}"),
+            }
+        }
+        tokens.insert(user.clone(), anon.login(user, PASSWORD).await.with_context(|| format!("login {user}"))?.token);
+    }
+    let mut convs = Vec::new();
+    let pick = |n: usize| rand::random::<u64>() as usize % n;
+    for _ in 0..config.direct_convs {
+        let a = pick(users.len());
+        let mut b = pick(users.len());
+        while b == a {
+            b = pick(users.len());
+        }
+        let client = anon.clone().with_token(tokens[&users[a]].clone());
+        let (conv, _) = client.create_conversation([users[b].as_str()], None).await.context("create direct")?;
+        if !convs.iter().any(|(c, _)| *c == conv.conv_id) {
+            convs.push((conv.conv_id, conv.members));
+        }
+    }
+    for g in 0..config.groups {
+        let size = 3 + pick(config.group_size_max.saturating_sub(2).max(1));
+        let mut members = BTreeSet::new();
+        while members.len() < size.min(users.len()) {
+            members.insert(users[pick(users.len())].clone());
+        }
+        let members: Vec<String> = members.into_iter().collect();
+        let client = anon.clone().with_token(tokens[&members[0]].clone());
+        let (conv, _) = client.create_conversation(&members[1..], Some(&format!("group {g}"))).await.context("create group")?;
+        convs.push((conv.conv_id, conv.members));
+    }
+    trace.record(format!("setup {} users, convs {convs:?}", users.len()));
+    Ok((tokens, convs))
+}
+
+type FinalReads = (HashMap<ConvId, Vec<MessageView>>, HashMap<String, Inbox>, HashMap<String, Inbox>);
+
+/// Reads every history and inbox, marks everything read, and reads the inboxes again.
+async fn final_reads(gateway: String, tokens: Tokens, convs: Convs) -> anyhow::Result<FinalReads> {
+    let anon = Client::new(&gateway)?;
+    let mut histories = HashMap::new();
+    for (conv, members) in &convs {
+        let client = anon.clone().with_token(tokens[&members[0]].clone());
+        let mut all: Vec<MessageView> = Vec::new();
+        let mut before = None;
+        loop {
+            let page = client.history(*conv, before, Some(200)).await.with_context(|| format!("history of {conv}"))?;
+            all.splice(0..0, page.messages);
+            match page.next_before {
+                Some(next) => before = Some(next),
+                None => break,
+            }
+        }
+        histories.insert(*conv, all);
+    }
+    let mut before = HashMap::new();
+    let mut after = HashMap::new();
+    let mut users: Vec<&String> = tokens.keys().collect();
+    users.sort();
+    for user in users {
+        let client = anon.clone().with_token(tokens[user].clone());
+        before.insert(user.clone(), client.inbox(Some(100)).await.context("inbox")?);
+        let mut ws = client.connect_ws().await.context("connect to mark read")?;
+        for (conv, members) in &convs {
+            if members.contains(user) {
+                let seq = histories[conv].len() as u64;
+                if seq > 0 {
+                    ws.send(&ClientFrame::Read { conv: *conv, seq }).await?;
+                }
+            }
+        }
+        // Frames of a connection are handled in order: the pong comes after the reads.
+        ws.send(&ClientFrame::Ping).await?;
+        loop {
+            match ws.recv_timeout(Duration::from_secs(10)).await? {
+                WsEvent::Frame(ServerFrame::Pong) => break,
+                WsEvent::Frame(ServerFrame::Error { code, message, .. }) => bail!("read refused: {code} {message}"),
+                _ => {}
+            }
+        }
+        after.insert(user.clone(), client.inbox(Some(100)).await.context("inbox")?);
+    }
+    Ok((histories, before, after))
+}
+
