@@ -657,6 +657,8 @@ async fn send_conn(mut conn: Conn, plan: SendPlan, window: usize, wait_max: Dura
     let answered = AtomicU64::new(0);
     let index = conn.index;
     let Conn { sender, receiver, .. } = &mut conn;
+    // A user left out of every conversation (a last group of one) has nothing to send.
+    let quota = if plan.convs.is_empty() { 0 } else { plan.quota };
 
     let send = async {
         let mut next: u64 = 0;
@@ -666,7 +668,7 @@ async fn send_conn(mut conn: Conn, plan: SendPlan, window: usize, wait_max: Dura
                 break None;
             }
             let now_answered = answered.load(Ordering::Relaxed);
-            if next == plan.quota && lock(&pending).is_empty() {
+            if next == quota && lock(&pending).is_empty() {
                 break None;
             }
             if (next, now_answered) != (progress.0, progress.1) {
@@ -695,7 +697,7 @@ async fn send_conn(mut conn: Conn, plan: SendPlan, window: usize, wait_max: Dura
                     }
                     outcome
                 }
-                slot = slots.acquire(), if next < plan.quota => {
+                slot = slots.acquire(), if next < quota => {
                     let Ok(slot) = slot else { break None };
                     slot.forget();
                     let id = format!("{}-{index}-{next}", plan.run);

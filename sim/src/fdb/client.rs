@@ -115,6 +115,9 @@ impl SimFdbKv {
         let attempt = async {
             let mut stream =
                 TcpStream::connect(addr).await.map_err(|e| unavailable(format!("connect to {addr}: {e}")))?;
+            // Small frames written back to back (a mutation, then a read) must not wait for
+            // an acknowledgement (Nagle). A no-op in the simulator.
+            stream.set_nodelay(true).map_err(|e| unavailable(format!("nodelay: {e}")))?;
             let io = |e: std::io::Error| unavailable(format!("begin on {addr}: {e}"));
             stream.write_all(&Request::Begin.to_frame()).await.map_err(io)?;
             stream.flush().await.map_err(io)?;
@@ -249,13 +252,17 @@ impl SimFdbTx {
                 Err(_) => Err(self.state().usable().err().unwrap_or_else(|| unavailable("connection closed"))),
             }
         };
-        let result = match tokio::time::timeout(CALL_WAIT_MAX, wait).await {
+        match tokio::time::timeout(CALL_WAIT_MAX, wait).await {
             Ok(result) => result,
             Err(_) => {
                 self.state().break_with("a reply took longer than any bound".into());
                 Err(if commit { KvError::CommitUnknownResult } else { unavailable("reply overdue") })
             }
-        };
+        }
+    }
+
+    /// Counts what a call returns to its caller.
+    fn counted<T>(&self, result: Result<T, KvError>) -> Result<T, KvError> {
         lock(&self.counts).record(&result);
         result
     }
@@ -302,11 +309,12 @@ fn check_key(key: &[u8], max: usize) -> Result<(), KvError> {
 impl KvTx for SimFdbTx {
     async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
         check_key(key, KEY_BYTES_MAX)?;
-        match self.call(Request::Get { key }).await? {
-            Reply::Value(value) => Ok(value),
-            Reply::Error(error) => Err(error),
-            other => Err(self.protocol_error("get", &other)),
-        }
+        let result = match self.call(Request::Get { key }).await {
+            Ok(Reply::Value(value)) => Ok(value),
+            Ok(Reply::Error(error)) | Err(error) => Err(error),
+            Ok(other) => Err(self.protocol_error("get", &other)),
+        };
+        self.counted(result)
     }
 
     async fn get_range(
@@ -319,11 +327,12 @@ impl KvTx for SimFdbTx {
         check_key(begin, RANGE_ENDPOINT_BYTES_MAX)?;
         check_key(end, RANGE_ENDPOINT_BYTES_MAX)?;
         let limit = limit as u64;
-        match self.call(Request::GetRange { begin, end, limit, reverse }).await? {
-            Reply::Range { pairs, more: false } => Ok(pairs),
-            Reply::Error(error) => Err(error),
-            other => Err(self.protocol_error("get_range", &other)),
-        }
+        let result = match self.call(Request::GetRange { begin, end, limit, reverse }).await {
+            Ok(Reply::Range { pairs, more: false }) => Ok(pairs),
+            Ok(Reply::Error(error)) | Err(error) => Err(error),
+            Ok(other) => Err(self.protocol_error("get_range", &other)),
+        };
+        self.counted(result)
     }
 
     fn set(&self, key: &[u8], value: &[u8]) {
@@ -358,8 +367,9 @@ impl KvTx for SimFdbTx {
     async fn commit(&self) -> Result<(), KvError> {
         {
             let mut state = self.state();
-            if let Some(outcome) = &state.committed {
-                return outcome.clone();
+            if let Some(outcome) = state.committed.clone() {
+                drop(state);
+                return self.counted(outcome);
             }
             if state.mutations == 0 {
                 // Read-only (or every mutation refused locally): nothing to send, even over a
@@ -383,10 +393,11 @@ impl KvTx for SimFdbTx {
             }
             Err(error) => Err(error),
         };
+        let outcome = self.state().committed.get_or_insert(outcome).clone();
         if outcome.is_ok() {
             lock(&self.counts).committed += 1;
         }
-        self.state().committed.get_or_insert(outcome).clone()
+        self.counted(outcome)
     }
 }
 

@@ -89,3 +89,89 @@ impl SimFdbServer {
             .build()
     }
 }
+
+/// The same code on real sockets and real time (the module runs in both worlds).
+#[cfg(all(test, not(madsim)))]
+mod real_socket_tests {
+    use super::*;
+    use chat_store::{Kv, KvError, MemoryKv};
+    use std::sync::Arc;
+
+    async fn start(faults: SimFdbFaults) -> (MemoryKv, std::net::SocketAddr) {
+        let kv = MemoryKv::new();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(SimFdbServer::new(kv.clone(), faults).serve(listener));
+        (kv, addr)
+    }
+
+    #[tokio::test]
+    async fn conformance_suite_passes_on_real_sockets() {
+        let (kv, addr) = start(SimFdbFaults::default()).await;
+        chat_store::testing::conformance(Arc::new(SimFdbKv::new(addr))).await;
+        assert!(kv.is_empty());
+    }
+
+    #[tokio::test]
+    async fn injected_faults_reach_the_client_with_their_codes() {
+        let faults = SimFdbFaults::new(FaultConfig { unavailable_probability: 1.0, ..FaultConfig::QUIET });
+        let (kv, addr) = start(faults.clone()).await;
+        let client = SimFdbKv::new(addr);
+        assert!(matches!(client.begin().await.err(), Some(KvError::Unavailable(_))));
+
+        faults.set(FaultConfig { not_committed_probability: 1.0, ..FaultConfig::QUIET });
+        let tx = client.begin().await.expect("begin");
+        tx.set(b"k", b"v");
+        assert_eq!(tx.commit().await, Err(KvError::NotCommitted));
+        assert_eq!(tx.commit().await, Err(KvError::NotCommitted), "a second commit answers the first's result");
+
+        faults.set(FaultConfig { unknown_result_probability: 1.0, ..FaultConfig::QUIET });
+        for _ in 0..20 {
+            let tx = client.begin().await.expect("begin");
+            tx.set(b"k", b"v");
+            assert_eq!(tx.commit().await, Err(KvError::CommitUnknownResult));
+        }
+        let counts = faults.counts();
+        assert_eq!(counts.injected_unknown_applied + counts.injected_unknown_not_applied, 20);
+        assert_eq!(kv.len(), usize::from(counts.injected_unknown_applied > 0), "applied exactly when counted so");
+
+        // Read-only transactions never reach the commit path, so never see injected faults.
+        let tx = client.begin().await.expect("begin");
+        tx.get(b"k").await.expect("get");
+        assert_eq!(tx.commit().await, Ok(()));
+        let seen = client.counts();
+        assert_eq!((seen.unavailable, seen.not_committed, seen.unknown_result), (1, 2, 20), "{seen:?}");
+    }
+
+    #[tokio::test]
+    async fn a_dead_server_is_unavailable_and_a_lost_commit_reply_is_unknown() {
+        let (_kv, addr) = start(SimFdbFaults::default()).await;
+        let client = SimFdbKv::with_options(
+            addr,
+            ClientOptions { commit_timeout: std::time::Duration::from_millis(300), ..ClientOptions::default() },
+        );
+        // Nothing listens on this port any more.
+        let unused = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let dead = unused.local_addr().expect("addr");
+        drop(unused);
+        assert!(matches!(SimFdbKv::new(dead).begin().await.err(), Some(KvError::Unavailable(_))));
+
+        // A server that takes the transaction and never answers its commit.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let silent_addr = silent.local_addr().expect("addr");
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let (mut stream, _) = silent.accept().await.expect("accept");
+            let _begin = wire::read_frame(&mut stream).await;
+            stream.write_all(&wire::Reply::Ok.to_frame()).await.expect("write");
+            stream.flush().await.expect("flush");
+            // Read everything, answer nothing, keep the connection open.
+            while let Ok(Some(_)) = wire::read_frame(&mut stream).await {}
+        });
+        let silent_client = SimFdbKv::with_options(silent_addr, ClientOptions { commit_timeout: std::time::Duration::from_millis(300), ..ClientOptions::default() });
+        let tx = silent_client.begin().await.expect("begin");
+        tx.set(b"k", b"v");
+        assert_eq!(tx.commit().await, Err(KvError::CommitUnknownResult));
+        drop(client);
+    }
+}

@@ -92,6 +92,9 @@ impl SimFdbServer {
     /// reads overlap as they would against FoundationDB's storage servers, while reads
     /// issued after a mutation still see it.
     async fn serve_connection(&self, stream: TcpStream) -> Result<(), ConnectionError> {
+        // Replies are small frames written one after another: no Nagle delay (a no-op in the
+        // simulator).
+        stream.set_nodelay(true)?;
         let (mut reader, mut writer) = tokio::io::split(stream);
 
         let first = tokio::time::timeout(REQUEST_WAIT_MAX, read_frame(&mut reader))
