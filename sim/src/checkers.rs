@@ -13,7 +13,7 @@
 //! - `idempotency`: every ack of one client id carries the same seq, across resends and
 //!   across `commit_unknown_result`.
 
-use crate::workload::{Device, Observed};
+use crate::workload::{ConnEvent, Device, Observed};
 use chat_proto::rest::{Inbox, MessageView};
 use chat_proto::{ConvId, Seq};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -91,13 +91,34 @@ fn order(e: &Evidence, out: &mut Vec<Violation>) {
             violation(out, "order", format!("conv {conv}: history position {i} holds seq {}", m.seq));
         }
     }
+    // On one connection, a conversation's messages come in increasing seq; the only
+    // restart allowed is the start of the answer to a `sync` the client asked for, at
+    // `after + 1` (a sync re-sends what was asked, even if pushed before).
     for o in e.observed {
-        for (n, pushes) in o.pushes.iter().enumerate() {
+        for (n, events) in o.pushes.iter().enumerate() {
             let mut last: BTreeMap<ConvId, Seq> = BTreeMap::new();
-            for (conv, seq, _, _) in pushes {
-                let previous = last.insert(*conv, *seq).unwrap_or(0);
-                if *seq <= previous {
-                    violation(out, "order", format!("{} connection #{n}: conv {conv} pushed seq {seq} after {previous}", o.user));
+            // Per conversation: syncs asked and not yet answered, oldest first: (after, restarted).
+            let mut asked: BTreeMap<ConvId, std::collections::VecDeque<(Seq, bool)>> = BTreeMap::new();
+            for event in events {
+                match *event {
+                    ConnEvent::SyncSent { conv, after } => asked.entry(conv).or_default().push_back((after, false)),
+                    ConnEvent::Synced { conv, .. } => {
+                        if let Some(queue) = asked.get_mut(&conv) {
+                            queue.pop_front();
+                        }
+                    }
+                    ConnEvent::Message { conv, seq } => {
+                        let previous = last.get(&conv).copied().unwrap_or(0);
+                        let restart = asked.get_mut(&conv).and_then(|q| q.iter_mut().find(|(after, restarted)| !*restarted && after + 1 == seq));
+                        if seq > previous {
+                            last.insert(conv, seq);
+                        } else if let Some(entry) = restart {
+                            entry.1 = true;
+                            last.insert(conv, seq);
+                        } else {
+                            violation(out, "order", format!("{} connection #{n}: conv {conv} got seq {seq} after {previous}, not at the start of a sync", o.user));
+                        }
+                    }
                 }
             }
         }

@@ -6,7 +6,7 @@
 //! tester verbs read as the story of a test: `kill(Node::Conn(1))`, `partition(a, b)`,
 //! `isolate(node)`, `heal()`, `flush_registry()`, `latency(range)`.
 
-use crate::fdb::{SimFdbFaults, SimFdbKv, SimFdbServer};
+use crate::fdb::{FaultConfig, SimFdbFaults, SimFdbKv, SimFdbServer};
 use crate::resp::{RespServer, RespState};
 use crate::trace::Trace;
 use chat::roles::{AppOptions, Common, ConnOptions, GatewayOptions};
@@ -73,7 +73,7 @@ pub struct Cluster {
     trace: Trace,
     /// The simulated FoundationDB's data and fault switches; they outlive its node.
     pub fdb_data: MemoryKv,
-    pub fdb_faults: Arc<SimFdbFaults>,
+    pub fdb_faults: SimFdbFaults,
     /// The Redis model's data; a restart of its node keeps it unless flushed.
     pub redis_state: Arc<RespState>,
     nodes: Vec<(Node, NodeHandle)>,
@@ -108,9 +108,20 @@ pub fn client_ip(i: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 1, (i / 200) as u8, (i % 200) as u8 + 1))
 }
 
+/// Binds the node's port, retrying while a killed incarnation of the node still holds it.
 async fn bind(addr: SocketAddr) -> tokio::net::TcpListener {
     let any = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), addr.port());
-    tokio::net::TcpListener::bind(any).await.expect("bind in the simulator")
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        match tokio::net::TcpListener::bind(any).await {
+            Ok(listener) => return listener,
+            Err(err) => {
+                tracing::debug!(%addr, %err, "bind failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
 }
 
 fn common() -> Common {
@@ -131,20 +142,11 @@ impl Cluster {
     pub fn start(config: ClusterConfig, trace: Trace) -> Cluster {
         let handle = Handle::current();
         let fdb_data = MemoryKv::new();
-        let fdb_faults = Arc::new(SimFdbFaults::default());
+        let fdb_faults = SimFdbFaults::new(FaultConfig::QUIET);
         let redis_state = Arc::new(RespState::new());
         let mut nodes = Vec::new();
 
-        let (data, faults) = (fdb_data.clone(), fdb_faults.clone());
-        let fdb = handle
-            .create_node()
-            .name("fdb")
-            .ip(fdb_addr().ip())
-            .init(move || {
-                let (data, faults) = (data.clone(), faults.clone());
-                async move { SimFdbServer::serve(bind(fdb_addr()).await, data, faults).await }
-            })
-            .build();
+        let fdb = SimFdbServer::new(fdb_data.clone(), fdb_faults.clone()).start_node("fdb", fdb_addr().ip(), FDB_PORT);
         nodes.push((Node::Fdb, fdb));
 
         let state = redis_state.clone();
@@ -242,7 +244,7 @@ impl Cluster {
         self.nodes.iter().map(|(n, _)| *n).collect()
     }
 
-    fn id(&self, node: Node) -> madsim::runtime::NodeId {
+    fn id(&self, node: Node) -> madsim::task::NodeId {
         self.nodes.iter().find(|(n, _)| *n == node).map(|(_, h)| h.id()).unwrap_or_else(|| panic!("no node {node}"))
     }
 
@@ -320,6 +322,6 @@ impl Cluster {
     /// Store faults (conflicts, unknown results, latency) on or off.
     pub fn store_faults(&self, on: bool) {
         self.trace.record(format!("fault store_faults {on}"));
-        if on { self.fdb_faults.enable_default() } else { self.fdb_faults.quiet() }
+        if on { self.fdb_faults.set(FaultConfig::NOISY) } else { self.fdb_faults.quiet() }
     }
 }

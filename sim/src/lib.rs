@@ -14,12 +14,35 @@
 //! - [`seeds`]: running a scenario for a seed on a fresh runtime.
 //! - [`resp`]: a Redis model server (the registry's commands over RESP2) for simulated
 //!   clusters, checked against a real `redis-server`.
+//! - [`fdb`]: the simulated FoundationDB: a store node with FoundationDB's client-visible
+//!   behaviour and faults.
+//! - [`cluster`]: the simulated cluster (production entry points on every node) and the
+//!   tester's verbs: `kill`, `restart`, `partition`, `isolate`, `heal`, `flush_registry`.
+//! - [`faults`]: swarm fault schedules drawn from the seed.
+//! - [`workload`]: what simulated people do, and what they observe.
+//! - [`checkers`]: the named invariants, apart from everything else.
+//! - [`scenario`]: the standard scenario wiring it all together.
+//! - [`runner`], [`shrink`]: seeds, trace files, replay commands, schedule shrinking.
 
+#[cfg(madsim)]
+pub mod checkers;
+#[cfg(madsim)]
+pub mod cluster;
 pub mod fdb;
+#[cfg(madsim)]
+pub mod faults;
 pub mod resp;
 #[cfg(madsim)]
+pub mod runner;
+#[cfg(madsim)]
+pub mod scenario;
+#[cfg(madsim)]
 pub mod seeds;
+#[cfg(madsim)]
+pub mod shrink;
 #[cfg(madsim)]
 pub mod smoke;
 #[cfg(madsim)]
 pub mod trace;
+#[cfg(madsim)]
+pub mod workload;

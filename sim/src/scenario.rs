@@ -3,7 +3,7 @@
 //! then faults stop, everyone settles, and the checkers judge what everyone observed.
 
 use crate::checkers::{Evidence, Violation, check_all};
-use crate::cluster::{Cluster, ClusterConfig, Node, client_ip};
+use crate::cluster::{Cluster, ClusterConfig, client_ip};
 use crate::faults::{Fault, Schedule};
 use crate::trace::Trace;
 use crate::workload::{Controls, Device, Observed, Phase, run_client};
@@ -13,7 +13,6 @@ use chat_proto::ConvId;
 use chat_proto::rest::{Inbox, MessageView};
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -140,7 +139,7 @@ async fn run_inner(config: ScenarioConfig, schedule: Schedule, trace: Trace) -> 
     let stats = Stats {
         sends: observed.iter().map(|o| o.sends.len()).sum(),
         messages_stored: histories.values().map(Vec::len).sum(),
-        pushes: observed.iter().map(|o| o.pushes.iter().map(Vec::len).sum::<usize>()).sum(),
+        pushes: observed.iter().flat_map(|o| o.pushes.iter().flatten()).filter(|e| matches!(e, crate::workload::ConnEvent::Message { .. })).count(),
         reconnects: observed.iter().map(|o| o.pushes.len().saturating_sub(1)).sum(),
     };
     trace.record(format!("stats {stats:?}"));

@@ -36,14 +36,23 @@ pub struct SendRecord {
     pub acks: Vec<Seq>,
 }
 
+/// What happened on one connection, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnEvent {
+    Message { conv: ConvId, seq: Seq },
+    SyncSent { conv: ConvId, after: Seq },
+    Synced { conv: ConvId, seq: Seq },
+}
+
 /// What one device observed.
 #[derive(Debug, Default, Clone)]
 pub struct Observed {
     pub user: String,
     /// Client id -> the send and its acks.
     pub sends: BTreeMap<String, SendRecord>,
-    /// Per connection (numbered from 0), `message` frames in arrival order: (conv, seq, sender, id).
-    pub pushes: Vec<Vec<(ConvId, Seq, String, String)>>,
+    /// Per connection (numbered from 0), in order: `message` frames received, `sync`
+    /// requests sent and `synced` answers, for the order checker.
+    pub pushes: Vec<Vec<ConnEvent>>,
     /// Every seq of each conversation this device has received (pushes and syncs).
     pub received: BTreeMap<ConvId, BTreeSet<Seq>>,
     /// The newest seq a `synced` reported per conversation.
@@ -158,7 +167,7 @@ pub async fn run_client(device: Device, controls: Arc<Controls>, trace: Trace, d
     };
     let mut backoff = Duration::from_millis(100);
     while start.elapsed() < deadline {
-        let url = &state.device.gateways[rand::random::<usize>() % state.device.gateways.len()];
+        let url = &state.device.gateways[rand::random_range(0..state.device.gateways.len())];
         let client = match Client::new(url) {
             Ok(c) => c.with_token(state.device.token.clone()).with_timeout(Duration::from_secs(5)),
             Err(_) => return state.observed,
@@ -188,16 +197,24 @@ async fn session(state: &mut State, client: &Client, mut ws: WsConnection, contr
     state.connection += 1;
     state.observed.pushes.push(Vec::new());
     state.trace.record(format!("c{index} connected #{conn_no}"));
-    // A new connection: counts start over, and catch-up (if begun) is asked again on it.
-    state.catchup_started = false;
+    // A new connection: sync counts start over. Catch-up is always done on a connection
+    // opened after the catch-up phase began, so every answer counted is to a sync asked
+    // once all messages were durable (answers to earlier syncs may be stale).
     state.syncs_sent.clear();
     state.syncs_answered.clear();
     state.catchup_mark.clear();
-    // Catch up on everything, resend what is pending with the same ids.
-    for conv in state.device.convs.clone() {
-        let after = state.contiguous(conv);
-        if sync(state, &mut ws, conv, after).await.is_err() {
+    state.catchup_started = controls.phase() == Phase::Catchup;
+    if state.catchup_started {
+        if catch_up(state, &mut ws, false).await.is_err() {
             return false;
+        }
+    } else {
+        // Catch up on everything after a reconnect.
+        for conv in state.device.convs.clone() {
+            let after = state.contiguous(conv);
+            if sync(state, &mut ws, conv, after).await.is_err() {
+                return false;
+            }
         }
     }
     let pending: Vec<String> = state.pending.keys().cloned().collect();
@@ -224,10 +241,8 @@ async fn session(state: &mut State, client: &Client, mut ws: WsConnection, contr
             state.trace.record(format!("c{index} resolved"));
         }
         if phase == Phase::Catchup && !state.catchup_started {
-            state.catchup_started = true;
-            if catch_up(state, &mut ws, false).await.is_err() {
-                return false;
-            }
+            state.trace.record(format!("c{index} reconnects for catch-up"));
+            return false;
         }
         if state.settled() {
             state.trace.record(format!("c{index} settled"));
@@ -301,7 +316,7 @@ async fn act(state: &mut State, client: &Client, ws: &mut WsConnection) -> Resul
     if convs.is_empty() {
         return Ok(());
     }
-    let conv = convs[rand::random::<usize>() % convs.len()];
+    let conv = convs[rand::random_range(0..convs.len())];
     let roll = rand::random::<u32>() % 100;
     match roll {
         0..70 => {
@@ -315,7 +330,7 @@ async fn act(state: &mut State, client: &Client, ws: &mut WsConnection) -> Resul
         70..78 => {
             // Resend an id that was already acked: idempotency must answer the same seq.
             let acked: Vec<String> = state.observed.sends.iter().filter(|(_, s)| !s.acks.is_empty()).map(|(id, _)| id.clone()).collect();
-            match acked.get(rand::random::<usize>() % acked.len().max(1)) {
+            match acked.get(rand::random_range(0..acked.len().max(1))) {
                 Some(id) => {
                     let record = &state.observed.sends[id];
                     ws.send(&ClientFrame::Send { id: id.clone(), conv: record.conv, body: record.body.clone() }).await
@@ -356,6 +371,9 @@ async fn act(state: &mut State, client: &Client, ws: &mut WsConnection) -> Resul
 
 async fn sync(state: &mut State, ws: &mut WsConnection, conv: ConvId, after: Seq) -> Result<(), chat_client::ClientError> {
     *state.syncs_sent.entry(conv).or_insert(0) += 1;
+    if let Some(events) = state.observed.pushes.last_mut() {
+        events.push(ConnEvent::SyncSent { conv, after });
+    }
     ws.send(&ClientFrame::Sync { conv, after }).await
 }
 
@@ -395,8 +413,9 @@ async fn on_frame(state: &mut State, ws: &mut WsConnection, frame: ServerFrame, 
         ServerFrame::Message { conv, seq, sender, id, .. } => {
             state.trace.record(format!("c{index} got conv={conv} seq={seq} {sender}/{id}"));
             let before = state.contiguous(conv);
-            if let Some(pushes) = state.observed.pushes.get_mut(conn_no) {
-                pushes.push((conv, seq, sender, id));
+            let _ = (sender, id);
+            if let Some(events) = state.observed.pushes.get_mut(conn_no) {
+                events.push(ConnEvent::Message { conv, seq });
             }
             state.observed.received.entry(conv).or_default().insert(seq);
             if seq > before + 1 {
@@ -409,9 +428,16 @@ async fn on_frame(state: &mut State, ws: &mut WsConnection, frame: ServerFrame, 
             let known = state.observed.synced.entry(conv).or_insert(0);
             *known = (*known).max(seq);
             *state.syncs_answered.entry(conv).or_insert(0) += 1;
+            if let Some(events) = state.observed.pushes.get_mut(conn_no) {
+                events.push(ConnEvent::Synced { conv, seq });
+            }
         }
         ServerFrame::Error { code, message, id } => {
             state.trace.record(format!("c{index} error {code} {}", id.as_deref().unwrap_or("-")));
+            if id.is_none() && state.catchup_started {
+                // A failed sync during catch-up: its answer will never come; start over.
+                return Err(chat_client::ClientError::Closed { code: None, reason: "sync failed during catch-up".into() });
+            }
             if let Some(id) = id {
                 if code.is_retryable() {
                     // Resent by the pending timer, with the same id.

@@ -85,7 +85,9 @@ type Counts = Arc<Mutex<SimFdbClientCounts>>;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Plain data behind these locks: still consistent after a panic elsewhere.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A [`Kv`] on a simulated FoundationDB node at `addr`. Cheap to clone; clones share counts.
@@ -102,7 +104,11 @@ impl SimFdbKv {
     }
 
     pub fn with_options(addr: SocketAddr, options: ClientOptions) -> SimFdbKv {
-        SimFdbKv { addr, options, counts: Counts::default() }
+        SimFdbKv {
+            addr,
+            options,
+            counts: Counts::default(),
+        }
     }
 
     pub fn counts(&self) -> SimFdbClientCounts {
@@ -113,15 +119,24 @@ impl SimFdbKv {
     async fn handshake(&self) -> Result<TcpStream, KvError> {
         let addr = self.addr;
         let attempt = async {
-            let mut stream =
-                TcpStream::connect(addr).await.map_err(|e| unavailable(format!("connect to {addr}: {e}")))?;
+            let mut stream = TcpStream::connect(addr)
+                .await
+                .map_err(|e| unavailable(format!("connect to {addr}: {e}")))?;
             // Small frames written back to back (a mutation, then a read) must not wait for
             // an acknowledgement (Nagle). A no-op in the simulator.
-            stream.set_nodelay(true).map_err(|e| unavailable(format!("nodelay: {e}")))?;
+            stream
+                .set_nodelay(true)
+                .map_err(|e| unavailable(format!("nodelay: {e}")))?;
             let io = |e: std::io::Error| unavailable(format!("begin on {addr}: {e}"));
-            stream.write_all(&Request::Begin.to_frame()).await.map_err(io)?;
+            stream
+                .write_all(&Request::Begin.to_frame())
+                .await
+                .map_err(io)?;
             stream.flush().await.map_err(io)?;
-            let frame = read_frame(&mut stream).await.map_err(io)?.ok_or_else(|| unavailable("closed during begin"))?;
+            let frame = read_frame(&mut stream)
+                .await
+                .map_err(io)?
+                .ok_or_else(|| unavailable("closed during begin"))?;
             match Reply::decode(&frame) {
                 Ok(Reply::Ok) => Ok(stream),
                 Ok(Reply::Error(error)) => Err(error),
@@ -144,7 +159,11 @@ impl Kv for SimFdbKv {
         let stream = stream?;
         counts.begun += 1;
         drop(counts);
-        Ok(Tx::new(Arc::new(SimFdbTx::start(stream, self.options, self.counts.clone()))))
+        Ok(Tx::new(Arc::new(SimFdbTx::start(
+            stream,
+            self.options,
+            self.counts.clone(),
+        ))))
     }
 }
 
@@ -207,7 +226,11 @@ struct Waiter {
 impl Waiter {
     /// The request left (or may have) but its reply will never come.
     fn lost(self, why: &str) {
-        let error = if self.commit { KvError::CommitUnknownResult } else { unavailable(why) };
+        let error = if self.commit {
+            KvError::CommitUnknownResult
+        } else {
+            unavailable(why)
+        };
         // The caller may have given up already; nothing to tell then.
         let _ = self.reply.send(Err(error));
     }
@@ -225,10 +248,21 @@ impl SimFdbTx {
         let (waiters_tx, waiters_rx) = mpsc::channel(REPLIES_AWAITED_MAX);
         let state = Arc::new(Mutex::new(TxState::default()));
         let tasks = [
-            tokio::spawn(write_requests(writer, queue, waiters_tx, state.clone(), options)),
+            tokio::spawn(write_requests(
+                writer,
+                queue,
+                waiters_tx,
+                state.clone(),
+                options,
+            )),
             tokio::spawn(read_replies(reader, waiters_rx, state.clone(), options)),
         ];
-        SimFdbTx { requests, state, tasks, counts }
+        SimFdbTx {
+            requests,
+            state,
+            tasks,
+            counts,
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, TxState> {
@@ -244,19 +278,32 @@ impl SimFdbTx {
         let wait = async {
             if self.requests.send(queued).await.is_err() {
                 // The writer is gone: the request never left.
-                return Err(self.state().usable().err().unwrap_or_else(|| unavailable("connection closed")));
+                return Err(self
+                    .state()
+                    .usable()
+                    .err()
+                    .unwrap_or_else(|| unavailable("connection closed")));
             }
             match answer.await {
                 Ok(result) => result,
                 // Dropped unanswered: still queued when the writer stopped, so never sent.
-                Err(_) => Err(self.state().usable().err().unwrap_or_else(|| unavailable("connection closed"))),
+                Err(_) => Err(self
+                    .state()
+                    .usable()
+                    .err()
+                    .unwrap_or_else(|| unavailable("connection closed"))),
             }
         };
         match tokio::time::timeout(CALL_WAIT_MAX, wait).await {
             Ok(result) => result,
             Err(_) => {
-                self.state().break_with("a reply took longer than any bound".into());
-                Err(if commit { KvError::CommitUnknownResult } else { unavailable("reply overdue") })
+                self.state()
+                    .break_with("a reply took longer than any bound".into());
+                Err(if commit {
+                    KvError::CommitUnknownResult
+                } else {
+                    unavailable("reply overdue")
+                })
             }
         }
     }
@@ -281,8 +328,12 @@ impl SimFdbTx {
         }
         match self.requests.try_send(Queued::Mutation(request.to_frame())) {
             Ok(()) => state.mutations += 1,
-            Err(mpsc::error::TrySendError::Full(_)) => state.error = Some(KvError::TransactionTooLarge),
-            Err(mpsc::error::TrySendError::Closed(_)) => state.break_with("connection closed".into()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                state.error = Some(KvError::TransactionTooLarge)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                state.break_with("connection closed".into())
+            }
         }
     }
 
@@ -302,7 +353,11 @@ impl Drop for SimFdbTx {
 }
 
 fn check_key(key: &[u8], max: usize) -> Result<(), KvError> {
-    if key.len() > max { Err(KvError::KeyTooLarge) } else { Ok(()) }
+    if key.len() > max {
+        Err(KvError::KeyTooLarge)
+    } else {
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -327,7 +382,15 @@ impl KvTx for SimFdbTx {
         check_key(begin, RANGE_ENDPOINT_BYTES_MAX)?;
         check_key(end, RANGE_ENDPOINT_BYTES_MAX)?;
         let limit = limit as u64;
-        let result = match self.call(Request::GetRange { begin, end, limit, reverse }).await {
+        let result = match self
+            .call(Request::GetRange {
+                begin,
+                end,
+                limit,
+                reverse,
+            })
+            .await
+        {
             Ok(Reply::Range { pairs, more: false }) => Ok(pairs),
             Ok(Reply::Error(error)) | Err(error) => Err(error),
             Ok(other) => Err(self.protocol_error("get_range", &other)),
@@ -454,7 +517,10 @@ async fn write_requests(
                 }
                 if let Err(mpsc::error::SendError(waiter)) = waiters.send(waiter).await {
                     // The reader stopped: the connection broke while this went out.
-                    let why = lock(&state).broken.clone().unwrap_or_else(|| "connection closed".into());
+                    let why = lock(&state)
+                        .broken
+                        .clone()
+                        .unwrap_or_else(|| "connection closed".into());
                     waiter.lost(&why);
                     return;
                 }
@@ -463,7 +529,10 @@ async fn write_requests(
     }
 }
 
-async fn bounded(limit: Duration, io: impl Future<Output = std::io::Result<()>>) -> Result<(), String> {
+async fn bounded(
+    limit: Duration,
+    io: impl Future<Output = std::io::Result<()>>,
+) -> Result<(), String> {
     match tokio::time::timeout(limit, io).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(error)) => Err(format!("write: {error}")),
@@ -480,7 +549,11 @@ async fn read_replies(
     options: ClientOptions,
 ) {
     while let Some(waiter) = waiters.recv().await {
-        let limit = if waiter.commit { options.commit_timeout } else { options.request_timeout };
+        let limit = if waiter.commit {
+            options.commit_timeout
+        } else {
+            options.request_timeout
+        };
         let why = match tokio::time::timeout(limit, read_reply(&mut reader)).await {
             Ok(Ok(reply)) => {
                 let _ = waiter.reply.send(Ok(reply));
@@ -516,7 +589,10 @@ async fn read_reply(reader: &mut (impl AsyncRead + Unpin)) -> Result<Reply, Stri
             Reply::Range { pairs, more } => {
                 joined.extend(pairs);
                 if !more {
-                    return Ok(Reply::Range { pairs: joined, more: false });
+                    return Ok(Reply::Range {
+                        pairs: joined,
+                        more: false,
+                    });
                 }
             }
             other if joined.is_empty() && bytes == frame.len() => return Ok(other),

@@ -46,8 +46,15 @@ impl FaultConfig {
     };
 
     fn check(&self) {
-        assert!(self.latency_min <= self.latency_max, "latency_min above latency_max");
-        for p in [self.not_committed_probability, self.unknown_result_probability, self.unavailable_probability] {
+        assert!(
+            self.latency_min <= self.latency_max,
+            "latency_min above latency_max"
+        );
+        for p in [
+            self.not_committed_probability,
+            self.unknown_result_probability,
+            self.unavailable_probability,
+        ] {
             assert!((0.0..=1.0).contains(&p), "probability {p} outside [0, 1]");
         }
         assert!(
@@ -111,12 +118,19 @@ struct Inner {
 impl SimFdbFaults {
     pub fn new(config: FaultConfig) -> SimFdbFaults {
         config.check();
-        SimFdbFaults { inner: Arc::new(Mutex::new(Inner { config, ..Inner::default() })) }
+        SimFdbFaults {
+            inner: Arc::new(Mutex::new(Inner {
+                config,
+                ..Inner::default()
+            })),
+        }
     }
 
     fn inner(&self) -> MutexGuard<'_, Inner> {
         // Only counters and settings behind it: still consistent after a panic elsewhere.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn config(&self) -> FaultConfig {
@@ -162,7 +176,9 @@ impl SimFdbFaults {
     /// Whether a new transaction is admitted; counts the refusals.
     pub(crate) fn admit(&self) -> bool {
         let mut inner = self.inner();
-        let outage = inner.unavailable_until.is_some_and(|until| Instant::now() < until);
+        let outage = inner
+            .unavailable_until
+            .is_some_and(|until| Instant::now() < until);
         let refused = outage || draw(inner.config.unavailable_probability);
         if refused {
             inner.counts.injected_unavailable += 1;
@@ -176,16 +192,19 @@ impl SimFdbFaults {
     pub(crate) fn commit_fault(&self) -> CommitFault {
         let config = self.inner().config;
         // One draw decides between the two faults, so their probabilities simply add.
-        let roll: f64 = if config.not_committed_probability + config.unknown_result_probability > 0.0 {
-            rand::random()
-        } else {
-            1.0
-        };
+        let roll: f64 =
+            if config.not_committed_probability + config.unknown_result_probability > 0.0 {
+                rand::random()
+            } else {
+                1.0
+            };
         if roll < config.not_committed_probability {
             self.inner().counts.injected_not_committed += 1;
             CommitFault::NotCommitted
         } else if roll < config.not_committed_probability + config.unknown_result_probability {
-            CommitFault::UnknownResult { apply: rand::random() }
+            CommitFault::UnknownResult {
+                apply: rand::random(),
+            }
         } else {
             CommitFault::None
         }
@@ -225,7 +244,13 @@ mod tests {
             assert_eq!(faults.commit_fault(), CommitFault::None);
             assert_eq!(faults.latency(), Duration::ZERO);
         }
-        assert_eq!(faults.counts(), SimFdbCounts { transactions: 100, ..SimFdbCounts::default() });
+        assert_eq!(
+            faults.counts(),
+            SimFdbCounts {
+                transactions: 100,
+                ..SimFdbCounts::default()
+            }
+        );
     }
 
     #[test]
@@ -240,19 +265,36 @@ mod tests {
 
     #[test]
     fn certain_faults_always_fire() {
-        let always_conflict = FaultConfig { not_committed_probability: 1.0, ..FaultConfig::QUIET };
+        let always_conflict = FaultConfig {
+            not_committed_probability: 1.0,
+            ..FaultConfig::QUIET
+        };
         let faults = SimFdbFaults::new(always_conflict);
         assert_eq!(faults.commit_fault(), CommitFault::NotCommitted);
-        faults.set(FaultConfig { unknown_result_probability: 1.0, unavailable_probability: 1.0, ..FaultConfig::QUIET });
-        assert!(matches!(faults.commit_fault(), CommitFault::UnknownResult { .. }));
+        faults.set(FaultConfig {
+            unknown_result_probability: 1.0,
+            unavailable_probability: 1.0,
+            ..FaultConfig::QUIET
+        });
+        assert!(matches!(
+            faults.commit_fault(),
+            CommitFault::UnknownResult { .. }
+        ));
         assert!(!faults.admit());
-        faults.set(FaultConfig { latency_min: Duration::from_millis(5), latency_max: Duration::from_millis(5), ..FaultConfig::QUIET });
+        faults.set(FaultConfig {
+            latency_min: Duration::from_millis(5),
+            latency_max: Duration::from_millis(5),
+            ..FaultConfig::QUIET
+        });
         assert_eq!(faults.latency(), Duration::from_millis(5));
     }
 
     #[test]
     #[should_panic(expected = "outside [0, 1]")]
     fn probabilities_are_checked() {
-        SimFdbFaults::new(FaultConfig { unavailable_probability: 1.5, ..FaultConfig::QUIET });
+        SimFdbFaults::new(FaultConfig {
+            unavailable_probability: 1.5,
+            ..FaultConfig::QUIET
+        });
     }
 }

@@ -79,7 +79,12 @@ pub const PORT: u16 = 4500;
 impl SimFdbServer {
     /// Creates a simulated node named `name` at `ip` running this server on `port`. A
     /// `restart` of the node re-runs it over the same data and faults.
-    pub fn start_node(&self, name: &str, ip: std::net::IpAddr, port: u16) -> madsim::runtime::NodeHandle {
+    pub fn start_node(
+        &self,
+        name: &str,
+        ip: std::net::IpAddr,
+        port: u16,
+    ) -> madsim::runtime::NodeHandle {
         let server = self.clone();
         madsim::runtime::Handle::current()
             .create_node()
@@ -99,7 +104,9 @@ mod real_socket_tests {
 
     async fn start(faults: SimFdbFaults) -> (MemoryKv, std::net::SocketAddr) {
         let kv = MemoryKv::new();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(SimFdbServer::new(kv.clone(), faults).serve(listener));
         (kv, addr)
@@ -114,33 +121,60 @@ mod real_socket_tests {
 
     #[tokio::test]
     async fn injected_faults_reach_the_client_with_their_codes() {
-        let faults = SimFdbFaults::new(FaultConfig { unavailable_probability: 1.0, ..FaultConfig::QUIET });
+        let faults = SimFdbFaults::new(FaultConfig {
+            unavailable_probability: 1.0,
+            ..FaultConfig::QUIET
+        });
         let (kv, addr) = start(faults.clone()).await;
         let client = SimFdbKv::new(addr);
-        assert!(matches!(client.begin().await.err(), Some(KvError::Unavailable(_))));
+        assert!(matches!(
+            client.begin().await.err(),
+            Some(KvError::Unavailable(_))
+        ));
 
-        faults.set(FaultConfig { not_committed_probability: 1.0, ..FaultConfig::QUIET });
+        faults.set(FaultConfig {
+            not_committed_probability: 1.0,
+            ..FaultConfig::QUIET
+        });
         let tx = client.begin().await.expect("begin");
         tx.set(b"k", b"v");
         assert_eq!(tx.commit().await, Err(KvError::NotCommitted));
-        assert_eq!(tx.commit().await, Err(KvError::NotCommitted), "a second commit answers the first's result");
+        assert_eq!(
+            tx.commit().await,
+            Err(KvError::NotCommitted),
+            "a second commit answers the first's result"
+        );
 
-        faults.set(FaultConfig { unknown_result_probability: 1.0, ..FaultConfig::QUIET });
+        faults.set(FaultConfig {
+            unknown_result_probability: 1.0,
+            ..FaultConfig::QUIET
+        });
         for _ in 0..20 {
             let tx = client.begin().await.expect("begin");
             tx.set(b"k", b"v");
             assert_eq!(tx.commit().await, Err(KvError::CommitUnknownResult));
         }
         let counts = faults.counts();
-        assert_eq!(counts.injected_unknown_applied + counts.injected_unknown_not_applied, 20);
-        assert_eq!(kv.len(), usize::from(counts.injected_unknown_applied > 0), "applied exactly when counted so");
+        assert_eq!(
+            counts.injected_unknown_applied + counts.injected_unknown_not_applied,
+            20
+        );
+        assert_eq!(
+            kv.len(),
+            usize::from(counts.injected_unknown_applied > 0),
+            "applied exactly when counted so"
+        );
 
         // Read-only transactions never reach the commit path, so never see injected faults.
         let tx = client.begin().await.expect("begin");
         tx.get(b"k").await.expect("get");
         assert_eq!(tx.commit().await, Ok(()));
         let seen = client.counts();
-        assert_eq!((seen.unavailable, seen.not_committed, seen.unknown_result), (1, 2, 20), "{seen:?}");
+        assert_eq!(
+            (seen.unavailable, seen.not_committed, seen.unknown_result),
+            (1, 2, 20),
+            "{seen:?}"
+        );
     }
 
     #[tokio::test]
@@ -148,27 +182,46 @@ mod real_socket_tests {
         let (_kv, addr) = start(SimFdbFaults::default()).await;
         let client = SimFdbKv::with_options(
             addr,
-            ClientOptions { commit_timeout: std::time::Duration::from_millis(300), ..ClientOptions::default() },
+            ClientOptions {
+                commit_timeout: std::time::Duration::from_millis(300),
+                ..ClientOptions::default()
+            },
         );
         // Nothing listens on this port any more.
-        let unused = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let unused = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let dead = unused.local_addr().expect("addr");
         drop(unused);
-        assert!(matches!(SimFdbKv::new(dead).begin().await.err(), Some(KvError::Unavailable(_))));
+        assert!(matches!(
+            SimFdbKv::new(dead).begin().await.err(),
+            Some(KvError::Unavailable(_))
+        ));
 
         // A server that takes the transaction and never answers its commit.
-        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let silent_addr = silent.local_addr().expect("addr");
         tokio::spawn(async move {
             use tokio::io::AsyncWriteExt;
             let (mut stream, _) = silent.accept().await.expect("accept");
             let _begin = wire::read_frame(&mut stream).await;
-            stream.write_all(&wire::Reply::Ok.to_frame()).await.expect("write");
+            stream
+                .write_all(&wire::Reply::Ok.to_frame())
+                .await
+                .expect("write");
             stream.flush().await.expect("flush");
             // Read everything, answer nothing, keep the connection open.
             while let Ok(Some(_)) = wire::read_frame(&mut stream).await {}
         });
-        let silent_client = SimFdbKv::with_options(silent_addr, ClientOptions { commit_timeout: std::time::Duration::from_millis(300), ..ClientOptions::default() });
+        let silent_client = SimFdbKv::with_options(
+            silent_addr,
+            ClientOptions {
+                commit_timeout: std::time::Duration::from_millis(300),
+                ..ClientOptions::default()
+            },
+        );
         let tx = silent_client.begin().await.expect("begin");
         tx.set(b"k", b"v");
         assert_eq!(tx.commit().await, Err(KvError::CommitUnknownResult));

@@ -2,7 +2,9 @@
 //! (one transaction), each running its requests on a real [`MemoryKv`] transaction.
 
 use super::faults::{CommitFault, SimFdbFaults};
-use super::wire::{RANGE_CHUNK_BYTES, RANGE_REPLY_BYTES_MAX, Reply, Request, WireError, read_frame};
+use super::wire::{
+    RANGE_CHUNK_BYTES, RANGE_REPLY_BYTES_MAX, Reply, Request, WireError, read_frame,
+};
 use chat_store::{Kv, KvError, MemoryKv, Tx};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -106,7 +108,9 @@ impl SimFdbServer {
         }
         tokio::time::sleep(self.faults.latency()).await;
         if !self.faults.admit() {
-            let refused = Reply::Error(KvError::Unavailable("injected: the store refuses new transactions".into()));
+            let refused = Reply::Error(KvError::Unavailable(
+                "injected: the store refuses new transactions".into(),
+            ));
             write_reply(&mut writer, &refused).await?;
             return Ok(());
         }
@@ -119,7 +123,9 @@ impl SimFdbServer {
         // Whatever ended the requests, queued replies still go out (bounded by their
         // write timeout); dropping the sender of the queue ends the writer.
         drop(replies);
-        let sent = sender.await.map_err(|_| ConnectionError::Protocol("reply writer failed"))?;
+        let sent = sender
+            .await
+            .map_err(|_| ConnectionError::Protocol("reply writer failed"))?;
         result.and(sent)
     }
 
@@ -160,7 +166,12 @@ impl SimFdbServer {
                     self.count_error(&value);
                     vec![value.map_or_else(Reply::Error, Reply::Value)]
                 }
-                Request::GetRange { begin, end, limit, reverse } => {
+                Request::GetRange {
+                    begin,
+                    end,
+                    limit,
+                    reverse,
+                } => {
                     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
                     let pairs = tx.get_range(begin, end, limit, reverse).await;
                     self.count_error(&pairs);
@@ -182,7 +193,13 @@ impl SimFdbServer {
                 }
             };
             let due = Instant::now() + self.faults.latency();
-            replies.send(Outgoing { due, replies: reply }).await.map_err(|_| ConnectionError::Closed)?;
+            replies
+                .send(Outgoing {
+                    due,
+                    replies: reply,
+                })
+                .await
+                .map_err(|_| ConnectionError::Closed)?;
         }
     }
 
@@ -192,7 +209,11 @@ impl SimFdbServer {
     async fn commit(&self, tx: &Tx, mutated: bool) -> Result<(), KvError> {
         tokio::time::sleep(self.faults.latency() / 2).await;
         // Read-only commits never reach FoundationDB's proxies: nothing to inject.
-        let fault = if mutated { self.faults.commit_fault() } else { CommitFault::None };
+        let fault = if mutated {
+            self.faults.commit_fault()
+        } else {
+            CommitFault::None
+        };
         match fault {
             CommitFault::None => {
                 let outcome = tx.commit().await;
@@ -256,17 +277,24 @@ async fn send_replies(
             }
             writer.flush().await
         };
-        tokio::time::timeout(REPLY_WRITE_MAX, write).await.map_err(|_| ConnectionError::Idle)??;
+        tokio::time::timeout(REPLY_WRITE_MAX, write)
+            .await
+            .map_err(|_| ConnectionError::Idle)??;
     }
     Ok(())
 }
 
-async fn write_reply(writer: &mut (impl AsyncWrite + Unpin), reply: &Reply) -> Result<(), ConnectionError> {
+async fn write_reply(
+    writer: &mut (impl AsyncWrite + Unpin),
+    reply: &Reply,
+) -> Result<(), ConnectionError> {
     let write = async {
         writer.write_all(&reply.to_frame()).await?;
         writer.flush().await
     };
-    tokio::time::timeout(REPLY_WRITE_MAX, write).await.map_err(|_| ConnectionError::Idle)??;
+    tokio::time::timeout(REPLY_WRITE_MAX, write)
+        .await
+        .map_err(|_| ConnectionError::Idle)??;
     Ok(())
 }
 
@@ -285,13 +313,19 @@ fn range_chunks(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<Reply> {
     for (key, value) in pairs {
         let bytes = Reply::pair_bytes(&key, &value);
         if !chunk.is_empty() && chunk_bytes + bytes > RANGE_CHUNK_BYTES {
-            chunks.push(Reply::Range { pairs: std::mem::take(&mut chunk), more: true });
+            chunks.push(Reply::Range {
+                pairs: std::mem::take(&mut chunk),
+                more: true,
+            });
             chunk_bytes = 0;
         }
         chunk_bytes += bytes;
         chunk.push((key, value));
     }
-    chunks.push(Reply::Range { pairs: chunk, more: false });
+    chunks.push(Reply::Range {
+        pairs: chunk,
+        more: false,
+    });
     chunks
 }
 
@@ -349,12 +383,20 @@ mod tests {
         assert!(chunks.len() > 1);
         let mut joined = Vec::new();
         for (i, chunk) in chunks.iter().enumerate() {
-            let Reply::Range { pairs, more } = chunk else { panic!("{chunk:?}") };
+            let Reply::Range { pairs, more } = chunk else {
+                panic!("{chunk:?}")
+            };
             assert_eq!(*more, i + 1 < chunks.len());
             assert!(chunk.to_frame().len() <= super::super::wire::FRAME_BYTES_MAX);
             joined.extend(pairs.iter().cloned());
         }
         assert_eq!(joined, pairs);
-        assert_eq!(range_chunks(Vec::new()), vec![Reply::Range { pairs: vec![], more: false }]);
+        assert_eq!(
+            range_chunks(Vec::new()),
+            vec![Reply::Range {
+                pairs: vec![],
+                more: false
+            }]
+        );
     }
 }

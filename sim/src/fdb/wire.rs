@@ -32,7 +32,8 @@ const PAIR_OVERHEAD_BYTES: usize = 8;
 const REQUEST_OVERHEAD_BYTES_MAX: usize = 32;
 
 const _: () = assert!(
-    KEY_BYTES_MAX + VALUE_BYTES_MAX + PAIR_OVERHEAD_BYTES + REQUEST_OVERHEAD_BYTES_MAX <= RANGE_CHUNK_BYTES
+    KEY_BYTES_MAX + VALUE_BYTES_MAX + PAIR_OVERHEAD_BYTES + REQUEST_OVERHEAD_BYTES_MAX
+        <= RANGE_CHUNK_BYTES
 );
 const _: () = assert!(RANGE_CHUNK_BYTES * 2 <= FRAME_BYTES_MAX);
 const _: () = assert!(FRAME_BYTES_MAX <= RANGE_REPLY_BYTES_MAX);
@@ -55,11 +56,26 @@ const TAG_ERROR: u8 = 104;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request<'a> {
     Begin,
-    Get { key: &'a [u8] },
-    GetRange { begin: &'a [u8], end: &'a [u8], limit: u64, reverse: bool },
-    Set { key: &'a [u8], value: &'a [u8] },
-    Clear { key: &'a [u8] },
-    ClearRange { begin: &'a [u8], end: &'a [u8] },
+    Get {
+        key: &'a [u8],
+    },
+    GetRange {
+        begin: &'a [u8],
+        end: &'a [u8],
+        limit: u64,
+        reverse: bool,
+    },
+    Set {
+        key: &'a [u8],
+        value: &'a [u8],
+    },
+    Clear {
+        key: &'a [u8],
+    },
+    ClearRange {
+        begin: &'a [u8],
+        end: &'a [u8],
+    },
     Commit,
 }
 
@@ -71,7 +87,10 @@ pub enum Reply {
     /// To `Get`.
     Value(Option<Vec<u8>>),
     /// One chunk of the answer to `GetRange`; `more` says another chunk follows.
-    Range { pairs: Vec<(Vec<u8>, Vec<u8>)>, more: bool },
+    Range {
+        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+        more: bool,
+    },
     /// To any request that expects a reply.
     Error(KvError),
 }
@@ -91,7 +110,10 @@ impl std::error::Error for WireError {}
 impl Request<'_> {
     /// Whether the server answers this request (mutations are fire-and-forget).
     pub fn expects_reply(&self) -> bool {
-        !matches!(self, Request::Set { .. } | Request::Clear { .. } | Request::ClearRange { .. })
+        !matches!(
+            self,
+            Request::Set { .. } | Request::Clear { .. } | Request::ClearRange { .. }
+        )
     }
 
     /// The whole frame, length prefix included.
@@ -103,7 +125,12 @@ impl Request<'_> {
                 out.push(TAG_GET);
                 put_bytes(&mut out, key);
             }
-            Request::GetRange { begin, end, limit, reverse } => {
+            Request::GetRange {
+                begin,
+                end,
+                limit,
+                reverse,
+            } => {
                 out.push(TAG_GET_RANGE);
                 put_bytes(&mut out, begin);
                 put_bytes(&mut out, end);
@@ -137,10 +164,21 @@ impl<'a> Request<'a> {
         let request = match r.u8()? {
             TAG_BEGIN => Request::Begin,
             TAG_GET => Request::Get { key: r.bytes()? },
-            TAG_GET_RANGE => Request::GetRange { begin: r.bytes()?, end: r.bytes()?, limit: r.u64()?, reverse: r.bool()? },
-            TAG_SET => Request::Set { key: r.bytes()?, value: r.bytes()? },
+            TAG_GET_RANGE => Request::GetRange {
+                begin: r.bytes()?,
+                end: r.bytes()?,
+                limit: r.u64()?,
+                reverse: r.bool()?,
+            },
+            TAG_SET => Request::Set {
+                key: r.bytes()?,
+                value: r.bytes()?,
+            },
             TAG_CLEAR => Request::Clear { key: r.bytes()? },
-            TAG_CLEAR_RANGE => Request::ClearRange { begin: r.bytes()?, end: r.bytes()? },
+            TAG_CLEAR_RANGE => Request::ClearRange {
+                begin: r.bytes()?,
+                end: r.bytes()?,
+            },
             TAG_COMMIT => Request::Commit,
             _ => return Err(WireError("unknown request tag")),
         };
@@ -186,7 +224,11 @@ impl Reply {
         let mut r = Reader(body);
         let reply = match r.u8()? {
             TAG_OK => Reply::Ok,
-            TAG_VALUE => Reply::Value(if r.bool()? { Some(r.bytes()?.to_vec()) } else { None }),
+            TAG_VALUE => Reply::Value(if r.bool()? {
+                Some(r.bytes()?.to_vec())
+            } else {
+                None
+            }),
             TAG_RANGE => {
                 let more = r.bool()?;
                 let len = r.u32()? as usize;
@@ -259,7 +301,10 @@ pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> std::io::Result
     reader.read_exact(&mut len[1..]).await?;
     let len = u32::from_be_bytes(len) as usize;
     if len == 0 || len > FRAME_BYTES_MAX {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("frame of {len} bytes")));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes"),
+        ));
     }
     let mut body = vec![0u8; len];
     reader.read_exact(&mut body).await?;
@@ -273,7 +318,10 @@ fn frame_start() -> Vec<u8> {
 fn frame_finish(mut out: Vec<u8>) -> Vec<u8> {
     let len = out.len() - 4;
     // Senders check sizes first (keys, values and range chunks have limits that fit).
-    assert!(len <= FRAME_BYTES_MAX, "frame of {len} bytes exceeds the frame limit");
+    assert!(
+        len <= FRAME_BYTES_MAX,
+        "frame of {len} bytes exceeds the frame limit"
+    );
     out[..4].copy_from_slice(&(len as u32).to_be_bytes());
     out
 }
@@ -313,15 +361,21 @@ impl<'a> Reader<'a> {
     }
 
     fn u16(&mut self) -> Result<u16, WireError> {
-        Ok(u16::from_be_bytes(self.take(2)?.try_into().expect("two bytes")))
+        Ok(u16::from_be_bytes(
+            self.take(2)?.try_into().expect("two bytes"),
+        ))
     }
 
     fn u32(&mut self) -> Result<u32, WireError> {
-        Ok(u32::from_be_bytes(self.take(4)?.try_into().expect("four bytes")))
+        Ok(u32::from_be_bytes(
+            self.take(4)?.try_into().expect("four bytes"),
+        ))
     }
 
     fn u64(&mut self) -> Result<u64, WireError> {
-        Ok(u64::from_be_bytes(self.take(8)?.try_into().expect("eight bytes")))
+        Ok(u64::from_be_bytes(
+            self.take(8)?.try_into().expect("eight bytes"),
+        ))
     }
 
     fn bytes(&mut self) -> Result<&'a [u8], WireError> {
@@ -330,7 +384,11 @@ impl<'a> Reader<'a> {
     }
 
     fn end(&self) -> Result<(), WireError> {
-        if self.0.is_empty() { Ok(()) } else { Err(WireError("trailing bytes")) }
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(WireError("trailing bytes"))
+        }
     }
 }
 
@@ -349,11 +407,27 @@ mod tests {
         let requests = [
             Request::Begin,
             Request::Get { key: b"k" },
-            Request::GetRange { begin: b"a", end: b"z\xff", limit: 7, reverse: true },
-            Request::GetRange { begin: b"", end: b"", limit: 0, reverse: false },
-            Request::Set { key: b"k", value: b"" },
+            Request::GetRange {
+                begin: b"a",
+                end: b"z\xff",
+                limit: 7,
+                reverse: true,
+            },
+            Request::GetRange {
+                begin: b"",
+                end: b"",
+                limit: 0,
+                reverse: false,
+            },
+            Request::Set {
+                key: b"k",
+                value: b"",
+            },
             Request::Clear { key: b"\x00" },
-            Request::ClearRange { begin: b"a", end: b"b" },
+            Request::ClearRange {
+                begin: b"a",
+                end: b"b",
+            },
             Request::Commit,
         ];
         for request in requests {
@@ -369,8 +443,14 @@ mod tests {
             Reply::Value(None),
             Reply::Value(Some(Vec::new())),
             Reply::Value(Some(b"v".to_vec())),
-            Reply::Range { pairs: vec![], more: false },
-            Reply::Range { pairs: vec![(b"a".to_vec(), b"1".to_vec()), (b"b".to_vec(), Vec::new())], more: true },
+            Reply::Range {
+                pairs: vec![],
+                more: false,
+            },
+            Reply::Range {
+                pairs: vec![(b"a".to_vec(), b"1".to_vec()), (b"b".to_vec(), Vec::new())],
+                more: true,
+            },
         ];
         for error in [
             KvError::NotCommitted,
@@ -395,20 +475,37 @@ mod tests {
     fn garbage_is_refused_not_trusted() {
         assert!(Request::decode(&[]).is_err());
         assert!(Request::decode(&[99]).is_err());
-        assert!(Request::decode(&[TAG_GET, 0, 0, 0, 5, b'a']).is_err(), "truncated key");
+        assert!(
+            Request::decode(&[TAG_GET, 0, 0, 0, 5, b'a']).is_err(),
+            "truncated key"
+        );
         assert!(Request::decode(&[TAG_COMMIT, 0]).is_err(), "trailing bytes");
-        assert!(Reply::decode(&[TAG_RANGE, 0, 0xff, 0xff, 0xff, 0xff]).is_err(), "huge count");
+        assert!(
+            Reply::decode(&[TAG_RANGE, 0, 0xff, 0xff, 0xff, 0xff]).is_err(),
+            "huge count"
+        );
         assert!(Reply::decode(&[TAG_VALUE, 2]).is_err(), "bad boolean");
-        assert!(Reply::decode(&[TAG_ERROR, 0x27, 0x0f, 0, 0, 0, 0]).is_err(), "unknown code 9999");
+        assert!(
+            Reply::decode(&[TAG_ERROR, 0x27, 0x0f, 0, 0, 0, 0]).is_err(),
+            "unknown code 9999"
+        );
     }
 
     #[test]
     fn a_pair_at_the_size_limits_fits_a_frame() {
         let key = vec![b'k'; KEY_BYTES_MAX];
         let value = vec![b'v'; VALUE_BYTES_MAX];
-        let set = Request::Set { key: &key, value: &value }.to_frame();
+        let set = Request::Set {
+            key: &key,
+            value: &value,
+        }
+        .to_frame();
         assert!(set.len() - 4 <= FRAME_BYTES_MAX);
-        let chunk = Reply::Range { pairs: vec![(key, value)], more: false }.to_frame();
+        let chunk = Reply::Range {
+            pairs: vec![(key, value)],
+            more: false,
+        }
+        .to_frame();
         assert!(chunk.len() - 4 <= RANGE_CHUNK_BYTES + 16);
     }
 
@@ -418,13 +515,19 @@ mod tests {
         stream.extend(Request::Commit.to_frame());
         stream.extend(Request::Get { key: b"x" }.to_frame());
         let mut reader = stream.as_slice();
-        assert_eq!(read_frame(&mut reader).await.unwrap().as_deref(), Some(&[TAG_COMMIT][..]));
+        assert_eq!(
+            read_frame(&mut reader).await.unwrap().as_deref(),
+            Some(&[TAG_COMMIT][..])
+        );
         assert!(read_frame(&mut reader).await.unwrap().is_some());
         assert_eq!(read_frame(&mut reader).await.unwrap(), None, "clean end");
 
         let huge = ((FRAME_BYTES_MAX + 1) as u32).to_be_bytes();
         assert!(read_frame(&mut huge.as_slice()).await.is_err());
         let cut = [0u8, 0, 0, 9, 1];
-        assert!(read_frame(&mut cut.as_slice()).await.is_err(), "end of stream inside a frame");
+        assert!(
+            read_frame(&mut cut.as_slice()).await.is_err(),
+            "end of stream inside a frame"
+        );
     }
 }

@@ -1,0 +1,81 @@
+//! Running the standard scenario for seeds: one line per seed, trace files on failure,
+//! the determinism check, and the numbers for speed reports.
+
+use crate::faults::{Schedule, Swarm};
+use crate::scenario::{self, Failure, ScenarioConfig, Stats};
+use crate::seeds::run_seed;
+use crate::trace::Trace;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The outcome of one seed.
+#[derive(Debug, Clone)]
+pub struct SeedRun {
+    pub seed: u64,
+    pub swarm: Swarm,
+    pub schedule: Schedule,
+    pub result: Result<Stats, Failure>,
+    pub trace_hash: String,
+    pub trace: Vec<String>,
+    pub simulated: Duration,
+    pub wall: Duration,
+}
+
+impl SeedRun {
+    pub fn passed(&self) -> bool {
+        self.result.is_ok()
+    }
+
+    /// `seed <N>: pass trace-hash <hex>` or `seed <N>: FAIL <checker> trace-hash <hex>`.
+    pub fn line(&self) -> String {
+        match &self.result {
+            Ok(_) => format!("seed {}: pass trace-hash {}", self.seed, self.trace_hash),
+            Err(f) => format!("seed {}: FAIL {} trace-hash {}", self.seed, f.checker, self.trace_hash),
+        }
+    }
+
+    /// Writes the event trace (faults, frames, acks, verdict) next to the build output.
+    pub fn write_trace(&self) -> std::io::Result<PathBuf> {
+        let dir = std::env::var_os("SIM_TRACE_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("target/sim-traces"));
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("seed-{}.trace", self.seed));
+        let mut text = format!("seed {}\n{}\n", self.seed, self.swarm);
+        for episode in &self.schedule.episodes {
+            text.push_str(&format!("schedule {episode}\n"));
+        }
+        for line in &self.trace {
+            text.push_str(line);
+            text.push('\n');
+        }
+        text.push_str(&format!("result {:?}\n", self.result));
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+}
+
+/// Runs the standard scenario for `seed`, with the seed's own schedule or `schedule`.
+pub fn run_standard(seed: u64, config: &ScenarioConfig, schedule: Option<Schedule>) -> SeedRun {
+    let (swarm, generated) = Schedule::generate(seed, &config.cluster, config.devices, config.chaos);
+    let schedule = schedule.unwrap_or(generated);
+    let outcome_slot: Arc<Mutex<Option<Result<Stats, Failure>>>> = Arc::new(Mutex::new(None));
+    let wall = Instant::now();
+    let limit = config.chaos + config.settle_max * 2 + Duration::from_secs(600);
+    let outcome = {
+        let (config, schedule, slot) = (config.clone(), schedule.clone(), outcome_slot.clone());
+        run_seed(seed, limit, move |trace: Trace| async move {
+            let result = scenario::run(config, schedule, trace).await;
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+            Ok(())
+        })
+    };
+    let result = outcome_slot.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_else(|| {
+        Err(Failure { checker: "scenario".into(), detail: outcome.result.clone().err().unwrap_or_else(|| "no result".into()) })
+    });
+    SeedRun { seed, swarm, schedule, result, trace_hash: outcome.trace_hash, trace: outcome.trace, simulated: outcome.simulated, wall: wall.elapsed() }
+}
+
+/// The replay command printed for a failing seed.
+pub fn replay_command(seed: u64) -> String {
+    format!("ci/sim --seed {seed}")
+}
