@@ -67,6 +67,8 @@ pub struct Swarm {
     pub store: bool,
     pub registry_loss: bool,
     pub disconnects: bool,
+    /// `buggify` fault points in the production code are live.
+    pub buggify: bool,
     /// Mean seconds between episodes.
     pub mean_gap_secs: u64,
 }
@@ -76,13 +78,14 @@ impl std::fmt::Display for Swarm {
         let on = |b: bool, name: &str| if b { format!(" {name}") } else { String::new() };
         write!(
             f,
-            "swarm:{}{}{}{}{}{} every ~{}s",
+            "swarm:{}{}{}{}{}{}{} every ~{}s",
             on(self.kills, "kills"),
             on(self.partitions, "partitions"),
             on(self.latency, "latency"),
             on(self.store, "store"),
             on(self.registry_loss, "registry-loss"),
             on(self.disconnects, "disconnects"),
+            on(self.buggify, "buggify"),
             self.mean_gap_secs
         )
     }
@@ -104,6 +107,7 @@ impl Schedule {
             store: rng.random_bool(0.5),
             registry_loss: rng.random_bool(0.4),
             disconnects: rng.random_bool(0.5),
+            buggify: rng.random_bool(0.5),
             mean_gap_secs: rng.random_range(5..30),
         };
         if !(swarm.kills || swarm.partitions || swarm.latency || swarm.store || swarm.registry_loss || swarm.disconnects) {

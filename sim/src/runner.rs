@@ -64,7 +64,7 @@ pub fn run_standard(seed: u64, config: &ScenarioConfig, schedule: Option<Schedul
     let outcome = {
         let (config, schedule, slot) = (config.clone(), schedule.clone(), outcome_slot.clone());
         run_seed(seed, limit, move |trace: Trace| async move {
-            let result = scenario::run(config, schedule, trace).await;
+            let result = scenario::run(config, swarm, schedule, trace).await;
             *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
             Ok(())
         })

@@ -4,7 +4,7 @@
 
 use crate::checkers::{Evidence, Violation, check_all};
 use crate::cluster::{Cluster, ClusterConfig, client_ip};
-use crate::faults::{Fault, Schedule};
+use crate::faults::{Fault, Schedule, Swarm};
 use crate::trace::Trace;
 use crate::workload::{Controls, Device, Observed, Phase, run_client};
 use anyhow::{Context, bail};
@@ -71,8 +71,9 @@ pub struct Stats {
 }
 
 /// Runs the scenario under the current simulated runtime.
-pub async fn run(config: ScenarioConfig, schedule: Schedule, trace: Trace) -> Result<Stats, Failure> {
-    match run_inner(config, schedule, trace).await {
+pub async fn run(config: ScenarioConfig, swarm: Swarm, schedule: Schedule, trace: Trace) -> Result<Stats, Failure> {
+    trace.record(swarm);
+    match run_inner(config, swarm, schedule, trace).await {
         Ok(Ok(stats)) => Ok(stats),
         Ok(Err(violations)) => {
             let first = &violations[0];
@@ -83,7 +84,7 @@ pub async fn run(config: ScenarioConfig, schedule: Schedule, trace: Trace) -> Re
     }
 }
 
-async fn run_inner(config: ScenarioConfig, schedule: Schedule, trace: Trace) -> anyhow::Result<Result<Stats, Vec<Violation>>> {
+async fn run_inner(config: ScenarioConfig, swarm: Swarm, schedule: Schedule, trace: Trace) -> anyhow::Result<Result<Stats, Vec<Violation>>> {
     let cluster = Cluster::start(config.cluster.clone(), trace.clone());
     let gateways = cluster.gateway_urls();
     for episode in &schedule.episodes {
@@ -110,6 +111,10 @@ async fn run_inner(config: ScenarioConfig, schedule: Schedule, trace: Trace) -> 
         tasks.push(node.spawn(run_client(device.clone(), controls.clone(), trace.clone(), deadline)));
     }
 
+    // Fault points in production code (and madsim's own network delays) for this phase only.
+    if swarm.buggify {
+        madsim::buggify::enable();
+    }
     play(&cluster, &schedule, &controls, config.chaos).await;
 
     // Faults are over: resolve every pending send, then let everyone catch up.
@@ -204,6 +209,8 @@ async fn play(cluster: &Cluster, schedule: &Schedule, controls: &Controls, chaos
     cluster.heal();
     cluster.latency(NORMAL_LATENCY);
     cluster.store_faults(false);
+    // Fault points in production code and madsim's own network delays stop with the chaos.
+    madsim::buggify::disable();
 }
 
 /// madsim's default per-packet latency.
@@ -231,7 +238,10 @@ async fn setup(config: ScenarioConfig, gateways: Vec<String>, trace: Trace) -> a
                 Err(err) => bail!("register {user}: {err}"),
             }
         }
-        tokens.insert(user.clone(), anon.login(user, PASSWORD).await.with_context(|| format!("login {user}"))?.token);
+        trace.record(format!("registered {user} after {attempts} retries"));
+        let session = retry(|| anon.login(user, PASSWORD)).await.with_context(|| format!("login {user}"))?;
+        tokens.insert(user.clone(), session.token);
+        trace.record(format!("logged in {user}"));
     }
     let mut convs = Vec::new();
     let pick = |n: usize| rand::random::<u64>() as usize % n;
@@ -242,7 +252,7 @@ async fn setup(config: ScenarioConfig, gateways: Vec<String>, trace: Trace) -> a
             b = pick(users.len());
         }
         let client = anon.clone().with_token(tokens[&users[a]].clone());
-        let (conv, _) = client.create_conversation([users[b].as_str()], None).await.context("create direct")?;
+        let (conv, _) = retry(|| client.create_conversation([users[b].as_str()], None)).await.context("create direct")?;
         if !convs.iter().any(|(c, _)| *c == conv.conv_id) {
             convs.push((conv.conv_id, conv.members));
         }
@@ -255,11 +265,30 @@ async fn setup(config: ScenarioConfig, gateways: Vec<String>, trace: Trace) -> a
         }
         let members: Vec<String> = members.into_iter().collect();
         let client = anon.clone().with_token(tokens[&members[0]].clone());
-        let (conv, _) = client.create_conversation(&members[1..], Some(&format!("group {g}"))).await.context("create group")?;
+        let title = format!("group {g}");
+        let (conv, _) = retry(|| client.create_conversation(&members[1..], Some(&title))).await.context("create group")?;
         convs.push((conv.conv_id, conv.members));
     }
     trace.record(format!("setup {} users, convs {convs:?}", users.len()));
     Ok((tokens, convs))
+}
+
+/// Retries a call while it fails in a retryable way (the cluster may still be starting).
+async fn retry<T, F, Fut>(mut call: F) -> Result<T, chat_client::ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, chat_client::ClientError>>,
+{
+    let mut attempts = 0;
+    loop {
+        match call().await {
+            Err(err) if err.is_retryable() && attempts < 50 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 type FinalReads = (HashMap<ConvId, Vec<MessageView>>, HashMap<String, Inbox>, HashMap<String, Inbox>);

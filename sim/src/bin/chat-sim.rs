@@ -7,6 +7,14 @@
 //!   chat-sim --determinism N   seeds 1..=N, each twice, trace hashes compared
 //!   chat-sim --shrink N        shrink seed N's fault schedule to a minimal failing one
 //!   --quick                    a short scenario (60 s of faults) for smoke runs
+//!   --jobs J                   seeds run in J processes at once (default 2)
+//!   --plant BUG                plant a known bug (ack-before-durable, skip-idempotency,
+//!                              deliver-out-of-order) to see the checkers catch it
+//!
+//! Every seed runs in a process of its own (this binary with `--seed N`): statics of
+//! third-party crates survive from one seed to the next in a process and can shift the
+//! simulator's random stream, so only a fresh process replays a seed exactly as a
+//! standalone `--seed N` will.
 
 #[cfg(madsim)]
 fn main() -> std::process::ExitCode {
@@ -18,6 +26,16 @@ fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).and_then(|v| v.parse::<u64>().ok());
     let mut config = ScenarioConfig::default();
+    let plant = args.iter().position(|a| a == "--plant").and_then(|i| args.get(i + 1)).cloned();
+    if let Some(name) = &plant {
+        match chat_proto::sim::PlantedBug::parse(name) {
+            Some(bug) => chat_proto::sim::plant(Some(bug)),
+            None => {
+                eprintln!("unknown planted bug `{name}` (ack-before-durable, skip-idempotency, deliver-out-of-order)");
+                return ExitCode::from(2);
+            }
+        }
+    }
     if args.iter().any(|a| a == "--quick") {
         config.chaos = Duration::from_secs(60);
         config.devices = 20;
@@ -51,53 +69,127 @@ fn main() -> std::process::ExitCode {
         return ExitCode::FAILURE;
     }
 
+    let quick = args.iter().any(|a| a == "--quick");
+    let plant = plant.as_deref();
+    let jobs = value("--jobs").unwrap_or(2).max(1) as usize;
+
+    if let Some(seed) = value("--seed") {
+        let run = run_standard(seed, &config, None);
+        report(&run);
+        // For a parent process: the simulated time of this run.
+        println!("sim-stats simulated_secs={:.3}", run.simulated.as_secs_f64());
+        return if run.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+    }
+
     if let Some(count) = value("--determinism") {
+        let seeds: Vec<u64> = (1..=count).collect();
+        let first = run_children(&seeds, quick, plant, jobs);
+        let second = run_children(&seeds, quick, plant, jobs);
         let mut failed = false;
-        for seed in 1..=count {
-            let (a, b) = (run_standard(seed, &config, None), run_standard(seed, &config, None));
-            if a.trace_hash == b.trace_hash {
-                println!("seed {seed}: deterministic trace-hash {}", a.trace_hash);
+        for (a, b) in first.iter().zip(&second) {
+            if a.hash == b.hash && !a.hash.is_empty() {
+                println!("seed {}: deterministic trace-hash {}", a.seed, a.hash);
             } else {
                 failed = true;
-                let diff = chat_sim::seeds::first_difference(&a.trace, &b.trace);
-                println!("seed {seed}: NONDETERMINISTIC {} vs {}; first difference {diff:?}", a.trace_hash, b.trace_hash);
+                println!("seed {}: NONDETERMINISTIC trace-hash {} then {}", a.seed, a.hash, b.hash);
             }
         }
         return if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS };
     }
 
-    let seeds: Vec<u64> = match (value("--seed"), value("--seeds"), value("--from")) {
-        (Some(seed), _, _) => vec![seed],
-        (None, Some(n), from) => {
-            let from = from.unwrap_or(1);
+    let seeds: Vec<u64> = match value("--seeds") {
+        Some(n) => {
+            let from = value("--from").unwrap_or(1);
             (from..from + n).collect()
         }
-        _ => {
-            eprintln!("usage: chat-sim --seed N | --seeds N [--from A] | --determinism N | --shrink N [--quick]");
+        None => {
+            eprintln!("usage: chat-sim --seed N | --seeds N [--from A] | --determinism N | --shrink N [--quick] [--jobs J]");
             return ExitCode::from(2);
         }
     };
     let wall = Instant::now();
-    let (mut failed, mut simulated) = (Vec::new(), Duration::ZERO);
-    for seed in &seeds {
-        let run = run_standard(*seed, &config, None);
-        simulated += run.simulated;
-        report(&run);
-        if !run.passed() {
-            failed.push(*seed);
-        }
-    }
+    let results = run_children(&seeds, quick, plant, jobs);
     let wall = wall.elapsed();
+    let failed: Vec<u64> = results.iter().filter(|r| !r.passed).map(|r| r.seed).collect();
+    let simulated: f64 = results.iter().map(|r| r.simulated_secs).sum();
     println!(
-        "{} seeds, {} failed; {:.0} simulated s in {:.1} wall s: {:.0}x real time, {:.1} seeds/min",
+        "{} seeds, {} failed{}; {:.0} simulated s in {:.1} wall s with {jobs} processes: {:.0}x real time, {:.1} seeds/min",
         seeds.len(),
         failed.len(),
-        simulated.as_secs_f64(),
+        if failed.is_empty() { String::new() } else { format!(" ({failed:?})") },
+        simulated,
         wall.as_secs_f64(),
-        simulated.as_secs_f64() / wall.as_secs_f64().max(1e-9),
+        simulated / wall.as_secs_f64().max(1e-9),
         seeds.len() as f64 / wall.as_secs_f64().max(1e-9) * 60.0
     );
     if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// What a child process reported for its seed.
+#[cfg(madsim)]
+struct ChildResult {
+    seed: u64,
+    passed: bool,
+    hash: String,
+    simulated_secs: f64,
+}
+
+/// Runs each seed as `<this binary> --seed N`, `jobs` at a time, echoing their reports in
+/// seed order.
+#[cfg(madsim)]
+fn run_children(seeds: &[u64], quick: bool, plant: Option<&str>, jobs: usize) -> Vec<ChildResult> {
+    use std::process::{Command, Stdio};
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(err) => {
+            eprintln!("cannot find this binary to run seeds: {err}");
+            return seeds.iter().map(|&seed| ChildResult { seed, passed: false, hash: String::new(), simulated_secs: 0.0 }).collect();
+        }
+    };
+    let mut results = Vec::with_capacity(seeds.len());
+    for chunk in seeds.chunks(jobs) {
+        let children: Vec<(u64, std::io::Result<std::process::Child>)> = chunk
+            .iter()
+            .map(|&seed| {
+                let mut command = Command::new(&exe);
+                command.arg("--seed").arg(seed.to_string()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+                if quick {
+                    command.arg("--quick");
+                }
+                if let Some(bug) = plant {
+                    command.arg("--plant").arg(bug);
+                }
+                (seed, command.spawn())
+            })
+            .collect();
+        for (seed, child) in children {
+            let output = child.and_then(|c| c.wait_with_output());
+            let text = output.as_ref().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+            let mut result = ChildResult { seed, passed: false, hash: String::new(), simulated_secs: 0.0 };
+            for line in text.lines() {
+                if let Some(stats) = line.strip_prefix("sim-stats simulated_secs=") {
+                    result.simulated_secs = stats.trim().parse().unwrap_or(0.0);
+                    continue;
+                }
+                if line.starts_with(&format!("seed {seed}: ")) {
+                    result.passed = line.contains(": pass ");
+                    result.hash = line.rsplit("trace-hash ").next().unwrap_or("").trim().to_owned();
+                }
+                println!("{line}");
+            }
+            if result.hash.is_empty() {
+                println!("seed {seed}: FAIL crashed trace-hash -");
+                if let Err(err) = &output {
+                    println!("  could not run the seed: {err}");
+                } else if let Ok(o) = &output {
+                    println!("  exit status {}", o.status);
+                }
+                println!("  replay: {}", chat_sim::runner::replay_command(seed));
+            }
+            results.push(result);
+        }
+    }
+    results
 }
 
 #[cfg(not(madsim))]

@@ -203,9 +203,9 @@ impl SimFdbServer {
         }
     }
 
-    /// Commits with the injected faults. The first half of the latency passes before the
-    /// commit applies (the caller adds the second half before the reply): a kill in either
-    /// half leaves the client with 1021, applied or not.
+    /// Commits with the injected faults. A delay (half a latency draw) passes before the
+    /// commit applies and the caller adds a full draw before the reply: a kill in either
+    /// leaves the client with 1021, the commit applied or not.
     async fn commit(&self, tx: &Tx, mutated: bool) -> Result<(), KvError> {
         tokio::time::sleep(self.faults.latency() / 2).await;
         // Read-only commits never reach FoundationDB's proxies: nothing to inject.

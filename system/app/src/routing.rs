@@ -34,6 +34,10 @@ impl Router {
                 return;
             }
         };
+        // Fault point: recipients move between the lookup and the delivery.
+        if chat_proto::sim::buggify(0.03) {
+            tokio::time::sleep(std::time::Duration::from_millis(rand::random::<u64>() % 2000)).await;
+        }
         let targets: Vec<Target> = members
             .iter()
             .zip(connections)

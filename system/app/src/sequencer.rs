@@ -17,7 +17,8 @@ use crate::errors::store_error;
 use crate::routing::Router;
 use chat_proto::link::{SendAck, SendRequest};
 use chat_proto::model::{is_valid_client_msg_id, now_ms};
-use chat_proto::{ApiError, ConvId, ErrorCode};
+use chat_proto::sim::{PlantedBug, buggify, planted};
+use chat_proto::{ApiError, ConvId, ErrorCode, Seq};
 use chat_store::{AppendError, ChatStore, NewMessage};
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -80,7 +81,8 @@ impl Sequencers {
             let _ = pending.reply.send(Err(ApiError::new(ErrorCode::Overloaded, "too many sends in flight; retry")));
         }
         async move {
-            answer.await.unwrap_or_else(|_| Err(ApiError::internal("the sequencer stopped")))
+            // The task went away (its server is shutting down): maybe stored, maybe not.
+            answer.await.unwrap_or_else(|_| Err(ApiError::unavailable("the send was interrupted; resend with the same id")))
         }
         .boxed()
     }
@@ -102,6 +104,8 @@ fn validate(request: &SendRequest) -> Result<(), ApiError> {
 async fn run(shared: Arc<Shared>, conv: ConvId, mut receiver: mpsc::Receiver<Pending>) {
     let batch_max = shared.config.batch_messages_max;
     let mut members: Option<Arc<[String]>> = None;
+    // Only for the planted bug that acknowledges before the commit.
+    let mut guessed_seq: Option<Seq> = None;
     loop {
         let first = match tokio::time::timeout(shared.config.sequencer_idle_timeout, receiver.recv()).await {
             Ok(Some(pending)) => pending,
@@ -123,8 +127,33 @@ async fn run(shared: Arc<Shared>, conv: ConvId, mut receiver: mpsc::Receiver<Pen
                 Err(_) => break,
             }
         }
+        if planted(PlantedBug::AckBeforeDurable) {
+            batch = ack_before_durable(&shared, conv, batch, &mut guessed_seq).await;
+        }
         commit(&shared, conv, batch, &mut members).await;
     }
+}
+
+/// PLANTED BUG (simulator only): answers every send with the seq it will probably get,
+/// before the transaction that stores it has committed.
+async fn ack_before_durable(shared: &Shared, conv: ConvId, batch: Vec<Pending>, guessed_seq: &mut Option<Seq>) -> Vec<Pending> {
+    let mut next = match *guessed_seq {
+        Some(seq) => seq,
+        None => match batch.first() {
+            Some(p) => shared.store.history(&p.request.sender, conv, None, 1).await.ok().and_then(|(m, _)| m.last().map(|m| m.seq)).unwrap_or(0),
+            None => 0,
+        },
+    };
+    let mut kept = Vec::with_capacity(batch.len());
+    for pending in batch {
+        next += 1;
+        let _ = pending.reply.send(Ok(SendAck { conv, seq: next, ts: now_ms() }));
+        // The real answer, after the commit, goes nowhere.
+        let (reply, _) = oneshot::channel();
+        kept.push(Pending { request: pending.request, reply });
+    }
+    *guessed_seq = Some(next);
+    kept
 }
 
 async fn commit(shared: &Shared, conv: ConvId, batch: Vec<Pending>, members: &mut Option<Arc<[String]>>) {
@@ -146,6 +175,13 @@ async fn commit(shared: &Shared, conv: ConvId, batch: Vec<Pending>, members: &mu
             return;
         }
     };
+    // Fault point: the commit is durable, the acks are late or lost. Clients time out and
+    // resend the same ids, which must answer the same seqs.
+    if buggify(0.03) {
+        tokio::time::sleep(std::time::Duration::from_millis(rand::random::<u64>() % 3000)).await;
+    }
+    // Fault point: acks held past the connection server's timeout, as if lost.
+    let mut lost_acks = buggify(0.02).then(Vec::new);
     let mut fresh = Vec::new();
     for (pending, result) in batch.into_iter().zip(results) {
         let answer = match result {
@@ -158,8 +194,21 @@ async fn commit(shared: &Shared, conv: ConvId, batch: Vec<Pending>, members: &mu
             }
             Err(AppendError::UnknownConversation) => Err(ApiError::unknown_conversation()),
         };
-        // The sender may have gone; the message is durable either way.
-        let _ = pending.reply.send(answer);
+        match lost_acks.as_mut() {
+            Some(lost) => lost.push((pending.reply, answer)),
+            // The sender may have gone; the message is durable either way.
+            None => {
+                let _ = pending.reply.send(answer);
+            }
+        }
+    }
+    if let Some(lost) = lost_acks {
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            for (reply, answer) in lost {
+                let _ = reply.send(answer);
+            }
+        });
     }
     if fresh.is_empty() {
         return;

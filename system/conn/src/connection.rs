@@ -73,9 +73,14 @@ where
         held_max: config.sync_held_messages_max,
         last_sent: HashMap::new(),
         syncing: HashMap::new(),
+        swapped: None,
     };
     tokio::spawn(writer.run(outbound_rx, overflow, close_rx, done_tx, config.heartbeat_interval));
 
+    // Fault point: a slow registration, so pushes race a reconnecting client's sync.
+    if chat_proto::sim::buggify(0.05) {
+        tokio::time::sleep(std::time::Duration::from_millis(rand::random::<u64>() % 3000)).await;
+    }
     let registered = tokio::time::timeout(config.request_timeout, server.registry.register(&user, addr)).await;
     let refused = match registered {
         Ok(Ok(())) => None,
@@ -233,6 +238,10 @@ impl Reader {
             if !page.messages.is_empty() && self.outbound.send(Outbound::SyncPage(page.messages)).await.is_err() {
                 return false;
             }
+            // Fault point: the connection drops in the middle of a sync.
+            if chat_proto::sim::buggify(0.02) {
+                return false;
+            }
             if caught_up {
                 return self.outbound.send(Outbound::SyncEnd { conv, last_seq }).await.is_ok();
             }
@@ -257,6 +266,8 @@ struct Writer<S> {
     last_sent: HashMap<ConvId, Seq>,
     /// Conversations with a sync streaming, and the live pushes held back meanwhile.
     syncing: HashMap<ConvId, Vec<Arc<Message>>>,
+    /// Only for a planted bug in the simulator.
+    swapped: Option<Arc<Message>>,
 }
 
 impl<S> Writer<S>
@@ -315,6 +326,16 @@ where
     async fn write(&mut self, item: Outbound) -> Result<bool, WsError> {
         match item {
             Outbound::Frame(frame) => self.feed(&frame).await?,
+            Outbound::Push(message) if chat_proto::sim::planted(chat_proto::sim::PlantedBug::DeliverOutOfOrder) => {
+                // PLANTED BUG (simulator only): swaps each pair of consecutive pushes.
+                match self.swapped.take() {
+                    None => self.swapped = Some(message),
+                    Some(held) => {
+                        self.feed(&ServerFrame::message(&message)).await?;
+                        self.feed(&ServerFrame::message(&held)).await?;
+                    }
+                }
+            }
             Outbound::Push(message) => {
                 if let Some(held) = self.syncing.get_mut(&message.conv) {
                     if held.len() >= self.held_max {

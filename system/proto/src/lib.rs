@@ -8,6 +8,8 @@
 //! - [`error`]: the error codes shared by REST and WebSocket answers.
 //! - [`link`]: the traits between connection servers and app servers (in-process now,
 //!   over the network later), and the clock.
+//! - [`sim`]: fault points for the simulator (`buggify`) and its planted bugs; nothing in
+//!   production builds.
 //!
 //! This crate has no runtime dependency: it builds the same under `--cfg madsim`.
 
@@ -17,6 +19,7 @@ pub mod limits;
 pub mod link;
 pub mod model;
 pub mod rest;
+pub mod sim;
 
 pub use error::{ApiError, ErrorCode};
 pub use model::{ConnAddr, ConnId, ConvId, ConvKind, Conversation, Message, Seq, ServerId};

@@ -5,6 +5,7 @@
 //! conflicts and must be idempotent when retried after
 //! [`KvError::CommitUnknownResult`]: each method says how it is.
 
+use chat_proto::sim::{PlantedBug, planted};
 use crate::keys::{self, COUNTER_CONV, Key, value};
 use crate::kv::{Kv, KvError, RunOptions, Tx, TxError, run_with};
 use chat_proto::{ConvId, ConvKind, Conversation, Message, Seq};
@@ -354,7 +355,11 @@ async fn append_in(
     let ts = ts.max(last_ts);
     let conv = &conv;
     let stored = try_join_all(batch.iter().map(|m| async move {
-        if conv.is_member(&m.sender) { tx.get(&keys::idem(&m.sender, &m.client_msg_id)).await } else { Ok(None) }
+        if conv.is_member(&m.sender) && !planted(PlantedBug::SkipIdempotency) {
+            tx.get(&keys::idem(&m.sender, &m.client_msg_id)).await
+        } else {
+            Ok(None)
+        }
     }))
     .await?;
 
@@ -368,7 +373,7 @@ async fn append_in(
             continue;
         }
         let id = (item.sender.as_str(), item.client_msg_id.as_str());
-        if let Some(first) = answered.get(&id) {
+        if let Some(first) = answered.get(&id).filter(|_| !planted(PlantedBug::SkipIdempotency)) {
             results.push(Ok(Appended { fresh: false, ..first.clone() }));
             continue;
         }
