@@ -262,6 +262,9 @@ impl Cluster {
         if node == Node::Redis {
             self.redis_state.flush_all();
         }
+        // madsim's `restart` does not close the old incarnation's sockets (only `kill`
+        // does): a listener left open would hold the port and reset every new connection.
+        self.handle.kill(self.id(node));
         self.handle.restart(self.id(node));
     }
 
@@ -309,8 +312,7 @@ impl Cluster {
     /// Redis restarts without persistence: every registry entry is gone.
     pub fn flush_registry(&self) {
         self.trace.record("fault flush_registry");
-        self.redis_state.flush_all();
-        self.handle.restart(self.id(Node::Redis));
+        self.restart(Node::Redis);
     }
 
     /// Sets the network's per-packet latency range.

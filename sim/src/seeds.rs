@@ -29,6 +29,10 @@ where
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let run = move || {
+        // RUST_LOG=... prints the production code's logs with simulated timestamps.
+        if std::env::var_os("RUST_LOG").is_some() {
+            madsim::runtime::init_logger();
+        }
         let mut runtime = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
         runtime.set_time_limit(time_limit);
         let trace = Trace::new();

@@ -103,6 +103,10 @@ const RECV_SLICE: Duration = Duration::from_millis(200);
 const SILENCE_PING_AFTER: Duration = Duration::from_secs(3);
 const PONG_WAIT: Duration = Duration::from_secs(5);
 const PENDING_RESEND_AFTER: Duration = Duration::from_secs(4);
+/// A person does not write more while this many messages are unconfirmed.
+const PENDING_MAX: usize = 8;
+/// A gap asks for a sync unless one for the conversation was asked this recently.
+const GAP_SYNC_INTERVAL: Duration = Duration::from_secs(3);
 
 struct State {
     device: Device,
@@ -119,6 +123,8 @@ struct State {
     syncs_sent: BTreeMap<ConvId, u64>,
     syncs_answered: BTreeMap<ConvId, u64>,
     catchup_mark: BTreeMap<ConvId, u64>,
+    /// When a sync was last asked per conversation (gap syncs are not repeated meanwhile).
+    last_sync: BTreeMap<ConvId, std::time::Instant>,
 }
 
 impl State {
@@ -164,6 +170,7 @@ pub async fn run_client(device: Device, controls: Arc<Controls>, trace: Trace, d
         syncs_sent: BTreeMap::new(),
         syncs_answered: BTreeMap::new(),
         catchup_mark: BTreeMap::new(),
+        last_sync: BTreeMap::new(),
     };
     let mut backoff = Duration::from_millis(100);
     while start.elapsed() < deadline {
@@ -319,7 +326,7 @@ async fn act(state: &mut State, client: &Client, ws: &mut WsConnection) -> Resul
     let conv = convs[rand::random_range(0..convs.len())];
     let roll = rand::random::<u32>() % 100;
     match roll {
-        0..70 => {
+        0..70 if state.pending.len() < PENDING_MAX => {
             let id = format!("d{}-m{}", state.device.index, state.next_msg);
             state.next_msg += 1;
             let body = format!("{} says {}", state.device.user, state.next_msg);
@@ -371,6 +378,7 @@ async fn act(state: &mut State, client: &Client, ws: &mut WsConnection) -> Resul
 
 async fn sync(state: &mut State, ws: &mut WsConnection, conv: ConvId, after: Seq) -> Result<(), chat_client::ClientError> {
     *state.syncs_sent.entry(conv).or_insert(0) += 1;
+    state.last_sync.insert(conv, std::time::Instant::now());
     if let Some(events) = state.observed.pushes.last_mut() {
         events.push(ConnEvent::SyncSent { conv, after });
     }
@@ -418,8 +426,9 @@ async fn on_frame(state: &mut State, ws: &mut WsConnection, frame: ServerFrame, 
                 events.push(ConnEvent::Message { conv, seq });
             }
             state.observed.received.entry(conv).or_default().insert(seq);
-            if seq > before + 1 {
-                // A gap: ask for what is missing.
+            let asked_recently = state.last_sync.get(&conv).is_some_and(|at| at.elapsed() < GAP_SYNC_INTERVAL);
+            if seq > before + 1 && !asked_recently {
+                // A gap: ask for what is missing (once; the answer fills it).
                 sync(state, ws, conv, before).await?;
             }
         }
@@ -433,7 +442,7 @@ async fn on_frame(state: &mut State, ws: &mut WsConnection, frame: ServerFrame, 
             }
         }
         ServerFrame::Error { code, message, id } => {
-            state.trace.record(format!("c{index} error {code} {}", id.as_deref().unwrap_or("-")));
+            state.trace.record(format!("c{index} error {code} {} ({message})", id.as_deref().unwrap_or("-")));
             if id.is_none() && state.catchup_started {
                 // A failed sync during catch-up: its answer will never come; start over.
                 return Err(chat_client::ClientError::Closed { code: None, reason: "sync failed during catch-up".into() });

@@ -55,7 +55,8 @@ impl Delivery for LinkRoutes {
     }
 }
 
-/// Serves link connections on `listener` with `app`, forever.
+/// Serves link connections on `listener` with `app`, forever. Each connection serves up to
+/// `requests_in_flight_max` requests at once and answers more with `overloaded`.
 pub async fn serve(listener: TcpListener, app: Arc<dyn AppApi>, routes: Arc<LinkRoutes>, config: LinkConfig, connections_max: usize) {
     let permits = Arc::new(Semaphore::new(connections_max));
     loop {
@@ -110,7 +111,15 @@ async fn serve_connection(stream: TcpStream, app: Arc<dyn AppApi>, routes: Arc<L
         };
         match frame {
             LinkFrame::Request { id, request } => {
-                let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
+                // Full: refuse at once rather than stop reading, so heartbeats and other
+                // requests still flow and the caller gets a clear, retryable answer.
+                let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                    let refusal = ApiError::new(chat_proto::ErrorCode::Overloaded, "app server busy; retry");
+                    if outbound.try_send(LinkFrame::Response { id, result: Err(refusal) }).is_err() {
+                        tracing::warn!(?peer, "link outbound queue full; dropping a refusal");
+                    }
+                    continue;
+                };
                 let answer = dispatch(&app, request);
                 let outbound = outbound.clone();
                 tokio::spawn(async move {
