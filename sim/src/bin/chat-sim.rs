@@ -122,6 +122,7 @@ fn main() -> std::process::ExitCode {
         simulated / wall.as_secs_f64().max(1e-9),
         seeds.len() as f64 / wall.as_secs_f64().max(1e-9) * 60.0
     );
+    println!("seeds: {} passed, {} failed", seeds.len() - failed.len(), failed.len());
     if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
