@@ -7,12 +7,9 @@
 //! that key's order is used, and only the keys of a lost server move.
 
 use crate::LinkClient;
-use crate::client::unexpected;
-use crate::frame::{Request, Response};
 use chat_proto::link::{AppApi, SendAck, SendRequest, SyncPage};
 use chat_proto::rest::*;
 use chat_proto::{ApiError, ConvId, Seq};
-use futures::FutureExt;
 use futures::future::BoxFuture;
 
 #[derive(Clone)]
@@ -81,14 +78,7 @@ impl AppApi for AppPool {
     }
 
     fn send(&self, request: SendRequest) -> BoxFuture<'static, Result<SendAck, ApiError>> {
-        let answer = self.for_conv(request.conv).request(Request::Send { request });
-        async move {
-            match answer.await? {
-                Response::Sent { ack } => Ok(ack),
-                other => Err(unexpected(other)),
-            }
-        }
-        .boxed()
+        self.for_conv(request.conv).send(request)
     }
 
     async fn read(&self, user: &str, conv: ConvId, seq: Seq) -> Result<(), ApiError> {
