@@ -90,6 +90,10 @@ impl ConnServer {
     /// The WebSocket limits: frames and messages over [`FRAME_BYTES_MAX`] are refused.
     pub fn websocket_config() -> WebSocketConfig {
         WebSocketConfig::default()
+            // tungstenite's default is 128 KiB per connection; chat frames are small, and a
+            // server holds tens of thousands of connections. Larger frames still fit (the
+            // buffer grows up to the frame limit).
+            .read_buffer_size(16 * 1024)
             .max_message_size(Some(FRAME_BYTES_MAX))
             .max_frame_size(Some(FRAME_BYTES_MAX))
             // Bound what a slow reader can make us buffer beyond the outbound queue.
