@@ -99,7 +99,8 @@ impl Controls {
     }
 }
 
-const RECV_SLICE: Duration = Duration::from_millis(200);
+/// The longest a device waits without looking at its controls (phase, disconnects).
+const RECV_SLICE_MAX: Duration = Duration::from_millis(500);
 const SILENCE_PING_AFTER: Duration = Duration::from_secs(3);
 const PONG_WAIT: Duration = Duration::from_secs(5);
 const PENDING_RESEND_AFTER: Duration = Duration::from_secs(4);
@@ -256,7 +257,18 @@ async fn session(state: &mut State, client: &Client, mut ws: WsConnection, contr
             let _ = ws.close().await;
             return true;
         }
-        match ws.recv_timeout(RECV_SLICE).await {
+        // Sleep until the next thing this device must do (not a fixed tick): fewer timers
+        // and wake-ups make the simulation faster, and a frame wakes it anyway.
+        let now = std::time::Instant::now();
+        let mut wait = RECV_SLICE_MAX.min(next_action.saturating_duration_since(now));
+        wait = wait.min(match ping_sent {
+            Some(sent) => PONG_WAIT.saturating_sub(sent.elapsed()),
+            None => SILENCE_PING_AFTER.saturating_sub(last_frame.elapsed()),
+        });
+        if let Some(oldest) = state.pending.values().min() {
+            wait = wait.min(PENDING_RESEND_AFTER.saturating_sub(oldest.elapsed()));
+        }
+        match ws.recv_timeout(wait.max(Duration::from_millis(5))).await {
             Ok(WsEvent::Frame(frame)) => {
                 last_frame = std::time::Instant::now();
                 ping_sent = None;
