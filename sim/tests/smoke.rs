@@ -26,7 +26,7 @@ fn every_message_is_delivered_once_in_order_and_stored() {
             ),
             Err(err) => {
                 println!("seed {seed}: FAIL {err} trace-hash {}", outcome.trace_hash);
-                println!("  replay: ci/sim --seed {seed}");
+                println!("  replay: SIM_SEED={seed} RUSTFLAGS=\"--cfg madsim\" CARGO_TARGET_DIR=target-sim cargo test -p chat-sim --release --test smoke");
                 failed.push(seed);
             }
         }

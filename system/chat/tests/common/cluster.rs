@@ -210,17 +210,17 @@ fn conn_args(id: usize, listen: &str, app: SocketAddr, redis: &str, refresh_ms: 
 }
 
 fn start_redis(port: u16, dir: &std::path::Path) -> Proc {
-    let child = Command::new("redis-server")
+    let redis = Proc(Command::new("redis-server")
         .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no", "--dir"])
         .arg(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("redis-server must be installed (apt-get install redis-server); ci/test's .ci/run installs it");
+        .expect("redis-server must be installed (apt-get install redis-server); ci/test's .ci/run installs it"));
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if resp_call(port, "PING").starts_with("+PONG") {
-            return Proc(child);
+            return redis;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
