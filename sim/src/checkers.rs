@@ -1,22 +1,48 @@
 //! The invariants, each a named checker, apart from the cluster and the workload.
 //!
-//! They read only what clients observed ([`Observed`]) and what the system answers at the end
-//! (full histories, inboxes), never the store's internals:
+//! They read only what clients observed ([`Observed`]), the faults as they were played, and
+//! what the system answers at the end (full histories, inboxes), never the store's internals:
 //! - `durability`: every message acknowledged with `sent` is in history with that seq;
 //! - `no_duplicates`: one stored message per (sender, client id);
-//! - `order`: per conversation `seq` is gapless from 1, every connection saw each
-//!   conversation's pushes in increasing `seq`, and no device is left with a gap;
-//! - `liveness`: after faults stop, every device settled, every send resolved, every member
-//!   has every message;
-//! - `inbox`: `last_seq` and `last_message` match history, `unread` matches the read cursor
-//!   (a sender's cursor is at least its own newest message; after reading all, zero);
-//! - `idempotency`: every ack of one client id carries the same seq, across resends and
-//!   across `commit_unknown_result`.
+//! - `order`: per conversation `seq` is gapless from 1, and every connection saw each
+//!   conversation's messages in increasing `seq` (restarting only where a sync asked);
+//! - `liveness`: after faults stop, every device settled, every send resolved, no valid
+//!   request was refused;
+//! - `inbox`: the inbox lists exactly the user's conversations, `last_seq` and
+//!   `last_message` match history, most recent first;
+//! - `idempotency`: every ack of one client id carries the same seq;
+//! - `live_delivery`: a message committed while a member's device is connected over a
+//!   healthy path is pushed to it within [`PUSH_BOUND`];
+//! - `content`: every frame, page and inbox entry carries exactly what its sender sent;
+//! - `recipients`: nothing of a conversation reaches a non-member; every device of every
+//!   member ends with every message;
+//! - `send_order`: sends written A then B on one connection get seq(A) < seq(B);
+//! - `read_state`: unread is exact once quiet; an observed cursor never moves backwards;
+//! - `reads`: a read that starts after an ack includes that message; a device's reads never
+//!   go backwards; pages are exactly the messages asked for;
+//! - `failover`: while one app server is down (and nothing else is wrong), sends are
+//!   acknowledged by the other within [`FAILOVER_ACK_BOUND`].
 
-use crate::workload::{ConnEvent, Device, Observed};
+use crate::cluster::Node;
+use crate::faults::Fault;
+use crate::workload::{ConnEvent, ConnRecord, Device, Observed, ReadAnswer, ReadKind, SyncReason};
 use chat_proto::rest::{Inbox, MessageView};
-use chat_proto::{ConvId, Seq};
+use chat_proto::{ConvId, ErrorCode, Seq};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+/// A message must reach every healthy, connected member device within this.
+pub const PUSH_BOUND: Duration = Duration::from_secs(5);
+/// A device counts as connected (and registered) this long after its socket opened.
+const REGISTERED_AFTER: Duration = Duration::from_secs(2);
+/// After a fault ends, links reconnect (with backoff) and connection servers re-register
+/// their connections; the path is healthy again after this.
+const RECOVERY: Duration = Duration::from_secs(15);
+
+/// Connection servers notice a dead app server's link within its idle timeout (4 s).
+const FAILOVER_DETECTED_AFTER: Duration = Duration::from_secs(6);
+/// Once noticed, a send is acknowledged by another app server within this.
+pub const FAILOVER_ACK_BOUND: Duration = Duration::from_secs(5);
 
 /// A broken invariant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +57,14 @@ impl std::fmt::Display for Violation {
     }
 }
 
+/// A fault as it was played, in simulated microseconds since the epoch.
+#[derive(Debug, Clone)]
+pub struct PlayedFault {
+    pub fault: Fault,
+    pub begin_us: u64,
+    pub end_us: u64,
+}
+
 /// Everything the checkers look at.
 pub struct Evidence<'a> {
     pub convs: &'a [(ConvId, Vec<String>)],
@@ -40,10 +74,31 @@ pub struct Evidence<'a> {
     /// Each user's inbox before and after marking everything read.
     pub inboxes_before: &'a HashMap<String, Inbox>,
     pub inboxes_after: &'a HashMap<String, Inbox>,
+    pub faults: &'a [PlayedFault],
+    /// When buggify (fault points everywhere) was on.
+    pub buggify: Option<(u64, u64)>,
 }
 
-/// Runs every checker; returns all violations (empty: the run is correct).
-pub fn check_all(e: &Evidence) -> Vec<Violation> {
+/// How live delivery went: the share of (member device, message) pairs whose message was
+/// pushed live within the bound, and the push latency.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LiveFigures {
+    pub pairs: usize,
+    pub live: usize,
+    /// Pairs the `live_delivery` checker judged (a healthy path for the whole bound).
+    pub judged: usize,
+    pub push_p99_ms: f64,
+}
+
+impl LiveFigures {
+    pub fn share_percent(&self) -> f64 {
+        if self.pairs == 0 { 100.0 } else { self.live as f64 * 100.0 / self.pairs as f64 }
+    }
+}
+
+/// Runs every checker; returns all violations (empty: the run is correct) and the live
+/// delivery figures.
+pub fn check_all(e: &Evidence) -> (Vec<Violation>, LiveFigures) {
     let mut out = Vec::new();
     durability(e, &mut out);
     no_duplicates(e, &mut out);
@@ -51,7 +106,14 @@ pub fn check_all(e: &Evidence) -> Vec<Violation> {
     liveness(e, &mut out);
     inbox(e, &mut out);
     idempotency(e, &mut out);
-    out
+    let live = live_delivery(e, &mut out);
+    content(e, &mut out);
+    recipients(e, &mut out);
+    send_order(e, &mut out);
+    read_state(e, &mut out);
+    reads(e, &mut out);
+    failover(e, &mut out);
+    (out, live)
 }
 
 fn violation(out: &mut Vec<Violation>, checker: &'static str, detail: String) {
@@ -95,14 +157,14 @@ fn order(e: &Evidence, out: &mut Vec<Violation>) {
     // restart allowed is the start of the answer to a `sync` the client asked for, at
     // `after + 1` (a sync re-sends what was asked, even if pushed before).
     for o in e.observed {
-        for (n, events) in o.pushes.iter().enumerate() {
+        for (n, connection) in o.connections.iter().enumerate() {
             let mut last: BTreeMap<ConvId, Seq> = BTreeMap::new();
             // Per conversation: syncs asked and not yet answered, oldest first: (after, restarted).
             let mut asked: BTreeMap<ConvId, std::collections::VecDeque<(Seq, bool)>> = BTreeMap::new();
-            for event in events {
+            for event in &connection.events {
                 match *event {
-                    ConnEvent::SyncSent { conv, after } => asked.entry(conv).or_default().push_back((after, false)),
-                    ConnEvent::Synced { conv, .. } => {
+                    ConnEvent::SyncSent { conv, after, .. } => asked.entry(conv).or_default().push_back((after, false)),
+                    ConnEvent::Synced { conv, .. } | ConnEvent::SyncFailed { conv, .. } => {
                         if let Some(queue) = asked.get_mut(&conv) {
                             queue.pop_front();
                         }
@@ -135,14 +197,6 @@ fn liveness(e: &Evidence, out: &mut Vec<Violation>) {
                 violation(out, "liveness", format!("{}'s send {id} never resolved", o.user));
             }
         }
-        for conv in &device.convs {
-            let last = e.histories.get(conv).map_or(0, |h| h.len() as Seq);
-            let got = o.received.get(conv).map_or(0, |r| r.len() as Seq);
-            let complete = o.received.get(conv).is_some_and(|r| r.iter().copied().eq(1..=last)) || last == 0;
-            if !complete {
-                violation(out, "liveness", format!("device {} ({}) has {got} of {last} messages of conv {conv}", device.index, o.user));
-            }
-        }
         for (what, detail) in &o.refused {
             violation(out, "liveness", format!("{} got a non-retryable refusal for {what}: {detail}", o.user));
         }
@@ -150,13 +204,6 @@ fn liveness(e: &Evidence, out: &mut Vec<Violation>) {
 }
 
 fn inbox(e: &Evidence, out: &mut Vec<Violation>) {
-    let mut own_newest: HashMap<(&str, ConvId), Seq> = HashMap::new();
-    for (conv, history) in e.histories {
-        for m in history {
-            let newest = own_newest.entry((&m.sender, *conv)).or_insert(0);
-            *newest = (*newest).max(m.seq);
-        }
-    }
     for (user, inbox) in e.inboxes_before {
         let mine: HashSet<ConvId> = e.convs.iter().filter(|(_, m)| m.contains(user)).map(|(c, _)| *c).collect();
         let listed: HashSet<ConvId> = inbox.conversations.iter().map(|c| c.conv_id).collect();
@@ -170,22 +217,11 @@ fn inbox(e: &Evidence, out: &mut Vec<Violation>) {
             if entry.last_seq != last.map_or(0, |m| m.seq) || entry.last_message.as_ref() != last {
                 violation(out, "inbox", format!("{user} conv {}: last_seq {} / last message {:?}, history ends at {:?}", entry.conv_id, entry.last_seq, entry.last_message.as_ref().map(|m| m.seq), last.map(|m| m.seq)));
             }
-            let own = own_newest.get(&(user.as_str(), entry.conv_id)).copied().unwrap_or(0);
-            if entry.unread > entry.last_seq.saturating_sub(own) {
-                violation(out, "inbox", format!("{user} conv {}: unread {} but own newest message is seq {own} of {}", entry.conv_id, entry.unread, entry.last_seq));
-            }
             if let Some(m) = &entry.last_message {
                 if m.ts > previous_ts {
                     violation(out, "inbox", format!("{user}: conv {} (ts {}) listed after a less recent one", entry.conv_id, m.ts));
                 }
                 previous_ts = m.ts;
-            }
-        }
-    }
-    for (user, inbox) in e.inboxes_after {
-        for entry in &inbox.conversations {
-            if entry.unread != 0 {
-                violation(out, "inbox", format!("{user} conv {}: unread {} after reading up to {}", entry.conv_id, entry.unread, entry.last_seq));
             }
         }
     }
@@ -196,6 +232,403 @@ fn idempotency(e: &Evidence, out: &mut Vec<Violation>) {
         for (id, send) in &o.sends {
             if send.acks.windows(2).any(|w| w[0] != w[1]) {
                 violation(out, "idempotency", format!("{}'s {id} acked with different seqs {:?}", o.user, send.acks));
+            }
+        }
+    }
+}
+
+/// Who a fault can slow down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    All,
+    /// Only connections that go through this node first (a gateway: its splices).
+    Via(Node),
+    Device(usize),
+}
+
+/// Windows during which a path may be unhealthy: each fault from its start to its end plus
+/// the time the system takes to recover.
+fn unhealthy(e: &Evidence) -> Vec<(u64, u64, Scope)> {
+    let recovery = RECOVERY.as_micros() as u64;
+    let mut windows: Vec<(u64, u64, Scope)> = e
+        .faults
+        .iter()
+        .map(|f| {
+            let scope = match &f.fault {
+                Fault::Kill(node @ Node::Gateway(_)) | Fault::Isolate(node @ Node::Gateway(_)) => Scope::Via(*node),
+                Fault::Partition(a @ Node::Gateway(_), _) => Scope::Via(*a),
+                Fault::Partition(_, b @ Node::Gateway(_)) => Scope::Via(*b),
+                Fault::Disconnect(device) => Scope::Device(*device),
+                _ => Scope::All,
+            };
+            (f.begin_us, f.end_us.saturating_add(recovery), scope)
+        })
+        .collect();
+    if let Some((begin, end)) = e.buggify {
+        // Fault points delay acks and deliveries by seconds, registrations too, and hold
+        // acks for 30 s: nothing is healthy while they are live.
+        windows.push((begin, end.saturating_add(recovery + 30_000_000), Scope::All));
+    }
+    windows
+}
+
+/// Per conversation, the intervals of `connection` during which a reconnect, gap or
+/// catch-up sync was outstanding (its pushes may be held back or answered by the sync).
+fn sync_windows(connection: &ConnRecord) -> HashMap<ConvId, Vec<(u64, u64)>> {
+    let mut open: HashMap<ConvId, std::collections::VecDeque<(u64, bool)>> = HashMap::new();
+    let mut windows: HashMap<ConvId, Vec<(u64, u64)>> = HashMap::new();
+    for event in &connection.events {
+        match *event {
+            ConnEvent::SyncSent { conv, reason, at_us, .. } => open.entry(conv).or_default().push_back((at_us, reason != SyncReason::Browse)),
+            ConnEvent::Synced { conv, at_us, .. } | ConnEvent::SyncFailed { conv, at_us } => {
+                if let Some((from, true)) = open.get_mut(&conv).and_then(|q| q.pop_front()) {
+                    windows.entry(conv).or_default().push((from, at_us));
+                }
+            }
+            ConnEvent::Message { .. } => {}
+        }
+    }
+    // Never answered: outstanding until the connection closed.
+    for (conv, queue) in open {
+        windows.entry(conv).or_default().extend(queue.into_iter().filter(|(_, counts)| *counts).map(|(from, _)| (from, connection.closed_us)));
+    }
+    windows
+}
+
+fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
+    a.0 <= b.1 && b.0 <= a.1
+}
+
+fn live_delivery(e: &Evidence, out: &mut Vec<Violation>) -> LiveFigures {
+    let bound = PUSH_BOUND.as_micros() as u64;
+    let registered_after = REGISTERED_AFTER.as_micros() as u64;
+    let windows = unhealthy(e);
+    let members: HashMap<ConvId, &Vec<String>> = e.convs.iter().map(|(c, m)| (*c, m)).collect();
+    // The first arrival of each (device, conv, seq).
+    let mut first: HashMap<(usize, ConvId, Seq), (u64, bool)> = HashMap::new();
+    for (d, o) in e.observed.iter().enumerate() {
+        for f in &o.frames {
+            first.entry((d, f.conv, f.seq)).or_insert((f.at_us, f.live));
+        }
+    }
+    let syncs: Vec<Vec<HashMap<ConvId, Vec<(u64, u64)>>>> = e.observed.iter().map(|o| o.connections.iter().map(sync_windows).collect()).collect();
+    let mut figures = LiveFigures::default();
+    let mut latencies: Vec<u64> = Vec::new();
+    for (conv, history) in e.histories {
+        let Some(members) = members.get(conv) else { continue };
+        for m in history {
+            let committed = m.ts.saturating_mul(1000);
+            let window = (committed.saturating_sub(registered_after), committed.saturating_add(bound));
+            for (d, (device, o)) in e.devices.iter().zip(e.observed).enumerate() {
+                if !members.contains(&device.user) || (o.user == m.sender && o.sends.contains_key(&m.client_msg_id)) {
+                    continue;
+                }
+                figures.pairs += 1;
+                let arrival = first.get(&(d, *conv, m.seq)).copied();
+                let on_time = arrival.is_some_and(|(at, _)| at <= committed + bound);
+                if let Some((at, true)) = arrival {
+                    if at <= committed + bound {
+                        figures.live += 1;
+                        latencies.push(at.saturating_sub(committed));
+                    }
+                }
+                // Judged only over a healthy path: connected (and registered) before the
+                // commit and still connected after the bound, no fault near the path, no
+                // sync of the conversation that could hold its pushes back.
+                let Some(k) = o.connections.iter().position(|c| c.opened_us <= window.0 && c.closed_us >= window.1) else { continue };
+                let connection = &o.connections[k];
+                let healthy = windows.iter().all(|&(from, to, scope)| {
+                    let applies = match scope {
+                        Scope::All => true,
+                        Scope::Via(node) => connection.via == node,
+                        Scope::Device(i) => i == device.index,
+                    };
+                    !applies || !overlaps((from, to), window)
+                });
+                if !healthy || syncs[d][k].get(conv).is_some_and(|ws| ws.iter().any(|w| overlaps(*w, window))) {
+                    continue;
+                }
+                figures.judged += 1;
+                if !on_time {
+                    let got = match arrival {
+                        Some((at, _)) => format!("got it {} ms after the commit", at.saturating_sub(committed) / 1000),
+                        None => "never got it".to_owned(),
+                    };
+                    violation(out, "live_delivery", format!("device {} ({}), connected via {} since {} ms before, {got}: conv {conv} seq {} committed at ts {}", device.index, device.user, connection.via, committed.saturating_sub(connection.opened_us) / 1000, m.seq, m.ts));
+                }
+            }
+        }
+    }
+    latencies.sort_unstable();
+    if !latencies.is_empty() {
+        let at = ((latencies.len() as f64) * 0.99).ceil() as usize;
+        figures.push_p99_ms = latencies[at.saturating_sub(1).min(latencies.len() - 1)] as f64 / 1000.0;
+    }
+    figures
+}
+
+/// What each sender sent, by (sender, client id).
+fn sent_by<'a>(e: &'a Evidence) -> HashMap<(&'a str, &'a str), (ConvId, &'a str)> {
+    let mut sent = HashMap::new();
+    for o in e.observed {
+        for (id, send) in &o.sends {
+            sent.insert((o.user.as_str(), id.as_str()), (send.conv, send.body.as_str()));
+        }
+    }
+    sent
+}
+
+fn content(e: &Evidence, out: &mut Vec<Violation>) {
+    let sent = sent_by(e);
+    let stored = |conv: ConvId, seq: Seq| e.histories.get(&conv).and_then(|h| h.get((seq as usize).wrapping_sub(1)));
+    // What the final history holds was sent, by that sender, to that conversation.
+    for (conv, history) in e.histories {
+        for m in history {
+            match sent.get(&(m.sender.as_str(), m.client_msg_id.as_str())) {
+                Some((c, body)) if c == conv && *body == m.body && m.conv_id == *conv => {}
+                other => violation(out, "content", format!("history conv {conv} seq {}: {}/{} {:?} was not sent like that (sent: {other:?})", m.seq, m.sender, m.client_msg_id, m.body)),
+            }
+        }
+    }
+    for (device, o) in e.devices.iter().zip(e.observed) {
+        for f in &o.frames {
+            let same = stored(f.conv, f.seq).is_some_and(|m| m.sender == f.sender && m.client_msg_id == f.id && m.body == f.body && m.ts == f.ts);
+            let was_sent = sent.get(&(f.sender.as_str(), f.id.as_str())).is_some_and(|(c, body)| *c == f.conv && *body == f.body);
+            if !same || !was_sent {
+                violation(out, "content", format!("device {} got conv {} seq {} as {}/{} {:?}; history has {:?}", device.index, f.conv, f.seq, f.sender, f.id, f.body, stored(f.conv, f.seq).map(|m| (&m.sender, &m.client_msg_id, &m.body))));
+            }
+        }
+        for read in &o.reads {
+            let messages: Vec<&MessageView> = match &read.answer {
+                ReadAnswer::History(messages) => messages.iter().collect(),
+                ReadAnswer::Inbox(entries) => entries.iter().filter_map(|i| i.last_message.as_ref()).collect(),
+                ReadAnswer::Refused(_) => Vec::new(),
+            };
+            for m in messages {
+                if stored(m.conv_id, m.seq) != Some(m) {
+                    violation(out, "content", format!("device {} read conv {} seq {} as {}/{} {:?}; history has {:?}", device.index, m.conv_id, m.seq, m.sender, m.client_msg_id, m.body, stored(m.conv_id, m.seq).map(|s| (&s.sender, &s.client_msg_id, &s.body))));
+                }
+            }
+        }
+    }
+}
+
+fn recipients(e: &Evidence, out: &mut Vec<Violation>) {
+    for (device, o) in e.devices.iter().zip(e.observed) {
+        let mine: HashSet<ConvId> = device.convs.iter().copied().collect();
+        for f in &o.frames {
+            if !mine.contains(&f.conv) {
+                violation(out, "recipients", format!("device {} ({}) got conv {} seq {} it is not a member of", device.index, o.user, f.conv, f.seq));
+            }
+        }
+        for read in &o.reads {
+            match (&read.kind, &read.answer) {
+                (ReadKind::History { conv, .. }, ReadAnswer::History(messages)) if !mine.contains(conv) => {
+                    violation(out, "recipients", format!("device {} ({}) read {} messages of conv {conv} it is not a member of", device.index, o.user, messages.len()));
+                }
+                (ReadKind::History { conv, .. }, ReadAnswer::Refused(code)) if !mine.contains(conv) && *code != ErrorCode::UnknownConversation && !code.is_retryable() => {
+                    violation(out, "recipients", format!("device {} ({}) asked for conv {conv}: refused with {code}, not unknown_conversation", device.index, o.user));
+                }
+                (_, ReadAnswer::Inbox(entries)) => {
+                    for entry in entries.iter().filter(|i| !mine.contains(&i.conv_id)) {
+                        violation(out, "recipients", format!("device {} ({})'s inbox lists conv {} it is not a member of", device.index, o.user, entry.conv_id));
+                    }
+                }
+                _ => {}
+            }
+        }
+        // Every device of every member ends with every message.
+        for conv in &device.convs {
+            let last = e.histories.get(conv).map_or(0, |h| h.len() as Seq);
+            let got = o.received.get(conv).map_or(0, |r| r.len() as Seq);
+            let complete = last == 0 || o.received.get(conv).is_some_and(|r| r.iter().copied().eq(1..=last));
+            if !complete {
+                violation(out, "recipients", format!("device {} ({}) has {got} of {last} messages of conv {conv}", device.index, o.user));
+            }
+        }
+    }
+}
+
+fn send_order(e: &Evidence, out: &mut Vec<Violation>) {
+    for (device, o) in e.devices.iter().zip(e.observed) {
+        let mut by_stream: BTreeMap<(usize, ConvId), Vec<(u64, &str, Seq)>> = BTreeMap::new();
+        for (id, send) in &o.sends {
+            if let (true, Some(&seq)) = (send.clean, send.acks.first()) {
+                by_stream.entry((send.conn, send.conv)).or_default().push((send.order, id, seq));
+            }
+        }
+        for ((conn, conv), mut sends) in by_stream {
+            sends.sort_unstable();
+            for pair in sends.windows(2) {
+                let ((_, a, seq_a), (_, b, seq_b)) = (pair[0], pair[1]);
+                if seq_a >= seq_b {
+                    violation(out, "send_order", format!("device {} connection #{conn} conv {conv}: {a} written before {b} but got seq {seq_a} >= {seq_b}", device.index));
+                }
+            }
+        }
+    }
+}
+
+fn read_state(e: &Evidence, out: &mut Vec<Violation>) {
+    // A cursor observed by a device (inbox `last_seq - unread`) never moves backwards.
+    for (device, o) in e.devices.iter().zip(e.observed) {
+        let mut seen: BTreeMap<ConvId, Seq> = BTreeMap::new();
+        for read in &o.reads {
+            let ReadAnswer::Inbox(entries) = &read.answer else { continue };
+            for entry in entries {
+                if entry.unread > entry.last_seq {
+                    violation(out, "read_state", format!("device {} ({}) conv {}: unread {} of {} messages", device.index, o.user, entry.conv_id, entry.unread, entry.last_seq));
+                }
+                let cursor = entry.last_seq.saturating_sub(entry.unread);
+                let before = seen.insert(entry.conv_id, cursor).unwrap_or(0);
+                if cursor < before {
+                    violation(out, "read_state", format!("device {} ({}) conv {}: cursor moved back from {before} to {cursor}", device.index, o.user, entry.conv_id));
+                }
+            }
+        }
+    }
+    // Once quiet, unread is exact: the cursor is the newest of the user's own messages and
+    // the marks it wrote (those confirmed were applied; an unconfirmed one may or may not
+    // have been).
+    for (user, inbox) in e.inboxes_before {
+        let devices: Vec<&Observed> = e.observed.iter().filter(|o| &o.user == user).collect();
+        for entry in &inbox.conversations {
+            let conv = entry.conv_id;
+            let history = e.histories.get(&conv).map(Vec::as_slice).unwrap_or(&[]);
+            let last = history.len() as Seq;
+            let own = history.iter().filter(|m| &m.sender == user).map(|m| m.seq).max().unwrap_or(0);
+            let marks = devices.iter().flat_map(|o| o.marks.iter()).filter(|m| m.conv == conv);
+            let confirmed = marks.clone().filter(|m| m.confirmed).map(|m| m.seq.min(last)).max().unwrap_or(0);
+            let lower = own.max(confirmed);
+            let mut cursors: Vec<Seq> = vec![lower];
+            cursors.extend(marks.filter(|m| !m.confirmed && m.seq.min(last) > lower).map(|m| m.seq.min(last)));
+            if !cursors.iter().any(|c| entry.unread == last - c) {
+                violation(out, "read_state", format!("{user} conv {conv}: unread {} of {last}; the cursor can only be one of {cursors:?} (own newest {own}, confirmed marks up to {confirmed})", entry.unread));
+            }
+        }
+    }
+    for (user, inbox) in e.inboxes_after {
+        for entry in &inbox.conversations {
+            if entry.unread != 0 {
+                violation(out, "read_state", format!("{user} conv {}: unread {} after reading up to {}", entry.conv_id, entry.unread, entry.last_seq));
+            }
+        }
+    }
+}
+
+fn reads(e: &Evidence, out: &mut Vec<Violation>) {
+    // Per conversation, the acks received, by time: a read that starts later includes them.
+    let mut acked: HashMap<ConvId, Vec<(u64, Seq)>> = HashMap::new();
+    for o in e.observed {
+        for send in o.sends.values() {
+            if let (Some(at), Some(&seq)) = (send.first_ack_us, send.acks.first()) {
+                acked.entry(send.conv).or_default().push((at, seq));
+            }
+        }
+    }
+    for list in acked.values_mut() {
+        list.sort_unstable();
+        // Running maximum, so a binary search finds the newest seq acked before a time.
+        let mut max = 0;
+        for entry in list.iter_mut() {
+            max = max.max(entry.1);
+            entry.1 = max;
+        }
+    }
+    let acked_before = |conv: ConvId, at: u64| -> Seq {
+        acked.get(&conv).map_or(0, |list| match list.partition_point(|(t, _)| *t < at) {
+            0 => 0,
+            n => list[n - 1].1,
+        })
+    };
+    for (device, o) in e.devices.iter().zip(e.observed) {
+        // The newest seq this device has seen each conversation reach, by a read.
+        let mut heads: BTreeMap<ConvId, Seq> = BTreeMap::new();
+        let mut see = |conv: ConvId, seq: Seq, what: &str, out: &mut Vec<Violation>| {
+            let before = heads.insert(conv, seq).unwrap_or(0);
+            if seq < before {
+                heads.insert(conv, before);
+                violation(out, "reads", format!("device {} ({}): {what} of conv {conv} ends at {seq} after a read that ended at {before}", device.index, o.user));
+            }
+        };
+        for read in &o.reads {
+            match (&read.kind, &read.answer) {
+                (ReadKind::History { conv, before, limit }, ReadAnswer::History(messages)) if device.convs.contains(conv) => {
+                    let seqs: Vec<Seq> = messages.iter().map(|m| m.seq).collect();
+                    let limit = Seq::from(*limit);
+                    let expected: Vec<Seq> = match before {
+                        // Everything before `before` existed when the read started.
+                        Some(b) => (b.saturating_sub(limit).max(1)..*b).collect(),
+                        None => {
+                            let last = seqs.last().copied().unwrap_or(0);
+                            let must = acked_before(*conv, read.started_us);
+                            if last < must {
+                                violation(out, "reads", format!("device {} ({}): history of conv {conv} started after seq {must} was acked, ends at {last}", device.index, o.user));
+                            }
+                            see(*conv, last, "history", out);
+                            (last.saturating_sub(limit) + 1..=last).collect()
+                        }
+                    };
+                    if seqs != expected {
+                        violation(out, "reads", format!("device {} ({}): history of conv {conv} before {before:?} limit {limit} returned seqs {:?}..{:?} ({} messages), expected {:?}..{:?}", device.index, o.user, seqs.first(), seqs.last(), seqs.len(), expected.first(), expected.last()));
+                    }
+                }
+                (ReadKind::Inbox { limit }, ReadAnswer::Inbox(entries)) => {
+                    let listed: HashSet<ConvId> = entries.iter().map(|i| i.conv_id).collect();
+                    if device.convs.len() <= *limit as usize && device.convs.iter().any(|c| !listed.contains(c)) {
+                        violation(out, "reads", format!("device {} ({}): inbox lists {listed:?}, member of {:?}", device.index, o.user, device.convs));
+                    }
+                    for entry in entries {
+                        let must = acked_before(entry.conv_id, read.started_us);
+                        if entry.last_seq < must {
+                            violation(out, "reads", format!("device {} ({}): inbox started after conv {} seq {must} was acked, shows last_seq {}", device.index, o.user, entry.conv_id, entry.last_seq));
+                        }
+                        see(entry.conv_id, entry.last_seq, "inbox", out);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn failover(e: &Evidence, out: &mut Vec<Violation>) {
+    let us = |d: Duration| d.as_micros() as u64;
+    let recovery = us(RECOVERY);
+    let bound = us(FAILOVER_ACK_BOUND);
+    // App servers down, and everything else that could slow a send down.
+    let mut down: Vec<(u64, u64, usize)> = Vec::new();
+    let mut noisy: Vec<(u64, u64)> = Vec::new();
+    for f in e.faults {
+        match f.fault {
+            Fault::Kill(Node::App(i)) | Fault::Isolate(Node::App(i)) => down.push((f.begin_us, f.end_us, i)),
+            // Another device dropping its connection slows nobody else down.
+            Fault::Disconnect(_) => {}
+            _ => noisy.push((f.begin_us, f.end_us.saturating_add(recovery))),
+        }
+    }
+    if let Some((begin, end)) = e.buggify {
+        noisy.push((begin, end.saturating_add(recovery + 30_000_000)));
+    }
+    for &(begin, end, app) in &down {
+        let judged_from = begin + us(FAILOVER_DETECTED_AFTER);
+        for (device, o) in e.devices.iter().zip(e.observed) {
+            for (id, send) in &o.sends {
+                let t = send.written_us;
+                if t < judged_from || t > end {
+                    continue;
+                }
+                let window = (t.saturating_sub(recovery), t + bound);
+                let quiet = noisy.iter().all(|&w| !overlaps(w, window))
+                    && down.iter().all(|&(b, e2, other)| other == app || !overlaps((b, e2.saturating_add(recovery)), window));
+                let connected = o.connections.get(send.conn).is_some_and(|c| c.closed_us >= t + bound);
+                if !quiet || !connected {
+                    continue;
+                }
+                if send.first_ack_us.is_none_or(|at| at > t + bound) {
+                    let acked = send.first_ack_us.map_or("never".to_owned(), |at| format!("{} ms later", (at - t) / 1000));
+                    violation(out, "failover", format!("device {} ({})'s {id} to conv {}, written {} s after app{app} went down (the other app server healthy), acked {acked}", device.index, o.user, send.conv, (t - begin) / 1_000_000));
+                }
             }
         }
     }

@@ -73,6 +73,11 @@ pub struct Swarm {
     pub mean_gap_secs: u64,
 }
 
+impl Swarm {
+    /// No fault of any kind.
+    pub const CALM: Swarm = Swarm { kills: false, partitions: false, latency: false, store: false, registry_loss: false, disconnects: false, buggify: false, mean_gap_secs: 0 };
+}
+
 impl std::fmt::Display for Swarm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let on = |b: bool, name: &str| if b { format!(" {name}") } else { String::new() };

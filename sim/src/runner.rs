@@ -15,7 +15,9 @@ pub struct SeedRun {
     pub seed: u64,
     pub swarm: Swarm,
     pub schedule: Schedule,
-    pub result: Result<Stats, Failure>,
+    /// The run's figures, when it got as far as the checks.
+    pub stats: Option<Stats>,
+    pub result: Result<(), Failure>,
     pub trace_hash: String,
     pub trace: Vec<String>,
     pub simulated: Duration,
@@ -27,12 +29,18 @@ impl SeedRun {
         self.result.is_ok()
     }
 
-    /// `seed <N>: pass trace-hash <hex>` or `seed <N>: FAIL <checker> trace-hash <hex>`.
+    /// `seed <N>: pass trace-hash <hex> live <share>% push-p99 <ms> ms`, or `FAIL <checker>`
+    /// in place of `pass`.
     pub fn line(&self) -> String {
-        match &self.result {
-            Ok(_) => format!("seed {}: pass trace-hash {}", self.seed, self.trace_hash),
-            Err(f) => format!("seed {}: FAIL {} trace-hash {}", self.seed, f.checker, self.trace_hash),
-        }
+        let verdict = match &self.result {
+            Ok(()) => "pass".to_owned(),
+            Err(f) => format!("FAIL {}", f.checker),
+        };
+        let live = match &self.stats {
+            Some(stats) => format!(" live {:.1}% push-p99 {:.0} ms", stats.live.share_percent(), stats.live.push_p99_ms),
+            None => String::new(),
+        };
+        format!("seed {}: {verdict} trace-hash {}{live}", self.seed, self.trace_hash)
     }
 
     /// Writes the event trace (faults, frames, acks, verdict) next to the build output.
@@ -56,23 +64,25 @@ impl SeedRun {
 
 /// Runs the standard scenario for `seed`, with the seed's own schedule or `schedule`.
 pub fn run_standard(seed: u64, config: &ScenarioConfig, schedule: Option<Schedule>) -> SeedRun {
-    let (swarm, generated) = Schedule::generate(seed, &config.cluster, config.devices, config.chaos);
+    let (swarm, generated) = if config.calm { (Swarm::CALM, Schedule::default()) } else { Schedule::generate(seed, &config.cluster, config.devices, config.chaos) };
     let schedule = schedule.unwrap_or(generated);
-    let outcome_slot: Arc<Mutex<Option<Result<Stats, Failure>>>> = Arc::new(Mutex::new(None));
+    type Slot = Arc<Mutex<Option<(Option<Stats>, Result<(), Failure>)>>>;
+    let outcome_slot: Slot = Arc::new(Mutex::new(None));
     let wall = Instant::now();
     let limit = config.chaos + config.settle_max * 2 + Duration::from_secs(600);
     let outcome = {
         let (config, schedule, slot) = (config.clone(), schedule.clone(), outcome_slot.clone());
         run_seed(seed, limit, move |trace: Trace| async move {
-            let result = scenario::run(config, swarm, schedule, trace).await;
+            let result = scenario::run(config, seed, swarm, schedule, trace).await;
             *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
             Ok(())
         })
     };
-    let result = outcome_slot.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_else(|| {
-        Err(Failure { checker: "scenario".into(), detail: outcome.result.clone().err().unwrap_or_else(|| "no result".into()) })
+    let (stats, result) = outcome_slot.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_else(|| {
+        let detail = outcome.result.clone().err().unwrap_or_else(|| "no result".into());
+        (None, Err(Failure { checker: "scenario".into(), checkers: vec!["scenario".into()], detail }))
     });
-    SeedRun { seed, swarm, schedule, result, trace_hash: outcome.trace_hash, trace: outcome.trace, simulated: outcome.simulated, wall: wall.elapsed() }
+    SeedRun { seed, swarm, schedule, stats, result, trace_hash: outcome.trace_hash, trace: outcome.trace, simulated: outcome.simulated, wall: wall.elapsed() }
 }
 
 /// The replay command printed for a failing seed.

@@ -2,11 +2,11 @@
 //! group conversations for minutes of simulated time while the seed's fault schedule plays,
 //! then faults stop, everyone settles, and the checkers judge what everyone observed.
 
-use crate::checkers::{Evidence, Violation, check_all};
-use crate::cluster::{Cluster, ClusterConfig, client_ip};
+use crate::checkers::{Evidence, LiveFigures, PlayedFault, Violation, check_all};
+use crate::cluster::{Cluster, ClusterConfig, Node, client_ip, conn_addr};
 use crate::faults::{Fault, Schedule, Swarm};
 use crate::trace::Trace;
-use crate::workload::{Controls, Device, Observed, Phase, run_client};
+use crate::workload::{Controls, Device, Observed, Phase, WsTarget, now_us, run_client};
 use anyhow::{Context, bail};
 use chat_client::{Client, ClientFrame, ServerFrame, WsEvent};
 use chat_proto::ConvId;
@@ -27,10 +27,15 @@ pub struct ScenarioConfig {
     pub direct_convs: usize,
     pub groups: usize,
     pub group_size_max: usize,
+    /// Members of the hot group (0: none), written to about every 1.5 s by each of their
+    /// devices, so the sequencer batches under faults.
+    pub hot_group_members: usize,
     /// Simulated time with faults.
     pub chaos: Duration,
     /// Bound on simulated time to settle once faults stop (the liveness bound).
     pub settle_max: Duration,
+    /// No faults at all (`ci/sim --calm`): every message must be pushed live.
+    pub calm: bool,
 }
 
 impl Default for ScenarioConfig {
@@ -42,8 +47,10 @@ impl Default for ScenarioConfig {
             direct_convs: 25,
             groups: 6,
             group_size_max: 10,
+            hot_group_members: 20,
             chaos: Duration::from_secs(300),
             settle_max: Duration::from_secs(120),
+            calm: false,
         }
     }
 }
@@ -51,7 +58,10 @@ impl Default for ScenarioConfig {
 /// Why a run failed: a checker's violation, or the scenario itself could not run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
+    /// The first checker that failed.
     pub checker: String,
+    /// Every checker that failed.
+    pub checkers: Vec<String>,
     pub detail: String,
 }
 
@@ -68,23 +78,31 @@ pub struct Stats {
     pub messages_stored: usize,
     pub pushes: usize,
     pub reconnects: usize,
+    pub live: LiveFigures,
 }
 
-/// Runs the scenario under the current simulated runtime.
-pub async fn run(config: ScenarioConfig, swarm: Swarm, schedule: Schedule, trace: Trace) -> Result<Stats, Failure> {
+/// Runs the scenario under the current simulated runtime: its figures (when it got as far
+/// as the checks) and its verdict.
+pub async fn run(config: ScenarioConfig, seed: u64, swarm: Swarm, schedule: Schedule, trace: Trace) -> (Option<Stats>, Result<(), Failure>) {
     trace.record(swarm);
-    match run_inner(config, swarm, schedule, trace).await {
-        Ok(Ok(stats)) => Ok(stats),
-        Ok(Err(violations)) => {
+    match run_inner(config, seed, swarm, schedule, trace).await {
+        Ok((stats, violations)) if violations.is_empty() => (Some(stats), Ok(())),
+        Ok((stats, violations)) => {
             let first = &violations[0];
             let detail = violations.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("; ");
-            Err(Failure { checker: first.checker.to_owned(), detail })
+            let mut checkers: Vec<String> = Vec::new();
+            for v in &violations {
+                if !checkers.iter().any(|c| c == v.checker) {
+                    checkers.push(v.checker.to_owned());
+                }
+            }
+            (Some(stats), Err(Failure { checker: first.checker.to_owned(), checkers, detail }))
         }
-        Err(err) => Err(Failure { checker: "scenario".into(), detail: format!("{err:#}") }),
+        Err(err) => (None, Err(Failure { checker: "scenario".into(), checkers: vec!["scenario".into()], detail: format!("{err:#}") })),
     }
 }
 
-async fn run_inner(config: ScenarioConfig, swarm: Swarm, schedule: Schedule, trace: Trace) -> anyhow::Result<Result<Stats, Vec<Violation>>> {
+async fn run_inner(config: ScenarioConfig, seed: u64, swarm: Swarm, schedule: Schedule, trace: Trace) -> anyhow::Result<(Stats, Vec<Violation>)> {
     let cluster = Cluster::start(config.cluster.clone(), trace.clone());
     let gateways = cluster.gateway_urls();
     for episode in &schedule.episodes {
@@ -92,13 +110,27 @@ async fn run_inner(config: ScenarioConfig, swarm: Swarm, schedule: Schedule, tra
     }
 
     // Users, conversations and devices, created through the gateway like any client would.
-    let (tokens, convs) = on_node("setup", IpAddr::V4(Ipv4Addr::new(10, 9, 0, 1)), setup(config.clone(), gateways.clone(), trace.clone())).await??;
+    let (tokens, convs, hot) = on_node("setup", IpAddr::V4(Ipv4Addr::new(10, 9, 0, 1)), setup(config.clone(), gateways.clone(), trace.clone())).await??;
     let users: Vec<String> = (0..config.users).map(user_name).collect();
+    let via_gateways: Vec<WsTarget> = gateways.iter().enumerate().map(|(i, url)| WsTarget { url: url.clone(), via: Node::Gateway(i) }).collect();
     let devices: Vec<Device> = (0..config.devices)
         .map(|index| {
             let user = users[index % users.len()].clone();
-            let mine = convs.iter().filter(|(_, m)| m.contains(&user)).map(|(c, _)| *c).collect();
-            Device { index, token: tokens[&user].clone(), user, convs: mine, gateways: gateways.clone() }
+            let (mine, others) = convs.iter().map(|(c, _)| *c).partition(|c| convs.iter().any(|(id, m)| id == c && m.contains(&user)));
+            // A user's first device goes through a gateway (placed by the user's hash);
+            // the second straight to a connection server picked by the device's index, so
+            // one user's devices often sit on different connection servers.
+            let mut ws_targets = via_gateways.clone();
+            if index >= users.len() && config.cluster.conns > 0 {
+                let conn = index % config.cluster.conns;
+                ws_targets.insert(0, WsTarget { url: format!("http://{}", conn_addr(conn)), via: Node::Conn(conn) });
+            } else {
+                ws_targets.rotate_left(index % via_gateways.len().max(1));
+            }
+            let hot = hot.filter(|h| convs.iter().any(|(c, m)| c == h && m.contains(&user)));
+            let rng_seed = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (index as u64 + 1).wrapping_mul(0xd1b5_4a32_d192_ed03);
+            let slot = index / users.len();
+            Device { index, token: tokens[&user].clone(), user, convs: mine, others, hot, gateways: gateways.clone(), ws_targets, rng_seed, slot }
         })
         .collect();
 
@@ -112,10 +144,12 @@ async fn run_inner(config: ScenarioConfig, swarm: Swarm, schedule: Schedule, tra
     }
 
     // Fault points in production code (and madsim's own network delays) for this phase only.
+    let chaos_start = now_us();
     if swarm.buggify {
         madsim::buggify::enable();
     }
-    play(&cluster, &schedule, &controls, config.chaos).await;
+    let faults = play(&cluster, &schedule, &controls, config.chaos).await;
+    let buggify = swarm.buggify.then(|| (chaos_start, now_us()));
 
     // Faults are over: resolve every pending send, then let everyone catch up.
     trace.record("phase resolve");
@@ -139,19 +173,29 @@ async fn run_inner(config: ScenarioConfig, swarm: Swarm, schedule: Schedule, tra
 
     let reads = on_node("checker", IpAddr::V4(Ipv4Addr::new(10, 9, 0, 2)), final_reads(gateways[0].clone(), tokens.clone(), convs.clone())).await??;
     let (histories, inboxes_before, inboxes_after) = reads;
-    let evidence = Evidence { convs: &convs, devices: &devices, observed: &observed, histories: &histories, inboxes_before: &inboxes_before, inboxes_after: &inboxes_after };
-    let violations = check_all(&evidence);
+    let evidence = Evidence {
+        convs: &convs,
+        devices: &devices,
+        observed: &observed,
+        histories: &histories,
+        inboxes_before: &inboxes_before,
+        inboxes_after: &inboxes_after,
+        faults: &faults,
+        buggify,
+    };
+    let (violations, live) = check_all(&evidence);
     let stats = Stats {
         sends: observed.iter().map(|o| o.sends.len()).sum(),
         messages_stored: histories.values().map(Vec::len).sum(),
-        pushes: observed.iter().flat_map(|o| o.pushes.iter().flatten()).filter(|e| matches!(e, crate::workload::ConnEvent::Message { .. })).count(),
-        reconnects: observed.iter().map(|o| o.pushes.len().saturating_sub(1)).sum(),
+        pushes: observed.iter().map(|o| o.frames.len()).sum(),
+        reconnects: observed.iter().map(|o| o.connections.len().saturating_sub(1)).sum(),
+        live,
     };
     trace.record(format!("stats {stats:?}"));
     for v in &violations {
         trace.record(format!("violation {v}"));
     }
-    Ok(if violations.is_empty() { Ok(stats) } else { Err(violations) })
+    Ok((stats, violations))
 }
 
 pub fn user_name(i: usize) -> String {
@@ -163,9 +207,12 @@ async fn on_node<T: Send + 'static>(name: &str, ip: IpAddr, f: impl Future<Outpu
     node.spawn(f).await.map_err(|e| anyhow::anyhow!("task on {name} failed: {e}"))
 }
 
-/// Plays the fault schedule for the chaos phase, then ends every fault still on.
-async fn play(cluster: &Cluster, schedule: &Schedule, controls: &Controls, chaos: Duration) {
+/// Plays the fault schedule for the chaos phase, then ends every fault still on; returns
+/// each fault with the simulated times it began and ended.
+async fn play(cluster: &Cluster, schedule: &Schedule, controls: &Controls, chaos: Duration) -> Vec<PlayedFault> {
     let start = std::time::Instant::now();
+    let mut played: Vec<PlayedFault> = Vec::new();
+    let mut begun: std::collections::HashMap<usize, usize> = std::collections::HashMap::new();
     let mut timeline: Vec<(Duration, bool, usize)> = Vec::new();
     for (i, e) in schedule.episodes.iter().enumerate() {
         timeline.push((e.start, true, i));
@@ -178,6 +225,13 @@ async fn play(cluster: &Cluster, schedule: &Schedule, controls: &Controls, chaos
     for (at, begin, i) in timeline {
         tokio::time::sleep(at.saturating_sub(start.elapsed())).await;
         let fault = &schedule.episodes[i].fault;
+        let now = now_us();
+        if begin {
+            begun.insert(i, played.len());
+            played.push(PlayedFault { fault: fault.clone(), begin_us: now, end_us: now });
+        } else if let Some(&p) = begun.get(&i) {
+            played[p].end_us = now;
+        }
         match (fault, begin) {
             (Fault::Kill(node), true) => {
                 cluster.kill(*node);
@@ -211,6 +265,13 @@ async fn play(cluster: &Cluster, schedule: &Schedule, controls: &Controls, chaos
     cluster.store_faults(false);
     // Fault points in production code and madsim's own network delays stop with the chaos.
     madsim::buggify::disable();
+    let now = now_us();
+    for (&i, &p) in &begun {
+        if !schedule.episodes[i].duration.is_zero() && played[p].end_us == played[p].begin_us {
+            played[p].end_us = now;
+        }
+    }
+    played
 }
 
 /// madsim's default per-packet latency.
@@ -219,7 +280,7 @@ const NORMAL_LATENCY: std::ops::Range<Duration> = Duration::from_millis(1)..Dura
 type Tokens = HashMap<String, String>;
 type Convs = Vec<(ConvId, Vec<String>)>;
 
-async fn setup(config: ScenarioConfig, gateways: Vec<String>, trace: Trace) -> anyhow::Result<(Tokens, Convs)> {
+async fn setup(config: ScenarioConfig, gateways: Vec<String>, trace: Trace) -> anyhow::Result<(Tokens, Convs, Option<ConvId>)> {
     let anon = Client::new(&gateways[0])?;
     let users: Vec<String> = (0..config.users).map(user_name).collect();
     let mut tokens = HashMap::new();
@@ -269,8 +330,20 @@ async fn setup(config: ScenarioConfig, gateways: Vec<String>, trace: Trace) -> a
         let (conv, _) = retry(|| client.create_conversation(&members[1..], Some(&title))).await.context("create group")?;
         convs.push((conv.conv_id, conv.members));
     }
-    trace.record(format!("setup {} users, convs {convs:?}", users.len()));
-    Ok((tokens, convs))
+    let mut hot = None;
+    if config.hot_group_members >= 2 {
+        let mut members = BTreeSet::new();
+        while members.len() < config.hot_group_members.min(users.len()) {
+            members.insert(users[pick(users.len())].clone());
+        }
+        let members: Vec<String> = members.into_iter().collect();
+        let client = anon.clone().with_token(tokens[&members[0]].clone());
+        let (conv, _) = retry(|| client.create_conversation(&members[1..], Some("hot group"))).await.context("create the hot group")?;
+        hot = Some(conv.conv_id);
+        convs.push((conv.conv_id, conv.members));
+    }
+    trace.record(format!("setup {} users, convs {convs:?}, hot {hot:?}", users.len()));
+    Ok((tokens, convs, hot))
 }
 
 /// Retries a call while it fails in a retryable way (the cluster may still be starting).

@@ -1,20 +1,44 @@
-//! What simulated people do: send (and resend the same id after errors and timeouts), read,
-//! sync after reconnects and gaps, read history and inbox, and drop their connection.
+//! What simulated people do: send (and resend the same id after errors and timeouts), mark
+//! read, sync after reconnects and gaps, read history (latest and deep pages) and inbox, poke
+//! at conversations they are not in, chat in a hot group, and drop their connection.
 //!
 //! Each client device runs [`run_client`] on its own node with the real client library,
-//! recording what it observed for the checkers ([`crate::checkers`]). Three phases:
-//! [`Phase::Chaos`] (faults may be on; new messages are sent), [`Phase::Resolve`] (faults are
-//! off; no new messages; every pending send is resent with its id until acked) and
-//! [`Phase::Catchup`] (once every device has resolved: each syncs every conversation and
-//! finishes when it has every message up to what that final sync reported).
+//! recording everything it observed, with the simulated time, for the checkers
+//! ([`crate::checkers`]). Every device draws from its own random stream derived from the
+//! seed, so removing a fault episode does not reshuffle what every other device does.
+//!
+//! Three phases: [`Phase::Chaos`] (faults may be on; new messages are sent),
+//! [`Phase::Resolve`] (faults are off; no new messages; every pending send is resent with its
+//! id until acked) and [`Phase::Catchup`] (once every device has resolved: each syncs every
+//! conversation and finishes when it has every message up to what that final sync reported).
 
+use crate::cluster::Node;
 use crate::trace::Trace;
 use chat_client::{Client, ClientFrame, ServerFrame, WsConnection, WsEvent};
-use chat_proto::{ConvId, Seq};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use chat_proto::frame::FrameOp;
+use chat_proto::rest::{InboxEntry, MessageView};
+use chat_proto::{ConvId, ErrorCode, Seq};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::time::Duration;
+
+/// Simulated wall-clock time in microseconds since the epoch: the time base shared by every
+/// observation and by the server's message timestamps (milliseconds of the same clock).
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+/// Where a device opens its WebSocket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WsTarget {
+    pub url: String,
+    /// The node the socket goes through first: a gateway (which splices it to a connection
+    /// server of its choice), or a connection server reached directly.
+    pub via: Node,
+}
 
 /// One device of one user.
 #[derive(Debug, Clone)]
@@ -24,7 +48,18 @@ pub struct Device {
     pub token: String,
     /// The user's conversations.
     pub convs: Vec<ConvId>,
+    /// Conversations the user is not in (probed: every answer must be a refusal).
+    pub others: Vec<ConvId>,
+    /// The hot group, if the user is in it: written to often.
+    pub hot: Option<ConvId>,
+    /// Gateways for REST.
     pub gateways: Vec<String>,
+    /// Where the WebSocket goes: the first is preferred, the others after a failure.
+    pub ws_targets: Vec<WsTarget>,
+    /// Seeds this device's own random stream.
+    pub rng_seed: u64,
+    /// Which of the user's devices this is (0, 1, ...).
+    pub slot: usize,
 }
 
 /// A send as the client saw it.
@@ -34,14 +69,100 @@ pub struct SendRecord {
     pub body: String,
     /// Every `sent` ack received for this id (a resent id is acked again).
     pub acks: Vec<Seq>,
+    /// When the send was first written, and when its first ack was received.
+    pub written_us: u64,
+    pub first_ack_us: Option<u64>,
+    /// The connection the send was first written on, and its place among this device's
+    /// first writes.
+    pub conn: usize,
+    pub order: u64,
+    /// True when the first answer to the first write was its `sent`, on that connection,
+    /// with no resend in between: only such sends are bound by the per-connection order.
+    pub clean: bool,
+    /// Still possibly clean: no answer yet, no resend, same connection.
+    pub undecided: bool,
 }
 
-/// What happened on one connection, in order.
+/// Why a device asked for a `sync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncReason {
+    /// After (re)connecting, for everything missed.
+    Reconnect,
+    /// A push revealed a gap.
+    Gap,
+    /// A person scrolling: the answer may repeat what was already here.
+    Browse,
+    /// The final catch-up.
+    Catchup,
+}
+
+/// What happened on one connection, in order, with the simulated time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConnEvent {
     Message { conv: ConvId, seq: Seq },
-    SyncSent { conv: ConvId, after: Seq },
-    Synced { conv: ConvId, seq: Seq },
+    SyncSent { conv: ConvId, after: Seq, reason: SyncReason, at_us: u64 },
+    Synced { conv: ConvId, seq: Seq, at_us: u64 },
+    /// The oldest outstanding sync of `conv` was answered with an error.
+    SyncFailed { conv: ConvId, at_us: u64 },
+}
+
+/// One WebSocket of a device.
+#[derive(Debug, Clone)]
+pub struct ConnRecord {
+    pub via: Node,
+    pub opened_us: u64,
+    /// When the device stopped using it (`u64::MAX` while open).
+    pub closed_us: u64,
+    pub events: Vec<ConnEvent>,
+}
+
+/// A `message` frame as received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub conn: usize,
+    pub conv: ConvId,
+    pub seq: Seq,
+    pub sender: String,
+    pub id: String,
+    pub body: String,
+    pub ts: u64,
+    pub at_us: u64,
+    /// No reconnect, gap or catch-up sync of the conversation was outstanding on the
+    /// connection: the frame was pushed live (or answered a person's own browsing sync).
+    pub live: bool,
+}
+
+/// A REST read and what it answered.
+#[derive(Debug, Clone)]
+pub enum ReadKind {
+    History { conv: ConvId, before: Option<Seq>, limit: u32 },
+    Inbox { limit: u32 },
+}
+
+#[derive(Debug, Clone)]
+pub enum ReadAnswer {
+    History(Vec<MessageView>),
+    Inbox(Vec<InboxEntry>),
+    Refused(ErrorCode),
+}
+
+#[derive(Debug, Clone)]
+pub struct ReadRecord {
+    pub kind: ReadKind,
+    pub started_us: u64,
+    pub ended_us: u64,
+    pub answer: ReadAnswer,
+}
+
+/// A `read` frame (mark read) the device wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MarkRecord {
+    pub conv: ConvId,
+    pub seq: Seq,
+    /// A later request on the same connection was answered and this one drew no error, so
+    /// it was applied (frames of a connection are handled in order, and a failed `read` is
+    /// answered with an error frame naming it).
+    pub confirmed: bool,
 }
 
 /// What one device observed.
@@ -50,13 +171,16 @@ pub struct Observed {
     pub user: String,
     /// Client id -> the send and its acks.
     pub sends: BTreeMap<String, SendRecord>,
-    /// Per connection (numbered from 0), in order: `message` frames received, `sync`
-    /// requests sent and `synced` answers, for the order checker.
-    pub pushes: Vec<Vec<ConnEvent>>,
-    /// Every seq of each conversation this device has received (pushes and syncs).
+    /// Every connection, numbered from 0.
+    pub connections: Vec<ConnRecord>,
+    /// Every `message` frame, in arrival order.
+    pub frames: Vec<Received>,
+    /// Every seq of each conversation this device has received (frames and own acks).
     pub received: BTreeMap<ConvId, BTreeSet<Seq>>,
     /// The newest seq a `synced` reported per conversation.
     pub synced: BTreeMap<ConvId, Seq>,
+    pub reads: Vec<ReadRecord>,
+    pub marks: Vec<MarkRecord>,
     /// Sends refused with a non-retryable error (none are expected: every conversation is
     /// real), and inconsistent answers seen along the way.
     pub refused: Vec<(String, String)>,
@@ -108,9 +232,12 @@ const PENDING_RESEND_AFTER: Duration = Duration::from_secs(4);
 const PENDING_MAX: usize = 8;
 /// A gap asks for a sync unless one for the conversation was asked this recently.
 const GAP_SYNC_INTERVAL: Duration = Duration::from_secs(3);
+/// Mean time between two messages of one device into the hot group.
+const HOT_INTERVAL_MS: std::ops::Range<u64> = 500..2500;
 
 struct State {
     device: Device,
+    rng: StdRng,
     observed: Observed,
     /// Unacked sends: id -> last time it was (re)sent.
     pending: BTreeMap<String, std::time::Instant>,
@@ -126,20 +253,33 @@ struct State {
     catchup_mark: BTreeMap<ConvId, u64>,
     /// When a sync was last asked per conversation (gap syncs are not repeated meanwhile).
     last_sync: BTreeMap<ConvId, std::time::Instant>,
+    /// Per conversation, the highest seq up to which every seq was received (kept up to
+    /// date by [`State::receive`], so it is not recounted from 1 on every frame).
+    contiguous: BTreeMap<ConvId, Seq>,
+    /// Requests written on the current connection, numbered; the syncs and pings not yet
+    /// answered; marks not yet confirmed (index in `observed.marks`, request number).
+    requests: u64,
+    open_syncs: BTreeMap<ConvId, VecDeque<(u64, SyncReason)>>,
+    open_pings: VecDeque<u64>,
+    open_marks: Vec<(usize, u64)>,
+    /// First writes of sends, numbered.
+    sends_written: u64,
 }
 
 impl State {
+    /// The highest seq of `conv` up to which every seq was received (0 for none).
     fn contiguous(&self, conv: ConvId) -> Seq {
-        let Some(seen) = self.observed.received.get(&conv) else { return 0 };
-        let mut last = 0;
-        for seq in seen {
-            if *seq == last + 1 {
-                last = *seq;
-            } else {
-                break;
-            }
+        self.contiguous.get(&conv).copied().unwrap_or(0)
+    }
+
+    /// Records that `seq` of `conv` was received.
+    fn receive(&mut self, conv: ConvId, seq: Seq) {
+        let seen = self.observed.received.entry(conv).or_default();
+        seen.insert(seq);
+        let last = self.contiguous.entry(conv).or_insert(0);
+        while seen.contains(&(*last + 1)) {
+            *last += 1;
         }
-        last
     }
 
     /// Done: nothing pending, and every conversation received up to what the catch-up
@@ -154,12 +294,44 @@ impl State {
         let mark = self.catchup_mark.get(&conv).copied().unwrap_or(u64::MAX);
         answered >= mark && self.observed.synced.get(&conv).is_some_and(|last| self.contiguous(conv) >= *last)
     }
+
+    fn event(&mut self, event: ConnEvent) {
+        if let Some(conn) = self.observed.connections.last_mut() {
+            conn.events.push(event);
+        }
+    }
+
+    /// Every mark written before request `answered` on this connection was handled.
+    fn confirm_marks(&mut self, answered: u64) {
+        let marks = &mut self.observed.marks;
+        self.open_marks.retain(|&(index, request)| {
+            if request < answered {
+                marks[index].confirmed = true;
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// A reconnect, gap or catch-up sync of `conv` is waiting for its answer.
+    fn syncing(&self, conv: ConvId) -> bool {
+        self.open_syncs.get(&conv).is_some_and(|q| q.iter().any(|(_, reason)| *reason != SyncReason::Browse))
+    }
+
+    /// A send's first write is no longer bound by the order promise.
+    fn unclean(&mut self, id: &str) {
+        if let Some(record) = self.observed.sends.get_mut(id) {
+            record.undecided = false;
+        }
+    }
 }
 
 /// Runs one device until the scenario's settle phase is complete (or `deadline`).
 pub async fn run_client(device: Device, controls: Arc<Controls>, trace: Trace, deadline: Duration) -> Observed {
     let start = std::time::Instant::now();
     let mut state = State {
+        rng: StdRng::seed_from_u64(device.rng_seed),
         observed: Observed { user: device.user.clone(), ..Observed::default() },
         device,
         pending: BTreeMap::new(),
@@ -172,24 +344,50 @@ pub async fn run_client(device: Device, controls: Arc<Controls>, trace: Trace, d
         syncs_answered: BTreeMap::new(),
         catchup_mark: BTreeMap::new(),
         last_sync: BTreeMap::new(),
+        contiguous: BTreeMap::new(),
+        requests: 0,
+        open_syncs: BTreeMap::new(),
+        open_pings: VecDeque::new(),
+        open_marks: Vec::new(),
+        sends_written: 0,
     };
     let mut backoff = Duration::from_millis(100);
+    let mut failures = 0usize;
     while start.elapsed() < deadline {
-        let url = &state.device.gateways[rand::random_range(0..state.device.gateways.len())];
-        let client = match Client::new(url) {
-            Ok(c) => c.with_token(state.device.token.clone()).with_timeout(Duration::from_secs(5)),
-            Err(_) => return state.observed,
+        // The preferred target first; after a failure, any of them.
+        let targets = &state.device.ws_targets;
+        let target = if failures == 0 { targets[0].clone() } else { targets[state.rng.random_range(0..targets.len())].clone() };
+        let rest = &state.device.gateways[state.rng.random_range(0..state.device.gateways.len())];
+        let (client, ws_client) = match (Client::new(rest), Client::new(&target.url)) {
+            (Ok(c), Ok(w)) => {
+                let token = state.device.token.clone();
+                (c.with_token(token.clone()).with_timeout(Duration::from_secs(5)), w.with_token(token).with_timeout(Duration::from_secs(5)))
+            }
+            _ => return state.observed,
         };
-        match client.connect_ws().await {
+        match ws_client.connect_ws().await {
             Ok(ws) => {
                 backoff = Duration::from_millis(100);
-                if session(&mut state, &client, ws, &controls, start, deadline).await {
+                failures = 0;
+                let settled = session(&mut state, &client, ws, target.via, &controls, start, deadline).await;
+                if let Some(conn) = state.observed.connections.last_mut() {
+                    conn.closed_us = now_us();
+                }
+                // Sends first written on the closed connection are no longer bound by its order.
+                let conn_no = state.connection - 1;
+                for record in state.observed.sends.values_mut() {
+                    if record.conn == conn_no {
+                        record.undecided = false;
+                    }
+                }
+                if settled {
                     state.observed.settled = true;
                     break;
                 }
             }
             Err(err) => {
-                state.trace.record(format!("c{} connect failed: {}", state.device.index, err.code().map(|c| c.as_str()).unwrap_or("io")));
+                failures += 1;
+                state.trace.record(format_args!("c{} connect failed: {}", state.device.index, err.code().map(|c| c.as_str()).unwrap_or("io")));
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
@@ -199,18 +397,21 @@ pub async fn run_client(device: Device, controls: Arc<Controls>, trace: Trace, d
 }
 
 /// One connection: returns true once settled.
-async fn session(state: &mut State, client: &Client, mut ws: WsConnection, controls: &Controls, start: std::time::Instant, deadline: Duration) -> bool {
+async fn session(state: &mut State, client: &Client, mut ws: WsConnection, via: Node, controls: &Controls, start: std::time::Instant, deadline: Duration) -> bool {
     let index = state.device.index;
     let conn_no = state.connection;
     state.connection += 1;
-    state.observed.pushes.push(Vec::new());
-    state.trace.record(format!("c{index} connected #{conn_no}"));
+    state.observed.connections.push(ConnRecord { via, opened_us: now_us(), closed_us: u64::MAX, events: Vec::new() });
+    state.trace.record(format_args!("c{index} connected #{conn_no} via {via}"));
     // A new connection: sync counts start over. Catch-up is always done on a connection
     // opened after the catch-up phase began, so every answer counted is to a sync asked
     // once all messages were durable (answers to earlier syncs may be stale).
     state.syncs_sent.clear();
     state.syncs_answered.clear();
     state.catchup_mark.clear();
+    state.open_syncs.clear();
+    state.open_pings.clear();
+    state.open_marks.clear();
     state.catchup_started = controls.phase() == Phase::Catchup;
     if state.catchup_started {
         if catch_up(state, &mut ws, false).await.is_err() {
@@ -220,7 +421,7 @@ async fn session(state: &mut State, client: &Client, mut ws: WsConnection, contr
         // Catch up on everything after a reconnect.
         for conv in state.device.convs.clone() {
             let after = state.contiguous(conv);
-            if sync(state, &mut ws, conv, after).await.is_err() {
+            if sync(state, &mut ws, conv, after, SyncReason::Reconnect).await.is_err() {
                 return false;
             }
         }
@@ -231,7 +432,8 @@ async fn session(state: &mut State, client: &Client, mut ws: WsConnection, contr
             return false;
         }
     }
-    let mut next_action = std::time::Instant::now() + think_time();
+    let mut next_action = std::time::Instant::now() + think_time(&mut state.rng);
+    let mut next_hot = std::time::Instant::now() + Duration::from_millis(state.rng.random_range(HOT_INTERVAL_MS));
     let mut last_frame = std::time::Instant::now();
     let mut ping_sent: Option<std::time::Instant> = None;
     loop {
@@ -239,21 +441,21 @@ async fn session(state: &mut State, client: &Client, mut ws: WsConnection, contr
             return false;
         }
         if controls.disconnect.get(index).is_some_and(|d| d.swap(false, Ordering::Relaxed)) {
-            state.trace.record(format!("c{index} disconnects"));
+            state.trace.record(format_args!("c{index} disconnects"));
             return false;
         }
         let phase = controls.phase();
         if phase >= Phase::Resolve && !state.resolved && state.pending.is_empty() {
             state.resolved = true;
             controls.resolved.fetch_add(1, Ordering::Relaxed);
-            state.trace.record(format!("c{index} resolved"));
+            state.trace.record(format_args!("c{index} resolved"));
         }
         if phase == Phase::Catchup && !state.catchup_started {
-            state.trace.record(format!("c{index} reconnects for catch-up"));
+            state.trace.record(format_args!("c{index} reconnects for catch-up"));
             return false;
         }
         if state.settled() {
-            state.trace.record(format!("c{index} settled"));
+            state.trace.record(format_args!("c{index} settled"));
             let _ = ws.close().await;
             return true;
         }
@@ -261,12 +463,15 @@ async fn session(state: &mut State, client: &Client, mut ws: WsConnection, contr
         // and wake-ups make the simulation faster, and a frame wakes it anyway.
         let now = std::time::Instant::now();
         let mut wait = RECV_SLICE_MAX.min(next_action.saturating_duration_since(now));
+        if state.device.hot.is_some() && phase == Phase::Chaos {
+            wait = wait.min(next_hot.saturating_duration_since(now));
+        }
         wait = wait.min(match ping_sent {
-            Some(sent) => PONG_WAIT.saturating_sub(sent.elapsed()),
-            None => SILENCE_PING_AFTER.saturating_sub(last_frame.elapsed()),
+            Some(sent) => PONG_WAIT.saturating_sub(now.saturating_duration_since(sent)),
+            None => SILENCE_PING_AFTER.saturating_sub(now.saturating_duration_since(last_frame)),
         });
         if let Some(oldest) = state.pending.values().min() {
-            wait = wait.min(PENDING_RESEND_AFTER.saturating_sub(oldest.elapsed()));
+            wait = wait.min(PENDING_RESEND_AFTER.saturating_sub(now.saturating_duration_since(*oldest)));
         }
         match ws.recv_timeout(wait.max(Duration::from_millis(5))).await {
             Ok(WsEvent::Frame(frame)) => {
@@ -278,7 +483,7 @@ async fn session(state: &mut State, client: &Client, mut ws: WsConnection, contr
             }
             Ok(WsEvent::Pong(_)) => {}
             Ok(WsEvent::Closed { code, .. }) => {
-                state.trace.record(format!("c{index} closed by server {code:?}"));
+                state.trace.record(format_args!("c{index} closed by server {code:?}"));
                 return false;
             }
             Err(chat_client::ClientError::Timeout { .. }) => {}
@@ -287,17 +492,18 @@ async fn session(state: &mut State, client: &Client, mut ws: WsConnection, contr
         // Liveness of the connection: a partition shows up only as silence.
         if let Some(sent) = ping_sent {
             if sent.elapsed() > PONG_WAIT {
-                state.trace.record(format!("c{index} connection silent; reconnecting"));
+                state.trace.record(format_args!("c{index} connection silent; reconnecting"));
                 return false;
             }
         } else if last_frame.elapsed() > SILENCE_PING_AFTER {
-            if ws.send(&ClientFrame::Ping).await.is_err() {
+            if ping(state, &mut ws).await.is_err() {
                 return false;
             }
             ping_sent = Some(std::time::Instant::now());
         }
         // Resend sends that got no answer (same id: the server answers the same seq).
-        let stale: Vec<String> = state.pending.iter().filter(|(_, at)| at.elapsed() > PENDING_RESEND_AFTER).map(|(id, _)| id.clone()).collect();
+        let now = std::time::Instant::now();
+        let stale: Vec<String> = state.pending.iter().filter(|(_, at)| now.saturating_duration_since(**at) > PENDING_RESEND_AFTER).map(|(id, _)| id.clone()).collect();
         for id in stale {
             if resend(state, &mut ws, &id).await.is_err() {
                 return false;
@@ -316,8 +522,16 @@ async fn session(state: &mut State, client: &Client, mut ws: WsConnection, contr
         if phase == Phase::Resolve {
             continue;
         }
+        if let Some(hot) = state.device.hot {
+            if std::time::Instant::now() >= next_hot {
+                next_hot = std::time::Instant::now() + Duration::from_millis(state.rng.random_range(HOT_INTERVAL_MS));
+                if state.pending.len() < PENDING_MAX && send_new(state, &mut ws, hot).await.is_err() {
+                    return false;
+                }
+            }
+        }
         if std::time::Instant::now() >= next_action {
-            next_action = std::time::Instant::now() + think_time();
+            next_action = std::time::Instant::now() + think_time(&mut state.rng);
             if act(state, client, &mut ws).await.is_err() {
                 return false;
             }
@@ -325,75 +539,127 @@ async fn session(state: &mut State, client: &Client, mut ws: WsConnection, contr
     }
 }
 
-fn think_time() -> Duration {
-    Duration::from_millis(500 + rand::random::<u64>() % 2500)
+fn think_time(rng: &mut StdRng) -> Duration {
+    Duration::from_millis(rng.random_range(500..3000))
+}
+
+/// Writes a new message to `conv`.
+async fn send_new(state: &mut State, ws: &mut WsConnection, conv: ConvId) -> Result<(), chat_client::ClientError> {
+    // Fresh per sender (the slot tells a user's devices apart), and the same ids come up
+    // for different users, as they may: idempotency is per (sender, id).
+    let id = format!("m{}-s{}", state.next_msg, state.device.slot);
+    state.next_msg += 1;
+    let body = format!("{} says {} in {conv}", state.device.user, state.next_msg);
+    let order = state.sends_written;
+    state.sends_written += 1;
+    let record = SendRecord { conv, body: body.clone(), acks: Vec::new(), written_us: now_us(), first_ack_us: None, conn: state.connection - 1, order, clean: false, undecided: true };
+    state.observed.sends.insert(id.clone(), record);
+    state.pending.insert(id.clone(), std::time::Instant::now());
+    ws.send(&ClientFrame::Send { id, conv, body }).await
 }
 
 /// One thing a person does.
 async fn act(state: &mut State, client: &Client, ws: &mut WsConnection) -> Result<(), chat_client::ClientError> {
-    let convs = &state.device.convs;
-    if convs.is_empty() {
+    if state.device.convs.is_empty() {
         return Ok(());
     }
-    let conv = convs[rand::random_range(0..convs.len())];
-    let roll = rand::random::<u32>() % 100;
+    let conv = state.device.convs[state.rng.random_range(0..state.device.convs.len())];
+    let roll = state.rng.random_range(0..100u32);
     match roll {
-        0..70 if state.pending.len() < PENDING_MAX => {
-            let id = format!("d{}-m{}", state.device.index, state.next_msg);
-            state.next_msg += 1;
-            let body = format!("{} says {}", state.device.user, state.next_msg);
-            state.observed.sends.insert(id.clone(), SendRecord { conv, body: body.clone(), acks: Vec::new() });
-            state.pending.insert(id.clone(), std::time::Instant::now());
-            ws.send(&ClientFrame::Send { id, conv, body }).await
-        }
-        70..78 => {
+        0..55 if state.pending.len() < PENDING_MAX => send_new(state, ws, conv).await,
+        55..62 => {
             // Resend an id that was already acked: idempotency must answer the same seq.
             let acked: Vec<String> = state.observed.sends.iter().filter(|(_, s)| !s.acks.is_empty()).map(|(id, _)| id.clone()).collect();
-            match acked.get(rand::random_range(0..acked.len().max(1))) {
-                Some(id) => {
-                    let record = &state.observed.sends[id];
-                    ws.send(&ClientFrame::Send { id: id.clone(), conv: record.conv, body: record.body.clone() }).await
-                }
-                None => Ok(()),
+            if acked.is_empty() {
+                return Ok(());
             }
+            let id = acked[state.rng.random_range(0..acked.len())].clone();
+            let record = &state.observed.sends[&id];
+            ws.send(&ClientFrame::Send { id: id.clone(), conv: record.conv, body: record.body.clone() }).await
         }
-        78..86 => {
-            let seq = state.contiguous(conv);
+        62..71 => {
+            // Mark read up to what is here; now and then a little less (scrolled back up),
+            // which must never move the cursor backwards.
+            let seq = state.contiguous(conv).saturating_sub(if state.rng.random_bool(0.2) { state.rng.random_range(1..4) } else { 0 });
             if seq == 0 {
                 return Ok(());
             }
+            state.observed.marks.push(MarkRecord { conv, seq, confirmed: false });
+            state.open_marks.push((state.observed.marks.len() - 1, state.requests));
+            state.requests += 1;
             ws.send(&ClientFrame::Read { conv, seq }).await
         }
-        86..92 => {
-            let after = state.contiguous(conv).saturating_sub(rand::random::<u64>() % 5);
-            sync(state, ws, conv, after).await
+        71..76 => {
+            let back = state.rng.random_range(0..5);
+            let after = state.contiguous(conv).saturating_sub(back);
+            sync(state, ws, conv, after, SyncReason::Browse).await
         }
-        92..96 => {
-            // History reads during chaos may fail; what they return must be consistent.
-            if let Ok(page) = client.history(conv, None, Some(20)).await {
-                let seqs: Vec<Seq> = page.messages.iter().map(|m| m.seq).collect();
-                state.trace.record(format!("c{} history conv={conv} {:?}", state.device.index, seqs.last()));
-                if !seqs.windows(2).all(|w| w[0] + 1 == w[1]) {
-                    state.observed.refused.push(("history".into(), format!("conv {conv} page not contiguous: {seqs:?}")));
-                }
-            }
+        76..86 => {
+            // The latest page, or a deep page (before a seq this device already has).
+            let have = state.contiguous(conv);
+            let (before, limit) = if have > 0 && state.rng.random_bool(0.5) {
+                (Some(state.rng.random_range(1..=have + 1)), state.rng.random_range(3..30))
+            } else {
+                (None, 20)
+            };
+            history(state, client, conv, before, limit).await;
             Ok(())
         }
-        _ => {
-            if let Ok(inbox) = client.inbox(Some(20)).await {
-                state.trace.record(format!("c{} inbox {}", state.device.index, inbox.conversations.len()));
-            }
+        86..93 => {
+            let started_us = now_us();
+            let answer = match client.inbox(Some(20)).await {
+                Ok(inbox) => ReadAnswer::Inbox(inbox.conversations),
+                Err(err) => match err.code() {
+                    Some(code) => ReadAnswer::Refused(code),
+                    None => return Ok(()),
+                },
+            };
+            let record = ReadRecord { kind: ReadKind::Inbox { limit: 20 }, started_us, ended_us: now_us(), answer };
+            state.observed.reads.push(record);
             Ok(())
         }
+        93..97 if !state.device.others.is_empty() => {
+            // A conversation this user is not in: every answer must be a refusal.
+            let other = state.device.others[state.rng.random_range(0..state.device.others.len())];
+            if state.rng.random_bool(0.5) {
+                history(state, client, other, None, 20).await;
+                Ok(())
+            } else {
+                sync(state, ws, other, 0, SyncReason::Browse).await
+            }
+        }
+        _ => ping(state, ws).await,
     }
 }
 
-async fn sync(state: &mut State, ws: &mut WsConnection, conv: ConvId, after: Seq) -> Result<(), chat_client::ClientError> {
+async fn history(state: &mut State, client: &Client, conv: ConvId, before: Option<Seq>, limit: u32) {
+    let started_us = now_us();
+    let answer = match client.history(conv, before, Some(limit)).await {
+        Ok(page) => ReadAnswer::History(page.messages),
+        Err(err) => match err.code() {
+            Some(code) => ReadAnswer::Refused(code),
+            // Transport failures say nothing about the data.
+            None => return,
+        },
+    };
+    if let ReadAnswer::History(messages) = &answer {
+        state.trace.record(format_args!("c{} history conv={conv} before={before:?} -> {:?}", state.device.index, messages.last().map(|m| m.seq)));
+    }
+    state.observed.reads.push(ReadRecord { kind: ReadKind::History { conv, before, limit }, started_us, ended_us: now_us(), answer });
+}
+
+async fn ping(state: &mut State, ws: &mut WsConnection) -> Result<(), chat_client::ClientError> {
+    state.open_pings.push_back(state.requests);
+    state.requests += 1;
+    ws.send(&ClientFrame::Ping).await
+}
+
+async fn sync(state: &mut State, ws: &mut WsConnection, conv: ConvId, after: Seq, reason: SyncReason) -> Result<(), chat_client::ClientError> {
     *state.syncs_sent.entry(conv).or_insert(0) += 1;
     state.last_sync.insert(conv, std::time::Instant::now());
-    if let Some(events) = state.observed.pushes.last_mut() {
-        events.push(ConnEvent::SyncSent { conv, after });
-    }
+    state.open_syncs.entry(conv).or_default().push_back((state.requests, reason));
+    state.requests += 1;
+    state.event(ConnEvent::SyncSent { conv, after, reason, at_us: now_us() });
     ws.send(&ClientFrame::Sync { conv, after }).await
 }
 
@@ -405,7 +671,7 @@ async fn catch_up(state: &mut State, ws: &mut WsConnection, only_behind: bool) -
             continue;
         }
         let after = state.contiguous(conv);
-        sync(state, ws, conv, after).await?;
+        sync(state, ws, conv, after, SyncReason::Catchup).await?;
         let sent = state.syncs_sent.get(&conv).copied().unwrap_or(0);
         state.catchup_mark.insert(conv, sent);
     }
@@ -414,52 +680,74 @@ async fn catch_up(state: &mut State, ws: &mut WsConnection, only_behind: bool) -
 
 async fn resend(state: &mut State, ws: &mut WsConnection, id: &str) -> Result<(), chat_client::ClientError> {
     let Some(record) = state.observed.sends.get(id) else { return Ok(()) };
+    let frame = ClientFrame::Send { id: id.to_owned(), conv: record.conv, body: record.body.clone() };
+    state.unclean(id);
     state.pending.insert(id.to_owned(), std::time::Instant::now());
-    ws.send(&ClientFrame::Send { id: id.to_owned(), conv: record.conv, body: record.body.clone() }).await
+    ws.send(&frame).await
 }
 
 async fn on_frame(state: &mut State, ws: &mut WsConnection, frame: ServerFrame, conn_no: usize) -> Result<(), chat_client::ClientError> {
     let index = state.device.index;
     match frame {
         ServerFrame::Sent { id, conv, seq, .. } => {
-            state.trace.record(format!("c{index} sent {id} conv={conv} seq={seq}"));
+            state.trace.record(format_args!("c{index} sent {id} conv={conv} seq={seq}"));
             state.pending.remove(&id);
             if let Some(record) = state.observed.sends.get_mut(&id) {
+                if record.acks.is_empty() {
+                    record.first_ack_us = Some(now_us());
+                    record.clean = record.undecided && record.conn == conn_no;
+                }
+                record.undecided = false;
                 record.acks.push(seq);
             }
             // Our own message counts as received.
-            state.observed.received.entry(conv).or_default().insert(seq);
+            state.receive(conv, seq);
         }
-        ServerFrame::Message { conv, seq, sender, id, .. } => {
-            state.trace.record(format!("c{index} got conv={conv} seq={seq} {sender}/{id}"));
+        ServerFrame::Message { conv, seq, sender, id, body, ts } => {
+            state.trace.record(format_args!("c{index} got conv={conv} seq={seq} {sender}/{id}"));
             let before = state.contiguous(conv);
-            let _ = (sender, id);
-            if let Some(events) = state.observed.pushes.get_mut(conn_no) {
-                events.push(ConnEvent::Message { conv, seq });
-            }
-            state.observed.received.entry(conv).or_default().insert(seq);
+            let live = !state.syncing(conv);
+            state.event(ConnEvent::Message { conv, seq });
+            state.observed.frames.push(Received { conn: conn_no, conv, seq, sender, id, body, ts, at_us: now_us(), live });
+            state.receive(conv, seq);
             let asked_recently = state.last_sync.get(&conv).is_some_and(|at| at.elapsed() < GAP_SYNC_INTERVAL);
-            if seq > before + 1 && !asked_recently {
+            if seq > before + 1 && !asked_recently && state.device.convs.contains(&conv) {
                 // A gap: ask for what is missing (once; the answer fills it).
-                sync(state, ws, conv, before).await?;
+                sync(state, ws, conv, before, SyncReason::Gap).await?;
             }
         }
         ServerFrame::Synced { conv, seq } => {
-            state.trace.record(format!("c{index} synced conv={conv} seq={seq}"));
+            state.trace.record(format_args!("c{index} synced conv={conv} seq={seq}"));
             let known = state.observed.synced.entry(conv).or_insert(0);
             *known = (*known).max(seq);
             *state.syncs_answered.entry(conv).or_insert(0) += 1;
-            if let Some(events) = state.observed.pushes.get_mut(conn_no) {
-                events.push(ConnEvent::Synced { conv, seq });
+            if let Some((request, _)) = state.open_syncs.get_mut(&conv).and_then(VecDeque::pop_front) {
+                state.confirm_marks(request);
             }
+            state.event(ConnEvent::Synced { conv, seq, at_us: now_us() });
         }
-        ServerFrame::Error { code, message, id } => {
-            state.trace.record(format!("c{index} error {code} {} ({message})", id.as_deref().unwrap_or("-")));
-            if id.is_none() && state.catchup_started {
-                // A failed sync during catch-up: its answer will never come; start over.
-                return Err(chat_client::ClientError::Closed { code: None, reason: "sync failed during catch-up".into() });
+        ServerFrame::Error { code, message, id, op, conv } => {
+            state.trace.record(format_args!("c{index} error {code} {} {op:?} {conv:?} ({message})", id.as_deref().unwrap_or("-")));
+            match (op, conv) {
+                (Some(FrameOp::Sync), Some(conv)) => {
+                    state.open_syncs.get_mut(&conv).and_then(VecDeque::pop_front);
+                    state.event(ConnEvent::SyncFailed { conv, at_us: now_us() });
+                    if state.catchup_started && state.device.convs.contains(&conv) {
+                        // A failed sync during catch-up: its answer will never come; start over.
+                        return Err(chat_client::ClientError::Closed { code: None, reason: "sync failed during catch-up".into() });
+                    }
+                }
+                (Some(FrameOp::Read), Some(conv)) => {
+                    // Reads are handled in order: the oldest open mark of `conv` failed.
+                    let marks = &state.observed.marks;
+                    if let Some(at) = state.open_marks.iter().position(|&(i, _)| marks[i].conv == conv) {
+                        state.open_marks.remove(at);
+                    }
+                }
+                _ => {}
             }
             if let Some(id) = id {
+                state.unclean(&id);
                 if code.is_retryable() {
                     // Resent by the pending timer, with the same id.
                 } else {
@@ -468,16 +756,11 @@ async fn on_frame(state: &mut State, ws: &mut WsConnection, frame: ServerFrame, 
                 }
             }
         }
-        ServerFrame::Pong => {}
+        ServerFrame::Pong => {
+            if let Some(request) = state.open_pings.pop_front() {
+                state.confirm_marks(request);
+            }
+        }
     }
     Ok(())
-}
-
-/// Used by checkers: the devices' observations by user.
-pub fn by_user(observed: &[Observed]) -> HashMap<String, Vec<&Observed>> {
-    let mut map: HashMap<String, Vec<&Observed>> = HashMap::new();
-    for o in observed {
-        map.entry(o.user.clone()).or_default().push(o);
-    }
-    map
 }

@@ -739,7 +739,7 @@ async fn send_conn(mut conn: Conn, plan: SendPlan, window: usize, wait_max: Dura
                     phase.replied();
                     slots.add_permits(1);
                 }
-                Ok(Some(ServerFrame::Error { code, message, id: Some(id) })) => {
+                Ok(Some(ServerFrame::Error { code, message, id: Some(id), .. })) => {
                     let mut pending = lock(&pending);
                     let Some(p) = pending.get_mut(&id) else {
                         problems.error_frames += 1;

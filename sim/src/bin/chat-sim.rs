@@ -8,8 +8,7 @@
 //!   chat-sim --shrink N        shrink seed N's fault schedule to a minimal failing one
 //!   --quick                    a short scenario (60 s of faults) for smoke runs
 //!   --jobs J                   seeds run in J processes at once (default 2)
-//!   --plant BUG                plant a known bug (ack-before-durable, skip-idempotency,
-//!                              deliver-out-of-order) to see the checkers catch it
+//!   --calm                     no faults at all: every message must be pushed live
 //!
 //! Every seed runs in a process of its own (this binary with `--seed N`): statics of
 //! third-party crates survive from one seed to the next in a process and can shift the
@@ -26,24 +25,18 @@ fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).and_then(|v| v.parse::<u64>().ok());
     let mut config = ScenarioConfig::default();
-    let plant = args.iter().position(|a| a == "--plant").and_then(|i| args.get(i + 1)).cloned();
-    if let Some(name) = &plant {
-        match chat_proto::sim::PlantedBug::parse(name) {
-            Some(bug) => chat_proto::sim::plant(Some(bug)),
-            None => {
-                eprintln!("unknown planted bug `{name}` (ack-before-durable, skip-idempotency, deliver-out-of-order)");
-                return ExitCode::from(2);
-            }
-        }
-    }
     if args.iter().any(|a| a == "--quick") {
         config.chaos = Duration::from_secs(60);
         config.devices = 20;
         config.users = 12;
+        config.hot_group_members = 8;
     }
+    let calm = args.iter().any(|a| a == "--calm");
+    config.calm = calm;
     let report = |run: &chat_sim::runner::SeedRun| {
         println!("{}", run.line());
         if let Err(failure) = &run.result {
+            println!("  checkers: {}", failure.checkers.join(" "));
             println!("  {}", failure.detail);
             match run.write_trace() {
                 Ok(path) => println!("  trace: {}", path.display()),
@@ -70,7 +63,6 @@ fn main() -> std::process::ExitCode {
     }
 
     let quick = args.iter().any(|a| a == "--quick");
-    let plant = plant.as_deref();
     let jobs = value("--jobs").unwrap_or(2).max(1) as usize;
 
     if let Some(seed) = value("--seed") {
@@ -83,8 +75,8 @@ fn main() -> std::process::ExitCode {
 
     if let Some(count) = value("--determinism") {
         let seeds: Vec<u64> = (1..=count).collect();
-        let first = run_children(&seeds, quick, plant, jobs);
-        let second = run_children(&seeds, quick, plant, jobs);
+        let first = run_children(&seeds, quick, calm, jobs);
+        let second = run_children(&seeds, quick, calm, jobs);
         let mut failed = false;
         for (a, b) in first.iter().zip(&second) {
             if a.hash == b.hash && !a.hash.is_empty() {
@@ -108,7 +100,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     let wall = Instant::now();
-    let results = run_children(&seeds, quick, plant, jobs);
+    let results = run_children(&seeds, quick, calm, jobs);
     let wall = wall.elapsed();
     let failed: Vec<u64> = results.iter().filter(|r| !r.passed).map(|r| r.seed).collect();
     let simulated: f64 = results.iter().map(|r| r.simulated_secs).sum();
@@ -138,7 +130,7 @@ struct ChildResult {
 /// Runs each seed as `<this binary> --seed N`, `jobs` at a time, echoing their reports in
 /// seed order.
 #[cfg(madsim)]
-fn run_children(seeds: &[u64], quick: bool, plant: Option<&str>, jobs: usize) -> Vec<ChildResult> {
+fn run_children(seeds: &[u64], quick: bool, calm: bool, jobs: usize) -> Vec<ChildResult> {
     use std::process::{Command, Stdio};
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
@@ -157,8 +149,8 @@ fn run_children(seeds: &[u64], quick: bool, plant: Option<&str>, jobs: usize) ->
                 if quick {
                     command.arg("--quick");
                 }
-                if let Some(bug) = plant {
-                    command.arg("--plant").arg(bug);
+                if calm {
+                    command.arg("--calm");
                 }
                 (seed, command.spawn())
             })
@@ -174,7 +166,7 @@ fn run_children(seeds: &[u64], quick: bool, plant: Option<&str>, jobs: usize) ->
                 }
                 if line.starts_with(&format!("seed {seed}: ")) {
                     result.passed = line.contains(": pass ");
-                    result.hash = line.rsplit("trace-hash ").next().unwrap_or("").trim().to_owned();
+                    result.hash = line.split("trace-hash ").nth(1).and_then(|rest| rest.split_whitespace().next()).unwrap_or("").to_owned();
                 }
                 println!("{line}");
             }

@@ -3,13 +3,15 @@
 //! against something that behaves like FoundationDB as its clients see it.
 //!
 //! # Layout
-//! - [`wire`]: the protocol. One TCP connection per transaction; length-prefixed binary
-//!   frames; `Begin`, `Get`, `GetRange`, the fire-and-forget mutations `Set`, `Clear`,
-//!   `ClearRange`, and `Commit`; FoundationDB's error codes on the wire.
+//! - [`wire`]: the protocol. Transactions one at a time on a TCP connection; length-prefixed
+//!   binary frames; `Begin`, `Get`, `GetRange`, the fire-and-forget mutations `Set`,
+//!   `Clear`, `ClearRange`, `Commit`, and the fire-and-forget `End`; FoundationDB's error
+//!   codes on the wire.
 //! - [`server`]: [`SimFdbServer`], the store node. Its data is a [`chat_store::MemoryKv`]
 //!   created by the harness outside the node and handed in, so a killed and restarted node
 //!   keeps every committed write and loses every open transaction.
-//! - [`client`]: [`SimFdbKv`], the [`chat_store::Kv`] the app servers are given.
+//! - [`client`]: [`SimFdbKv`], the [`chat_store::Kv`] the app servers are given; it reuses
+//!   its connections for later transactions, as FoundationDB's client keeps its connections.
 //! - [`faults`]: [`SimFdbFaults`], the faults the server injects, shared with the harness
 //!   and changeable while the simulation runs, and [`SimFdbCounts`], what it injected.
 //!
@@ -38,6 +40,10 @@
 //! - Unavailability: new transactions refused with `Unavailable`, by probability or for an
 //!   outage ([`SimFdbFaults::unavailable_for`]); a killed node (connection reset, connect
 //!   refused) or partition (connects refused at once, requests time out) does the same.
+//!   Connections are reused from one transaction to the next, as FoundationDB's client
+//!   keeps its connections: across a partition a `begin` on a kept connection times out
+//!   (after [`ClientOptions::begin_timeout`]) instead of being refused at once, and the
+//!   client then drops its kept connections, so the next `begin` is refused at once again.
 //! - Durability across restarts: the `MemoryKv` outlives the node.
 //! - Read-only commits are answered by the client without a round trip, as FoundationDB's
 //!   client does: they never fail with 1020 or 1021.
@@ -71,6 +77,22 @@ pub mod wire;
 pub use client::{ClientOptions, SimFdbClientCounts, SimFdbKv};
 pub use faults::{FaultConfig, SimFdbCounts, SimFdbFaults};
 pub use server::SimFdbServer;
+
+/// A [`chat_proto::deadline::Deadline`] on the runtime alias: bounded waits that poll their
+/// timer only when they must (madsim adds a timer entry per poll of a pending `Sleep`).
+pub(crate) type Deadline = chat_proto::deadline::Deadline<tokio::time::Instant, tokio::time::Sleep>;
+
+pub(crate) fn deadline() -> Deadline {
+    Deadline::new(tokio::time::Instant::now, tokio::time::sleep_until)
+}
+
+/// `tokio::time::timeout`, with the timer polled only when it must be.
+pub(crate) async fn timeout<F: std::future::Future>(
+    limit: std::time::Duration,
+    future: F,
+) -> Result<F::Output, chat_proto::deadline::Elapsed> {
+    deadline().within(limit, future).await
+}
 
 /// The port store nodes listen on (FoundationDB's default).
 pub const PORT: u16 = 4500;

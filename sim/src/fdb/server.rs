@@ -1,24 +1,30 @@
-//! The store node: an accept loop on the runtime alias's TCP, one task pair per connection
-//! (one transaction), each running its requests on a real [`MemoryKv`] transaction.
+//! The store node: an accept loop on the runtime alias's TCP, a task per connection (and a
+//! reply writer once a reply must wait for its injected latency), serving the connection's
+//! transactions one after another, each on a real [`MemoryKv`] transaction.
 
 use super::faults::{CommitFault, SimFdbFaults};
 use super::wire::{
     RANGE_CHUNK_BYTES, RANGE_REPLY_BYTES_MAX, Reply, Request, WireError, read_frame,
 };
+use super::{Deadline, deadline, timeout};
 use chat_store::{Kv, KvError, MemoryKv, Tx};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
 
-/// Transactions (connections) served at once; more wait in the listener's backlog.
+/// Connections (each with at most one open transaction) served at once; more wait in the
+/// listener's backlog.
 pub const CONNECTIONS_MAX: usize = 1024;
 /// Replies computed but not yet sent, per connection; the request reader waits beyond it.
 const REPLIES_QUEUED_MAX: usize = 256;
-/// A connection with no request for this long is closed (its transaction cannot commit
-/// after [`chat_store::kv::TX_LIFETIME`] anyway; twice that leaves room to report 1007).
+/// A connection with no request for this long is closed, between transactions too (a
+/// transaction cannot commit after [`chat_store::kv::TX_LIFETIME`] anyway; twice that
+/// leaves room to report 1007).
 const REQUEST_WAIT_MAX: Duration = Duration::from_secs(10);
 /// A reply not written within this is abandoned with its connection (a partitioned peer
 /// holds our data without error, so writes never block in the simulator; kept as a bound).
@@ -87,65 +93,73 @@ impl SimFdbServer {
         }
     }
 
-    /// One transaction: the handshake, then requests in order until the client closes.
+    /// One connection: transactions one after another (each a `Begin`, requests, `End`)
+    /// until the client closes it.
     ///
     /// Reads are answered from the transaction at once but their replies leave after the
-    /// injected latency, in request order, from a writer task: so a client's concurrent
-    /// reads overlap as they would against FoundationDB's storage servers, while reads
-    /// issued after a mutation still see it.
+    /// injected latency, in request order (see [`Replies`]): so a client's concurrent reads
+    /// overlap as they would against FoundationDB's storage servers, while reads issued
+    /// after a mutation still see it.
     async fn serve_connection(&self, stream: TcpStream) -> Result<(), ConnectionError> {
         // Replies are small frames written one after another: no Nagle delay (a no-op in the
         // simulator).
         stream.set_nodelay(true)?;
-        let (mut reader, mut writer) = tokio::io::split(stream);
-
-        let first = tokio::time::timeout(REQUEST_WAIT_MAX, read_frame(&mut reader))
-            .await
-            .map_err(|_| ConnectionError::Idle)??
-            .ok_or(ConnectionError::Closed)?;
-        if Request::decode(&first)? != Request::Begin {
-            return Err(ConnectionError::Protocol("the first request must be Begin"));
-        }
-        tokio::time::sleep(self.faults.latency()).await;
-        if !self.faults.admit() {
-            let refused = Reply::Error(KvError::Unavailable(
-                "injected: the store refuses new transactions".into(),
-            ));
-            write_reply(&mut writer, &refused).await?;
-            return Ok(());
-        }
-        let tx = self.kv.begin().await?;
-        write_reply(&mut writer, &Reply::Ok).await?;
-
-        let (replies, queue) = mpsc::channel::<Outgoing>(REPLIES_QUEUED_MAX);
-        let sender = tokio::spawn(send_replies(writer, queue));
-        let result = self.serve_requests(&tx, &mut reader, &replies).await;
+        let (mut reader, writer) = tokio::io::split(stream);
+        let mut replies = Replies::new(writer);
+        let result = self.serve_transactions(&mut reader, &mut replies).await;
         // Whatever ended the requests, queued replies still go out (bounded by their
-        // write timeout); dropping the sender of the queue ends the writer.
-        drop(replies);
-        let sent = sender
-            .await
-            .map_err(|_| ConnectionError::Protocol("reply writer failed"))?;
-        result.and(sent)
+        // write timeout).
+        result.and(replies.finish().await)
     }
 
+    async fn serve_transactions(
+        &self,
+        reader: &mut (impl tokio::io::AsyncRead + Unpin),
+        replies: &mut Replies,
+    ) -> Result<(), ConnectionError> {
+        let mut idle = Idle(deadline());
+        loop {
+            let Some(first) = idle.next_frame(reader).await? else {
+                return Ok(()); // The client closed between transactions.
+            };
+            if Request::decode(&first)? != Request::Begin {
+                return Err(ConnectionError::Protocol(
+                    "a transaction must start with Begin",
+                ));
+            }
+            tokio::time::sleep(self.faults.latency()).await;
+            if !self.faults.admit() {
+                let refused = Reply::Error(KvError::Unavailable(
+                    "injected: the store refuses new transactions".into(),
+                ));
+                replies.send(Instant::now(), vec![refused]).await?;
+                continue; // No transaction is open; the client may ask again.
+            }
+            let tx = self.kv.begin().await?;
+            replies.send(Instant::now(), vec![Reply::Ok]).await?;
+            if !self.serve_requests(&tx, reader, replies, &mut idle).await? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// One transaction's requests, until `End` (true) or the client closes (false).
     async fn serve_requests(
         &self,
         tx: &Tx,
         reader: &mut (impl tokio::io::AsyncRead + Unpin),
-        replies: &mpsc::Sender<Outgoing>,
-    ) -> Result<(), ConnectionError> {
+        replies: &mut Replies,
+        idle: &mut Idle,
+    ) -> Result<bool, ConnectionError> {
         let mut mutated = false;
         let mut committed: Option<Result<(), KvError>> = None;
         loop {
-            let Some(frame) = tokio::time::timeout(REQUEST_WAIT_MAX, read_frame(reader))
-                .await
-                .map_err(|_| ConnectionError::Idle)??
-            else {
-                return Ok(()); // The client closed: its transaction is dropped, uncommitted.
+            let Some(frame) = idle.next_frame(reader).await? else {
+                return Ok(false); // The client closed: its transaction is dropped, uncommitted.
             };
             let reply = match Request::decode(&frame)? {
                 Request::Begin => return Err(ConnectionError::Protocol("a second Begin")),
+                Request::End => return Ok(true), // Dropped here unless its commit applied.
                 Request::Set { key, value } => {
                     tx.set(key, value);
                     mutated = true;
@@ -193,13 +207,7 @@ impl SimFdbServer {
                 }
             };
             let due = Instant::now() + self.faults.latency();
-            replies
-                .send(Outgoing {
-                    due,
-                    replies: reply,
-                })
-                .await
-                .map_err(|_| ConnectionError::Closed)?;
+            replies.send(due, reply).await?;
         }
     }
 
@@ -255,44 +263,120 @@ impl SimFdbServer {
     }
 }
 
+/// The bound on a connection's silence: renewed before each request is read, so a
+/// connection with no request for [`REQUEST_WAIT_MAX`] is closed, between transactions too.
+struct Idle(Deadline);
+
+impl Idle {
+    /// The next request's frame; `None` when the client closed the connection between frames.
+    async fn next_frame(
+        &mut self,
+        reader: &mut (impl tokio::io::AsyncRead + Unpin),
+    ) -> Result<Option<Vec<u8>>, ConnectionError> {
+        Ok(self
+            .0
+            .within(REQUEST_WAIT_MAX, read_frame(reader))
+            .await
+            .map_err(|_| ConnectionError::Idle)??)
+    }
+}
+
+/// Where a connection's replies go, in order, each no earlier than its due time: written at
+/// once when it is due and nothing waits before it (no injected latency: the usual case), or
+/// else queued for a writer task spawned on first need, which writes each when due.
+struct Replies {
+    writer: Arc<tokio::sync::Mutex<WriteHalf<TcpStream>>>,
+    /// Replies queued for the writer task and not yet written.
+    queued: Arc<AtomicUsize>,
+    /// The writer task's queue and the task, once spawned.
+    delayed: Option<(mpsc::Sender<Outgoing>, ReplyWriter)>,
+}
+
+type ReplyWriter = JoinHandle<Result<(), ConnectionError>>;
+
 /// Replies due at one time (a range reply's chunks leave together).
 struct Outgoing {
     due: Instant,
     replies: Vec<Reply>,
 }
 
-/// Writes replies in order, each no earlier than its due time.
+impl Replies {
+    fn new(writer: WriteHalf<TcpStream>) -> Replies {
+        Replies {
+            writer: Arc::new(tokio::sync::Mutex::new(writer)),
+            queued: Arc::new(AtomicUsize::new(0)),
+            delayed: None,
+        }
+    }
+
+    /// Sends `replies` when `due`, after every reply sent before.
+    async fn send(&mut self, due: Instant, replies: Vec<Reply>) -> Result<(), ConnectionError> {
+        if self.queued.load(Ordering::SeqCst) == 0 && due <= Instant::now() {
+            // Nothing before it (this task alone queues): write it now.
+            let mut writer = self.writer.lock().await;
+            return write_replies(&mut *writer, &replies).await;
+        }
+        let (queue, _) = self.delayed.get_or_insert_with(|| {
+            let (queue, outgoing) = mpsc::channel(REPLIES_QUEUED_MAX);
+            let writer = tokio::spawn(send_replies(
+                self.writer.clone(),
+                outgoing,
+                self.queued.clone(),
+            ));
+            (queue, writer)
+        });
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        queue
+            .send(Outgoing { due, replies })
+            .await
+            .map_err(|_| ConnectionError::Closed)
+    }
+
+    /// Waits until every queued reply is written (or failed).
+    async fn finish(self) -> Result<(), ConnectionError> {
+        let Some((queue, writer)) = self.delayed else {
+            return Ok(());
+        };
+        drop(queue); // Ends the writer once it has written what is queued.
+        writer
+            .await
+            .map_err(|_| ConnectionError::Protocol("reply writer failed"))?
+    }
+}
+
+/// Writes queued replies in order, each no earlier than its due time.
 async fn send_replies(
-    mut writer: impl AsyncWrite + Unpin,
+    writer: Arc<tokio::sync::Mutex<WriteHalf<TcpStream>>>,
     mut queue: mpsc::Receiver<Outgoing>,
+    queued: Arc<AtomicUsize>,
 ) -> Result<(), ConnectionError> {
     while let Some(Outgoing { due, replies }) = queue.recv().await {
         let now = Instant::now();
         if due > now {
             tokio::time::sleep(due - now).await;
         }
-        let write = async {
-            for reply in &replies {
-                writer.write_all(&reply.to_frame()).await?;
-            }
-            writer.flush().await
-        };
-        tokio::time::timeout(REPLY_WRITE_MAX, write)
-            .await
-            .map_err(|_| ConnectionError::Idle)??;
+        let mut writer = writer.lock().await;
+        let written = write_replies(&mut *writer, &replies).await;
+        queued.fetch_sub(1, Ordering::SeqCst);
+        written?;
     }
     Ok(())
 }
 
-async fn write_reply(
+/// Writes `replies` and flushes, within [`REPLY_WRITE_MAX`].
+async fn write_replies(
     writer: &mut (impl AsyncWrite + Unpin),
-    reply: &Reply,
+    replies: &[Reply],
 ) -> Result<(), ConnectionError> {
+    let mut bytes = Vec::new();
+    for reply in replies {
+        reply.write_frame(&mut bytes);
+    }
     let write = async {
-        writer.write_all(&reply.to_frame()).await?;
+        writer.write_all(&bytes).await?;
         writer.flush().await
     };
-    tokio::time::timeout(REPLY_WRITE_MAX, write)
+    timeout(REPLY_WRITE_MAX, write)
         .await
         .map_err(|_| ConnectionError::Idle)??;
     Ok(())

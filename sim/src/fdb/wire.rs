@@ -1,15 +1,27 @@
-//! The simulated store's wire protocol: one TCP connection per transaction, frames of a
-//! `u32` big-endian length followed by a binary body.
+//! The simulated store's wire protocol: transactions one after another on a TCP connection,
+//! frames of a `u32` big-endian length followed by a binary body.
 //!
 //! Bodies start with a tag byte; byte strings are a `u32` big-endian length and the bytes.
 //! A hand-written binary encoding rather than JSON: values are up to 100 KB of arbitrary
 //! bytes, and the conformance suite pushes 10 MB through one transaction.
 //!
-//! Requests, in order on the connection: [`Request::Begin`] first (answered [`Reply::Ok`] or
-//! an error), then any number of reads and mutations, then usually [`Request::Commit`].
-//! Mutations are never answered; every other request gets exactly one reply, in request
-//! order, except `GetRange`, answered by one or more [`Reply::Range`] chunks of which only
-//! the last has `more == false`.
+//! A connection carries one transaction at a time. Requests, in order on the connection:
+//! [`Request::Begin`] (answered [`Reply::Ok`] or an error; after an error no transaction is
+//! open), then any number of reads and mutations, then usually [`Request::Commit`], then
+//! [`Request::End`], after which the next `Begin` may follow. Closing the connection ends an
+//! open transaction too. Mutations and `End` are never answered; every other request gets
+//! exactly one reply, in request order, except `GetRange`, answered by one or more
+//! [`Reply::Range`] chunks of which only the last has `more == false`. A transaction ended
+//! without a successful commit is dropped on the server, as FoundationDB drops it. A
+//! request other than `Begin` outside a transaction, or `Begin` inside one, is a protocol
+//! error: the server closes the connection.
+//!
+//! Bounds: a frame is at most [`FRAME_BYTES_MAX`] bytes, a range reply at most
+//! [`RANGE_REPLY_BYTES_MAX`] in all; the server holds one transaction per connection, a
+//! bounded number of connections and of queued replies per connection, and closes a
+//! connection that sends nothing for 10 s (idle between transactions included). The client
+//! reuses a connection only after every reply it asked for has arrived, so replies of one
+//! transaction never reach the next.
 
 use chat_store::KvError;
 use chat_store::kv::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
@@ -45,6 +57,7 @@ const TAG_SET: u8 = 4;
 const TAG_CLEAR: u8 = 5;
 const TAG_CLEAR_RANGE: u8 = 6;
 const TAG_COMMIT: u8 = 7;
+const TAG_END: u8 = 8;
 
 const TAG_OK: u8 = 101;
 const TAG_VALUE: u8 = 102;
@@ -77,6 +90,8 @@ pub enum Request<'a> {
         end: &'a [u8],
     },
     Commit,
+    /// Ends the connection's transaction (committed or not); the next request is `Begin`.
+    End,
 }
 
 /// A reply to a request that expects one.
@@ -112,18 +127,25 @@ impl Request<'_> {
     pub fn expects_reply(&self) -> bool {
         !matches!(
             self,
-            Request::Set { .. } | Request::Clear { .. } | Request::ClearRange { .. }
+            Request::Set { .. } | Request::Clear { .. } | Request::ClearRange { .. } | Request::End
         )
     }
 
     /// The whole frame, length prefix included.
     pub fn to_frame(&self) -> Vec<u8> {
-        let mut out = frame_start();
+        let mut out = Vec::new();
+        self.write_frame(&mut out);
+        out
+    }
+
+    /// Appends the whole frame, length prefix included, to `out`.
+    pub fn write_frame(&self, out: &mut Vec<u8>) {
+        let start = frame_start(out);
         match self {
             Request::Begin => out.push(TAG_BEGIN),
             Request::Get { key } => {
                 out.push(TAG_GET);
-                put_bytes(&mut out, key);
+                put_bytes(out, key);
             }
             Request::GetRange {
                 begin,
@@ -132,28 +154,29 @@ impl Request<'_> {
                 reverse,
             } => {
                 out.push(TAG_GET_RANGE);
-                put_bytes(&mut out, begin);
-                put_bytes(&mut out, end);
+                put_bytes(out, begin);
+                put_bytes(out, end);
                 out.extend_from_slice(&limit.to_be_bytes());
                 out.push(u8::from(*reverse));
             }
             Request::Set { key, value } => {
                 out.push(TAG_SET);
-                put_bytes(&mut out, key);
-                put_bytes(&mut out, value);
+                put_bytes(out, key);
+                put_bytes(out, value);
             }
             Request::Clear { key } => {
                 out.push(TAG_CLEAR);
-                put_bytes(&mut out, key);
+                put_bytes(out, key);
             }
             Request::ClearRange { begin, end } => {
                 out.push(TAG_CLEAR_RANGE);
-                put_bytes(&mut out, begin);
-                put_bytes(&mut out, end);
+                put_bytes(out, begin);
+                put_bytes(out, end);
             }
             Request::Commit => out.push(TAG_COMMIT),
+            Request::End => out.push(TAG_END),
         }
-        frame_finish(out)
+        frame_finish(out, start);
     }
 }
 
@@ -180,6 +203,7 @@ impl<'a> Request<'a> {
                 end: r.bytes()?,
             },
             TAG_COMMIT => Request::Commit,
+            TAG_END => Request::End,
             _ => return Err(WireError("unknown request tag")),
         };
         r.end()?;
@@ -190,33 +214,40 @@ impl<'a> Request<'a> {
 impl Reply {
     /// The whole frame, length prefix included.
     pub fn to_frame(&self) -> Vec<u8> {
-        let mut out = frame_start();
+        let mut out = Vec::new();
+        self.write_frame(&mut out);
+        out
+    }
+
+    /// Appends the whole frame, length prefix included, to `out`.
+    pub fn write_frame(&self, out: &mut Vec<u8>) {
+        let start = frame_start(out);
         match self {
             Reply::Ok => out.push(TAG_OK),
             Reply::Value(value) => {
                 out.push(TAG_VALUE);
                 out.push(u8::from(value.is_some()));
                 if let Some(value) = value {
-                    put_bytes(&mut out, value);
+                    put_bytes(out, value);
                 }
             }
             Reply::Range { pairs, more } => {
                 out.push(TAG_RANGE);
                 out.push(u8::from(*more));
-                put_u32(&mut out, pairs.len());
+                put_u32(out, pairs.len());
                 for (key, value) in pairs {
-                    put_bytes(&mut out, key);
-                    put_bytes(&mut out, value);
+                    put_bytes(out, key);
+                    put_bytes(out, value);
                 }
             }
             Reply::Error(error) => {
                 out.push(TAG_ERROR);
                 let (code, message) = error_code(error);
                 out.extend_from_slice(&code.to_be_bytes());
-                put_bytes(&mut out, message.as_bytes());
+                put_bytes(out, message.as_bytes());
             }
         }
-        frame_finish(out)
+        frame_finish(out, start);
     }
 
     /// Parses a frame body (without its length prefix).
@@ -311,19 +342,22 @@ pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> std::io::Result
     Ok(Some(body))
 }
 
-fn frame_start() -> Vec<u8> {
-    vec![0; 4]
+/// Reserves a frame's length prefix at the end of `out`; returns where the frame starts.
+fn frame_start(out: &mut Vec<u8>) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    start
 }
 
-fn frame_finish(mut out: Vec<u8>) -> Vec<u8> {
-    let len = out.len() - 4;
+/// Fills in the length prefix of the frame that starts at `start`.
+fn frame_finish(out: &mut [u8], start: usize) {
+    let len = out.len() - start - 4;
     // Senders check sizes first (keys, values and range chunks have limits that fit).
     assert!(
         len <= FRAME_BYTES_MAX,
         "frame of {len} bytes exceeds the frame limit"
     );
-    out[..4].copy_from_slice(&(len as u32).to_be_bytes());
-    out
+    out[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
 }
 
 fn put_u32(out: &mut Vec<u8>, n: usize) {
@@ -429,6 +463,7 @@ mod tests {
                 end: b"b",
             },
             Request::Commit,
+            Request::End,
         ];
         for request in requests {
             let frame = request.to_frame();
@@ -469,6 +504,27 @@ mod tests {
             let frame = reply.to_frame();
             assert_eq!(Reply::decode(body(&frame)), Ok(reply.clone()));
         }
+    }
+
+    #[test]
+    fn frames_append_one_after_another() {
+        let mut out = Vec::new();
+        Request::Set {
+            key: b"k",
+            value: b"v",
+        }
+        .write_frame(&mut out);
+        Request::End.write_frame(&mut out);
+        Reply::Value(Some(b"v".to_vec())).write_frame(&mut out);
+        let mut expected = Request::Set {
+            key: b"k",
+            value: b"v",
+        }
+        .to_frame();
+        expected.extend(Request::End.to_frame());
+        expected.extend(Reply::Value(Some(b"v".to_vec())).to_frame());
+        assert_eq!(out, expected);
+        assert_eq!(Request::End.to_frame(), [0, 0, 0, 1, TAG_END]);
     }
 
     #[test]

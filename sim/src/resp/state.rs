@@ -325,8 +325,15 @@ mod tests {
     fn expired_keys_are_invisible() {
         let s = RespState::new();
         run(&s, &["HSET", "k", "a", "1"]);
-        assert_eq!(run(&s, &["PEXPIRE", "k", "30"]), ":1\r\n");
+        // Visible before its deadline. 60 s: no pause of this thread reaches it (a 30 ms one
+        // can pass between two lines on a loaded machine), while the same number misread as
+        // microseconds would pass during the sleep.
+        assert_eq!(run(&s, &["PEXPIRE", "k", "60000"]), ":1\r\n");
         assert_eq!(run(&s, &["HLEN", "k"]), ":1\r\n");
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(run(&s, &["HLEN", "k"]), ":1\r\n");
+        // Gone after it: a new, short deadline replaces the old one.
+        assert_eq!(run(&s, &["PEXPIRE", "k", "30"]), ":1\r\n");
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(run(&s, &["HLEN", "k"]), ":0\r\n");
         assert_eq!(run(&s, &["HSET", "k", "a", "1"]), ":1\r\n", "a new key, without the old deadline");

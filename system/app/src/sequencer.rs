@@ -15,10 +15,11 @@
 use crate::AppConfig;
 use crate::errors::store_error;
 use crate::routing::Router;
+use chat_proto::deadline::Deadline;
 use chat_proto::link::{SendAck, SendRequest};
 use chat_proto::model::{is_valid_client_msg_id, now_ms};
-use chat_proto::sim::{PlantedBug, buggify, planted};
-use chat_proto::{ApiError, ConvId, ErrorCode, Seq};
+use chat_proto::sim::buggify;
+use chat_proto::{ApiError, ConvId, ErrorCode};
 use chat_store::{AppendError, ChatStore, NewMessage};
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -104,10 +105,10 @@ fn validate(request: &SendRequest) -> Result<(), ApiError> {
 async fn run(shared: Arc<Shared>, conv: ConvId, mut receiver: mpsc::Receiver<Pending>) {
     let batch_max = shared.config.batch_messages_max;
     let mut members: Option<Arc<[String]>> = None;
-    // Only for the planted bug that acknowledges before the commit.
-    let mut guessed_seq: Option<Seq> = None;
+    // One timer for the whole loop rather than one per batch.
+    let mut idle = Deadline::new(tokio::time::Instant::now, tokio::time::sleep_until);
     loop {
-        let first = match tokio::time::timeout(shared.config.sequencer_idle_timeout, receiver.recv()).await {
+        let first = match idle.within(shared.config.sequencer_idle_timeout, receiver.recv()).await {
             Ok(Some(pending)) => pending,
             Ok(None) => return,
             Err(_idle) => {
@@ -127,33 +128,8 @@ async fn run(shared: Arc<Shared>, conv: ConvId, mut receiver: mpsc::Receiver<Pen
                 Err(_) => break,
             }
         }
-        if planted(PlantedBug::AckBeforeDurable) {
-            batch = ack_before_durable(&shared, conv, batch, &mut guessed_seq).await;
-        }
         commit(&shared, conv, batch, &mut members).await;
     }
-}
-
-/// PLANTED BUG (simulator only): answers every send with the seq it will probably get,
-/// before the transaction that stores it has committed.
-async fn ack_before_durable(shared: &Shared, conv: ConvId, batch: Vec<Pending>, guessed_seq: &mut Option<Seq>) -> Vec<Pending> {
-    let mut next = match *guessed_seq {
-        Some(seq) => seq,
-        None => match batch.first() {
-            Some(p) => shared.store.history(&p.request.sender, conv, None, 1).await.ok().and_then(|(m, _)| m.last().map(|m| m.seq)).unwrap_or(0),
-            None => 0,
-        },
-    };
-    let mut kept = Vec::with_capacity(batch.len());
-    for pending in batch {
-        next += 1;
-        let _ = pending.reply.send(Ok(SendAck { conv, seq: next, ts: now_ms() }));
-        // The real answer, after the commit, goes nowhere.
-        let (reply, _) = oneshot::channel();
-        kept.push(Pending { request: pending.request, reply });
-    }
-    *guessed_seq = Some(next);
-    kept
 }
 
 async fn commit(shared: &Shared, conv: ConvId, batch: Vec<Pending>, members: &mut Option<Arc<[String]>>) {

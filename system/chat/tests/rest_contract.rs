@@ -259,6 +259,16 @@ async fn history_pages_backwards_in_ascending_order() {
     assert_eq!(not_member.body, missing.body);
 }
 
+/// Waits until the wall clock has moved past the current millisecond. Recency is the
+/// server's millisecond timestamp (ties go to the higher conversation id), so activity
+/// after this returns is strictly more recent than all activity before the call.
+async fn next_millisecond() {
+    let now = chat_proto::model::now_ms();
+    while chat_proto::model::now_ms() <= now {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
 #[tokio::test]
 async fn inbox_orders_by_recent_activity_and_counts_unread() {
     let server = TestServer::start().await;
@@ -272,6 +282,9 @@ async fn inbox_orders_by_recent_activity_and_counts_unread() {
     assert_eq!(inbox.conversations.iter().map(|c| c.conv_id).collect::<Vec<_>>(), vec![group.conv_id, ac, ab]);
     assert!(inbox.conversations.iter().all(|c| c.last_seq == 0 && c.last_message.is_none() && c.unread == 0));
 
+    // On a fast machine the sends below can land in the millisecond the group was created
+    // in; the tie would then put the group (a higher id) first.
+    next_millisecond().await;
     send_n(&bob, ab, 3, "b").await;
     let inbox = alice.inbox(None).await.unwrap();
     let first = &inbox.conversations[0];

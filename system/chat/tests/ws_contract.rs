@@ -12,7 +12,7 @@ fn send(id: &str, conv: u64, body: &str) -> ClientFrame {
 
 async fn expect_error(ws: &mut WsConnection, code: ErrorCode, id: Option<&str>) {
     match next_frame(ws).await {
-        ServerFrame::Error { code: got, message, id: got_id } => {
+        ServerFrame::Error { code: got, message, id: got_id, .. } => {
             assert_eq!(got, code, "message: {message}");
             assert!(!message.is_empty());
             assert_eq!(got_id.as_deref(), id);
@@ -63,6 +63,10 @@ async fn messages_are_acked_and_pushed_to_every_other_device() {
     let mut bob_phone = bob.connect_ws().await.unwrap();
     let mut bob_laptop = bob.connect_ws().await.unwrap();
     let mut carol_ws = carol.connect_ws().await.unwrap();
+    // Registered for pushes before the send, or the pushes below may be missed.
+    for ws in [&mut alice_laptop, &mut bob_phone, &mut bob_laptop, &mut carol_ws] {
+        wait_ready(ws).await;
+    }
 
     alice_phone.send(&send("m1", conv, "hello bob")).await.unwrap();
     let ts = match next_frame(&mut alice_phone).await {
@@ -93,6 +97,7 @@ async fn resending_an_id_answers_the_same_seq_and_stores_nothing() {
     let conv = direct(&alice, "bob").await.conv_id;
     let mut ws = alice.connect_ws().await.unwrap();
     let mut bob_ws = bob.connect_ws().await.unwrap();
+    wait_ready(&mut bob_ws).await;
 
     ws.send(&send("same-id", conv, "once")).await.unwrap();
     let first = next_frame(&mut ws).await;
@@ -159,6 +164,8 @@ async fn concurrent_senders_are_pushed_in_seq_order() {
     let (group, _) = alice.create_conversation(["bob", "carol", "dave"], None).await.unwrap();
     let conv = group.conv_id;
     let mut watcher = dave.connect_ws().await.unwrap();
+    // Registered before the first send, or it may miss the first pushes.
+    wait_ready(&mut watcher).await;
     let per_sender = 60;
     let mut tasks = Vec::new();
     for (name, client) in [("a", alice), ("b", bob), ("c", carol)] {

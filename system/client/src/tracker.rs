@@ -5,7 +5,7 @@
 //! resent with the same id after a reconnect. It only turns server frames into events and
 //! client frames to send; [`crate::LiveSession`] wires it to a [`crate::WsConnection`].
 
-use chat_proto::frame::{ClientFrame, ServerFrame};
+use chat_proto::frame::{ClientFrame, FrameOp, ServerFrame};
 use chat_proto::{ApiError, ConvId, Message, Seq};
 use std::collections::BTreeMap;
 
@@ -184,8 +184,14 @@ impl Tracker {
                 }
             }
             ServerFrame::Pong => step.events.push(LiveEvent::Pong),
-            ServerFrame::Error { code, message, id } => {
+            ServerFrame::Error { code, message, id, op, conv } => {
                 let error = ApiError { code, message };
+                if let (Some(FrameOp::Sync), Some(conv)) = (op, conv) {
+                    // That sync's `synced` will never come: the next gap asks again.
+                    if let Some(state) = self.convs.get_mut(&conv) {
+                        state.syncing_from = None;
+                    }
+                }
                 match id.and_then(|id| self.pending.get(&id).map(|p| (id, p.conv))) {
                     Some((id, conv)) => {
                         if !code.is_retryable() {
@@ -290,6 +296,17 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_sync_does_not_stop_the_next_gap_from_asking_again() {
+        let mut t = Tracker::with_id_prefix("t");
+        t.follow(1, 2);
+        assert_eq!(t.on_frame(push(1, 5)).outgoing, [ClientFrame::Sync { conv: 1, after: 2 }]);
+        // The sync fails: its `synced` never comes.
+        let failed = t.on_frame(ServerFrame::error_for(&ApiError::unavailable("store"), FrameOp::Sync, 1));
+        assert!(matches!(failed.events.as_slice(), [LiveEvent::Error(e)] if e.code == ErrorCode::Unavailable));
+        assert_eq!(t.on_frame(push(1, 6)).outgoing, [ClientFrame::Sync { conv: 1, after: 2 }]);
+    }
+
+    #[test]
     fn a_sync_that_ends_behind_is_repeated_only_after_progress() {
         let mut t = Tracker::with_id_prefix("t");
         t.follow(1, 0);
@@ -351,14 +368,14 @@ mod tests {
         let mut t = Tracker::with_id_prefix("me");
         let ClientFrame::Send { id: busy, .. } = t.send(1, "x") else { panic!() };
         let ClientFrame::Send { id: bad, .. } = t.send(1, "y") else { panic!() };
-        let step = t.on_frame(ServerFrame::Error { code: ErrorCode::Overloaded, message: "busy".into(), id: Some(busy.clone()) });
+        let step = t.on_frame(ServerFrame::error(&ApiError::new(ErrorCode::Overloaded, "busy"), Some(busy.clone())));
         assert!(matches!(&step.events[..], [LiveEvent::SendFailed { id, conv: 1, .. }] if *id == busy));
-        let step = t.on_frame(ServerFrame::Error { code: ErrorCode::UnknownConversation, message: "no".into(), id: Some(bad.clone()) });
+        let step = t.on_frame(ServerFrame::error(&ApiError::new(ErrorCode::UnknownConversation, "no"), Some(bad.clone())));
         assert!(matches!(&step.events[..], [LiveEvent::SendFailed { id, .. }] if *id == bad));
         // The retryable one stays pending; the other is gone.
         assert_eq!(t.pending_ids(), std::slice::from_ref(&busy));
         assert_eq!(t.resend(&busy), Some(ClientFrame::Send { id: busy, conv: 1, body: "x".into() }));
-        let step = t.on_frame(ServerFrame::Error { code: ErrorCode::BadFrame, message: "?".into(), id: None });
+        let step = t.on_frame(ServerFrame::error(&ApiError::new(ErrorCode::BadFrame, "?"), None));
         assert!(matches!(&step.events[..], [LiveEvent::Error(e)] if e.code == ErrorCode::BadFrame));
     }
 

@@ -3,6 +3,7 @@
 use crate::error::{ClientError, error_from_answer};
 use crate::io::QuietFlush;
 use crate::url::BaseUrl;
+use chat_proto::deadline::Deadline;
 use chat_proto::frame::{ClientFrame, ServerFrame};
 use chat_proto::limits::FRAME_BYTES_MAX;
 use futures::stream::{SplitSink, SplitStream};
@@ -66,6 +67,8 @@ pub struct WsSender {
 pub struct WsReceiver {
     stream: SplitStream<Stream>,
     timeout: Duration,
+    /// One timer for every `recv`'s bound rather than one per call.
+    deadline: Deadline<tokio::time::Instant, tokio::time::Sleep>,
     /// The close seen, returned as an error by every later `recv`.
     closed: Option<(Option<u16>, String)>,
 }
@@ -98,7 +101,7 @@ impl WsConnection {
         let (sink, stream) = stream.split();
         Ok(WsConnection {
             sender: WsSender { sink, timeout, closed: false },
-            receiver: WsReceiver { stream, timeout, closed: None },
+            receiver: WsReceiver { stream, timeout, deadline: Deadline::new(tokio::time::Instant::now, tokio::time::sleep_until), closed: None },
         })
     }
 
@@ -208,7 +211,7 @@ impl WsReceiver {
         if let Some((code, reason)) = &self.closed {
             return Err(ClientError::Closed { code: *code, reason: reason.clone() });
         }
-        match tokio::time::timeout(timeout, self.next_event()).await {
+        match self.deadline.within(timeout, Self::next_event(&mut self.stream)).await {
             Err(_) => Err(ClientError::Timeout { op: "websocket recv", after: timeout }),
             Ok(Ok(WsEvent::Closed { code, reason })) => {
                 self.closed = Some((code, reason.clone()));
@@ -218,9 +221,9 @@ impl WsReceiver {
         }
     }
 
-    async fn next_event(&mut self) -> Result<WsEvent, ClientError> {
+    async fn next_event(stream: &mut SplitStream<Stream>) -> Result<WsEvent, ClientError> {
         loop {
-            let message = match self.stream.next().await {
+            let message = match stream.next().await {
                 None => return Ok(WsEvent::Closed { code: None, reason: "connection ended".into() }),
                 Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => {
                     return Ok(WsEvent::Closed { code: None, reason: "connection ended".into() });

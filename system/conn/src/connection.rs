@@ -10,7 +10,8 @@
 
 use crate::ConnServer;
 use crate::hub::Outbound;
-use chat_proto::frame::{ClientFrame, ServerFrame};
+use chat_proto::deadline::Deadline;
+use chat_proto::frame::{ClientFrame, FrameOp, ServerFrame};
 use chat_proto::limits::SYNC_PAGE_MESSAGES_MAX;
 use chat_proto::link::SendRequest;
 use chat_proto::{ApiError, ConnAddr, ConvId, ErrorCode, Message, Seq};
@@ -73,9 +74,8 @@ where
         held_max: config.sync_held_messages_max,
         last_sent: HashMap::new(),
         syncing: HashMap::new(),
-        swapped: None,
     };
-    tokio::spawn(writer.run(outbound_rx, overflow, close_rx, done_tx, config.heartbeat_interval));
+    let writer = tokio::spawn(writer.run(outbound_rx, overflow, close_rx, done_tx, config.heartbeat_interval));
 
     // Fault point: a slow registration, so pushes race a reconnecting client's sync.
     if chat_proto::sim::buggify(0.05) {
@@ -106,12 +106,7 @@ where
     };
     let _ = close_tx.send(reason);
     if reason.is_some() {
-        // Read what the client still sends (the rest of an oversized frame, its close
-        // reply) before dropping the socket: closing a socket with unread input makes the
-        // kernel send a reset, which can destroy our close frame before the client reads it.
-        let deadline = std::time::Instant::now() + CLOSE_LINGER;
-        // `timeout_at` does not exist under madsim; a timeout of what is left does the same.
-        while let Ok(Some(_)) = tokio::time::timeout(deadline.saturating_duration_since(std::time::Instant::now()), stream.next()).await {}
+        linger(stream, writer).await;
     }
     server.hub.remove(addr.conn);
     let unregister = server.registry.unregister(&user, addr);
@@ -121,6 +116,41 @@ where
         tracing::warn!("could not unregister the connection");
     }
     tracing::debug!(?reason, "disconnected");
+}
+
+/// Closes a connection the server chose to close without destroying its close frame.
+///
+/// Closing a socket with unread input makes the kernel send a reset, and a reset can
+/// destroy the close frame before the client reads it (a client then sees no close code).
+/// After a read error (an oversized frame) tungstenite's stream has ended and reads
+/// nothing more, while the rest of that frame is still in the socket. So once the writer
+/// has sent the close frame, the raw socket is shut down for writing (the client sees the
+/// end after our close frame) and read to its end, bounded by [`CLOSE_LINGER`].
+async fn linger<S>(mut stream: SplitStream<WebSocketStream<S>>, writer: tokio::task::JoinHandle<SplitSink<WebSocketStream<S>, WsMessage>>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = std::time::Instant::now() + CLOSE_LINGER;
+    let left = || deadline.saturating_duration_since(std::time::Instant::now());
+    // The client's close reply, while tungstenite can still parse frames.
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(left(), stream.next()).await {}
+    let sink = match tokio::time::timeout(left(), writer).await {
+        Ok(Ok(sink)) => sink,
+        // The writer is stuck on a client that does not read: nothing more to save.
+        _ => return,
+    };
+    let Ok(mut ws) = stream.reunite(sink) else { return };
+    let socket = ws.get_mut();
+    if tokio::time::timeout(left(), socket.shutdown()).await.is_err() {
+        return;
+    }
+    let mut scratch = [0u8; 4096];
+    while let Ok(Ok(n)) = tokio::time::timeout(left(), socket.read(&mut scratch)).await {
+        if n == 0 {
+            break;
+        }
+    }
 }
 
 struct Reader {
@@ -139,9 +169,11 @@ impl Reader {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let idle_timeout = self.server.config.idle_timeout;
+        // One timer for the whole loop rather than one per frame.
+        let mut idle = Deadline::new(tokio::time::Instant::now, tokio::time::sleep_until);
         loop {
             let next = tokio::select! {
-                next = tokio::time::timeout(idle_timeout, stream.next()) => next,
+                next = idle.within(idle_timeout, stream.next()) => next,
                 _ = writer_done.changed() => return None,
             };
             let message = match next {
@@ -186,7 +218,7 @@ impl Reader {
                 let read = self.server.app.read(&self.user, conv, seq);
                 match self.with_timeout(read).await {
                     Ok(()) => true,
-                    Err(err) => self.reply(ServerFrame::error(&err, None)).await,
+                    Err(err) => self.reply(ServerFrame::error_for(&err, FrameOp::Read, conv)).await,
                 }
             }
             ClientFrame::Sync { conv, after } => self.sync(conv, after).await,
@@ -227,7 +259,7 @@ impl Reader {
                 Ok(page) => page,
                 Err(err) => {
                     return self.outbound.send(Outbound::SyncAbort(conv)).await.is_ok()
-                        && self.reply(ServerFrame::error(&err, None)).await;
+                        && self.reply(ServerFrame::error_for(&err, FrameOp::Sync, conv)).await;
                 }
             };
             let last_seq = page.last_seq;
@@ -266,8 +298,6 @@ struct Writer<S> {
     last_sent: HashMap<ConvId, Seq>,
     /// Conversations with a sync streaming, and the live pushes held back meanwhile.
     syncing: HashMap<ConvId, Vec<Arc<Message>>>,
-    /// Only for a planted bug in the simulator.
-    swapped: Option<Arc<Message>>,
 }
 
 impl<S> Writer<S>
@@ -281,7 +311,7 @@ where
         mut close: watch::Receiver<Option<CloseReason>>,
         done: watch::Sender<bool>,
         heartbeat_interval: std::time::Duration,
-    ) {
+    ) -> SplitSink<WebSocketStream<S>, WsMessage> {
         let mut heartbeat = tokio::time::interval(heartbeat_interval);
         heartbeat.tick().await;
         let reason = loop {
@@ -320,22 +350,13 @@ where
         }
         let _ = self.sink.close().await;
         let _ = done.send(true);
+        self.sink
     }
 
     /// Buffers one item for the socket. Ok(false): too many held pushes; the connection must close.
     async fn write(&mut self, item: Outbound) -> Result<bool, WsError> {
         match item {
             Outbound::Frame(frame) => self.feed(&frame).await?,
-            Outbound::Push(message) if chat_proto::sim::planted(chat_proto::sim::PlantedBug::DeliverOutOfOrder) => {
-                // PLANTED BUG (simulator only): swaps each pair of consecutive pushes.
-                match self.swapped.take() {
-                    None => self.swapped = Some(message),
-                    Some(held) => {
-                        self.feed(&ServerFrame::message(&message)).await?;
-                        self.feed(&ServerFrame::message(&held)).await?;
-                    }
-                }
-            }
             Outbound::Push(message) => {
                 if let Some(held) = self.syncing.get_mut(&message.conv) {
                     if held.len() >= self.held_max {

@@ -11,6 +11,7 @@
 
 use crate::LinkConfig;
 use crate::frame::{LINK_VERSION, LinkFrame, Peer, Request, Response, read_frame, write_frame};
+use chat_proto::deadline::Deadline;
 use chat_proto::link::{AppApi, Delivery, SendAck, SendRequest, SyncPage};
 use chat_proto::rest::*;
 use chat_proto::{ApiError, ConvId, ErrorCode, Seq};
@@ -163,8 +164,10 @@ async fn run_connection(shared: &Arc<Shared>, stream: TcpStream, peer: Peer, del
     let (outbound, queue) = mpsc::channel(config.outbound_queue_len_max);
     shared.lock().outbound = Some(outbound);
     let writer_task = tokio::spawn(write_loop(writer, queue, config.heartbeat_interval));
+    // One timer for the whole loop rather than one per frame.
+    let mut idle = Deadline::new(tokio::time::Instant::now, tokio::time::sleep_until);
     loop {
-        let frame = match tokio::time::timeout(config.idle_timeout, read_frame(&mut reader)).await {
+        let frame = match idle.within(config.idle_timeout, read_frame(&mut reader)).await {
             Ok(Ok(frame)) => frame,
             Ok(Err(err)) => {
                 tracing::debug!(addr = %shared.addr, error = %err, "link read failed");

@@ -3,6 +3,7 @@
 use crate::LinkConfig;
 use crate::client::write_loop;
 use crate::frame::{LINK_VERSION, LinkFrame, Peer, Request, Response, read_frame};
+use chat_proto::deadline::Deadline;
 use chat_proto::link::{AppApi, Delivery, Target};
 use chat_proto::{ApiError, Message, ServerId};
 use std::collections::HashMap;
@@ -97,8 +98,10 @@ async fn serve_connection(stream: TcpStream, app: Arc<dyn AppApi>, routes: Arc<L
         tracing::info!(server, "connection server linked");
     }
     let in_flight = Arc::new(Semaphore::new(config.requests_in_flight_max));
+    // One timer for the whole loop rather than one per frame.
+    let mut idle = Deadline::new(tokio::time::Instant::now, tokio::time::sleep_until);
     loop {
-        let frame = match tokio::time::timeout(config.idle_timeout, read_frame(&mut reader)).await {
+        let frame = match idle.within(config.idle_timeout, read_frame(&mut reader)).await {
             Ok(Ok(frame)) => frame,
             Ok(Err(err)) => {
                 tracing::debug!(error = %err, "link read failed");

@@ -47,7 +47,21 @@ pub enum ServerFrame {
         message: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<String>,
+        /// For an error answering a `sync` or a `read`: which of the two, and (`conv`) of
+        /// what conversation, so a client knows that sync's `synced` will never come.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        op: Option<FrameOp>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        conv: Option<ConvId>,
     },
+}
+
+/// The client frames whose errors carry no `id`, named in their `error` frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FrameOp {
+    Sync,
+    Read,
 }
 
 impl ServerFrame {
@@ -63,7 +77,12 @@ impl ServerFrame {
     }
 
     pub fn error(err: &ApiError, id: Option<String>) -> Self {
-        ServerFrame::Error { code: err.code, message: err.message.clone(), id }
+        ServerFrame::Error { code: err.code, message: err.message.clone(), id, op: None, conv: None }
+    }
+
+    /// The error answering a `sync` or a `read` of `conv`.
+    pub fn error_for(err: &ApiError, op: FrameOp, conv: ConvId) -> Self {
+        ServerFrame::Error { code: err.code, message: err.message.clone(), id: None, op: Some(op), conv: Some(conv) }
     }
 
     pub fn to_json(&self) -> String {
@@ -88,7 +107,7 @@ impl FrameError {
     }
 
     pub fn to_frame(&self) -> ServerFrame {
-        ServerFrame::Error { code: self.code, message: self.message.clone(), id: self.id.clone() }
+        ServerFrame::Error { code: self.code, message: self.message.clone(), id: self.id.clone(), op: None, conv: None }
     }
 }
 
@@ -185,8 +204,10 @@ mod tests {
     fn server_frames_match_the_contract() {
         let f = ServerFrame::Sent { id: "m1".into(), conv: 1, seq: 2, ts: 3 };
         assert_eq!(f.to_json(), r#"{"type":"sent","id":"m1","conv":1,"seq":2,"ts":3}"#);
-        let e = ServerFrame::Error { code: ErrorCode::BadFrame, message: "x".into(), id: None };
+        let e = ServerFrame::error(&ApiError::new(ErrorCode::BadFrame, "x"), None);
         assert_eq!(e.to_json(), r#"{"type":"error","code":"bad_frame","message":"x"}"#);
+        let e = ServerFrame::error_for(&ApiError::unavailable("store"), FrameOp::Sync, 7);
+        assert_eq!(e.to_json(), r#"{"type":"error","code":"unavailable","message":"store","op":"sync","conv":7}"#);
         assert_eq!(ServerFrame::Pong.to_json(), r#"{"type":"pong"}"#);
     }
 }

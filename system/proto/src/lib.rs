@@ -8,11 +8,13 @@
 //! - [`error`]: the error codes shared by REST and WebSocket answers.
 //! - [`link`]: the traits between connection servers and app servers (in-process now,
 //!   over the network later), and the clock.
-//! - [`sim`]: fault points for the simulator (`buggify`) and its planted bugs; nothing in
-//!   production builds.
+//! - [`sim`]: fault points for the simulator (`buggify`); nothing in production builds.
+//! - [`deadline`]: bounded waits sharing one timer, for read loops and other repeated waits
+//!   (on the runtime its caller passes in).
 //!
 //! This crate has no runtime dependency: it builds the same under `--cfg madsim`.
 
+pub mod deadline;
 pub mod error;
 pub mod frame;
 pub mod limits;

@@ -5,7 +5,6 @@
 //! conflicts and must be idempotent when retried after
 //! [`KvError::CommitUnknownResult`]: each method says how it is.
 
-use chat_proto::sim::{PlantedBug, planted};
 use crate::keys::{self, COUNTER_CONV, Key, value};
 use crate::kv::{Kv, KvError, RunOptions, Tx, TxError, run_with};
 use chat_proto::{ConvId, ConvKind, Conversation, Message, Seq};
@@ -355,7 +354,7 @@ async fn append_in(
     let ts = ts.max(last_ts);
     let conv = &conv;
     let stored = try_join_all(batch.iter().map(|m| async move {
-        if conv.is_member(&m.sender) && !planted(PlantedBug::SkipIdempotency) {
+        if conv.is_member(&m.sender) {
             tx.get(&keys::idem(&m.sender, &m.client_msg_id)).await
         } else {
             Ok(None)
@@ -373,7 +372,7 @@ async fn append_in(
             continue;
         }
         let id = (item.sender.as_str(), item.client_msg_id.as_str());
-        if let Some(first) = answered.get(&id).filter(|_| !planted(PlantedBug::SkipIdempotency)) {
+        if let Some(first) = answered.get(&id) {
             results.push(Ok(Appended { fresh: false, ..first.clone() }));
             continue;
         }

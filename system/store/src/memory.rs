@@ -22,10 +22,15 @@ struct Shared {
     state: Mutex<State>,
 }
 
+/// Keys and values are shared, immutable byte strings: a commit after a snapshot copies the
+/// map's nodes on its path (copy-on-write), and copying a node then only bumps reference
+/// counts instead of copying every key and value the node holds.
+type Bytes = Arc<[u8]>;
+
 struct State {
     /// A persistent map: `clone` is O(1) and shares structure, which makes every
     /// transaction's snapshot free.
-    map: OrdMap<Vec<u8>, Vec<u8>>,
+    map: OrdMap<Bytes, Bytes>,
     /// The version of the last commit.
     version: u64,
     resolver: Resolver,
@@ -94,18 +99,18 @@ impl CommitPath for Shared {
         state.resolver.record(version, now, &request.mutations);
         let map = &mut state.map;
         for (begin, end) in &request.mutations.cleared {
-            let doomed: Vec<Vec<u8>> = map.range::<_, [u8]>(bounds(begin, end)).map(|(k, _)| k.clone()).collect();
+            let doomed: Vec<Bytes> = map.range::<_, [u8]>(bounds(begin, end)).map(|(k, _)| k.clone()).collect();
             for key in doomed {
-                map.remove(&key);
+                map.remove::<[u8]>(&key);
             }
         }
         for (key, value) in request.mutations.points {
             match value {
                 Some(value) => {
-                    map.insert(key, value);
+                    map.insert(key.into(), value.into());
                 }
                 None => {
-                    map.remove(&key);
+                    map.remove::<[u8]>(&key);
                 }
             }
         }
@@ -117,17 +122,17 @@ fn bounds<'a>(begin: &'a [u8], end: &'a [u8]) -> (Bound<&'a [u8]>, Bound<&'a [u8
     (Bound::Included(begin), Bound::Excluded(end))
 }
 
-struct MemorySnapshot(OrdMap<Vec<u8>, Vec<u8>>);
+struct MemorySnapshot(OrdMap<Bytes, Bytes>);
 
 impl Snapshot for MemorySnapshot {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
-        Ok(self.0.get(key).cloned())
+        Ok(self.0.get(key).map(|value| value.to_vec()))
     }
 
     fn range(&self, begin: &[u8], end: &[u8], limit: usize, reverse: bool) -> Result<Vec<KeyValue>, KvError> {
         let take = if limit == 0 { usize::MAX } else { limit };
         let range = self.0.range::<_, [u8]>(bounds(begin, end));
-        let pairs = |(k, v): (&Vec<u8>, &Vec<u8>)| (k.clone(), v.clone());
+        let pairs = |(k, v): (&Bytes, &Bytes)| (k.to_vec(), v.to_vec());
         Ok(if reverse { range.rev().take(take).map(pairs).collect() } else { range.take(take).map(pairs).collect() })
     }
 }

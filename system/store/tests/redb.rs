@@ -44,15 +44,16 @@ async fn concurrent_commits_are_grouped_into_few_fsyncs() {
     const COMMITS: usize = 500;
     let dir = tempfile::tempdir().expect("tempdir");
     let kv = RedbKv::open(dir.path().join("store.redb")).expect("open");
-    let commit_one = |i: usize| {
-        let kv = &kv;
-        async move {
-            let tx = kv.begin().await?;
-            tx.set(format!("key/{i:04}").as_bytes(), b"v");
-            tx.commit().await
-        }
-    };
-    let results = join_all((0..COMMITS).map(commit_one)).await;
+    // Every transaction begins before the first commit, so the commits queue up back to back.
+    // Beginning each right before its commit made the grouping depend on timing: while this
+    // thread was slow (or paused) between commits, the writer synced small batches.
+    let txs = join_all((0..COMMITS).map(|_| kv.begin())).await;
+    let commits = txs.into_iter().enumerate().map(|(i, tx)| async move {
+        let tx = tx?;
+        tx.set(format!("key/{i:04}").as_bytes(), b"v");
+        tx.commit().await
+    });
+    let results = join_all(commits).await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     assert_eq!(kv.txs_committed(), COMMITS as u64);
     let batches = kv.batches_committed();

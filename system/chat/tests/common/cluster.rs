@@ -82,8 +82,17 @@ impl Cluster {
     pub fn start(options: ClusterOptions) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let secret_hex: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
-        let redis_port = free_port();
-        let redis = Some(start_redis(redis_port, dir.path()));
+        // The port was free a moment ago; someone may take it before redis-server binds it,
+        // and then redis-server exits: try another.
+        let mut failures = Vec::new();
+        let (redis_port, redis) = loop {
+            let port = free_port();
+            match try_start_redis(port, dir.path()) {
+                Ok(redis) => break (port, Some(redis)),
+                Err(e) if failures.len() < 4 => failures.push(e),
+                Err(e) => panic!("{failures:?}; {e}"),
+            }
+        };
         let redis_arg = format!("127.0.0.1:{redis_port}");
         let app_args = |listen: &str| -> Vec<String> {
             vec!["app".into(), "--listen".into(), listen.into(), "--data".into(), dir.path().join("app").display().to_string(), "--redis".into(), redis_arg.clone(), "--password-memory-kib".into(), "64".into()]
@@ -123,7 +132,8 @@ impl Cluster {
 
     /// Links connect in the background; wait until the gateway answers a REST call.
     fn wait_until_linked(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // Only a guard against hanging: generous for a loaded machine.
+        let deadline = Instant::now() + Duration::from_secs(30);
         let gateway: SocketAddr = self.base.trim_start_matches("http://").parse().expect("gateway addr");
         while Instant::now() < deadline {
             if let Ok(mut stream) = TcpStream::connect(gateway) {
@@ -210,27 +220,43 @@ fn conn_args(id: usize, listen: &str, app: SocketAddr, redis: &str, refresh_ms: 
 }
 
 fn start_redis(port: u16, dir: &std::path::Path) -> Proc {
-    let redis = Proc(Command::new("redis-server")
+    try_start_redis(port, dir).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Starts redis-server on `port`; an error if it exits (the port is taken) or never answers.
+fn try_start_redis(port: u16, dir: &std::path::Path) -> Result<Proc, String> {
+    let mut redis = Proc(Command::new("redis-server")
         .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no", "--dir"])
         .arg(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("redis-server must be installed (apt-get install redis-server); ci/test's .ci/run installs it"));
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // Only a guard against hanging: generous for a loaded machine.
+    let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
+        if let Ok(Some(status)) = redis.0.try_wait() {
+            return Err(format!("redis-server on port {port} exited at start: {status}"));
+        }
         if resp_call(port, "PING").starts_with("+PONG") {
-            return redis;
+            // Ours, and not another test's that took the port first (ours then exits): each
+            // runs in its own directory.
+            let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            if resp_call(port, "CONFIG GET dir").contains(&name) {
+                return Ok(redis);
+            }
+            return Err(format!("port {port} is another redis-server's"));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    panic!("redis-server did not start on port {port}");
+    Err(format!("redis-server did not start on port {port}"))
 }
 
 fn resp_call(port: u16, command: &str) -> String {
     use std::io::{Read, Write};
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    // A loaded machine can be slow to answer; an empty answer reads as 0 keys.
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let _ = stream.write_all(format!("{command}\r\n").as_bytes());
     let mut buf = [0u8; 256];
     let n = stream.read(&mut buf).unwrap_or(0);

@@ -8,7 +8,7 @@ pub mod cluster;
 
 use chat::serve::{Options, run};
 use chat_auth::{PasswordCost, Tokens};
-use chat_client::{Client, ConversationView, ServerFrame, WsConnection, WsEvent};
+use chat_client::{Client, ClientFrame, ConversationView, ServerFrame, WsConnection, WsEvent};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -106,6 +106,15 @@ pub async fn next_frame(ws: &mut WsConnection) -> ServerFrame {
             WsEvent::Closed { code, reason } => panic!("closed unexpectedly: {code:?} {reason}"),
         }
     }
+}
+
+/// Waits until the server reads frames from `ws`. A connection server registers a new
+/// connection for pushes after the 101 and starts reading it only then, so once the `pong`
+/// is back every message sent to the user from then on is pushed to `ws`. Right after
+/// `connect_ws` returns, a message can still miss the connection (pushes are best effort).
+pub async fn wait_ready(ws: &mut WsConnection) {
+    ws.send(&ClientFrame::Ping).await.expect("ping");
+    assert_eq!(next_frame(ws).await, ServerFrame::Pong);
 }
 
 /// Asserts nothing arrives on `ws` for a short while.
