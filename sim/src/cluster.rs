@@ -6,6 +6,7 @@
 //! tester verbs read as the story of a test: `kill(Node::Conn(1))`, `partition(a, b)`,
 //! `isolate(node)`, `heal()`, `flush_registry()`, `latency(range)`.
 
+use crate::disk::{DiskFaults, SimDisk};
 use crate::fdb::{FaultConfig, SimFdbFaults, SimFdbKv, SimFdbServer};
 use crate::resp::{RespServer, RespState};
 use crate::trace::Trace;
@@ -13,10 +14,11 @@ use chat::roles::{AppOptions, Common, ConnOptions, GatewayOptions};
 use chat_app::AppConfig;
 use chat_auth::PasswordCost;
 use chat_conn::ConnConfig;
+use chat_link::LinkConfig;
 use chat_gateway::http::HttpConfig;
 use chat_gateway::ratelimit::RateConfig;
 use chat_registry::redis::{RedisConfig, RedisRegistry};
-use chat_store::MemoryKv;
+use chat_store::{MemoryKv, RedbKv, RedbOptions};
 use madsim::runtime::{Handle, NodeHandle};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -29,19 +31,115 @@ const APP_PORT: u16 = 7100;
 const CONN_PORT: u16 = 7200;
 const GATEWAY_PORT: u16 = 8080;
 
-/// How many of each server.
+/// How many of each server, and their knobs.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
     pub apps: usize,
     pub conns: usize,
     pub gateways: usize,
-    /// Registry refresh interval of connection servers.
-    pub registry_refresh: Duration,
+    pub knobs: Knobs,
+    /// Instead of the cluster: one node running the `chat serve` wiring (gateway, connection
+    /// server and app server in one process) over `RedbKv` on a simulated disk.
+    pub single: bool,
 }
 
 impl Default for ClusterConfig {
     fn default() -> Self {
-        ClusterConfig { apps: 2, conns: 3, gateways: 2, registry_refresh: Duration::from_secs(2) }
+        ClusterConfig { apps: 2, conns: 3, gateways: 2, knobs: Knobs::default(), single: false }
+    }
+}
+
+impl ClusterConfig {
+    /// The `chat serve` deployment: one node, the embedded store on a simulated disk.
+    pub fn single() -> ClusterConfig {
+        ClusterConfig { apps: 0, conns: 0, gateways: 0, knobs: Knobs::default(), single: true }
+    }
+
+    /// Every server node.
+    pub fn servers(&self) -> Vec<Node> {
+        if self.single {
+            return vec![Node::Serve];
+        }
+        let mut servers = vec![Node::Fdb, Node::Redis];
+        servers.extend((0..self.apps).map(Node::App));
+        servers.extend((0..self.conns).map(Node::Conn));
+        servers.extend((0..self.gateways).map(Node::Gateway));
+        servers
+    }
+}
+
+/// The servers' tunables, drawn per seed the way FoundationDB's BUGGIFY draws knobs: small
+/// queues, batches of one, short timeouts and sync pages of a few messages make the rare
+/// paths (full queues, multi-page syncs, timeouts) common.
+#[derive(Debug, Clone)]
+pub struct Knobs {
+    pub app: AppConfig,
+    pub conn: ConnConfig,
+    pub link: LinkConfig,
+    /// The registry entry TTL is three refresh intervals.
+    pub registry_refresh: Duration,
+}
+
+impl Default for Knobs {
+    fn default() -> Self {
+        let mut link = LinkConfig::default();
+        link.request_timeout = Duration::from_secs(5);
+        let registry_refresh = Duration::from_secs(2);
+        Knobs { app: AppConfig::default(), conn: ConnConfig { registry_refresh_interval: registry_refresh, ..ConnConfig::default() }, link, registry_refresh }
+    }
+}
+
+impl Knobs {
+    /// The knobs of `seed`, from a random stream of their own.
+    pub fn draw(seed: u64) -> Knobs {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x6b6e_6f62_735f_7365);
+        let mut knobs = Knobs::default();
+        let ms = |rng: &mut rand::rngs::StdRng, range: std::ops::Range<u64>| Duration::from_millis(rng.random_range(range));
+        // Not below 8: a conversation's sequencer commits one batch at a time (about 15 a
+        // second at the simulated latencies), so with batches of 1 or 2 the hot group's
+        // ~22 messages a second exceed what it can take, and the latency checkers report
+        // overload, not a bug (seeds 14 and 24 did, until this bound).
+        knobs.app.batch_messages_max = *[8, 16, 64, 128].get(rng.random_range(0..4)).unwrap_or(&128);
+        knobs.app.conv_queue_len_max = rng.random_range(16..1024);
+        knobs.app.sequencer_idle_timeout = ms(&mut rng, 500..30_000);
+        knobs.conn.outbound_queue_len_max = rng.random_range(64..1024);
+        knobs.conn.sends_in_flight_max = rng.random_range(2..256);
+        knobs.conn.sync_held_messages_max = rng.random_range(256..4096);
+        knobs.conn.sync_page_messages_max = rng.random_range(3..=10);
+        knobs.conn.heartbeat_interval = ms(&mut rng, 2_000..20_000);
+        knobs.conn.request_timeout = ms(&mut rng, 5_000..10_000);
+        knobs.registry_refresh = ms(&mut rng, 1_000..3_000);
+        knobs.conn.registry_refresh_interval = knobs.registry_refresh;
+        // The failover checker counts on a dead app server's link being noticed within 4 s.
+        knobs.link.heartbeat_interval = ms(&mut rng, 500..1_000);
+        knobs.link.idle_timeout = knobs.link.heartbeat_interval * rng.random_range(3..=4);
+        knobs.link.outbound_queue_len_max = rng.random_range(256..4096);
+        knobs.link.request_timeout = ms(&mut rng, 3_000..10_000);
+        knobs
+    }
+}
+
+impl std::fmt::Display for Knobs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "knobs: batch {} conv-queue {} seq-idle {:?} out-queue {} sends-in-flight {} held {} sync-page {} conn-heartbeat {:?} conn-timeout {:?} refresh {:?} link-heartbeat {:?} link-idle {:?} link-queue {} link-timeout {:?}",
+            self.app.batch_messages_max,
+            self.app.conv_queue_len_max,
+            self.app.sequencer_idle_timeout,
+            self.conn.outbound_queue_len_max,
+            self.conn.sends_in_flight_max,
+            self.conn.sync_held_messages_max,
+            self.conn.sync_page_messages_max,
+            self.conn.heartbeat_interval,
+            self.conn.request_timeout,
+            self.registry_refresh,
+            self.link.heartbeat_interval,
+            self.link.idle_timeout,
+            self.link.outbound_queue_len_max,
+            self.link.request_timeout
+        )
     }
 }
 
@@ -53,6 +151,29 @@ pub enum Node {
     App(usize),
     Conn(usize),
     Gateway(usize),
+    /// The single node of the `chat serve` deployment; killing it is a power loss.
+    Serve,
+}
+
+impl Node {
+    /// Reads `Display`'s form: `fdb`, `redis`, `app0`, `conn2`, `gateway1`.
+    pub fn parse(name: &str) -> Option<Node> {
+        match name {
+            "fdb" => return Some(Node::Fdb),
+            "redis" => return Some(Node::Redis),
+            "serve" => return Some(Node::Serve),
+            _ => {}
+        }
+        let split = name.find(|c: char| c.is_ascii_digit())?;
+        let (kind, index) = name.split_at(split);
+        let index = index.parse().ok()?;
+        match kind {
+            "app" => Some(Node::App(index)),
+            "conn" => Some(Node::Conn(index)),
+            "gateway" => Some(Node::Gateway(index)),
+            _ => None,
+        }
+    }
 }
 
 impl std::fmt::Display for Node {
@@ -63,6 +184,7 @@ impl std::fmt::Display for Node {
             Node::App(i) => write!(f, "app{i}"),
             Node::Conn(i) => write!(f, "conn{i}"),
             Node::Gateway(i) => write!(f, "gateway{i}"),
+            Node::Serve => write!(f, "serve"),
         }
     }
 }
@@ -76,6 +198,8 @@ pub struct Cluster {
     pub fdb_faults: SimFdbFaults,
     /// The Redis model's data; a restart of its node keeps it unless flushed.
     pub redis_state: Arc<RespState>,
+    /// The single node's disk (unused by the cluster); it outlives the node's restarts.
+    pub disk: SimDisk,
     nodes: Vec<(Node, NodeHandle)>,
 }
 
@@ -103,6 +227,10 @@ pub fn gateway_addr(i: usize) -> SocketAddr {
     SocketAddr::new(ip(3, i as u8 + 1), GATEWAY_PORT)
 }
 
+pub fn serve_addr() -> SocketAddr {
+    SocketAddr::new(ip(4, 1), GATEWAY_PORT)
+}
+
 /// The address of client `i`'s node.
 pub fn client_ip(i: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 1, (i / 200) as u8, (i % 200) as u8 + 1))
@@ -124,16 +252,15 @@ async fn bind(addr: SocketAddr) -> tokio::net::TcpListener {
     }
 }
 
-fn common() -> Common {
+fn common(knobs: &Knobs) -> Common {
     let mut common = Common::new(SECRET.to_vec());
-    // Heartbeats and timeouts as in production; simulated time makes them cheap.
-    common.link.request_timeout = Duration::from_secs(5);
+    common.link = knobs.link.clone();
     common
 }
 
 fn registry(config: &ClusterConfig) -> Arc<RedisRegistry> {
     let mut redis = RedisConfig::new(redis_addr().to_string());
-    redis.entry_ttl = config.registry_refresh * 3;
+    redis.entry_ttl = config.knobs.registry_refresh * 3;
     Arc::new(RedisRegistry::new(redis))
 }
 
@@ -141,6 +268,43 @@ impl Cluster {
     /// Starts every node; returns once they are created (they finish starting on their own).
     pub fn start(config: ClusterConfig, trace: Trace) -> Cluster {
         let handle = Handle::current();
+        let disk = SimDisk::new();
+        if config.single {
+            let (cfg, disk_of_node) = (config.clone(), disk.clone());
+            let node = handle
+                .create_node()
+                .name("serve")
+                .ip(serve_addr().ip())
+                .init(move || {
+                    let (cfg, disk) = (cfg.clone(), disk_of_node.clone());
+                    async move {
+                        // What `chat serve` does, over the simulated disk instead of a file. A
+                        // store that cannot open (its disk still failing) exits the process;
+                        // its supervisor starts it again a little later.
+                        let mut backoff = Duration::from_millis(100);
+                        let kv = loop {
+                            match RedbKv::open_with_backend(disk.clone(), RedbOptions::default()) {
+                                Ok(kv) => break Arc::new(kv),
+                                Err(err) => {
+                                    tracing::warn!(%err, "serve: the store did not open; starting again");
+                                    tokio::time::sleep(backoff).await;
+                                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                                }
+                            }
+                        };
+                        let mut options = chat::serve::Options::new(SECRET.to_vec());
+                        options.password_cost = PasswordCost::TESTING;
+                        options.app = cfg.knobs.app.clone();
+                        options.conn = cfg.knobs.conn.clone();
+                        if let Err(err) = chat::serve::run(bind(serve_addr()).await, kv, options, std::future::pending()).await {
+                            panic!("serve failed: {err:#}");
+                        }
+                    }
+                })
+                .build();
+            let nodes = vec![(Node::Serve, node)];
+            return Cluster { handle, config, trace, fdb_data: MemoryKv::new(), fdb_faults: SimFdbFaults::new(FaultConfig::QUIET), redis_state: Arc::new(RespState::new()), disk, nodes };
+        }
         let fdb_data = MemoryKv::new();
         let fdb_faults = SimFdbFaults::new(FaultConfig::QUIET);
         let redis_state = Arc::new(RespState::new());
@@ -170,7 +334,7 @@ impl Cluster {
                 .init(move || {
                     let cfg = cfg.clone();
                     async move {
-                        let options = AppOptions { common: common(), password_cost: PasswordCost::TESTING, app: AppConfig::default(), link_connections_max: 1024 };
+                        let options = AppOptions { common: common(&cfg.knobs), password_cost: PasswordCost::TESTING, app: cfg.knobs.app.clone(), link_connections_max: 1024 };
                         let kv = Arc::new(SimFdbKv::new(fdb_addr()));
                         if let Err(err) = chat::roles::run_app(bind(app_addr(i)).await, kv, registry(&cfg), options, std::future::pending()).await {
                             panic!("app{i} failed: {err:#}");
@@ -191,8 +355,7 @@ impl Cluster {
                 .init(move || {
                     let (cfg, apps) = (cfg.clone(), apps.clone());
                     async move {
-                        let conn = ConnConfig { registry_refresh_interval: cfg.registry_refresh, ..ConnConfig::default() };
-                        let options = ConnOptions { common: common(), server_id: i as u32 + 1, apps, conn, http: HttpConfig::default() };
+                        let options = ConnOptions { common: common(&cfg.knobs), server_id: i as u32 + 1, apps, conn: cfg.knobs.conn.clone(), http: HttpConfig::default() };
                         if let Err(err) = chat::roles::run_conn(bind(conn_addr(i)).await, registry(&cfg), options, std::future::pending()).await {
                             panic!("conn{i} failed: {err:#}");
                         }
@@ -204,16 +367,16 @@ impl Cluster {
 
         let conns: Vec<SocketAddr> = (0..config.conns).map(conn_addr).collect();
         for i in 0..config.gateways {
-            let (apps, conns) = (apps.clone(), conns.clone());
+            let (cfg, apps, conns) = (config.clone(), apps.clone(), conns.clone());
             let node = handle
                 .create_node()
                 .name(format!("gateway{i}"))
                 .ip(gateway_addr(i).ip())
                 .init(move || {
-                    let (apps, conns) = (apps.clone(), conns.clone());
+                    let (cfg, apps, conns) = (cfg.clone(), apps.clone(), conns.clone());
                     async move {
                         let options = GatewayOptions {
-                            common: common(),
+                            common: common(&cfg.knobs),
                             apps,
                             conns,
                             // Every simulated client has its own address; limits stay on, generous.
@@ -229,14 +392,18 @@ impl Cluster {
                 .build();
             nodes.push((Node::Gateway(i), node));
         }
-        Cluster { handle, config, trace, fdb_data, fdb_faults, redis_state, nodes }
+        Cluster { handle, config, trace, fdb_data, fdb_faults, redis_state, disk, nodes }
     }
 
     pub fn config(&self) -> &ClusterConfig {
         &self.config
     }
 
+    /// Where clients go for REST (and WebSockets through a gateway).
     pub fn gateway_urls(&self) -> Vec<String> {
+        if self.config.single {
+            return vec![format!("http://{}", serve_addr())];
+        }
         (0..self.config.gateways).map(|i| format!("http://{}", gateway_addr(i))).collect()
     }
 
@@ -248,10 +415,22 @@ impl Cluster {
         self.nodes.iter().find(|(n, _)| *n == node).map(|(_, h)| h.id()).unwrap_or_else(|| panic!("no node {node}"))
     }
 
-    /// Crashes `node`: its tasks and sockets are gone at once.
+    /// Crashes `node`: its tasks and sockets are gone at once. For the single node it is a
+    /// power loss too: what its disk had not synced is lost (all, a prefix, or a torn page).
     pub fn kill(&self, node: Node) {
         self.trace.record(format!("fault kill {node}"));
         self.handle.kill(self.id(node));
+        if node == Node::Serve {
+            let mode = self.disk.draw_power_loss(&mut rand::rng());
+            self.trace.record(format!("fault power loss {mode:?}"));
+            self.disk.power_loss(mode);
+        }
+    }
+
+    /// The single node's disk fails its writes and syncs as `faults` says (until cleared).
+    pub fn disk_faults(&self, faults: DiskFaults) {
+        self.trace.record(format!("fault disk {faults:?}"));
+        self.disk.set_faults(faults);
     }
 
     /// Starts `node` again from its production entry point (a killed node stays down until
@@ -283,6 +462,29 @@ impl Cluster {
         let net = madsim::net::NetSim::current();
         net.unclog_link(self.id(a), self.id(b));
         net.unclog_link(self.id(b), self.id(a));
+    }
+
+    /// Loses every packet from `a` to `b` (only that way).
+    pub fn one_way(&self, a: Node, b: Node) {
+        self.trace.record(format!("fault one-way {a} {b}"));
+        madsim::net::NetSim::current().clog_link(self.id(a), self.id(b));
+    }
+
+    /// Repairs a one-way partition.
+    pub fn unone_way(&self, a: Node, b: Node) {
+        self.trace.record(format!("fault two-way {a} {b}"));
+        madsim::net::NetSim::current().unclog_link(self.id(a), self.id(b));
+    }
+
+    /// Stops every task of `node`, keeping its state, until [`Cluster::resume`].
+    pub fn pause(&self, node: Node) {
+        self.trace.record(format!("fault pause {node}"));
+        self.handle.pause(self.id(node));
+    }
+
+    pub fn resume(&self, node: Node) {
+        self.trace.record(format!("fault resume {node}"));
+        self.handle.resume(self.id(node));
     }
 
     /// Connects an isolated `node` again.

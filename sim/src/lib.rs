@@ -28,6 +28,8 @@
 pub mod checkers;
 #[cfg(madsim)]
 pub mod cluster;
+#[cfg(madsim)]
+pub mod disk;
 pub mod fdb;
 #[cfg(madsim)]
 pub mod faults;

@@ -1,6 +1,7 @@
 //! Running the standard scenario for seeds: one line per seed, trace files on failure,
 //! the determinism check, and the numbers for speed reports.
 
+use crate::cluster::Knobs;
 use crate::faults::{Schedule, Swarm};
 use crate::scenario::{self, Failure, ScenarioConfig, Stats};
 use crate::seeds::run_seed;
@@ -29,25 +30,33 @@ impl SeedRun {
         self.result.is_ok()
     }
 
-    /// `seed <N>: pass trace-hash <hex> live <share>% push-p99 <ms> ms`, or `FAIL <checker>`
-    /// in place of `pass`.
+    /// `seed <N>: pass trace-hash <hex> live <share>% push-p99 <ms> ms, <M> messages`, or
+    /// `FAIL <checker>` in place of `pass`.
     pub fn line(&self) -> String {
         let verdict = match &self.result {
             Ok(()) => "pass".to_owned(),
             Err(f) => format!("FAIL {}", f.checker),
         };
         let live = match &self.stats {
-            Some(stats) => format!(" live {:.1}% push-p99 {:.0} ms", stats.live.share_percent(), stats.live.push_p99_ms),
+            Some(stats) => format!(" live {:.1}% push-p99 {:.0} ms, {} messages", stats.live.share_percent(), stats.live.push_p99_ms, stats.messages_stored),
             None => String::new(),
         };
         format!("seed {}: {verdict} trace-hash {}{live}", self.seed, self.trace_hash)
     }
 
-    /// Writes the event trace (faults, frames, acks, verdict) next to the build output.
-    pub fn write_trace(&self) -> std::io::Result<PathBuf> {
-        let dir = std::env::var_os("SIM_TRACE_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("target/sim-traces"));
-        std::fs::create_dir_all(&dir)?;
-        let path = dir.join(format!("seed-{}.trace", self.seed));
+    /// Writes the event trace (faults, frames, acks, verdict) to `path`, or next to the
+    /// build output.
+    pub fn write_trace(&self, path: Option<&std::path::Path>) -> std::io::Result<PathBuf> {
+        let path = match path {
+            Some(path) => path.to_owned(),
+            None => {
+                let dir = std::env::var_os("SIM_TRACE_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("target/sim-traces"));
+                dir.join(format!("seed-{}.trace", self.seed))
+            }
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
         let mut text = format!("seed {}\n{}\n", self.seed, self.swarm);
         for episode in &self.schedule.episodes {
             text.push_str(&format!("schedule {episode}\n"));
@@ -71,8 +80,10 @@ pub fn run_standard(seed: u64, config: &ScenarioConfig, schedule: Option<Schedul
     let wall = Instant::now();
     let limit = config.chaos + config.settle_max * 2 + Duration::from_secs(600);
     let outcome = {
-        let (config, schedule, slot) = (config.clone(), schedule.clone(), outcome_slot.clone());
+        let (mut config, schedule, slot) = (config.clone(), schedule.clone(), outcome_slot.clone());
+        config.cluster.knobs = Knobs::draw(seed);
         run_seed(seed, limit, move |trace: Trace| async move {
+            trace.record(&config.cluster.knobs);
             let result = scenario::run(config, seed, swarm, schedule, trace).await;
             *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
             Ok(())

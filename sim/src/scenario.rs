@@ -4,7 +4,8 @@
 
 use crate::checkers::{Evidence, LiveFigures, PlayedFault, Violation, check_all};
 use crate::cluster::{Cluster, ClusterConfig, Node, client_ip, conn_addr};
-use crate::faults::{Fault, Schedule, Swarm};
+use crate::disk::DiskFaults;
+use crate::faults::{DiskError, Fault, Schedule, Swarm};
 use crate::trace::Trace;
 use crate::workload::{Controls, Device, Observed, Phase, WsTarget, now_us, run_client};
 use anyhow::{Context, bail};
@@ -112,7 +113,8 @@ async fn run_inner(config: ScenarioConfig, seed: u64, swarm: Swarm, schedule: Sc
     // Users, conversations and devices, created through the gateway like any client would.
     let (tokens, convs, hot) = on_node("setup", IpAddr::V4(Ipv4Addr::new(10, 9, 0, 1)), setup(config.clone(), gateways.clone(), trace.clone())).await??;
     let users: Vec<String> = (0..config.users).map(user_name).collect();
-    let via_gateways: Vec<WsTarget> = gateways.iter().enumerate().map(|(i, url)| WsTarget { url: url.clone(), via: Node::Gateway(i) }).collect();
+    let single = config.cluster.single;
+    let via_gateways: Vec<WsTarget> = gateways.iter().enumerate().map(|(i, url)| WsTarget { url: url.clone(), via: if single { Node::Serve } else { Node::Gateway(i) } }).collect();
     let devices: Vec<Device> = (0..config.devices)
         .map(|index| {
             let user = users[index % users.len()].clone();
@@ -222,6 +224,8 @@ async fn play(cluster: &Cluster, schedule: &Schedule, controls: &Controls, chaos
     }
     timeline.sort();
     let mut killed = BTreeSet::new();
+    let mut paused = BTreeSet::new();
+    let mut disk_failing = false;
     for (at, begin, i) in timeline {
         tokio::time::sleep(at.saturating_sub(start.elapsed())).await;
         let fault = &schedule.episodes[i].fault;
@@ -245,9 +249,31 @@ async fn play(cluster: &Cluster, schedule: &Schedule, controls: &Controls, chaos
             (Fault::Partition(a, b), false) => cluster.unpartition(*a, *b),
             (Fault::Isolate(node), true) => cluster.isolate(*node),
             (Fault::Isolate(node), false) => cluster.rejoin(*node),
+            (Fault::OneWay(a, b), true) => cluster.one_way(*a, *b),
+            (Fault::OneWay(a, b), false) => cluster.unone_way(*a, *b),
+            (Fault::Pause(node), true) => {
+                cluster.pause(*node);
+                paused.insert(*node);
+            }
+            (Fault::Pause(node), false) => {
+                cluster.resume(*node);
+                paused.remove(node);
+            }
             (Fault::Latency { min_ms, max_ms }, true) => cluster.latency(Duration::from_millis(*min_ms)..Duration::from_millis(*max_ms)),
             (Fault::Latency { .. }, false) => cluster.latency(NORMAL_LATENCY),
             (Fault::StoreFaults, on) => cluster.store_faults(on),
+            (Fault::DiskErrors(kind), true) => {
+                cluster.disk_faults(disk_faults(*kind));
+                disk_failing = true;
+            }
+            (Fault::DiskErrors(_), false) => {
+                // The store failed closed; a restart (reopening the file) recovers it.
+                cluster.disk_faults(DiskFaults::default());
+                disk_failing = false;
+                if !killed.contains(&Node::Serve) {
+                    cluster.restart(Node::Serve);
+                }
+            }
             (Fault::FlushRegistry, _) => cluster.flush_registry(),
             (Fault::Disconnect(device), _) => {
                 if let Some(flag) = controls.disconnect.get(*device) {
@@ -257,6 +283,15 @@ async fn play(cluster: &Cluster, schedule: &Schedule, controls: &Controls, chaos
         }
     }
     tokio::time::sleep(chaos.saturating_sub(start.elapsed())).await;
+    for node in paused {
+        cluster.resume(node);
+    }
+    if disk_failing {
+        cluster.disk_faults(DiskFaults::default());
+        if !killed.contains(&Node::Serve) {
+            cluster.restart(Node::Serve);
+        }
+    }
     for node in killed {
         cluster.restart(node);
     }
@@ -272,6 +307,14 @@ async fn play(cluster: &Cluster, schedule: &Schedule, controls: &Controls, chaos
         }
     }
     played
+}
+
+fn disk_faults(kind: DiskError) -> DiskFaults {
+    match kind {
+        DiskError::Eio => DiskFaults { write_eio: true, sync_eio: true, ..DiskFaults::default() },
+        DiskError::Enospc => DiskFaults { write_enospc: true, ..DiskFaults::default() },
+        DiskError::SyncEio => DiskFaults { sync_eio: true, ..DiskFaults::default() },
+    }
 }
 
 /// madsim's default per-packet latency.

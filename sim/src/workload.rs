@@ -230,8 +230,6 @@ const PONG_WAIT: Duration = Duration::from_secs(5);
 const PENDING_RESEND_AFTER: Duration = Duration::from_secs(4);
 /// A person does not write more while this many messages are unconfirmed.
 const PENDING_MAX: usize = 8;
-/// A gap asks for a sync unless one for the conversation was asked this recently.
-const GAP_SYNC_INTERVAL: Duration = Duration::from_secs(3);
 /// Mean time between two messages of one device into the hot group.
 const HOT_INTERVAL_MS: std::ops::Range<u64> = 500..2500;
 
@@ -251,8 +249,6 @@ struct State {
     syncs_sent: BTreeMap<ConvId, u64>,
     syncs_answered: BTreeMap<ConvId, u64>,
     catchup_mark: BTreeMap<ConvId, u64>,
-    /// When a sync was last asked per conversation (gap syncs are not repeated meanwhile).
-    last_sync: BTreeMap<ConvId, std::time::Instant>,
     /// Per conversation, the highest seq up to which every seq was received (kept up to
     /// date by [`State::receive`], so it is not recounted from 1 on every frame).
     contiguous: BTreeMap<ConvId, Seq>,
@@ -343,7 +339,6 @@ pub async fn run_client(device: Device, controls: Arc<Controls>, trace: Trace, d
         syncs_sent: BTreeMap::new(),
         syncs_answered: BTreeMap::new(),
         catchup_mark: BTreeMap::new(),
-        last_sync: BTreeMap::new(),
         contiguous: BTreeMap::new(),
         requests: 0,
         open_syncs: BTreeMap::new(),
@@ -656,7 +651,6 @@ async fn ping(state: &mut State, ws: &mut WsConnection) -> Result<(), chat_clien
 
 async fn sync(state: &mut State, ws: &mut WsConnection, conv: ConvId, after: Seq, reason: SyncReason) -> Result<(), chat_client::ClientError> {
     *state.syncs_sent.entry(conv).or_insert(0) += 1;
-    state.last_sync.insert(conv, std::time::Instant::now());
     state.open_syncs.entry(conv).or_default().push_back((state.requests, reason));
     state.requests += 1;
     state.event(ConnEvent::SyncSent { conv, after, reason, at_us: now_us() });
@@ -710,8 +704,12 @@ async fn on_frame(state: &mut State, ws: &mut WsConnection, frame: ServerFrame, 
             state.event(ConnEvent::Message { conv, seq });
             state.observed.frames.push(Received { conn: conn_no, conv, seq, sender, id, body, ts, at_us: now_us(), live });
             state.receive(conv, seq);
-            let asked_recently = state.last_sync.get(&conv).is_some_and(|at| at.elapsed() < GAP_SYNC_INTERVAL);
-            if seq > before + 1 && !asked_recently && state.device.convs.contains(&conv) {
+            // The client recipe: one sync at a time per conversation. Asking again while one
+            // streams (it was once asked again after 3 s) re-reads the same hundreds of
+            // messages, holds the connection's later frames behind them, and the gaps that
+            // opens ask for more: a device fell a minute behind that way (seed 43).
+            let syncing = state.open_syncs.get(&conv).is_some_and(|q| !q.is_empty());
+            if seq > before + 1 && !syncing && state.device.convs.contains(&conv) {
                 // A gap: ask for what is missing (once; the answer fills it).
                 sync(state, ws, conv, before, SyncReason::Gap).await?;
             }

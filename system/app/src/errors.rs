@@ -13,6 +13,14 @@ pub fn store_error(err: StoreError) -> ApiError {
             tracing::warn!(error = %other, "store unavailable");
             ApiError::unavailable("the message store is unavailable; retry")
         }
+        // A disk failure: the store stopped accepting writes until it is reopened (it never
+        // acknowledges what it could not sync). For the client that is an outage, not a
+        // refusal: the same id resent later is stored once (found by the simulator's disk
+        // faults, which made clients give up on their messages).
+        StoreError::Kv(err @ chat_store::KvError::Io(_)) => {
+            tracing::error!(error = %err, "store I/O failure; writes refused until the store is reopened");
+            ApiError::unavailable("the message store failed; retry later")
+        }
         other => {
             tracing::error!(error = %other, "store failure");
             ApiError::internal("internal error")

@@ -27,10 +27,24 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
+type Reply = oneshot::Sender<Result<SendAck, ApiError>>;
+
 struct Pending {
     request: SendRequest,
-    reply: oneshot::Sender<Result<SendAck, ApiError>>,
+    reply: Reply,
 }
+
+impl Pending {
+    fn key(&self) -> Key {
+        (self.request.conv, self.request.sender.clone(), self.request.client_msg_id.clone())
+    }
+}
+
+/// A send queued or being written: (conversation, sender, client id).
+type Key = (ConvId, String, String);
+
+/// Resends of one id that wait for the copy already queued, at most.
+const JOINED_WAITERS_MAX: usize = 16;
 
 pub struct Sequencers {
     shared: Arc<Shared>,
@@ -42,11 +56,44 @@ struct Shared {
     config: AppConfig,
     // A std Mutex: held only to look up or insert a queue, never across an await.
     queues: Mutex<HashMap<ConvId, mpsc::Sender<Pending>>>,
+    /// Every send queued or being written, with the resends of the same id that joined it
+    /// instead of queueing again. Clients resend an unanswered id every few seconds; when
+    /// the store is slow, queueing every copy makes each one cost a transaction and the
+    /// queue never drains (a retry storm that outlives its cause: found by the simulator
+    /// with one message a transaction). Taken after `queues` when both are held.
+    joined: Mutex<HashMap<Key, Vec<Reply>>>,
+}
+
+impl Shared {
+    fn joined(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Vec<Reply>>> {
+        self.joined.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Answers `pending` and every resend that joined it.
+    fn answer(&self, pending: Pending, answer: Result<SendAck, ApiError>) {
+        let waiters = self.joined().remove(&pending.key()).unwrap_or_default();
+        for waiter in waiters {
+            let _ = waiter.send(answer.clone());
+        }
+        let _ = pending.reply.send(answer);
+    }
+
+    /// True (and forgotten) when nobody waits for `pending` any more: its caller and every
+    /// resend that joined it timed out. It is then not written; a later resend queues anew.
+    fn abandoned(&self, pending: &Pending) -> bool {
+        let mut joined = self.joined();
+        let key = pending.key();
+        let nobody = pending.reply.is_closed() && joined.get(&key).is_none_or(|w| w.iter().all(|r| r.is_closed()));
+        if nobody {
+            joined.remove(&key);
+        }
+        nobody
+    }
 }
 
 impl Sequencers {
     pub fn new(store: ChatStore, router: Router, config: AppConfig) -> Sequencers {
-        Sequencers { shared: Arc::new(Shared { store, router, config, queues: Mutex::new(HashMap::new()) }) }
+        Sequencers { shared: Arc::new(Shared { store, router, config, queues: Mutex::new(HashMap::new()), joined: Mutex::new(HashMap::new()) }) }
     }
 
     /// Queues the send now; the returned future resolves once it is durable (or refused).
@@ -56,19 +103,34 @@ impl Sequencers {
         }
         let (reply, answer) = oneshot::channel();
         let conv = request.conv;
+        let pending = Pending { request, reply };
+        let key = pending.key();
         let queued = {
             let mut queues = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
-            let active = queues.len();
-            match queues.get(&conv) {
-                Some(queue) => queue.try_send(Pending { request, reply }),
-                None if active >= self.shared.config.convs_active_max => {
-                    Err(mpsc::error::TrySendError::Full(Pending { request, reply }))
+            let mut joined = self.shared.joined();
+            match joined.get_mut(&key) {
+                // The same id is queued already: wait for its answer instead.
+                Some(waiters) if waiters.len() < JOINED_WAITERS_MAX => {
+                    waiters.push(pending.reply);
+                    Ok(())
                 }
+                Some(_) => Err(mpsc::error::TrySendError::Full(pending)),
                 None => {
-                    let (queue, receiver) = mpsc::channel(self.shared.config.conv_queue_len_max);
-                    let result = queue.try_send(Pending { request, reply });
-                    queues.insert(conv, queue);
-                    tokio::spawn(run(self.shared.clone(), conv, receiver));
+                    let active = queues.len();
+                    let result = match queues.get(&conv) {
+                        Some(queue) => queue.try_send(pending),
+                        None if active >= self.shared.config.convs_active_max => Err(mpsc::error::TrySendError::Full(pending)),
+                        None => {
+                            let (queue, receiver) = mpsc::channel(self.shared.config.conv_queue_len_max);
+                            let result = queue.try_send(pending);
+                            queues.insert(conv, queue);
+                            tokio::spawn(run(self.shared.clone(), conv, receiver));
+                            result
+                        }
+                    };
+                    if result.is_ok() {
+                        joined.insert(key, Vec::new());
+                    }
                     result
                 }
             }
@@ -121,18 +183,29 @@ async fn run(shared: Arc<Shared>, conv: ConvId, mut receiver: mpsc::Receiver<Pen
                 continue;
             }
         };
-        let mut batch = vec![first];
+        // Sends whose caller stopped waiting (it timed out and will resend the same id) are
+        // dropped unwritten: under overload, committing them would only keep the queue
+        // full of work nobody waits for, and every resend would join it (congestion
+        // collapse, found by the simulator with batches of two).
+        let mut batch = Vec::with_capacity(batch_max.min(64));
+        if !shared.abandoned(&first) {
+            batch.push(first);
+        }
         while batch.len() < batch_max {
             match receiver.try_recv() {
+                Ok(pending) if shared.abandoned(&pending) => {}
                 Ok(pending) => batch.push(pending),
                 Err(_) => break,
             }
+        }
+        if batch.is_empty() {
+            continue;
         }
         commit(&shared, conv, batch, &mut members).await;
     }
 }
 
-async fn commit(shared: &Shared, conv: ConvId, batch: Vec<Pending>, members: &mut Option<Arc<[String]>>) {
+async fn commit(shared: &Arc<Shared>, conv: ConvId, batch: Vec<Pending>, members: &mut Option<Arc<[String]>>) {
     let items = batch
         .iter()
         .map(|p| NewMessage {
@@ -146,7 +219,7 @@ async fn commit(shared: &Shared, conv: ConvId, batch: Vec<Pending>, members: &mu
         Err(err) => {
             let err = store_error(err);
             for pending in batch {
-                let _ = pending.reply.send(Err(err.clone()));
+                shared.answer(pending, Err(err.clone()));
             }
             return;
         }
@@ -171,17 +244,22 @@ async fn commit(shared: &Shared, conv: ConvId, batch: Vec<Pending>, members: &mu
             Err(AppendError::UnknownConversation) => Err(ApiError::unknown_conversation()),
         };
         match lost_acks.as_mut() {
-            Some(lost) => lost.push((pending.reply, answer)),
-            // The sender may have gone; the message is durable either way.
-            None => {
-                let _ = pending.reply.send(answer);
+            // Lost: resends from now on queue anew (and are answered from the store).
+            Some(lost) => {
+                let waiters = shared.joined().remove(&pending.key()).unwrap_or_default();
+                lost.push((pending.reply, waiters, answer));
             }
+            // The sender may have gone; the message is durable either way.
+            None => shared.answer(pending, answer),
         }
     }
     if let Some(lost) = lost_acks {
         tokio::spawn(async move {
             tokio::time::sleep(std::time::Duration::from_secs(30)).await;
-            for (reply, answer) in lost {
+            for (reply, waiters, answer) in lost {
+                for waiter in waiters {
+                    let _ = waiter.send(answer.clone());
+                }
                 let _ = reply.send(answer);
             }
         });

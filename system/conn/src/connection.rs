@@ -12,7 +12,6 @@ use crate::ConnServer;
 use crate::hub::Outbound;
 use chat_proto::deadline::Deadline;
 use chat_proto::frame::{ClientFrame, FrameOp, ServerFrame};
-use chat_proto::limits::SYNC_PAGE_MESSAGES_MAX;
 use chat_proto::link::SendRequest;
 use chat_proto::{ApiError, ConnAddr, ConvId, ErrorCode, Message, Seq};
 use futures::stream::{SplitSink, SplitStream};
@@ -254,7 +253,7 @@ impl Reader {
         }
         let mut after = after;
         loop {
-            let page = self.server.app.sync(&self.user, conv, after, SYNC_PAGE_MESSAGES_MAX);
+            let page = self.server.app.sync(&self.user, conv, after, self.server.config.sync_page_messages_max);
             let page = match self.with_timeout(page).await {
                 Ok(page) => page,
                 Err(err) => {

@@ -125,8 +125,14 @@ async fn serve_connection(stream: TcpStream, app: Arc<dyn AppApi>, routes: Arc<L
                 };
                 let answer = dispatch(&app, request);
                 let outbound = outbound.clone();
+                let timeout = config.request_timeout;
                 tokio::spawn(async move {
-                    let result = answer.await;
+                    // The caller gives up after the same bound; past it, dropping the work
+                    // frees the permit and tells the app server nobody waits (a sequencer
+                    // then skips the send).
+                    let result = tokio::time::timeout(timeout, answer)
+                        .await
+                        .unwrap_or_else(|_| Err(ApiError::unavailable("no answer in time; retry")));
                     let _ = outbound.send(LinkFrame::Response { id, result }).await;
                     drop(permit);
                 });

@@ -23,7 +23,11 @@
 //!   transaction with [`Durability::Immediate`] (one fsync for the batch), publishes the new
 //!   version and answers every request. Never one fsync per message when many are queued.
 //!
-//! The writer is a std thread, so this backend is not used under madsim (it compiles there).
+//! The writer is a std thread. Under madsim it is a simulated task instead (the one place
+//! this file differs there): a thread would run outside the simulator's control. The
+//! simulator gives the store a simulated disk through [`RedbKv::open_with_backend`] (redb's
+//! `StorageBackend`), breaks it (power loss, torn pages, I/O errors) and checks that nothing
+//! acknowledged is lost.
 
 use crate::kv::{Kv, KvError, Tx};
 use crate::occ::{CommitPath, CommitRequest, KeyValue, OccTx, Resolver, Snapshot};
@@ -102,9 +106,22 @@ impl RedbKv {
     }
 
     pub fn open_with(path: impl AsRef<Path>, options: RedbOptions) -> Result<RedbKv, KvError> {
-        assert!(options.batch_txs_max > 0 && options.queue_len_max > 0, "RedbOptions bounds must be positive");
         let path = path.as_ref();
         let db = Database::create(path).map_err(redb_error)?;
+        let kv = RedbKv::start(db, options)?;
+        tracing::info!(path = %path.display(), "opened redb store");
+        Ok(kv)
+    }
+
+    /// Opens (or creates) the store on `backend`: redb's storage interface, for storage
+    /// other than a file (the simulator's disk).
+    pub fn open_with_backend(backend: impl redb::StorageBackend, options: RedbOptions) -> Result<RedbKv, KvError> {
+        let db = redb::Builder::new().create_with_backend(backend).map_err(redb_error)?;
+        RedbKv::start(db, options)
+    }
+
+    fn start(db: Database, options: RedbOptions) -> Result<RedbKv, KvError> {
+        assert!(options.batch_txs_max > 0 && options.queue_len_max > 0, "RedbOptions bounds must be positive");
         // Create the table up front so read transactions can always open it.
         let init = db.begin_write().map_err(redb_error)?;
         init.open_table(TABLE).map_err(redb_error)?;
@@ -116,7 +133,6 @@ impl RedbKv {
         let version = Arc::new(AtomicU64::new(0));
         let stats = Arc::new(Stats::default());
         let (commits, queue) = mpsc::channel(options.queue_len_max);
-        let (exited_tx, exited) = std::sync::mpsc::channel::<()>();
         let writer = Writer {
             db: db.clone(),
             version: version.clone(),
@@ -124,19 +140,8 @@ impl RedbKv {
             resolver: Resolver::new(options.resolver_commits_max),
             options,
         };
-        std::thread::Builder::new()
-            .name("redb-writer".into())
-            .spawn(move || {
-                writer.run(queue);
-                // Dropping the sender tells `WriterGuard` the thread is done.
-                drop(exited_tx);
-            })
-            .map_err(|e| KvError::Io(format!("cannot start the redb writer thread: {e}")))?;
-        tracing::info!(path = %path.display(), "opened redb store");
-        Ok(RedbKv {
-            shared: Arc::new(Shared { db, version, commits, stats }),
-            _writer: WriterGuard { exited: std::sync::Mutex::new(exited), wait_max: options.close_wait_max },
-        })
+        let guard = writer.start(queue)?;
+        Ok(RedbKv { shared: Arc::new(Shared { db, version, commits, stats }), _writer: guard })
     }
 
     /// How many redb write transactions (one fsync each) have committed.
@@ -156,17 +161,19 @@ impl std::fmt::Debug for RedbKv {
     }
 }
 
-/// Waits for the writer thread to exit when the store is dropped.
+/// Waits for the writer thread to exit when the store is dropped (so the file can be opened
+/// again at once). A simulated writer task has nothing to wait for: it ends with its queue.
 struct WriterGuard {
     // In a Mutex only to make `RedbKv` Sync; it is used once, by `drop`.
-    exited: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    exited: Option<std::sync::Mutex<std::sync::mpsc::Receiver<()>>>,
     wait_max: Duration,
 }
 
 impl Drop for WriterGuard {
     fn drop(&mut self) {
+        let Some(exited) = self.exited.as_mut() else { return };
         // Bounded: a committer stuck mid-send would otherwise keep the channel open forever.
-        let exited = self.exited.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let exited = exited.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = exited.recv_timeout(self.wait_max) {
             tracing::warn!(wait_ms = self.wait_max.as_millis() as u64, "redb writer still busy after close; detaching it");
         }
@@ -244,21 +251,56 @@ struct Writer {
 }
 
 impl Writer {
-    /// Group commit until every sender is gone.
-    fn run(mut self, mut queue: mpsc::Receiver<Job>) {
-        let mut batch: Vec<Job> = Vec::with_capacity(self.options.batch_txs_max);
-        while let Some(first) = queue.blocking_recv() {
-            let mut bytes = first.request.mutations.bytes;
-            batch.push(first);
-            // Everything that queued up while the previous batch was syncing goes in this one.
-            while batch.len() < self.options.batch_txs_max && bytes < self.options.batch_bytes_max {
-                let Ok(job) = queue.try_recv() else { break };
-                bytes += job.request.mutations.bytes;
-                batch.push(job);
+    /// Starts the writer on a thread of its own.
+    #[cfg(not(madsim))]
+    fn start(mut self, mut queue: mpsc::Receiver<Job>) -> Result<WriterGuard, KvError> {
+        let (exited_tx, exited) = std::sync::mpsc::channel::<()>();
+        let wait_max = self.options.close_wait_max;
+        std::thread::Builder::new()
+            .name("redb-writer".into())
+            .spawn(move || {
+                let mut batch: Vec<Job> = Vec::with_capacity(self.options.batch_txs_max);
+                while let Some(first) = queue.blocking_recv() {
+                    self.take_batch(first, &mut queue, &mut batch);
+                }
+                tracing::debug!("redb writer exiting: store closed");
+                // Let go of the database first, then tell `WriterGuard` the thread is done:
+                // the file can be opened again as soon as the store's drop returns.
+                drop(batch);
+                drop(self);
+                drop(exited_tx);
+            })
+            .map_err(|e| KvError::Io(format!("cannot start the redb writer thread: {e}")))?;
+        Ok(WriterGuard { exited: Some(std::sync::Mutex::new(exited)), wait_max })
+    }
+
+    /// Starts the writer as a simulated task: the simulator runs every task, in an order its
+    /// seed decides, and a thread would escape it.
+    #[cfg(madsim)]
+    fn start(mut self, mut queue: mpsc::Receiver<Job>) -> Result<WriterGuard, KvError> {
+        let wait_max = self.options.close_wait_max;
+        tokio::spawn(async move {
+            let mut batch: Vec<Job> = Vec::with_capacity(self.options.batch_txs_max);
+            while let Some(first) = queue.recv().await {
+                // Let the committers woken with this one queue up: they join its batch.
+                tokio::task::yield_now().await;
+                self.take_batch(first, &mut queue, &mut batch);
             }
-            self.commit_batch(&mut batch, bytes);
+        });
+        Ok(WriterGuard { exited: None, wait_max })
+    }
+
+    /// Group commit: `first` and everything that queued up while the previous batch was
+    /// syncing, in one durable redb transaction.
+    fn take_batch(&mut self, first: Job, queue: &mut mpsc::Receiver<Job>, batch: &mut Vec<Job>) {
+        let mut bytes = first.request.mutations.bytes;
+        batch.push(first);
+        while batch.len() < self.options.batch_txs_max && bytes < self.options.batch_bytes_max {
+            let Ok(job) = queue.try_recv() else { break };
+            bytes += job.request.mutations.bytes;
+            batch.push(job);
         }
-        tracing::debug!("redb writer exiting: store closed");
+        self.commit_batch(batch, bytes);
     }
 
     fn commit_batch(&mut self, batch: &mut Vec<Job>, bytes: usize) {
