@@ -28,16 +28,7 @@ mod real_sockets {
     }
 
     fn start_redis() -> RedisServer {
-        // The free port may be taken before redis-server binds it (it then exits at start);
-        // the next try picks another port.
-        let mut failures = Vec::new();
-        loop {
-            match RedisServer::start() {
-                Ok(server) => return server,
-                Err(e) if failures.len() < 2 => failures.push(e),
-                Err(e) => panic!("{failures:?}; {e}"),
-            }
-        }
+        RedisServer::start_retrying().unwrap_or_else(|e| panic!("{e}"))
     }
 
     #[tokio::test]

@@ -311,6 +311,19 @@ impl RedisServer {
         Ok(server)
     }
 
+    /// [`RedisServer::start`], trying up to three free ports: another process may take the
+    /// free port before redis-server binds it (redis-server then exits at start).
+    pub fn start_retrying() -> Result<RedisServer, String> {
+        let mut failures = Vec::new();
+        loop {
+            match RedisServer::start() {
+                Ok(server) => return Ok(server),
+                Err(e) if failures.len() < 2 => failures.push(e),
+                Err(e) => return Err(format!("{failures:?}; {e}")),
+            }
+        }
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }

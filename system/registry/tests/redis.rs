@@ -10,16 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn start_redis() -> RedisServer {
-    // The free port may be taken before redis-server binds it (it then exits at start); the
-    // next try picks another port.
-    let mut failures = Vec::new();
-    loop {
-        match RedisServer::start() {
-            Ok(server) => return server,
-            Err(e) if failures.len() < 2 => failures.push(e),
-            Err(e) => panic!("{failures:?}; {e}"),
-        }
-    }
+    RedisServer::start_retrying().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A plain blocking client for looking at (and corrupting) what the registry wrote.
