@@ -102,13 +102,16 @@ pub struct Swarm {
     pub disk: bool,
     /// `buggify` fault points in the production code are live.
     pub buggify: bool,
+    /// One app server stays down for 25-40 s (a machine slow to come back): long enough to
+    /// judge that its conversations fail over (the `failover` checker).
+    pub long_outage: bool,
     /// Mean seconds between episodes.
     pub mean_gap_secs: u64,
 }
 
 impl Swarm {
     /// No fault of any kind.
-    pub const CALM: Swarm = Swarm { kills: false, partitions: false, latency: false, store: false, registry_loss: false, disconnects: false, pauses: false, disk: false, buggify: false, mean_gap_secs: 0 };
+    pub const CALM: Swarm = Swarm { kills: false, partitions: false, latency: false, store: false, registry_loss: false, disconnects: false, pauses: false, disk: false, buggify: false, long_outage: false, mean_gap_secs: 0 };
 }
 
 impl std::fmt::Display for Swarm {
@@ -116,7 +119,7 @@ impl std::fmt::Display for Swarm {
         let on = |b: bool, name: &str| if b { format!(" {name}") } else { String::new() };
         write!(
             f,
-            "swarm:{}{}{}{}{}{}{}{}{} every ~{}s",
+            "swarm:{}{}{}{}{}{}{}{}{}{} every ~{}s",
             on(self.kills, "kills"),
             on(self.partitions, "partitions"),
             on(self.latency, "latency"),
@@ -126,6 +129,7 @@ impl std::fmt::Display for Swarm {
             on(self.pauses, "pauses"),
             on(self.disk, "disk"),
             on(self.buggify, "buggify"),
+            on(self.long_outage, "long-outage"),
             self.mean_gap_secs
         )
     }
@@ -150,6 +154,7 @@ impl Schedule {
             pauses: rng.random_bool(0.3),
             disk: false,
             buggify: rng.random_bool(0.5),
+            long_outage: false,
             mean_gap_secs: rng.random_range(5..30),
         };
         if cluster.single {
@@ -225,6 +230,16 @@ impl Schedule {
             let duration = duration.min(chaos.saturating_sub(t));
             episodes.push(Episode { start: t, duration, fault });
             t += Duration::from_millis(rng.random_range(100..=swarm.mean_gap_secs * 2000));
+        }
+        // Drawn from a stream of its own, so every other episode stays what the seed made it.
+        let mut outage = StdRng::seed_from_u64(seed ^ 0x6c6f_6e67_5f6f_7574_u64);
+        if !cluster.single && cluster.apps > 1 && outage.random_bool(0.3) {
+            swarm.long_outage = true;
+            let start = chaos.mul_f64(outage.random_range(0.2..0.6));
+            let duration = Duration::from_secs(outage.random_range(25..40));
+            let app = outage.random_range(0..cluster.apps);
+            episodes.push(Episode { start, duration, fault: Fault::Kill(Node::App(app)) });
+            episodes.sort_by_key(|e| e.start);
         }
         (swarm, Schedule { episodes })
     }

@@ -46,6 +46,9 @@ struct Args {
     /// Seeds run in this many processes at once.
     #[arg(long, default_value_t = 2)]
     jobs: usize,
+    /// With `--seed`: print the seed's swarm and fault schedule, and run nothing.
+    #[arg(long, requires = "seed")]
+    show_schedule: bool,
     /// With `--seed`: write the whole trace here, pass or fail.
     #[arg(long, requires = "seed", hide = true)]
     trace_out: Option<PathBuf>,
@@ -73,6 +76,12 @@ fn main() -> std::process::ExitCode {
         config.cluster = chat_sim::cluster::ClusterConfig::single();
     }
     let children = Children { quick: args.quick, calm: args.calm, single: args.single, jobs: args.jobs.max(1) };
+
+    if let (Some(seed), true) = (args.seed, args.show_schedule) {
+        let (swarm, schedule) = Schedule::generate(seed, &config.cluster, config.devices, config.chaos);
+        println!("seed {seed}\n{swarm}\n{}", schedule.to_text());
+        return ExitCode::SUCCESS;
+    }
 
     if let Some(seed) = args.seed {
         let schedule = match &args.schedule {
