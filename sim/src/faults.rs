@@ -238,6 +238,10 @@ impl Schedule {
             let start = chaos.mul_f64(outage.random_range(0.2..0.6));
             let duration = Duration::from_secs(outage.random_range(25..40));
             let app = outage.random_range(0..cluster.apps);
+            // Alone, from 20 s before to its end: what the failover checker judges is that the
+            // other app server takes over, so nothing else may be slowing sends down meanwhile.
+            let quiet_from = start.saturating_sub(Duration::from_secs(20));
+            episodes.retain(|e| e.start + e.duration < quiet_from || e.start > start + duration);
             episodes.push(Episode { start, duration, fault: Fault::Kill(Node::App(app)) });
             episodes.sort_by_key(|e| e.start);
         }
