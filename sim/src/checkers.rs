@@ -21,8 +21,15 @@
 //! - `reads`: a read that starts after an ack includes that message; a device's reads never
 //!   go backwards; pages are exactly the messages asked for;
 //! - `failover`: while one app server is down (and nothing else is wrong), sends are
-//!   acknowledged by the other within [`FAILOVER_ACK_BOUND`].
+//!   acknowledged by the other within [`FAILOVER_ACK_BOUND`];
+//! - `accounts`: registrations, logins and conversation creations made during the faults,
+//!   retried after answers that may have been applied, end as exactly one account that logs
+//!   in with its password and conversations with exactly their members, nothing else;
+//! - `slow_consumers`: a client that stops reading for good is dropped by the server it is
+//!   connected to (its connection server, or the gateway splicing it) within
+//!   [`Evidence::stall_drop_bound`]; the other checkers see that nobody else suffers.
 
+use crate::accounts::{Newcomer, Registration};
 use crate::cluster::Node;
 use crate::faults::Fault;
 use crate::workload::{ConnEvent, ConnRecord, Device, Observed, ReadAnswer, ReadKind};
@@ -78,6 +85,11 @@ pub struct Evidence<'a> {
     pub faults: &'a [PlayedFault],
     /// When buggify (fault points everywhere) was on.
     pub buggify: Option<(u64, u64)>,
+    /// How long after a client stops reading for good its server must have dropped it (from
+    /// the seed's idle and write timeouts).
+    pub stall_drop_bound: Duration,
+    /// Who registered during the faults, and what they saw.
+    pub newcomers: &'a [Newcomer],
 }
 
 /// How live delivery went: the share of (member device, message) pairs whose message was
@@ -114,6 +126,8 @@ pub fn check_all(e: &Evidence) -> (Vec<Violation>, LiveFigures) {
     read_state(e, &mut out);
     reads(e, &mut out);
     failover(e, &mut out);
+    slow_consumers(e, &mut out);
+    accounts(e, &mut out);
     (out, live)
 }
 
@@ -259,12 +273,18 @@ fn unhealthy(e: &Evidence) -> Vec<(u64, u64, Scope)> {
                 Fault::Kill(node @ Node::Gateway(_)) | Fault::Isolate(node @ Node::Gateway(_)) | Fault::Pause(node @ Node::Gateway(_)) => Scope::Via(*node),
                 Fault::Partition(a @ Node::Gateway(_), _) | Fault::OneWay(a @ Node::Gateway(_), _) => Scope::Via(*a),
                 Fault::Partition(_, b @ Node::Gateway(_)) | Fault::OneWay(_, b @ Node::Gateway(_)) => Scope::Via(*b),
-                Fault::Disconnect(device) => Scope::Device(*device),
+                Fault::Disconnect(device) | Fault::Stall { device, .. } => Scope::Device(*device),
                 _ => Scope::All,
             };
             (f.begin_us, f.end_us.saturating_add(recovery), scope)
         })
         .collect();
+    // A stall as the device lived it (it starts when the device next looks at its orders).
+    for (device, o) in e.devices.iter().zip(e.observed) {
+        for stall in &o.stalls {
+            windows.push((stall.begin_us, stall.end_us.saturating_add(recovery), Scope::Device(device.index)));
+        }
+    }
     if let Some((begin, end)) = e.buggify {
         // Fault points delay acks and deliveries by seconds, registrations too, and hold
         // acks for 30 s: nothing is healthy while they are live.
@@ -296,6 +316,92 @@ fn sync_windows(connection: &ConnRecord) -> HashMap<ConvId, Vec<(u64, u64)>> {
         windows.entry(conv).or_default().extend(queue.into_iter().map(|from| (from, connection.closed_us)));
     }
     windows
+}
+
+fn slow_consumers(e: &Evidence, out: &mut Vec<Violation>) {
+    let bound = e.stall_drop_bound.as_micros() as u64;
+    for (device, o) in e.devices.iter().zip(e.observed) {
+        for stall in o.stalls.iter().filter(|s| s.forever) {
+            // A paused server does nothing meanwhile; its pause is added to the bound.
+            let paused: u64 = e
+                .faults
+                .iter()
+                .filter(|f| matches!(f.fault, Fault::Pause(_)))
+                .map(|f| f.end_us.min(stall.begin_us + bound).saturating_sub(f.begin_us.max(stall.begin_us)))
+                .sum();
+            let allowed = bound + paused;
+            let waited = stall.end_us.saturating_sub(stall.begin_us);
+            match stall.dropped_us {
+                Some(at) if at.saturating_sub(stall.begin_us) <= allowed => {}
+                Some(at) => violation(out, "slow_consumers", format!("device {} ({}) stopped reading via {}; the server dropped it after {} ms, bound {} ms", device.index, device.user, stall.via, (at - stall.begin_us) / 1000, allowed / 1000)),
+                // The device stopped waiting before the bound (the chaos phase ended): no verdict.
+                None if waited < allowed => {}
+                None => violation(out, "slow_consumers", format!("device {} ({}) stopped reading via {}; still connected {} ms later, bound {} ms", device.index, device.user, stall.via, waited / 1000, allowed / 1000)),
+            }
+        }
+    }
+}
+
+fn accounts(e: &Evidence, out: &mut Vec<Violation>) {
+    let by_name: HashMap<&str, &Newcomer> = e.newcomers.iter().map(|n| (n.user.as_str(), n)).collect();
+    let creations: Vec<&crate::accounts::Creation> = e.newcomers.iter().flat_map(|n| &n.creations).collect();
+    for n in e.newcomers {
+        match &n.registration {
+            Registration::TakenAtFirst => violation(out, "accounts", format!("{}: a name nobody had used was taken at the first attempt", n.user)),
+            Registration::Refused(code) => violation(out, "accounts", format!("{}: registration refused with {code}", n.user)),
+            // Ours (applied before its answer was lost): the password must work.
+            Registration::Created | Registration::TakenAfterUnknown => {
+                if let Err(code) = &n.final_login {
+                    violation(out, "accounts", format!("{} registered ({:?}) but cannot log in after the faults: {code}", n.user, n.registration));
+                } else if n.final_inbox.is_none() {
+                    violation(out, "accounts", format!("{}: the inbox could not be read after the faults", n.user));
+                }
+            }
+            // Applied or not: either logs in or is unknown; both are fine.
+            Registration::Unanswered => {}
+        }
+        for c in &n.creations {
+            if let Some(code) = &c.refused {
+                violation(out, "accounts", format!("{}: creating {:?} {:?} refused with {code}", n.user, c.members, c.title));
+            }
+            let Some(view) = &c.created else { continue };
+            if view.members != c.members || view.title != c.title {
+                violation(out, "accounts", format!("{}: asked for {:?} {:?}, answered conv {} with {:?} {:?}", n.user, c.members, c.title, view.conv_id, view.members, view.title));
+            }
+            // Every member finds it, with these members.
+            for member in &c.members {
+                let Some(inbox) = by_name.get(member.as_str()).and_then(|m| m.final_inbox.as_ref()) else { continue };
+                match inbox.iter().find(|v| v.conv_id == view.conv_id) {
+                    Some(v) if v.members == c.members && v.title == c.title => {}
+                    other => violation(out, "accounts", format!("conv {} created by {} for {:?}: {member}'s inbox has {other:?}", view.conv_id, n.user, c.members)),
+                }
+            }
+        }
+        let Some(inbox) = &n.final_inbox else { continue };
+        // Nothing nobody asked for: a conversation is one that was answered, or the duplicate
+        // of an attempt that may have been applied (a group has no idempotency key; a direct
+        // conversation is unique per pair, so it never has a duplicate).
+        let mut seen: HashMap<(&Vec<String>, &Option<String>), u32> = HashMap::new();
+        for v in inbox {
+            *seen.entry((&v.members, &v.title)).or_default() += 1;
+            let asked = creations.iter().any(|c| c.members == v.members && c.title == v.title && (c.created.as_ref().is_some_and(|x| x.conv_id == v.conv_id) || c.unknown_attempts > 0));
+            if !asked {
+                violation(out, "accounts", format!("{}'s inbox has conv {} {:?} {:?}, which nobody created", n.user, v.conv_id, v.members, v.title));
+            }
+        }
+        for ((members, title), count) in seen {
+            let allowed: u32 = creations
+                .iter()
+                .filter(|c| &c.members == members && &c.title == title)
+                .map(|c| if title.is_none() && members.len() == 2 { 1 } else { u32::from(c.created.is_some()) + c.unknown_attempts })
+                .max()
+                .unwrap_or(0)
+                .max(1);
+            if count > allowed {
+                violation(out, "accounts", format!("{}'s inbox has {count} conversations {members:?} {title:?}; at most {allowed} can come from the attempts", n.user));
+            }
+        }
+    }
 }
 
 fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {

@@ -9,6 +9,7 @@
 use crate::disk::{DiskFaults, SimDisk};
 use crate::fdb::{FaultConfig, SimFdbFaults, SimFdbKv, SimFdbServer};
 use crate::resp::{RespServer, RespState};
+use crate::sockets::{ShapedListener, Stalls};
 use crate::trace::Trace;
 use chat::roles::{AppOptions, Common, ConnOptions, GatewayOptions};
 use chat_app::AppConfig;
@@ -78,6 +79,8 @@ pub struct Knobs {
     pub link: LinkConfig,
     /// The registry entry TTL is three refresh intervals.
     pub registry_refresh: Duration,
+    /// The HTTP listeners of gateways, connection servers and `chat serve`.
+    pub http: HttpConfig,
 }
 
 impl Default for Knobs {
@@ -85,7 +88,7 @@ impl Default for Knobs {
         let mut link = LinkConfig::default();
         link.request_timeout = Duration::from_secs(5);
         let registry_refresh = Duration::from_secs(2);
-        Knobs { app: AppConfig::default(), conn: ConnConfig { registry_refresh_interval: registry_refresh, ..ConnConfig::default() }, link, registry_refresh }
+        Knobs { app: AppConfig::default(), conn: ConnConfig { registry_refresh_interval: registry_refresh, ..ConnConfig::default() }, link, registry_refresh, http: HttpConfig::default() }
     }
 }
 
@@ -116,6 +119,11 @@ impl Knobs {
         knobs.link.idle_timeout = knobs.link.heartbeat_interval * rng.random_range(3..=4);
         knobs.link.outbound_queue_len_max = rng.random_range(256..4096);
         knobs.link.request_timeout = ms(&mut rng, 3_000..10_000);
+        // Drawn last, so the knobs above stay what each seed made them before these existed.
+        knobs.conn.write_timeout = ms(&mut rng, 1_000..10_000);
+        knobs.http.write_timeout = ms(&mut rng, 1_000..10_000);
+        // Three or four pings without an answer: one late pong must not close a connection.
+        knobs.conn.idle_timeout = knobs.conn.heartbeat_interval * rng.random_range(3..=4);
         knobs
     }
 }
@@ -124,7 +132,7 @@ impl std::fmt::Display for Knobs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "knobs: batch {} conv-queue {} seq-idle {:?} out-queue {} sends-in-flight {} held {} sync-page {} conn-heartbeat {:?} conn-timeout {:?} refresh {:?} link-heartbeat {:?} link-idle {:?} link-queue {} link-timeout {:?}",
+            "knobs: batch {} conv-queue {} seq-idle {:?} out-queue {} sends-in-flight {} held {} sync-page {} conn-heartbeat {:?} conn-idle {:?} conn-write {:?} splice-write {:?} conn-timeout {:?} refresh {:?} link-heartbeat {:?} link-idle {:?} link-queue {} link-timeout {:?}",
             self.app.batch_messages_max,
             self.app.conv_queue_len_max,
             self.app.sequencer_idle_timeout,
@@ -133,6 +141,9 @@ impl std::fmt::Display for Knobs {
             self.conn.sync_held_messages_max,
             self.conn.sync_page_messages_max,
             self.conn.heartbeat_interval,
+            self.conn.idle_timeout,
+            self.conn.write_timeout,
+            self.http.write_timeout,
             self.conn.request_timeout,
             self.registry_refresh,
             self.link.heartbeat_interval,
@@ -200,6 +211,8 @@ pub struct Cluster {
     pub redis_state: Arc<RespState>,
     /// The single node's disk (unused by the cluster); it outlives the node's restarts.
     pub disk: SimDisk,
+    /// Clients that stopped reading, honoured by every listener clients connect to.
+    pub stalls: Arc<Stalls>,
     nodes: Vec<(Node, NodeHandle)>,
 }
 
@@ -269,14 +282,15 @@ impl Cluster {
     pub fn start(config: ClusterConfig, trace: Trace) -> Cluster {
         let handle = Handle::current();
         let disk = SimDisk::new();
+        let stalls = Arc::new(Stalls::default());
         if config.single {
-            let (cfg, disk_of_node) = (config.clone(), disk.clone());
+            let (cfg, disk_of_node, stalls_of_node) = (config.clone(), disk.clone(), stalls.clone());
             let node = handle
                 .create_node()
                 .name("serve")
                 .ip(serve_addr().ip())
                 .init(move || {
-                    let (cfg, disk) = (cfg.clone(), disk_of_node.clone());
+                    let (cfg, disk, stalls) = (cfg.clone(), disk_of_node.clone(), stalls_of_node.clone());
                     async move {
                         // What `chat serve` does, over the simulated disk instead of a file. A
                         // store that cannot open (its disk still failing) exits the process;
@@ -296,14 +310,16 @@ impl Cluster {
                         options.password_cost = PasswordCost::TESTING;
                         options.app = cfg.knobs.app.clone();
                         options.conn = cfg.knobs.conn.clone();
-                        if let Err(err) = chat::serve::run(bind(serve_addr()).await, kv, options, std::future::pending()).await {
+                        options.http = cfg.knobs.http.clone();
+                        let listener = ShapedListener::new(bind(serve_addr()).await, stalls);
+                        if let Err(err) = chat::serve::run(listener, kv, options, std::future::pending()).await {
                             panic!("serve failed: {err:#}");
                         }
                     }
                 })
                 .build();
             let nodes = vec![(Node::Serve, node)];
-            return Cluster { handle, config, trace, fdb_data: MemoryKv::new(), fdb_faults: SimFdbFaults::new(FaultConfig::QUIET), redis_state: Arc::new(RespState::new()), disk, nodes };
+            return Cluster { handle, config, trace, fdb_data: MemoryKv::new(), fdb_faults: SimFdbFaults::new(FaultConfig::QUIET), redis_state: Arc::new(RespState::new()), disk, stalls, nodes };
         }
         let fdb_data = MemoryKv::new();
         let fdb_faults = SimFdbFaults::new(FaultConfig::QUIET);
@@ -347,16 +363,17 @@ impl Cluster {
 
         let apps: Vec<SocketAddr> = (0..config.apps).map(app_addr).collect();
         for i in 0..config.conns {
-            let (cfg, apps) = (config.clone(), apps.clone());
+            let (cfg, apps, stalls) = (config.clone(), apps.clone(), stalls.clone());
             let node = handle
                 .create_node()
                 .name(format!("conn{i}"))
                 .ip(conn_addr(i).ip())
                 .init(move || {
-                    let (cfg, apps) = (cfg.clone(), apps.clone());
+                    let (cfg, apps, stalls) = (cfg.clone(), apps.clone(), stalls.clone());
                     async move {
-                        let options = ConnOptions { common: common(&cfg.knobs), server_id: i as u32 + 1, apps, conn: cfg.knobs.conn.clone(), http: HttpConfig::default() };
-                        if let Err(err) = chat::roles::run_conn(bind(conn_addr(i)).await, registry(&cfg), options, std::future::pending()).await {
+                        let options = ConnOptions { common: common(&cfg.knobs), server_id: i as u32 + 1, apps, conn: cfg.knobs.conn.clone(), http: cfg.knobs.http.clone() };
+                        let listener = ShapedListener::new(bind(conn_addr(i)).await, stalls);
+                        if let Err(err) = chat::roles::run_conn(listener, registry(&cfg), options, std::future::pending()).await {
                             panic!("conn{i} failed: {err:#}");
                         }
                     }
@@ -367,13 +384,13 @@ impl Cluster {
 
         let conns: Vec<SocketAddr> = (0..config.conns).map(conn_addr).collect();
         for i in 0..config.gateways {
-            let (cfg, apps, conns) = (config.clone(), apps.clone(), conns.clone());
+            let (cfg, apps, conns, stalls) = (config.clone(), apps.clone(), conns.clone(), stalls.clone());
             let node = handle
                 .create_node()
                 .name(format!("gateway{i}"))
                 .ip(gateway_addr(i).ip())
                 .init(move || {
-                    let (cfg, apps, conns) = (cfg.clone(), apps.clone(), conns.clone());
+                    let (cfg, apps, conns, stalls) = (cfg.clone(), apps.clone(), conns.clone(), stalls.clone());
                     async move {
                         let options = GatewayOptions {
                             common: common(&cfg.knobs),
@@ -381,10 +398,11 @@ impl Cluster {
                             conns,
                             // Every simulated client has its own address; limits stay on, generous.
                             rates: RateConfig::default(),
-                            http: HttpConfig::default(),
+                            http: cfg.knobs.http.clone(),
                             health_check_interval: Duration::from_millis(500),
                         };
-                        if let Err(err) = chat::roles::run_gateway(bind(gateway_addr(i)).await, options, std::future::pending()).await {
+                        let listener = ShapedListener::new(bind(gateway_addr(i)).await, stalls);
+                        if let Err(err) = chat::roles::run_gateway(listener, options, std::future::pending()).await {
                             panic!("gateway{i} failed: {err:#}");
                         }
                     }
@@ -392,7 +410,7 @@ impl Cluster {
                 .build();
             nodes.push((Node::Gateway(i), node));
         }
-        Cluster { handle, config, trace, fdb_data, fdb_faults, redis_state, disk, nodes }
+        Cluster { handle, config, trace, fdb_data, fdb_faults, redis_state, disk, stalls, nodes }
     }
 
     pub fn config(&self) -> &ClusterConfig {

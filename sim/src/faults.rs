@@ -34,6 +34,10 @@ pub enum Fault {
     Disconnect(usize),
     /// The single node's disk fails (until the end, when the node restarts to recover).
     DiskErrors(DiskError),
+    /// A client device stops reading its socket (its app frozen or in the background): the
+    /// server may write `window_bytes` more, then its writes wait. Until the end, or with
+    /// `forever` until the server drops the connection (the end is then only a cap).
+    Stall { device: usize, window_bytes: usize, forever: bool },
 }
 
 /// How a disk fails.
@@ -70,9 +74,15 @@ impl std::fmt::Display for Fault {
             Fault::FlushRegistry => write!(f, "flush-registry"),
             Fault::Disconnect(d) => write!(f, "disconnect device {d}"),
             Fault::DiskErrors(kind) => write!(f, "disk-errors {}", kind.name()),
+            Fault::Stall { device, window_bytes, forever } => {
+                write!(f, "stall device {device} window {window_bytes}{}", if *forever { " forever" } else { "" })
+            }
         }
     }
 }
+
+/// How long a device that stopped reading for good waits for the server to drop it.
+pub const STALL_FOREVER_CAP: Duration = Duration::from_secs(150);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Episode {
@@ -105,13 +115,15 @@ pub struct Swarm {
     /// One app server stays down for 25-40 s (a machine slow to come back): long enough to
     /// judge that its conversations fail over (the `failover` checker).
     pub long_outage: bool,
+    /// Devices stop reading their sockets for a while, one perhaps for good.
+    pub slow_consumers: bool,
     /// Mean seconds between episodes.
     pub mean_gap_secs: u64,
 }
 
 impl Swarm {
     /// No fault of any kind.
-    pub const CALM: Swarm = Swarm { kills: false, partitions: false, latency: false, store: false, registry_loss: false, disconnects: false, pauses: false, disk: false, buggify: false, long_outage: false, mean_gap_secs: 0 };
+    pub const CALM: Swarm = Swarm { kills: false, partitions: false, latency: false, store: false, registry_loss: false, disconnects: false, pauses: false, disk: false, buggify: false, long_outage: false, slow_consumers: false, mean_gap_secs: 0 };
 }
 
 impl std::fmt::Display for Swarm {
@@ -119,7 +131,7 @@ impl std::fmt::Display for Swarm {
         let on = |b: bool, name: &str| if b { format!(" {name}") } else { String::new() };
         write!(
             f,
-            "swarm:{}{}{}{}{}{}{}{}{}{} every ~{}s",
+            "swarm:{}{}{}{}{}{}{}{}{}{}{} every ~{}s",
             on(self.kills, "kills"),
             on(self.partitions, "partitions"),
             on(self.latency, "latency"),
@@ -130,6 +142,7 @@ impl std::fmt::Display for Swarm {
             on(self.disk, "disk"),
             on(self.buggify, "buggify"),
             on(self.long_outage, "long-outage"),
+            on(self.slow_consumers, "slow-consumers"),
             self.mean_gap_secs
         )
     }
@@ -155,6 +168,7 @@ impl Schedule {
             disk: false,
             buggify: rng.random_bool(0.5),
             long_outage: false,
+            slow_consumers: false,
             mean_gap_secs: rng.random_range(5..30),
         };
         if cluster.single {
@@ -231,6 +245,28 @@ impl Schedule {
             episodes.push(Episode { start: t, duration, fault });
             t += Duration::from_millis(rng.random_range(100..=swarm.mean_gap_secs * 2000));
         }
+        // Slow consumers, from a stream of their own (so the episodes above stay what each
+        // seed made them before these existed), and before the long outage, which clears
+        // the time around it.
+        let mut slow = StdRng::seed_from_u64(seed ^ 0x736c_6f77_5f72_6561_u64);
+        if devices > 0 && slow.random_bool(0.5) {
+            swarm.slow_consumers = true;
+            // Socket buffers from already full to 64 KiB; small ones fill within a ping or two.
+            const WINDOWS_BYTES: [usize; 4] = [0, 1024, 16 * 1024, 64 * 1024];
+            for _ in 0..slow.random_range(1..=3) {
+                let start = chaos.mul_f64(slow.random_range(0.05..0.8));
+                let duration = Duration::from_millis(slow.random_range(1_000..20_000)).min(chaos.saturating_sub(start));
+                let fault = Fault::Stall { device: slow.random_range(0..devices), window_bytes: WINDOWS_BYTES[slow.random_range(0..4)], forever: false };
+                episodes.push(Episode { start, duration, fault });
+            }
+            if slow.random_bool(0.5) {
+                // Early enough that the server's give-up bound ends within the chaos phase.
+                let start = chaos.mul_f64(slow.random_range(0.1..0.4));
+                let fault = Fault::Stall { device: slow.random_range(0..devices), window_bytes: WINDOWS_BYTES[slow.random_range(0..2)], forever: true };
+                episodes.push(Episode { start, duration: STALL_FOREVER_CAP.min(chaos.saturating_sub(start)), fault });
+            }
+            episodes.sort_by_key(|e| e.start);
+        }
         // Drawn from a stream of its own, so every other episode stays what the seed made it.
         let mut outage = StdRng::seed_from_u64(seed ^ 0x6c6f_6e67_5f6f_7574_u64);
         if !cluster.single && cluster.apps > 1 && outage.random_bool(0.3) {
@@ -295,6 +331,11 @@ impl Fault {
             ["store-faults"] => Fault::StoreFaults,
             ["flush-registry"] => Fault::FlushRegistry,
             ["disconnect", "device", d] => Fault::Disconnect(d.parse().map_err(|_| format!("`{d}` is not a device number"))?),
+            ["stall", "device", d, "window", w, rest @ ..] if rest.is_empty() || rest == ["forever"] => Fault::Stall {
+                device: d.parse().map_err(|_| format!("`{d}` is not a device number"))?,
+                window_bytes: w.parse().map_err(|_| format!("`{w}` is not a number of bytes"))?,
+                forever: !rest.is_empty(),
+            },
             ["disk-errors", kind] => Fault::DiskErrors(match *kind {
                 "eio" => DiskError::Eio,
                 "enospc" => DiskError::Enospc,

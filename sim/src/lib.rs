@@ -19,11 +19,16 @@
 //! - [`cluster`]: the simulated cluster (production entry points on every node) and the
 //!   tester's verbs: `kill`, `restart`, `partition`, `isolate`, `heal`, `flush_registry`.
 //! - [`faults`]: swarm fault schedules drawn from the seed.
+//! - [`sockets`]: send windows madsim's TCP lacks, so clients that stop reading make the
+//!   servers' writes wait.
 //! - [`workload`]: what simulated people do, and what they observe.
+//! - [`accounts`]: newcomers who register, log in and start conversations during the faults.
 //! - [`checkers`]: the named invariants, apart from everything else.
 //! - [`scenario`]: the standard scenario wiring it all together.
 //! - [`runner`], [`shrink`]: seeds, trace files, replay commands, schedule shrinking.
 
+#[cfg(madsim)]
+pub mod accounts;
 #[cfg(madsim)]
 pub mod checkers;
 #[cfg(madsim)]
@@ -44,6 +49,8 @@ pub mod seeds;
 pub mod shrink;
 #[cfg(madsim)]
 pub mod smoke;
+#[cfg(madsim)]
+pub mod sockets;
 #[cfg(madsim)]
 pub mod trace;
 #[cfg(madsim)]

@@ -2,12 +2,13 @@
 //! group conversations for minutes of simulated time while the seed's fault schedule plays,
 //! then faults stop, everyone settles, and the checkers judge what everyone observed.
 
+use crate::accounts::run_newcomers;
 use crate::checkers::{Evidence, LiveFigures, PlayedFault, Violation, check_all};
-use crate::cluster::{Cluster, ClusterConfig, Node, client_ip, conn_addr};
+use crate::cluster::{Cluster, ClusterConfig, Knobs, Node, client_ip, conn_addr};
 use crate::disk::DiskFaults;
 use crate::faults::{DiskError, Fault, Schedule, Swarm};
 use crate::trace::Trace;
-use crate::workload::{Controls, Device, Observed, Phase, WsTarget, now_us, run_client};
+use crate::workload::{Controls, Device, Observed, Phase, StallOrder, WsTarget, now_us, run_client};
 use anyhow::{Context, bail};
 use chat_client::{Client, ClientFrame, ServerFrame, WsEvent};
 use chat_proto::ConvId;
@@ -136,7 +137,7 @@ async fn run_inner(config: ScenarioConfig, seed: u64, swarm: Swarm, schedule: Sc
         })
         .collect();
 
-    let controls = Controls::new(devices.len());
+    let controls = Controls::new(devices.len(), cluster.stalls.clone());
     let deadline = config.chaos + config.settle_max + Duration::from_secs(60);
     let handle = madsim::runtime::Handle::current();
     let mut tasks = Vec::new();
@@ -144,6 +145,10 @@ async fn run_inner(config: ScenarioConfig, seed: u64, swarm: Swarm, schedule: Sc
         let node = handle.create_node().name(format!("client{}", device.index)).ip(client_ip(device.index)).build();
         tasks.push(node.spawn(run_client(device.clone(), controls.clone(), trace.clone(), deadline)));
     }
+
+    // Newcomers register, log in and start conversations while the faults go on.
+    let newcomers_node = handle.create_node().name("newcomers").ip(IpAddr::V4(Ipv4Addr::new(10, 9, 0, 3))).build();
+    let newcomers = newcomers_node.spawn(run_newcomers(gateways.clone(), controls.clone(), trace.clone(), seed ^ 0x6e65_7763_6f6d_6572));
 
     // Fault points in production code (and madsim's own network delays) for this phase only.
     let chaos_start = now_us();
@@ -163,14 +168,30 @@ async fn run_inner(config: ScenarioConfig, seed: u64, swarm: Swarm, schedule: Sc
     trace.record(format!("phase catchup ({} of {} devices resolved)", controls.resolved.load(Ordering::Relaxed), devices.len()));
     controls.set_phase(Phase::Catchup);
     let mut observed: Vec<Observed> = Vec::new();
+    // Devices that have not settled by then stop, and the checkers judge what they saw
+    // (`liveness` reports them, and the others what they miss): a device stuck on a missing
+    // message is a finding about that message, not only about time.
     let settle_deadline = std::time::Instant::now() + config.settle_max;
+    let stopper = {
+        let controls = controls.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(settle_deadline.into()).await;
+            controls.stop();
+        })
+    };
     for task in tasks {
-        match tokio::time::timeout(settle_deadline.saturating_duration_since(std::time::Instant::now()), task).await {
+        match tokio::time::timeout(settle_deadline.saturating_duration_since(std::time::Instant::now()) + STOP_GRACE, task).await {
             Ok(Ok(o)) => observed.push(o),
             Ok(Err(err)) => bail!("a client task failed: {err}"),
-            Err(_) => bail!("liveness: clients did not finish within {:?} after faults stopped", config.settle_max),
+            Err(_) => bail!("liveness: a client did not stop within {STOP_GRACE:?} of being told to"),
         }
     }
+    stopper.abort();
+    let newcomers = match tokio::time::timeout(config.settle_max, newcomers).await {
+        Ok(Ok(newcomers)) => newcomers,
+        Ok(Err(err)) => bail!("the newcomers' task failed: {err}"),
+        Err(_) => bail!("liveness: the newcomers did not finish within {:?} after faults stopped", config.settle_max),
+    };
     trace.record("phase check");
 
     let reads = on_node("checker", IpAddr::V4(Ipv4Addr::new(10, 9, 0, 2)), final_reads(gateways[0].clone(), tokens.clone(), convs.clone())).await??;
@@ -184,6 +205,8 @@ async fn run_inner(config: ScenarioConfig, seed: u64, swarm: Swarm, schedule: Sc
         inboxes_after: &inboxes_after,
         faults: &faults,
         buggify,
+        stall_drop_bound: stall_drop_bound(&config.cluster.knobs),
+        newcomers: &newcomers,
     };
     let (violations, live) = check_all(&evidence);
     let stats = Stats {
@@ -198,6 +221,13 @@ async fn run_inner(config: ScenarioConfig, seed: u64, swarm: Swarm, schedule: Sc
         trace.record(format!("violation {v}"));
     }
     Ok((stats, violations))
+}
+
+/// How long after a client stops reading for good the server must have dropped it: the
+/// connection server notices the silence within its idle timeout, the close frame's write
+/// (and a gateway's splice) give up within their write timeouts, and the close lingers 2 s.
+fn stall_drop_bound(knobs: &Knobs) -> Duration {
+    knobs.conn.idle_timeout + (knobs.conn.write_timeout + knobs.http.write_timeout) * 2 + Duration::from_secs(5)
 }
 
 pub fn user_name(i: usize) -> String {
@@ -280,6 +310,14 @@ async fn play(cluster: &Cluster, schedule: &Schedule, controls: &Controls, chaos
                     flag.store(true, Ordering::Relaxed);
                 }
             }
+            (Fault::Stall { device, window_bytes, forever }, true) => {
+                let order = StallOrder { duration: schedule.episodes[i].duration, window_bytes: *window_bytes, forever: *forever };
+                if let Some(slot) = controls.stall.get(*device) {
+                    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(order);
+                }
+            }
+            // The device reads again by itself when its order ends.
+            (Fault::Stall { .. }, false) => {}
         }
     }
     tokio::time::sleep(chaos.saturating_sub(start.elapsed())).await;
@@ -316,6 +354,10 @@ fn disk_faults(kind: DiskError) -> DiskFaults {
         DiskError::SyncEio => DiskFaults { sync_eio: true, ..DiskFaults::default() },
     }
 }
+
+/// How long a device may take to stop once told to (its longest single wait is a 5 s
+/// request timeout).
+const STOP_GRACE: Duration = Duration::from_secs(15);
 
 /// madsim's default per-packet latency.
 const NORMAL_LATENCY: std::ops::Range<Duration> = Duration::from_millis(1)..Duration::from_millis(10);

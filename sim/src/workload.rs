@@ -13,6 +13,7 @@
 //! conversation and finishes when it has every message up to what that final sync reported).
 
 use crate::cluster::Node;
+use crate::sockets::Stalls;
 use crate::trace::Trace;
 use chat_client::{Client, ClientFrame, ServerFrame, WsConnection, WsEvent};
 use chat_proto::frame::FrameOp;
@@ -21,7 +22,7 @@ use chat_proto::{ConvId, ErrorCode, Seq};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -186,6 +187,27 @@ pub struct Observed {
     pub refused: Vec<(String, String)>,
     /// Whether the device finished the catch-up phase before its deadline.
     pub settled: bool,
+    /// The times this device stopped reading its socket.
+    pub stalls: Vec<StallRecord>,
+}
+
+/// The schedule's order to stop reading (see [`crate::faults::Fault::Stall`]).
+#[derive(Debug, Clone, Copy)]
+pub struct StallOrder {
+    pub duration: Duration,
+    pub window_bytes: usize,
+    pub forever: bool,
+}
+
+/// One time a device stopped reading its socket.
+#[derive(Debug, Clone)]
+pub struct StallRecord {
+    pub via: Node,
+    pub begin_us: u64,
+    pub end_us: u64,
+    pub forever: bool,
+    /// When the device saw that the server had dropped the connection.
+    pub dropped_us: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -203,11 +225,37 @@ pub struct Controls {
     phase: AtomicU8,
     /// Devices with no pending send left in the resolve phase.
     pub resolved: AtomicUsize,
+    /// Set by the fault schedule: stop reading the socket.
+    pub stall: Vec<Mutex<Option<StallOrder>>>,
+    /// The servers' view of stalled sockets.
+    pub stalls: Arc<Stalls>,
+    /// Set when the time to settle is up: every device returns what it observed.
+    stop: AtomicBool,
 }
 
 impl Controls {
-    pub fn new(devices: usize) -> Arc<Controls> {
-        Arc::new(Controls { disconnect: (0..devices).map(|_| AtomicBool::new(false)).collect(), phase: AtomicU8::new(0), resolved: AtomicUsize::new(0) })
+    pub fn new(devices: usize, stalls: Arc<Stalls>) -> Arc<Controls> {
+        Arc::new(Controls {
+            disconnect: (0..devices).map(|_| AtomicBool::new(false)).collect(),
+            phase: AtomicU8::new(0),
+            resolved: AtomicUsize::new(0),
+            stall: (0..devices).map(|_| Mutex::new(None)).collect(),
+            stalls,
+            stop: AtomicBool::new(false),
+        })
+    }
+
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// The stall ordered for `device`, if any, taken.
+    fn take_stall(&self, device: usize) -> Option<StallOrder> {
+        self.stall.get(device)?.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     pub fn phase(&self) -> Phase {
@@ -348,7 +396,7 @@ pub async fn run_client(device: Device, controls: Arc<Controls>, trace: Trace, d
     };
     let mut backoff = Duration::from_millis(100);
     let mut failures = 0usize;
-    while start.elapsed() < deadline {
+    while start.elapsed() < deadline && !controls.stopped() {
         // The preferred target first; after a failure, any of them.
         let targets = &state.device.ws_targets;
         let target = if failures == 0 { targets[0].clone() } else { targets[state.rng.random_range(0..targets.len())].clone() };
@@ -432,12 +480,20 @@ async fn session(state: &mut State, client: &Client, mut ws: WsConnection, via: 
     let mut last_frame = std::time::Instant::now();
     let mut ping_sent: Option<std::time::Instant> = None;
     loop {
-        if start.elapsed() >= deadline {
+        if start.elapsed() >= deadline || controls.stopped() {
+            state.trace.record(format_args!("c{index} stops unsettled"));
             return false;
         }
         if controls.disconnect.get(index).is_some_and(|d| d.swap(false, Ordering::Relaxed)) {
             state.trace.record(format_args!("c{index} disconnects"));
             return false;
+        }
+        if let Some(order) = controls.take_stall(index).filter(|_| controls.phase() == Phase::Chaos) {
+            if !stall(state, &ws, via, controls, order).await {
+                return false;
+            }
+            // Whatever piled up meanwhile is read now; the device's own timers (pings,
+            // resends) carry on as if it had been frozen.
         }
         let phase = controls.phase();
         if phase >= Phase::Resolve && !state.resolved && state.pending.is_empty() {
@@ -532,6 +588,41 @@ async fn session(state: &mut State, client: &Client, mut ws: WsConnection, via: 
             }
         }
     }
+}
+
+/// Stops reading `ws` as `order` says; false when the connection is gone (the server gave up
+/// on it, as it must on one that never reads again).
+async fn stall(state: &mut State, ws: &WsConnection, via: Node, controls: &Controls, order: StallOrder) -> bool {
+    let index = state.device.index;
+    let Some(addr) = ws.local_addr() else { return true };
+    controls.stalls.stop_reading(addr, order.window_bytes);
+    let begin_us = now_us();
+    let began = std::time::Instant::now();
+    state.trace.record(format_args!("c{index} stops reading (window {} bytes{})", order.window_bytes, if order.forever { ", for good" } else { "" }));
+    let mut dropped_us = None;
+    if order.forever {
+        // Until the server gives up, or the cap, or the chaos phase ends (no verdict then).
+        while began.elapsed() < order.duration && controls.phase() == Phase::Chaos && !controls.stopped() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if controls.stalls.dropped(addr) {
+                dropped_us = Some(now_us());
+                break;
+            }
+        }
+    } else {
+        tokio::time::sleep(order.duration).await;
+        if controls.stalls.dropped(addr) {
+            dropped_us = Some(now_us());
+        }
+    }
+    controls.stalls.resume(addr);
+    match dropped_us {
+        Some(at) => state.trace.record(format_args!("c{index} reads again; the server dropped the connection after {} ms", (at - begin_us) / 1000)),
+        None => state.trace.record(format_args!("c{index} reads again")),
+    }
+    state.observed.stalls.push(StallRecord { via, begin_us, end_us: now_us(), forever: order.forever, dropped_us });
+    // One that stopped for good comes back with a new connection, as an app woken up would.
+    !order.forever
 }
 
 fn think_time(rng: &mut StdRng) -> Duration {

@@ -43,6 +43,22 @@ impl Pending {
 /// A send queued or being written: (conversation, sender, client id).
 type Key = (ConvId, String, String);
 
+/// Everyone waiting for one send's answer.
+struct Waiters {
+    reply: Reply,
+    joined: Vec<Reply>,
+}
+
+impl Waiters {
+    /// The sender may have gone; the message is durable either way.
+    fn answer(self, answer: Result<SendAck, ApiError>) {
+        for waiter in self.joined {
+            let _ = waiter.send(answer.clone());
+        }
+        let _ = self.reply.send(answer);
+    }
+}
+
 /// Resends of one id that wait for the copy already queued, at most.
 const JOINED_WAITERS_MAX: usize = 16;
 
@@ -69,13 +85,16 @@ impl Shared {
         self.joined.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Everyone waiting for `pending`: its caller and every resend that joined it. Resends
+    /// from now on queue anew.
+    fn waiters(&self, pending: Pending) -> Waiters {
+        let joined = self.joined().remove(&pending.key()).unwrap_or_default();
+        Waiters { reply: pending.reply, joined }
+    }
+
     /// Answers `pending` and every resend that joined it.
     fn answer(&self, pending: Pending, answer: Result<SendAck, ApiError>) {
-        let waiters = self.joined().remove(&pending.key()).unwrap_or_default();
-        for waiter in waiters {
-            let _ = waiter.send(answer.clone());
-        }
-        let _ = pending.reply.send(answer);
+        self.waiters(pending).answer(answer);
     }
 
     /// True (and forgotten) when nobody waits for `pending` any more: its caller and every
@@ -245,22 +264,15 @@ async fn commit(shared: &Arc<Shared>, conv: ConvId, batch: Vec<Pending>, members
         };
         match lost_acks.as_mut() {
             // Lost: resends from now on queue anew (and are answered from the store).
-            Some(lost) => {
-                let waiters = shared.joined().remove(&pending.key()).unwrap_or_default();
-                lost.push((pending.reply, waiters, answer));
-            }
-            // The sender may have gone; the message is durable either way.
+            Some(lost) => lost.push((shared.waiters(pending), answer)),
             None => shared.answer(pending, answer),
         }
     }
     if let Some(lost) = lost_acks {
         tokio::spawn(async move {
             tokio::time::sleep(std::time::Duration::from_secs(30)).await;
-            for (reply, waiters, answer) in lost {
-                for waiter in waiters {
-                    let _ = waiter.send(answer.clone());
-                }
-                let _ = reply.send(answer);
+            for (waiters, answer) in lost {
+                waiters.answer(answer);
             }
         });
     }

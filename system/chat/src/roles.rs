@@ -8,7 +8,7 @@ use chat_app::{AppConfig, AppServer};
 use chat_auth::{PasswordCost, Passwords, Tokens};
 use chat_conn::hub::ConnHub;
 use chat_conn::{ConnConfig, ConnServer};
-use chat_gateway::http::HttpConfig;
+use chat_gateway::http::{HttpConfig, Listener};
 use chat_gateway::placement::Placement;
 use chat_gateway::ratelimit::{RateConfig, RateLimits};
 use chat_gateway::{Gateway, WsBackend};
@@ -73,7 +73,7 @@ pub struct ConnOptions {
     pub http: HttpConfig,
 }
 
-pub async fn run_conn(listener: TcpListener, registry: Arc<dyn Registry>, options: ConnOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run_conn(listener: impl Listener, registry: Arc<dyn Registry>, options: ConnOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     anyhow::ensure!(!options.apps.is_empty(), "a connection server needs at least one app server address");
     let hub = ConnHub::new(options.server_id);
     let links = options
@@ -104,12 +104,12 @@ pub struct GatewayOptions {
     pub health_check_interval: Duration,
 }
 
-pub async fn run_gateway(listener: TcpListener, options: GatewayOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run_gateway(listener: impl Listener, options: GatewayOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     anyhow::ensure!(!options.apps.is_empty(), "a gateway needs at least one app server address");
     anyhow::ensure!(!options.conns.is_empty(), "a gateway needs at least one connection server address");
     let links = options.apps.iter().map(|addr| LinkClient::new(*addr, Peer::Gateway, None, options.common.link.clone())).collect();
     let app = Arc::new(AppPool::new(links));
-    let placement = Arc::new(Placement::new(options.conns.clone(), options.health_check_interval, options.common.link.connect_timeout));
+    let placement = Arc::new(Placement::new(options.conns.clone(), options.health_check_interval, options.common.link.connect_timeout, options.http.write_timeout));
     let health = tokio::spawn(placement.clone().run_health_checks());
     let limits = Arc::new(RateLimits::new(options.rates));
     let cleanup = tokio::spawn(limits.clone().run_cleanup(Duration::from_secs(60)));

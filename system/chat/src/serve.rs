@@ -9,7 +9,7 @@ use chat_app::{AppConfig, AppServer};
 use chat_auth::{PasswordCost, Passwords, Tokens};
 use chat_conn::hub::ConnHub;
 use chat_conn::{ConnConfig, ConnServer};
-use chat_gateway::http::HttpConfig;
+use chat_gateway::http::{HttpConfig, Listener};
 use chat_gateway::ratelimit::{RateConfig, RateLimits};
 use chat_gateway::{Gateway, WsBackend};
 use chat_registry::LocalRegistry;
@@ -19,7 +19,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
@@ -68,7 +67,7 @@ impl Options {
 }
 
 /// Runs the whole system on `listener` over `kv` until `shutdown` completes.
-pub async fn run(listener: TcpListener, kv: Arc<dyn Kv>, options: Options, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(listener: impl Listener, kv: Arc<dyn Kv>, options: Options, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let tokens = Tokens::new(&options.token_secret, options.token_ttl);
     let passwords = Passwords::new(options.password_cost)?;
     let registry = Arc::new(LocalRegistry::new());
@@ -99,7 +98,7 @@ pub async fn main(args: ServeArgs) -> anyhow::Result<()> {
     };
     let store_path = args.data.join("messages.redb");
     let kv = chat_store::RedbKv::open(&store_path).with_context(|| format!("opening {}", store_path.display()))?;
-    let listener = TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
     let mut options = Options::new(token_secret);
     options.token_ttl = Duration::from_secs(args.token_ttl_secs);

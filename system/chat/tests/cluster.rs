@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 /// The connection server the gateway places `user` on while all are healthy.
 fn home_of(server: &mut TestServer, user: &str) -> usize {
     let addrs = server.cluster().conn_addrs().to_vec();
-    let placement = chat_gateway::placement::Placement::new(addrs.clone(), Duration::from_secs(1), Duration::from_secs(1));
+    let placement = chat_gateway::placement::Placement::new(addrs.clone(), Duration::from_secs(1), Duration::from_secs(1), Duration::from_secs(10));
     let home = placement.candidates(user)[0];
     addrs.iter().position(|a| *a == home).expect("a known server")
 }

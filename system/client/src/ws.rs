@@ -55,6 +55,7 @@ pub fn ws_config() -> WebSocketConfig {
 pub struct WsConnection {
     sender: WsSender,
     receiver: WsReceiver,
+    local_addr: Option<std::net::SocketAddr>,
 }
 
 /// The sending half of a [`WsConnection`].
@@ -82,6 +83,7 @@ impl WsConnection {
         headers: &[(&str, &str)],
         timeout: Duration,
     ) -> Result<WsConnection, ClientError> {
+        let local_addr = stream.local_addr().ok();
         let uri = format!("ws://{}{}", base.authority(), path_and_query);
         let mut request = uri.into_client_request().map_err(|e| ClientError::Http(format!("bad WebSocket request: {e}")))?;
         for (name, value) in headers {
@@ -103,7 +105,14 @@ impl WsConnection {
         Ok(WsConnection {
             sender: WsSender { sink, timeout, closed: false },
             receiver: WsReceiver { stream, timeout, deadline: Deadline::new(tokio::time::Instant::now, tokio::time::sleep_until), closed: None },
+            local_addr,
         })
+    }
+
+    /// This end's socket address: what the server sees as the peer (to find the connection
+    /// in its logs; the simulator uses it to stall the socket).
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.local_addr
     }
 
     /// Sends one protocol frame.

@@ -70,6 +70,7 @@ where
     let (done_tx, done_rx) = watch::channel(false);
     let writer = Writer {
         sink,
+        write_timeout: config.write_timeout,
         held_max: config.sync_held_messages_max,
         last_sent: HashMap::new(),
         syncing: HashMap::new(),
@@ -292,6 +293,8 @@ impl Reader {
 
 struct Writer<S> {
     sink: SplitSink<WebSocketStream<S>, WsMessage>,
+    /// Bounds every socket operation (see [`crate::ConnConfig::write_timeout`]).
+    write_timeout: std::time::Duration,
     held_max: usize,
     /// Highest `seq` sent per conversation on this connection.
     last_sent: HashMap<ConvId, Seq>,
@@ -332,10 +335,10 @@ where
                         }
                     }
                     if let Some(reason) = failed { break reason; }
-                    if self.sink.flush().await.is_err() { break None; }
+                    if self.bounded(|sink| sink.flush()).await.is_err() { break None; }
                 }
                 _ = heartbeat.tick() => {
-                    if self.sink.send(WsMessage::Ping(Default::default())).await.is_err() { break None; }
+                    if self.bounded(|sink| sink.send(WsMessage::Ping(Default::default()))).await.is_err() { break None; }
                 }
                 _ = overflow.notified() => break Some(CloseReason::TryAgainLater),
                 changed = close.changed() => {
@@ -345,11 +348,23 @@ where
             }
         };
         if let Some(reason) = reason {
-            let _ = self.sink.send(WsMessage::Close(Some(reason.frame()))).await;
+            let _ = self.bounded(|sink| sink.send(WsMessage::Close(Some(reason.frame())))).await;
         }
-        let _ = self.sink.close().await;
+        let _ = self.bounded(|sink| sink.close()).await;
         let _ = done.send(true);
         self.sink
+    }
+
+    /// One socket operation, bounded by the write timeout: a client that stops reading
+    /// fills the socket's buffers, and then every write would wait for it forever.
+    async fn bounded<'a, F>(&'a mut self, op: impl FnOnce(&'a mut SplitSink<WebSocketStream<S>, WsMessage>) -> F) -> Result<(), WsError>
+    where
+        F: Future<Output = Result<(), WsError>> + 'a,
+    {
+        match tokio::time::timeout(self.write_timeout, op(&mut self.sink)).await {
+            Ok(done) => done,
+            Err(_) => Err(WsError::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "the client stopped reading"))),
+        }
     }
 
     /// Buffers one item for the socket. Ok(false): too many held pushes; the connection must close.
@@ -409,7 +424,9 @@ where
     }
 
     async fn feed(&mut self, frame: &ServerFrame) -> Result<(), WsError> {
-        // `feed` buffers without flushing; the caller flushes once after a burst.
-        self.sink.feed(WsMessage::text(frame.to_json())).await
+        // `feed` buffers without flushing (the caller flushes once after a burst), but writes
+        // out once tungstenite's buffer is full, so it can wait on the client too.
+        let text = WsMessage::text(frame.to_json());
+        self.bounded(|sink| sink.feed(text)).await
     }
 }

@@ -43,6 +43,10 @@ pub struct ConnConfig {
     pub heartbeat_interval: Duration,
     /// ...and closes it after this long without any frame from the client.
     pub idle_timeout: Duration,
+    /// A write to the socket (a burst of frames, a ping, the close frame) gives up after
+    /// this long, and the connection is dropped: a client that stops reading holds no
+    /// socket, queue or task past it.
+    pub write_timeout: Duration,
     /// How often the connections are re-asserted in the registry.
     pub registry_refresh_interval: Duration,
     /// Every call to an app server or the registry gives up after this long.
@@ -59,6 +63,7 @@ impl Default for ConnConfig {
             sync_page_messages_max: chat_proto::limits::SYNC_PAGE_MESSAGES_MAX,
             heartbeat_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(10),
             registry_refresh_interval: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
         }

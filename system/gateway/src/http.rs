@@ -7,11 +7,13 @@
 use hyper::rt::{Sleep, Timer};
 use hyper_util::rt::TokioIo;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
@@ -26,16 +28,37 @@ pub struct HttpConfig {
     pub connections_max: usize,
     /// A client must send a request's headers within this long.
     pub header_read_timeout: Duration,
+    /// A write to a client of a spliced WebSocket (a gateway's) gives up after this long:
+    /// a client that stops reading cannot hold the connection, or the server's, forever.
+    pub write_timeout: Duration,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { connections_max: 10_000, header_read_timeout: Duration::from_secs(10) }
+        HttpConfig { connections_max: 10_000, header_read_timeout: Duration::from_secs(10), write_timeout: Duration::from_secs(10) }
+    }
+}
+
+/// Where the accept loop gets its connections: a TCP listener. The simulator wraps one to
+/// give its sockets a bounded send window, which madsim's never fill (so a client that
+/// stops reading can block the server's writes there as it does on a real network).
+pub trait Listener: Send + 'static {
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn accept(&mut self) -> impl Future<Output = std::io::Result<(Self::Io, SocketAddr)>> + Send;
+}
+
+impl Listener for TcpListener {
+    type Io = TcpStream;
+
+    async fn accept(&mut self) -> std::io::Result<(TcpStream, SocketAddr)> {
+        let (stream, peer) = TcpListener::accept(self).await?;
+        let _ = stream.set_nodelay(true);
+        Ok((stream, peer))
     }
 }
 
 /// Serves `router` on `listener` until `shutdown` completes.
-pub async fn serve(listener: TcpListener, router: axum::Router, config: HttpConfig, shutdown: impl Future<Output = ()>) {
+pub async fn serve(mut listener: impl Listener, router: axum::Router, config: HttpConfig, shutdown: impl Future<Output = ()>) {
     let permits = Arc::new(Semaphore::new(config.connections_max));
     let accept_loop = async {
         let mut backoff = Duration::from_millis(10);
@@ -54,7 +77,6 @@ pub async fn serve(listener: TcpListener, router: axum::Router, config: HttpConf
                     continue;
                 }
             };
-            let _ = stream.set_nodelay(true);
             let router = router.clone();
             let header_read_timeout = config.header_read_timeout;
             tokio::spawn(async move {

@@ -15,6 +15,7 @@ pub struct Placement {
     servers: Vec<Server>,
     check_interval: Duration,
     connect_timeout: Duration,
+    write_timeout: Duration,
 }
 
 struct Server {
@@ -23,13 +24,19 @@ struct Server {
 }
 
 impl Placement {
-    pub fn new(addrs: Vec<SocketAddr>, check_interval: Duration, connect_timeout: Duration) -> Placement {
+    /// `write_timeout` bounds every write of a spliced connection, either way: a client (or
+    /// server) that stops reading for that long loses its connection.
+    pub fn new(addrs: Vec<SocketAddr>, check_interval: Duration, connect_timeout: Duration, write_timeout: Duration) -> Placement {
         let servers = addrs.into_iter().map(|addr| Server { addr, healthy: AtomicBool::new(true) }).collect();
-        Placement { servers, check_interval, connect_timeout }
+        Placement { servers, check_interval, connect_timeout, write_timeout }
     }
 
     pub fn connect_timeout(&self) -> Duration {
         self.connect_timeout
+    }
+
+    pub fn write_timeout(&self) -> Duration {
+        self.write_timeout
     }
 
     /// The servers to try for `user`, best first, healthy ones before the rest.
@@ -74,7 +81,7 @@ mod tests {
     #[test]
     fn sticky_with_fallback() {
         let addrs: Vec<SocketAddr> = (1..=3).map(|i| format!("127.0.0.1:900{i}").parse().unwrap()).collect();
-        let placement = Placement::new(addrs.clone(), Duration::from_secs(1), Duration::from_secs(1));
+        let placement = Placement::new(addrs.clone(), Duration::from_secs(1), Duration::from_secs(1), Duration::from_secs(10));
         let first = placement.candidates("alice")[0];
         assert_eq!(placement.candidates("alice")[0], first, "sticky");
         let spread: std::collections::HashSet<SocketAddr> = (0..100).map(|i| placement.candidates(&format!("user{i}"))[0]).collect();

@@ -71,7 +71,7 @@ pub async fn upgrade(State(gw): State<Gateway>, QueryParams(query): QueryParams<
         }
         WsBackend::Splice(placement) => {
             for addr in placement.candidates(&user) {
-                match splice(&mut request, addr, &key, &token, peer, placement.connect_timeout()).await {
+                match splice(&mut request, addr, &key, &token, peer, placement.connect_timeout(), placement.write_timeout()).await {
                     Ok(response) => return Ok(response),
                     Err(err) => {
                         tracing::warn!(%addr, %err, "connection server unreachable; trying the next");
@@ -135,6 +135,7 @@ async fn splice(
     token: &str,
     peer: Option<SocketAddr>,
     timeout: std::time::Duration,
+    write_timeout: std::time::Duration,
 ) -> Result<Response, SpliceError> {
     let stream = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => stream,
@@ -189,9 +190,56 @@ async fn splice(
             (Ok(client), Ok(server)) => (client, server),
             _ => return,
         };
-        let (mut client, mut server) = (TokioIo::new(client), TokioIo::new(server));
-        // Ends when either side closes; no frame is parsed here.
-        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+        copy_both_ways(TokioIo::new(client), TokioIo::new(server), write_timeout).await;
     });
     Ok(switching_protocols(&accept))
+}
+
+/// Bytes copied per read, each way.
+const SPLICE_CHUNK_BYTES: usize = 8 * 1024;
+
+/// Copies bytes both ways until both ends are done; no frame is parsed here.
+///
+/// Unlike `tokio::io::copy_bidirectional`, every write is bounded by `write_timeout`: a
+/// client that stops reading would otherwise hold this task, both sockets and the
+/// connection server's buffers forever. Once one way ends (its reader closed, its writer
+/// shut down), the other is given `write_timeout` to finish, for the close handshake.
+async fn copy_both_ways<C, S>(client: C, server: S, write_timeout: std::time::Duration)
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (client_read, client_write) = tokio::io::split(client);
+    let (server_read, server_write) = tokio::io::split(server);
+    let up = copy_one_way(client_read, server_write, write_timeout);
+    let down = copy_one_way(server_read, client_write, write_timeout);
+    tokio::pin!(up, down);
+    let rest = tokio::select! {
+        ended = &mut up => if ended.is_ok() { futures::future::Either::Left(down) } else { return },
+        ended = &mut down => if ended.is_ok() { futures::future::Either::Right(up) } else { return },
+    };
+    let _ = tokio::time::timeout(write_timeout, rest).await;
+}
+
+/// Copies until `from` ends, then shuts `to` down. Err: a read failed or a write stalled.
+async fn copy_one_way<R, W>(mut from: R, mut to: W, write_timeout: std::time::Duration) -> std::io::Result<()>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stalled = || std::io::Error::new(std::io::ErrorKind::TimedOut, "the peer stopped reading");
+    let mut chunk = vec![0u8; SPLICE_CHUNK_BYTES];
+    loop {
+        let n = from.read(&mut chunk).await?;
+        if n == 0 {
+            let _ = tokio::time::timeout(write_timeout, to.shutdown()).await;
+            return Ok(());
+        }
+        let written = async {
+            to.write_all(&chunk[..n]).await?;
+            to.flush().await
+        };
+        tokio::time::timeout(write_timeout, written).await.map_err(|_| stalled())??;
+    }
 }

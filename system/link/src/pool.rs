@@ -72,19 +72,20 @@ impl AppPool {
         &self.clients
     }
 
-    /// The app server for `key`: the connected one with the highest weight.
-    fn pick(&self, key: u64) -> &LinkClient {
-        let weight = |c: &LinkClient| fnv1a(key, c.addr().to_string().as_bytes());
-        let connected = self.clients.iter().filter(|c| c.is_connected()).max_by_key(|c| weight(c));
+    /// The app server for `key` (its index): the connected one with the highest weight.
+    fn pick(&self, key: u64) -> usize {
+        let weight = |i: &usize| fnv1a(key, self.clients[*i].addr().to_string().as_bytes());
+        let all = 0..self.clients.len();
+        let connected = all.clone().filter(|i| self.clients[*i].is_connected()).max_by_key(weight);
         // None connected: ask the first choice anyway; it answers `unavailable` at once.
-        connected.unwrap_or_else(|| self.clients.iter().max_by_key(|c| weight(c)).unwrap_or(&self.clients[0]))
+        connected.or_else(|| all.max_by_key(weight)).unwrap_or(0)
     }
 
     fn for_user(&self, user: &str) -> &LinkClient {
-        self.pick(fnv1a(0, user.as_bytes()))
+        &self.clients[self.pick(fnv1a(0, user.as_bytes()))]
     }
 
-    fn for_conv(&self, conv: ConvId) -> &LinkClient {
+    fn for_conv(&self, conv: ConvId) -> usize {
         self.pick(fnv1a(1, &conv.to_be_bytes()))
     }
 }
@@ -128,10 +129,7 @@ impl AppApi for AppPool {
             let mut in_flight = self.lock_in_flight();
             let chosen = match in_flight.get(&conv) {
                 Some(f) if f.count > 0 && self.clients[f.client].is_connected() => f.client,
-                _ => {
-                    let pick = self.for_conv(conv);
-                    self.clients.iter().position(|c| std::ptr::eq(c, pick)).unwrap_or(0)
-                }
+                _ => self.for_conv(conv),
             };
             let entry = in_flight.entry(conv).or_insert(InFlight { client: chosen, generation: 0, count: 0 });
             if entry.client != chosen {

@@ -49,12 +49,18 @@ impl TestServer {
     }
 
     pub async fn start_in_process() -> TestServer {
+        Self::start_in_process_with(|_| {}).await
+    }
+
+    /// In process, with `tune` applied to the options first.
+    pub async fn start_in_process_with(tune: impl FnOnce(&mut Options)) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let kv = chat_store::RedbKv::open(dir.path().join("messages.redb")).expect("open store");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let mut options = Options::new(SECRET.to_vec());
         options.password_cost = PasswordCost::TESTING;
+        tune(&mut options);
         let (tx, rx) = oneshot::channel::<()>();
         tokio::spawn(async move {
             run(listener, Arc::new(kv), options, async {
