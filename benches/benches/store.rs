@@ -5,6 +5,11 @@
 //!   commit: one fsync per batch of whatever queued meanwhile). Throughput is messages/s.
 //! - `append`: `ChatStore::append` batches of 1, 16 and 64 messages to one conversation,
 //!   on `RedbKv` (durable) and on `MemoryKv` (the same code without fsyncs: its CPU cost).
+//! - `concurrent`: one message appended to each of 100 or 2,000 direct conversations at
+//!   once (a transaction each, all in flight together), on `MemoryKv` (CPU: the resolver's
+//!   conflict checks) and `RedbKv` (durable, group-committed). Throughput is messages/s; it
+//!   must not fall as the transactions in flight grow (it did, quadratically, before the
+//!   resolver kept writes per key).
 //! - `read`: `history` (last 50) and `inbox` (top 20) over a store pre-filled with 20,000
 //!   messages in 200 conversations of 6 of 50 users.
 //! - `frame`: `ClientFrame::parse` of a send and `ServerFrame::to_json` of a push and an ack.
@@ -28,6 +33,8 @@ const BODY_BYTES: usize = 200;
 /// Committers kept in flight in the group-commit benchmark.
 const COMMITTERS: usize = 64;
 const APPEND_BATCH_LENS: [usize; 3] = [1, 16, 64];
+/// Direct conversations appended to at once in the `concurrent` benchmark.
+const CONCURRENT_CONVS: [usize; 2] = [100, 2_000];
 /// The pre-filled store of the read benchmarks.
 const FILL_USERS: usize = 50;
 const FILL_CONVS: usize = 200;
@@ -170,6 +177,62 @@ fn append(c: &mut Criterion) {
     group.finish();
 }
 
+/// `convs` direct conversations, user 2i with user 2i+1.
+async fn store_with_directs(kv: Arc<dyn Kv>, convs: usize) -> (ChatStore, Vec<ConvId>) {
+    let store = ChatStore::new(kv);
+    for i in 0..2 * convs {
+        store.create_user(&user(i), "hash", 1).await.expect("create user");
+    }
+    let mut ids = Vec::with_capacity(convs);
+    for i in 0..convs {
+        let (conv, _) = store.create_conversation(&user(2 * i), vec![user(2 * i + 1)], None, 1).await.expect("create conversation");
+        ids.push(conv.conv_id);
+    }
+    (store, ids)
+}
+
+fn concurrent(c: &mut Criterion) {
+    let rt = runtime();
+    let text = body();
+    let next_id = AtomicU64::new(0);
+    let mut group = c.benchmark_group("concurrent");
+    for backend in ["memory", "redb"] {
+        for convs in CONCURRENT_CONVS {
+            let (kv, _dir): (Arc<dyn Kv>, Option<tempfile::TempDir>) = match backend {
+                "redb" => {
+                    let (kv, dir) = redb();
+                    (kv, Some(dir))
+                }
+                _ => (Arc::new(MemoryKv::new()), None),
+            };
+            let (store, ids) = rt.block_on(store_with_directs(kv, convs));
+            group.throughput(Throughput::Elements(convs as u64));
+            group.bench_function(BenchmarkId::new(backend, convs), |b| {
+                b.iter_custom(|iters| {
+                    rt.block_on(async {
+                        let started = Instant::now();
+                        for i in 0..iters {
+                            let appends = ids.iter().enumerate().map(|(n, conv)| {
+                                let message = NewMessage {
+                                    sender: user(2 * n),
+                                    client_msg_id: format!("m{}", next_id.fetch_add(1, Ordering::Relaxed)),
+                                    body: text.clone(),
+                                };
+                                store.append(*conv, vec![message], i + 2)
+                            });
+                            for appended in join_all(appends).await {
+                                debug_assert!(appended.is_ok());
+                            }
+                        }
+                        started.elapsed()
+                    })
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
 /// 20,000 messages over 200 conversations of 6 of 50 users, appended in batches of 64 per
 /// conversation with rising timestamps, so recency and history have realistic shapes.
 async fn filled_store(kv: Arc<dyn Kv>) -> (ChatStore, Vec<(String, ConvId)>) {
@@ -278,6 +341,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = commit, append, read, frame
+    targets = commit, append, concurrent, read, frame
 }
 criterion_main!(benches);

@@ -81,6 +81,12 @@ impl std::fmt::Display for Fault {
     }
 }
 
+/// Schedules are written in milliseconds (`--show-schedule`, `--schedule FILE`): a start
+/// drawn finer than that would replay a little differently from its file.
+fn whole_ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis() as u64)
+}
+
 /// How long a device that stopped reading for good waits for the server to drop it.
 pub const STALL_FOREVER_CAP: Duration = Duration::from_secs(150);
 
@@ -230,16 +236,8 @@ impl Schedule {
                     let kind = [DiskError::Eio, DiskError::Enospc, DiskError::SyncEio][rng.random_range(0..3)];
                     (Fault::DiskErrors(kind), Duration::from_millis(rng.random_range(200..5_000)))
                 }
-                // A stop-the-world pause (a long GC, a VM migration): up to 10 s. Not of a
-                // gateway yet: pausing one stalled pushes to devices connected straight to a
-                // connection server (seed 8), which is still to be explained.
-                _ => {
-                    let mut node = pick(&mut rng);
-                    while matches!(node, Node::Gateway(_)) && servers.len() > 1 {
-                        node = pick(&mut rng);
-                    }
-                    (Fault::Pause(node), Duration::from_millis(rng.random_range(200..10_000)))
-                }
+                // A stop-the-world pause (a long GC, a VM migration): up to 10 s, of any node.
+                _ => (Fault::Pause(pick(&mut rng)), Duration::from_millis(rng.random_range(200..10_000))),
             };
             let duration = duration.min(chaos.saturating_sub(t));
             episodes.push(Episode { start: t, duration, fault });
@@ -254,14 +252,14 @@ impl Schedule {
             // Socket buffers from already full to 64 KiB; small ones fill within a ping or two.
             const WINDOWS_BYTES: [usize; 4] = [0, 1024, 16 * 1024, 64 * 1024];
             for _ in 0..slow.random_range(1..=3) {
-                let start = chaos.mul_f64(slow.random_range(0.05..0.8));
+                let start = whole_ms(chaos.mul_f64(slow.random_range(0.05..0.8)));
                 let duration = Duration::from_millis(slow.random_range(1_000..20_000)).min(chaos.saturating_sub(start));
                 let fault = Fault::Stall { device: slow.random_range(0..devices), window_bytes: WINDOWS_BYTES[slow.random_range(0..4)], forever: false };
                 episodes.push(Episode { start, duration, fault });
             }
             if slow.random_bool(0.5) {
                 // Early enough that the server's give-up bound ends within the chaos phase.
-                let start = chaos.mul_f64(slow.random_range(0.1..0.4));
+                let start = whole_ms(chaos.mul_f64(slow.random_range(0.1..0.4)));
                 let fault = Fault::Stall { device: slow.random_range(0..devices), window_bytes: WINDOWS_BYTES[slow.random_range(0..2)], forever: true };
                 episodes.push(Episode { start, duration: STALL_FOREVER_CAP.min(chaos.saturating_sub(start)), fault });
             }
@@ -271,7 +269,7 @@ impl Schedule {
         let mut outage = StdRng::seed_from_u64(seed ^ 0x6c6f_6e67_5f6f_7574_u64);
         if !cluster.single && cluster.apps > 1 && outage.random_bool(0.3) {
             swarm.long_outage = true;
-            let start = chaos.mul_f64(outage.random_range(0.2..0.6));
+            let start = whole_ms(chaos.mul_f64(outage.random_range(0.2..0.6)));
             let duration = Duration::from_secs(outage.random_range(25..40));
             let app = outage.random_range(0..cluster.apps);
             // Alone, from 20 s before to its end: what the failover checker judges is that the

@@ -15,7 +15,7 @@
 use crate::cluster::Node;
 use crate::sockets::Stalls;
 use crate::trace::Trace;
-use chat_client::{Client, ClientFrame, ServerFrame, WsConnection, WsEvent};
+use chat_client::{Client, ClientError, ClientFrame, ServerFrame, WsConnection, WsEvent, WsSender};
 use chat_proto::frame::FrameOp;
 use chat_proto::rest::{InboxEntry, MessageView};
 use chat_proto::{ConvId, ErrorCode, Seq};
@@ -440,7 +440,50 @@ pub async fn run_client(device: Device, controls: Arc<Controls>, trace: Trace, d
 }
 
 /// One connection: returns true once settled.
-async fn session(state: &mut State, client: &Client, mut ws: WsConnection, via: Node, controls: &Controls, start: std::time::Instant, deadline: Duration) -> bool {
+async fn session(state: &mut State, client: &Client, ws: WsConnection, via: Node, controls: &Controls, start: std::time::Instant, deadline: Duration) -> bool {
+    // The socket is read by a task of its own, which notes when each frame arrived: the
+    // device's own work (a REST call that waits for a slow gateway) must not be mistaken
+    // for a late push. (It was, for a paused gateway: seed 8.)
+    let local_addr = ws.local_addr();
+    let (mut ws, receiver) = ws.split();
+    let (arrivals, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let reader = tokio::spawn(read_socket(receiver, arrivals));
+    let settled = session_loop(state, client, &mut ws, &mut events, local_addr, via, controls, start, deadline).await;
+    reader.abort();
+    settled
+}
+
+/// Forwards every event of the socket with its arrival time, until it closes.
+async fn read_socket(mut receiver: chat_client::WsReceiver, arrivals: tokio::sync::mpsc::UnboundedSender<(u64, Result<WsEvent, ClientError>)>) {
+    loop {
+        let event = receiver.recv_timeout(RECV_SLICE_MAX).await;
+        let last = matches!(event, Ok(WsEvent::Closed { .. })) || matches!(&event, Err(err) if !matches!(err, ClientError::Timeout { .. }));
+        if matches!(event, Err(ClientError::Timeout { .. })) {
+            if arrivals.is_closed() {
+                return;
+            }
+            continue;
+        }
+        if arrivals.send((now_us(), event)).is_err() || last {
+            return;
+        }
+    }
+}
+
+type Arrivals = tokio::sync::mpsc::UnboundedReceiver<(u64, Result<WsEvent, ClientError>)>;
+
+#[allow(clippy::too_many_arguments)]
+async fn session_loop(
+    state: &mut State,
+    client: &Client,
+    ws: &mut WsSender,
+    events: &mut Arrivals,
+    local_addr: Option<std::net::SocketAddr>,
+    via: Node,
+    controls: &Controls,
+    start: std::time::Instant,
+    deadline: Duration,
+) -> bool {
     let index = state.device.index;
     let conn_no = state.connection;
     state.connection += 1;
@@ -457,21 +500,21 @@ async fn session(state: &mut State, client: &Client, mut ws: WsConnection, via: 
     state.open_marks.clear();
     state.catchup_started = controls.phase() == Phase::Catchup;
     if state.catchup_started {
-        if catch_up(state, &mut ws, false).await.is_err() {
+        if catch_up(state, ws, false).await.is_err() {
             return false;
         }
     } else {
         // Catch up on everything after a reconnect.
         for conv in state.device.convs.clone() {
             let after = state.contiguous(conv);
-            if sync(state, &mut ws, conv, after, SyncReason::Reconnect).await.is_err() {
+            if sync(state, ws, conv, after, SyncReason::Reconnect).await.is_err() {
                 return false;
             }
         }
     }
     let pending: Vec<String> = state.pending.keys().cloned().collect();
     for id in pending {
-        if resend(state, &mut ws, &id).await.is_err() {
+        if resend(state, ws, &id).await.is_err() {
             return false;
         }
     }
@@ -489,7 +532,7 @@ async fn session(state: &mut State, client: &Client, mut ws: WsConnection, via: 
             return false;
         }
         if let Some(order) = controls.take_stall(index).filter(|_| controls.phase() == Phase::Chaos) {
-            if !stall(state, &ws, via, controls, order).await {
+            if !stall(state, local_addr, via, controls, order).await {
                 return false;
             }
             // Whatever piled up meanwhile is read now; the device's own timers (pings,
@@ -524,21 +567,21 @@ async fn session(state: &mut State, client: &Client, mut ws: WsConnection, via: 
         if let Some(oldest) = state.pending.values().min() {
             wait = wait.min(PENDING_RESEND_AFTER.saturating_sub(now.saturating_duration_since(*oldest)));
         }
-        match ws.recv_timeout(wait.max(Duration::from_millis(5))).await {
-            Ok(WsEvent::Frame(frame)) => {
+        match tokio::time::timeout(wait.max(Duration::from_millis(5)), events.recv()).await {
+            Ok(Some((at_us, Ok(WsEvent::Frame(frame))))) => {
                 last_frame = std::time::Instant::now();
                 ping_sent = None;
-                if on_frame(state, &mut ws, frame, conn_no).await.is_err() {
+                if on_frame(state, ws, frame, conn_no, at_us).await.is_err() {
                     return false;
                 }
             }
-            Ok(WsEvent::Pong(_)) => {}
-            Ok(WsEvent::Closed { code, .. }) => {
+            Ok(Some((_, Ok(WsEvent::Pong(_))))) => {}
+            Ok(Some((_, Ok(WsEvent::Closed { code, .. })))) => {
                 state.trace.record(format_args!("c{index} closed by server {code:?}"));
                 return false;
             }
-            Err(chat_client::ClientError::Timeout { .. }) => {}
-            Err(_) => return false,
+            Ok(Some((_, Err(_)))) | Ok(None) => return false,
+            Err(_) => {}
         }
         // Liveness of the connection: a partition shows up only as silence.
         if let Some(sent) = ping_sent {
@@ -547,7 +590,7 @@ async fn session(state: &mut State, client: &Client, mut ws: WsConnection, via: 
                 return false;
             }
         } else if last_frame.elapsed() > SILENCE_PING_AFTER {
-            if ping(state, &mut ws).await.is_err() {
+            if ping(state, ws).await.is_err() {
                 return false;
             }
             ping_sent = Some(std::time::Instant::now());
@@ -556,7 +599,7 @@ async fn session(state: &mut State, client: &Client, mut ws: WsConnection, via: 
         let now = std::time::Instant::now();
         let stale: Vec<String> = state.pending.iter().filter(|(_, at)| now.saturating_duration_since(**at) > PENDING_RESEND_AFTER).map(|(id, _)| id.clone()).collect();
         for id in stale {
-            if resend(state, &mut ws, &id).await.is_err() {
+            if resend(state, ws, &id).await.is_err() {
                 return false;
             }
         }
@@ -564,7 +607,7 @@ async fn session(state: &mut State, client: &Client, mut ws: WsConnection, via: 
             // Ask again for anything not yet confirmed up to date.
             if std::time::Instant::now() >= next_action {
                 next_action = std::time::Instant::now() + Duration::from_secs(2);
-                if catch_up(state, &mut ws, true).await.is_err() {
+                if catch_up(state, ws, true).await.is_err() {
                     return false;
                 }
             }
@@ -576,14 +619,14 @@ async fn session(state: &mut State, client: &Client, mut ws: WsConnection, via: 
         if let Some(hot) = state.device.hot {
             if std::time::Instant::now() >= next_hot {
                 next_hot = std::time::Instant::now() + Duration::from_millis(state.rng.random_range(HOT_INTERVAL_MS));
-                if state.pending.len() < PENDING_MAX && send_new(state, &mut ws, hot).await.is_err() {
+                if state.pending.len() < PENDING_MAX && send_new(state, ws, hot).await.is_err() {
                     return false;
                 }
             }
         }
         if std::time::Instant::now() >= next_action {
             next_action = std::time::Instant::now() + think_time(&mut state.rng);
-            if act(state, client, &mut ws).await.is_err() {
+            if act(state, client, ws).await.is_err() {
                 return false;
             }
         }
@@ -592,9 +635,9 @@ async fn session(state: &mut State, client: &Client, mut ws: WsConnection, via: 
 
 /// Stops reading `ws` as `order` says; false when the connection is gone (the server gave up
 /// on it, as it must on one that never reads again).
-async fn stall(state: &mut State, ws: &WsConnection, via: Node, controls: &Controls, order: StallOrder) -> bool {
+async fn stall(state: &mut State, local_addr: Option<std::net::SocketAddr>, via: Node, controls: &Controls, order: StallOrder) -> bool {
     let index = state.device.index;
-    let Some(addr) = ws.local_addr() else { return true };
+    let Some(addr) = local_addr else { return true };
     controls.stalls.stop_reading(addr, order.window_bytes);
     let begin_us = now_us();
     let began = std::time::Instant::now();
@@ -630,7 +673,7 @@ fn think_time(rng: &mut StdRng) -> Duration {
 }
 
 /// Writes a new message to `conv`.
-async fn send_new(state: &mut State, ws: &mut WsConnection, conv: ConvId) -> Result<(), chat_client::ClientError> {
+async fn send_new(state: &mut State, ws: &mut WsSender, conv: ConvId) -> Result<(), chat_client::ClientError> {
     // Fresh per sender (the slot tells a user's devices apart), and the same ids come up
     // for different users, as they may: idempotency is per (sender, id).
     let id = format!("m{}-s{}", state.next_msg, state.device.slot);
@@ -645,7 +688,7 @@ async fn send_new(state: &mut State, ws: &mut WsConnection, conv: ConvId) -> Res
 }
 
 /// One thing a person does.
-async fn act(state: &mut State, client: &Client, ws: &mut WsConnection) -> Result<(), chat_client::ClientError> {
+async fn act(state: &mut State, client: &Client, ws: &mut WsSender) -> Result<(), chat_client::ClientError> {
     if state.device.convs.is_empty() {
         return Ok(());
     }
@@ -734,13 +777,13 @@ async fn history(state: &mut State, client: &Client, conv: ConvId, before: Optio
     state.observed.reads.push(ReadRecord { kind: ReadKind::History { conv, before, limit }, started_us, ended_us: now_us(), answer });
 }
 
-async fn ping(state: &mut State, ws: &mut WsConnection) -> Result<(), chat_client::ClientError> {
+async fn ping(state: &mut State, ws: &mut WsSender) -> Result<(), chat_client::ClientError> {
     state.open_pings.push_back(state.requests);
     state.requests += 1;
     ws.send(&ClientFrame::Ping).await
 }
 
-async fn sync(state: &mut State, ws: &mut WsConnection, conv: ConvId, after: Seq, reason: SyncReason) -> Result<(), chat_client::ClientError> {
+async fn sync(state: &mut State, ws: &mut WsSender, conv: ConvId, after: Seq, reason: SyncReason) -> Result<(), chat_client::ClientError> {
     *state.syncs_sent.entry(conv).or_insert(0) += 1;
     state.open_syncs.entry(conv).or_default().push_back((state.requests, reason));
     state.requests += 1;
@@ -750,7 +793,7 @@ async fn sync(state: &mut State, ws: &mut WsConnection, conv: ConvId, after: Seq
 
 /// Syncs the conversations not yet caught up (all of them the first time), marking the
 /// syncs whose answers count for catch-up.
-async fn catch_up(state: &mut State, ws: &mut WsConnection, only_behind: bool) -> Result<(), chat_client::ClientError> {
+async fn catch_up(state: &mut State, ws: &mut WsSender, only_behind: bool) -> Result<(), chat_client::ClientError> {
     for conv in state.device.convs.clone() {
         if only_behind && state.caught_up(conv) {
             continue;
@@ -763,7 +806,7 @@ async fn catch_up(state: &mut State, ws: &mut WsConnection, only_behind: bool) -
     Ok(())
 }
 
-async fn resend(state: &mut State, ws: &mut WsConnection, id: &str) -> Result<(), chat_client::ClientError> {
+async fn resend(state: &mut State, ws: &mut WsSender, id: &str) -> Result<(), chat_client::ClientError> {
     let Some(record) = state.observed.sends.get(id) else { return Ok(()) };
     let frame = ClientFrame::Send { id: id.to_owned(), conv: record.conv, body: record.body.clone() };
     state.unclean(id);
@@ -771,7 +814,8 @@ async fn resend(state: &mut State, ws: &mut WsConnection, id: &str) -> Result<()
     ws.send(&frame).await
 }
 
-async fn on_frame(state: &mut State, ws: &mut WsConnection, frame: ServerFrame, conn_no: usize) -> Result<(), chat_client::ClientError> {
+/// Handles one frame that arrived at `at_us` (the device may look at it later).
+async fn on_frame(state: &mut State, ws: &mut WsSender, frame: ServerFrame, conn_no: usize, at_us: u64) -> Result<(), chat_client::ClientError> {
     let index = state.device.index;
     match frame {
         ServerFrame::Sent { id, conv, seq, .. } => {
@@ -779,7 +823,7 @@ async fn on_frame(state: &mut State, ws: &mut WsConnection, frame: ServerFrame, 
             state.pending.remove(&id);
             if let Some(record) = state.observed.sends.get_mut(&id) {
                 if record.acks.is_empty() {
-                    record.first_ack_us = Some(now_us());
+                    record.first_ack_us = Some(at_us);
                     record.clean = record.undecided && record.conn == conn_no;
                 }
                 record.undecided = false;
@@ -793,7 +837,7 @@ async fn on_frame(state: &mut State, ws: &mut WsConnection, frame: ServerFrame, 
             let before = state.contiguous(conv);
             let live = !state.syncing(conv);
             state.event(ConnEvent::Message { conv, seq });
-            state.observed.frames.push(Received { conn: conn_no, conv, seq, sender, id, body, ts, at_us: now_us(), live });
+            state.observed.frames.push(Received { conn: conn_no, conv, seq, sender, id, body, ts, at_us, live });
             state.receive(conv, seq);
             // The client recipe: one sync at a time per conversation. Asking again while one
             // streams (it was once asked again after 3 s) re-reads the same hundreds of
@@ -813,14 +857,14 @@ async fn on_frame(state: &mut State, ws: &mut WsConnection, frame: ServerFrame, 
             if let Some((request, _)) = state.open_syncs.get_mut(&conv).and_then(VecDeque::pop_front) {
                 state.confirm_marks(request);
             }
-            state.event(ConnEvent::Synced { conv, seq, at_us: now_us() });
+            state.event(ConnEvent::Synced { conv, seq, at_us });
         }
         ServerFrame::Error { code, message, id, op, conv } => {
             state.trace.record(format_args!("c{index} error {code} {} {op:?} {conv:?} ({message})", id.as_deref().unwrap_or("-")));
             match (op, conv) {
                 (Some(FrameOp::Sync), Some(conv)) => {
                     state.open_syncs.get_mut(&conv).and_then(VecDeque::pop_front);
-                    state.event(ConnEvent::SyncFailed { conv, at_us: now_us() });
+                    state.event(ConnEvent::SyncFailed { conv, at_us });
                     if state.catchup_started && state.device.convs.contains(&conv) {
                         // A failed sync during catch-up: its answer will never come; start over.
                         return Err(chat_client::ClientError::Closed { code: None, reason: "sync failed during catch-up".into() });

@@ -74,14 +74,26 @@ pub(crate) struct CommitRequest {
     pub mutations: Mutations,
 }
 
-/// The log of recent commits that conflict checks run against.
+/// Recent commits' writes, which conflict checks run against.
+///
+/// A check asks: did a commit newer than this read version write into one of these read
+/// ranges? Scanning every newer commit makes that cost grow with the commits in flight
+/// (quadratic under load: 66% of `chat serve`'s CPU with 2,000 one-to-one sends in flight).
+/// So, like FoundationDB's resolver, this keeps the newest write version *per key* in an
+/// ordered map: a point read is one lookup, a range read visits only the keys written in that
+/// range. Cleared ranges (rare) are kept apart, in version order.
 ///
 /// Entries are dropped once older than [`TX_LIFETIME`] (no live transaction can need them)
-/// or beyond `commits_max` (to bound memory). `floor` is the newest dropped version: a
-/// transaction with an older read version might have missed a dropped conflicting write, so
-/// it fails with [`KvError::TransactionTooOld`] and the run loop retries it.
+/// or beyond `commits_max` commits (to bound memory). `floor` is the newest dropped version:
+/// a transaction with an older read version might have missed a dropped conflicting write,
+/// so it fails with [`KvError::TransactionTooOld`] and the run loop retries it.
 #[derive(Debug)]
 pub(crate) struct Resolver {
+    /// Per written key, the newest version that wrote it.
+    points: BTreeMap<Vec<u8>, u64>,
+    /// Cleared ranges with their versions, oldest first.
+    ranges: VecDeque<(u64, KeyRange)>,
+    /// Every recorded commit, oldest first: what to drop when it expires.
     log: VecDeque<Committed>,
     floor: u64,
     commits_max: usize,
@@ -93,7 +105,6 @@ struct Committed {
     at: Instant,
     /// Sorted written (set or cleared) keys.
     points: Vec<Vec<u8>>,
-    ranges: Vec<KeyRange>,
 }
 
 impl Resolver {
@@ -102,7 +113,7 @@ impl Resolver {
 
     pub fn new(commits_max: usize) -> Resolver {
         assert!(commits_max > 0, "the resolver must keep at least one commit");
-        Resolver { log: VecDeque::new(), floor: 0, commits_max }
+        Resolver { points: BTreeMap::new(), ranges: VecDeque::new(), log: VecDeque::new(), floor: 0, commits_max }
     }
 
     /// Drops entries no live transaction can conflict with, and entries beyond the cap.
@@ -112,8 +123,17 @@ impl Resolver {
             if !expired && self.log.len() <= self.commits_max {
                 break;
             }
-            self.floor = front.version;
-            self.log.pop_front();
+            let Some(dropped) = self.log.pop_front() else { break };
+            self.floor = dropped.version;
+            for key in dropped.points {
+                // A newer write of the key keeps its entry.
+                if self.points.get(&key) == Some(&dropped.version) {
+                    self.points.remove(&key);
+                }
+            }
+            while self.ranges.front().is_some_and(|(v, _)| *v <= dropped.version) {
+                self.ranges.pop_front();
+            }
         }
     }
 
@@ -122,12 +142,17 @@ impl Resolver {
         if read_version < self.floor {
             return Err(KvError::TransactionTooOld);
         }
-        if reads.is_empty() {
-            return Ok(());
-        }
-        // The log is in version order: only its tail is newer than the read version.
-        for committed in self.log.iter().rev().take_while(|c| c.version > read_version) {
-            if reads.iter().any(|read| committed.intersects(read)) {
+        for (begin, end) in reads {
+            let newer = |(_, version): (&Vec<u8>, &u64)| *version > read_version;
+            // A point read (`[key, key\0)`, what `get` records) is one lookup.
+            let point = end.len() == begin.len() + 1 && end.last() == Some(&0) && end.starts_with(begin);
+            let written = if point {
+                self.points.get_key_value(begin).is_some_and(newer)
+            } else {
+                self.points.range::<[u8], _>(bounds(begin, end)).any(newer)
+            };
+            let cleared = || self.ranges.iter().rev().take_while(|(v, _)| *v > read_version).any(|(_, (b, e))| b < end && begin < e);
+            if written || cleared() {
                 return Err(KvError::NotCommitted);
             }
         }
@@ -139,29 +164,35 @@ impl Resolver {
         if let Some(last) = self.log.back() {
             assert!(version > last.version, "commit versions must increase");
         }
-        self.log.push_back(Committed {
-            version,
-            at,
-            points: mutations.points.iter().map(|(k, _)| k.clone()).collect(),
-            ranges: mutations.cleared.clone(),
-        });
+        let points: Vec<Vec<u8>> = mutations.points.iter().map(|(k, _)| k.clone()).collect();
+        for key in &points {
+            self.points.insert(key.clone(), version);
+        }
+        for range in &mutations.cleared {
+            self.ranges.push_back((version, range.clone()));
+        }
+        self.log.push_back(Committed { version, at, points });
     }
 
     /// Forgets commits newer than `version`: they were accepted but then failed to apply.
+    /// Their keys go back to the newest version that still wrote them (a rare path: a scan).
     pub fn forget_after(&mut self, version: u64) {
+        let mut forgotten = Vec::new();
         while self.log.back().is_some_and(|c| c.version > version) {
-            self.log.pop_back();
+            if let Some(commit) = self.log.pop_back() {
+                forgotten.extend(commit.points);
+            }
         }
-    }
-}
-
-impl Committed {
-    fn intersects(&self, (begin, end): &KeyRange) -> bool {
-        let first = self.points.partition_point(|k| k.as_slice() < begin.as_slice());
-        if self.points.get(first).is_some_and(|k| k.as_slice() < end.as_slice()) {
-            return true;
+        while self.ranges.back().is_some_and(|(v, _)| *v > version) {
+            self.ranges.pop_back();
         }
-        self.ranges.iter().any(|(b, e)| b < end && begin < e)
+        for key in forgotten {
+            let newest = self.log.iter().rev().find(|c| c.points.binary_search(&key).is_ok()).map(|c| c.version);
+            match newest {
+                Some(v) => self.points.insert(key, v),
+                None => self.points.remove(&key),
+            };
+        }
     }
 }
 
@@ -497,6 +528,98 @@ mod tests {
         r.prune(now + TX_LIFETIME + std::time::Duration::from_millis(1));
         assert_eq!(r.check(2, &[]), Err(KvError::TransactionTooOld));
         assert_eq!(r.check(3, &[read(b"k", b"l")]), Ok(()));
+    }
+
+    /// The resolver as it was (every newer commit scanned), kept as the model the indexed
+    /// one must agree with.
+    struct NaiveResolver {
+        log: VecDeque<(u64, Vec<Vec<u8>>, Vec<KeyRange>)>,
+        floor: u64,
+        commits_max: usize,
+    }
+
+    impl NaiveResolver {
+        fn check(&self, read_version: u64, reads: &[KeyRange]) -> Result<(), KvError> {
+            if read_version < self.floor {
+                return Err(KvError::TransactionTooOld);
+            }
+            for (_, points, ranges) in self.log.iter().filter(|(v, _, _)| *v > read_version) {
+                let hit = reads.iter().any(|(b, e)| points.iter().any(|k| b <= k && k < e) || ranges.iter().any(|(rb, re)| rb < e && b < re));
+                if hit {
+                    return Err(KvError::NotCommitted);
+                }
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_indexed_resolver_agrees_with_scanning_every_newer_commit() {
+        let now = Instant::now();
+        // xorshift: reproducible without a dependency.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let key = |i: u64| -> Vec<u8> { if i % 3 == 0 { vec![b'a' + (i % 8) as u8] } else { vec![b'a' + (i % 8) as u8, b'0' + (i % 5) as u8] } };
+        for round in 0..20 {
+            let commits_max = 1 + next(30) as usize;
+            let mut indexed = Resolver::new(commits_max);
+            let mut naive = NaiveResolver { log: VecDeque::new(), floor: 0, commits_max };
+            let mut version = 0;
+            for _ in 0..400 {
+                match next(10) {
+                    0..=3 => {
+                        version += 1;
+                        let mut points: Vec<Vec<u8>> = (0..1 + next(3)).map(|_| key(next(40))).collect();
+                        points.sort();
+                        points.dedup();
+                        let cleared: Vec<KeyRange> = if next(8) == 0 {
+                            let (x, y) = (key(next(40)), key(next(40)));
+                            vec![if x < y { (x, y) } else { (y, key_after(&x)) }]
+                        } else {
+                            Vec::new()
+                        };
+                        let m = Mutations { points: points.iter().map(|k| (k.clone(), Some(vec![]))).collect(), cleared: cleared.clone(), bytes: 0 };
+                        indexed.record(version, now, &m);
+                        naive.log.push_back((version, points, cleared));
+                    }
+                    4 => {
+                        indexed.prune(now);
+                        while naive.log.len() > naive.commits_max {
+                            if let Some((v, _, _)) = naive.log.pop_front() {
+                                naive.floor = v;
+                            }
+                        }
+                    }
+                    5 if version > 0 => {
+                        let to = version - next(3).min(version);
+                        indexed.forget_after(to);
+                        naive.log.retain(|(v, _, _)| *v <= to);
+                        version = to;
+                    }
+                    _ => {
+                        let read_version = version.saturating_sub(next(12));
+                        let reads: Vec<KeyRange> = (0..1 + next(3))
+                            .map(|_| {
+                                let k = key(next(40));
+                                if next(2) == 0 {
+                                    let end = key_after(&k);
+                                    (k, end)
+                                } else {
+                                    let other = key(next(40));
+                                    if k < other { (k, other) } else { (other, key_after(&k)) }
+                                }
+                            })
+                            .collect();
+                        assert_eq!(indexed.check(read_version, &reads), naive.check(read_version, &reads), "round {round}, read version {read_version}, reads {reads:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
