@@ -447,15 +447,23 @@ async fn session(state: &mut State, client: &Client, ws: WsConnection, via: Node
     let local_addr = ws.local_addr();
     let (mut ws, receiver) = ws.split();
     let (arrivals, mut events) = tokio::sync::mpsc::unbounded_channel();
-    let reader = tokio::spawn(read_socket(receiver, arrivals));
-    let settled = session_loop(state, client, &mut ws, &mut events, local_addr, via, controls, start, deadline).await;
+    let not_reading = Arc::new(AtomicBool::new(false));
+    let reader = tokio::spawn(read_socket(receiver, arrivals, not_reading.clone()));
+    let socket = Socket { ws: &mut ws, events: &mut events, local_addr, not_reading };
+    let settled = session_loop(state, client, socket, via, controls, start, deadline).await;
     reader.abort();
     settled
 }
 
-/// Forwards every event of the socket with its arrival time, until it closes.
-async fn read_socket(mut receiver: chat_client::WsReceiver, arrivals: tokio::sync::mpsc::UnboundedSender<(u64, Result<WsEvent, ClientError>)>) {
+/// Forwards every event of the socket with its arrival time, until it closes. While
+/// `not_reading` is set it does not touch the socket (so pings go unanswered, as they do
+/// for a frozen app).
+async fn read_socket(mut receiver: chat_client::WsReceiver, arrivals: tokio::sync::mpsc::UnboundedSender<(u64, Result<WsEvent, ClientError>)>, not_reading: Arc<AtomicBool>) {
     loop {
+        if not_reading.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
         let event = receiver.recv_timeout(RECV_SLICE_MAX).await;
         let last = matches!(event, Ok(WsEvent::Closed { .. })) || matches!(&event, Err(err) if !matches!(err, ClientError::Timeout { .. }));
         if matches!(event, Err(ClientError::Timeout { .. })) {
@@ -472,18 +480,17 @@ async fn read_socket(mut receiver: chat_client::WsReceiver, arrivals: tokio::syn
 
 type Arrivals = tokio::sync::mpsc::UnboundedReceiver<(u64, Result<WsEvent, ClientError>)>;
 
-#[allow(clippy::too_many_arguments)]
-async fn session_loop(
-    state: &mut State,
-    client: &Client,
-    ws: &mut WsSender,
-    events: &mut Arrivals,
+/// One connection as the session loop uses it.
+struct Socket<'a> {
+    ws: &'a mut WsSender,
+    events: &'a mut Arrivals,
     local_addr: Option<std::net::SocketAddr>,
-    via: Node,
-    controls: &Controls,
-    start: std::time::Instant,
-    deadline: Duration,
-) -> bool {
+    /// Set while the device does not read its socket.
+    not_reading: Arc<AtomicBool>,
+}
+
+async fn session_loop(state: &mut State, client: &Client, socket: Socket<'_>, via: Node, controls: &Controls, start: std::time::Instant, deadline: Duration) -> bool {
+    let Socket { ws, events, local_addr, not_reading } = socket;
     let index = state.device.index;
     let conn_no = state.connection;
     state.connection += 1;
@@ -532,7 +539,10 @@ async fn session_loop(
             return false;
         }
         if let Some(order) = controls.take_stall(index).filter(|_| controls.phase() == Phase::Chaos) {
-            if !stall(state, local_addr, via, controls, order).await {
+            not_reading.store(true, Ordering::Relaxed);
+            let connected = stall(state, local_addr, via, controls, order).await;
+            not_reading.store(false, Ordering::Relaxed);
+            if !connected {
                 return false;
             }
             // Whatever piled up meanwhile is read now; the device's own timers (pings,
@@ -710,9 +720,14 @@ async fn act(state: &mut State, client: &Client, ws: &mut WsSender) -> Result<()
             // Mark read up to what is here; now and then a little less (scrolled back up),
             // which must never move the cursor backwards.
             let seq = state.contiguous(conv).saturating_sub(if state.rng.random_bool(0.2) { state.rng.random_range(1..4) } else { 0 });
-            if seq == 0 {
+            // One open mark per conversation: an error names the conversation, not the seq, and
+            // a mark that succeeds is silent, so with two open the error could not be told
+            // apart (attributing it to the oldest once confirmed a mark that had failed: seed 58).
+            let open = state.open_marks.iter().any(|&(i, _)| state.observed.marks[i].conv == conv);
+            if seq == 0 || open {
                 return Ok(());
             }
+            state.trace.record(format_args!("c{} marks conv={conv} seq={seq} (request {})", state.device.index, state.requests));
             state.observed.marks.push(MarkRecord { conv, seq, confirmed: false });
             state.open_marks.push((state.observed.marks.len() - 1, state.requests));
             state.requests += 1;
@@ -871,7 +886,7 @@ async fn on_frame(state: &mut State, ws: &mut WsSender, frame: ServerFrame, conn
                     }
                 }
                 (Some(FrameOp::Read), Some(conv)) => {
-                    // Reads are handled in order: the oldest open mark of `conv` failed.
+                    // At most one mark of `conv` is open (see `act`): that one failed.
                     let marks = &state.observed.marks;
                     if let Some(at) = state.open_marks.iter().position(|&(i, _)| marks[i].conv == conv) {
                         state.open_marks.remove(at);
