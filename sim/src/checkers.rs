@@ -86,8 +86,11 @@ pub struct Evidence<'a> {
     /// When buggify (fault points everywhere) was on.
     pub buggify: Option<(u64, u64)>,
     /// How long after a client stops reading for good its server must have dropped it (from
-    /// the seed's idle and write timeouts).
+    /// the seed's idle and write timeouts)...
     pub stall_drop_bound: Duration,
+    /// ...plus this for each request it had not had answered (the connection server's
+    /// request timeout: frames are handled in order before the silence is noticed).
+    pub stall_request_allowance: Duration,
     /// Who registered during the faults, and what they saw.
     pub newcomers: &'a [Newcomer],
 }
@@ -329,7 +332,8 @@ fn slow_consumers(e: &Evidence, out: &mut Vec<Violation>) {
                 .filter(|f| matches!(f.fault, Fault::Pause(_)))
                 .map(|f| f.end_us.min(stall.begin_us + bound).saturating_sub(f.begin_us.max(stall.begin_us)))
                 .sum();
-            let allowed = bound + paused;
+            let requests = e.stall_request_allowance.as_micros() as u64 * stall.open_requests as u64;
+            let allowed = bound + paused + requests;
             let waited = stall.end_us.saturating_sub(stall.begin_us);
             match stall.dropped_us {
                 Some(at) if at.saturating_sub(stall.begin_us) <= allowed => {}

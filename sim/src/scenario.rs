@@ -206,6 +206,7 @@ async fn run_inner(config: ScenarioConfig, seed: u64, swarm: Swarm, schedule: Sc
         faults: &faults,
         buggify,
         stall_drop_bound: stall_drop_bound(&config.cluster.knobs),
+        stall_request_allowance: config.cluster.knobs.conn.request_timeout,
         newcomers: &newcomers,
     };
     let (violations, live) = check_all(&evidence);

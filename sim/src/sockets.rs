@@ -39,6 +39,8 @@ struct Stall {
     /// What the server may still write before its writes wait.
     window_bytes: usize,
     wakers: Vec<Waker>,
+    /// When a server write first had to wait (simulated time), for the trace.
+    blocked_at: Option<std::time::Instant>,
 }
 
 impl Stalls {
@@ -48,7 +50,7 @@ impl Stalls {
 
     /// The client at `client` stops reading: the server may write `window_bytes` more.
     pub fn stop_reading(&self, client: SocketAddr, window_bytes: usize) {
-        self.lock().stalled.insert(client, Stall { window_bytes, wakers: Vec::new() });
+        self.lock().stalled.insert(client, Stall { window_bytes, wakers: Vec::new(), blocked_at: None });
     }
 
     /// The client reads again: writes waiting on it go on.
@@ -57,6 +59,11 @@ impl Stalls {
         for waker in stall.into_iter().flat_map(|s| s.wakers) {
             waker.wake();
         }
+    }
+
+    /// When the server's writes to a stalled client first had to wait.
+    pub fn blocked_at(&self, client: SocketAddr) -> Option<std::time::Instant> {
+        self.lock().stalled.get(&client).and_then(|s| s.blocked_at)
     }
 
     /// Whether the server dropped its side of a stalled client's socket.
@@ -115,6 +122,7 @@ impl AsyncWrite for Shaped {
             match inner.stalled.get_mut(&self.peer) {
                 None => buf.len(),
                 Some(stall) if stall.window_bytes == 0 => {
+                    stall.blocked_at.get_or_insert_with(std::time::Instant::now);
                     if !stall.wakers.iter().any(|w| w.will_wake(cx.waker())) {
                         stall.wakers.push(cx.waker().clone());
                     }

@@ -208,6 +208,10 @@ pub struct StallRecord {
     pub forever: bool,
     /// When the device saw that the server had dropped the connection.
     pub dropped_us: Option<u64>,
+    /// Requests written on the connection and not answered yet when the device stopped
+    /// reading: the server handles a connection's frames in order, each for up to its
+    /// request timeout, before it can notice the silence.
+    pub open_requests: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -651,6 +655,7 @@ async fn stall(state: &mut State, local_addr: Option<std::net::SocketAddr>, via:
     controls.stalls.stop_reading(addr, order.window_bytes);
     let begin_us = now_us();
     let began = std::time::Instant::now();
+    let open_requests = state.open_syncs.values().map(VecDeque::len).sum::<usize>() + state.open_pings.len() + state.open_marks.len();
     state.trace.record(format_args!("c{index} stops reading (window {} bytes{})", order.window_bytes, if order.forever { ", for good" } else { "" }));
     let mut dropped_us = None;
     if order.forever {
@@ -668,12 +673,13 @@ async fn stall(state: &mut State, local_addr: Option<std::net::SocketAddr>, via:
             dropped_us = Some(now_us());
         }
     }
+    let blocked = controls.stalls.blocked_at(addr).map(|at| at.saturating_duration_since(began).as_millis());
     controls.stalls.resume(addr);
     match dropped_us {
-        Some(at) => state.trace.record(format_args!("c{index} reads again; the server dropped the connection after {} ms", (at - begin_us) / 1000)),
-        None => state.trace.record(format_args!("c{index} reads again")),
+        Some(at) => state.trace.record(format_args!("c{index} reads again; the server dropped the connection after {} ms (its writes waited from {blocked:?} ms)", (at - begin_us) / 1000)),
+        None => state.trace.record(format_args!("c{index} reads again (the server's writes waited from {blocked:?} ms)")),
     }
-    state.observed.stalls.push(StallRecord { via, begin_us, end_us: now_us(), forever: order.forever, dropped_us });
+    state.observed.stalls.push(StallRecord { via, begin_us, end_us: now_us(), forever: order.forever, dropped_us, open_requests });
     // One that stopped for good comes back with a new connection, as an app woken up would.
     !order.forever
 }
