@@ -257,10 +257,16 @@ impl Schedule {
                 let fault = Fault::Stall { device: slow.random_range(0..devices), window_bytes: WINDOWS_BYTES[slow.random_range(0..4)], forever: false };
                 episodes.push(Episode { start, duration, fault });
             }
-            if slow.random_bool(0.5) {
+            // One device stops for good, sometimes two (one may reach a connection server
+            // straight, the other through a gateway: both must give up on it).
+            let mut forever = vec![slow.random_range(0..devices)];
+            if devices > 1 && slow.random_bool(0.5) {
+                forever.push((forever[0] + 1 + slow.random_range(0..devices - 1)) % devices);
+            }
+            for device in forever {
                 // Early enough that the server's give-up bound ends within the chaos phase.
                 let start = whole_ms(chaos.mul_f64(slow.random_range(0.1..0.4)));
-                let fault = Fault::Stall { device: slow.random_range(0..devices), window_bytes: WINDOWS_BYTES[slow.random_range(0..2)], forever: true };
+                let fault = Fault::Stall { device, window_bytes: WINDOWS_BYTES[slow.random_range(0..2)], forever: true };
                 episodes.push(Episode { start, duration: STALL_FOREVER_CAP.min(chaos.saturating_sub(start)), fault });
             }
             episodes.sort_by_key(|e| e.start);
