@@ -62,6 +62,17 @@ fn redb() -> (Arc<RedbKv>, tempfile::TempDir) {
     (Arc::new(kv), dir)
 }
 
+/// `"redb"` (durable, in a temporary directory kept alive by the guard) or `"memory"`.
+fn backend_named(name: &str) -> (Arc<dyn Kv>, Option<tempfile::TempDir>) {
+    match name {
+        "redb" => {
+            let (kv, dir) = redb();
+            (kv, Some(dir))
+        }
+        _ => (Arc::new(MemoryKv::new()), None),
+    }
+}
+
 fn user(i: usize) -> String {
     format!("user{i:03}")
 }
@@ -140,13 +151,7 @@ fn append(c: &mut Criterion) {
     let next_id = AtomicU64::new(0);
     let mut group = c.benchmark_group("append");
     for backend in ["redb", "memory"] {
-        let (kv, _dir): (Arc<dyn Kv>, Option<tempfile::TempDir>) = match backend {
-            "redb" => {
-                let (kv, dir) = redb();
-                (kv, Some(dir))
-            }
-            _ => (Arc::new(MemoryKv::new()), None),
-        };
+        let (kv, _dir) = backend_named(backend);
         // A direct conversation: two members, so each append also moves two recency entries.
         let (store, conv) = rt.block_on(store_with_conv(kv, 2));
         for batch_len in APPEND_BATCH_LENS {
@@ -198,13 +203,7 @@ fn concurrent(c: &mut Criterion) {
     let mut group = c.benchmark_group("concurrent");
     for backend in ["memory", "redb"] {
         for convs in CONCURRENT_CONVS {
-            let (kv, _dir): (Arc<dyn Kv>, Option<tempfile::TempDir>) = match backend {
-                "redb" => {
-                    let (kv, dir) = redb();
-                    (kv, Some(dir))
-                }
-                _ => (Arc::new(MemoryKv::new()), None),
-            };
+            let (kv, _dir) = backend_named(backend);
             let (store, ids) = rt.block_on(store_with_directs(kv, convs));
             group.throughput(Throughput::Elements(convs as u64));
             group.bench_function(BenchmarkId::new(backend, convs), |b| {

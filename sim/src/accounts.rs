@@ -12,6 +12,7 @@
 //! Newcomers start conversations only among themselves, so the other checkers' model of who
 //! is in which conversation stays the setup's.
 
+use crate::scenario::retry_up_to;
 use crate::trace::Trace;
 use crate::workload::{Controls, Phase};
 use chat_client::{Client, ClientError};
@@ -185,19 +186,10 @@ async fn create(client: &Client, user: &str, others: Vec<String>, title: Option<
 }
 
 /// Retries while the answer is retryable, up to [`ATTEMPTS_MAX`] attempts.
-async fn retried<T, F, Fut>(mut call: F) -> Result<T, ClientError>
+async fn retried<T, F, Fut>(call: F) -> Result<T, ClientError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, ClientError>>,
 {
-    let mut attempts = 1;
-    loop {
-        match call().await {
-            Err(err) if err.is_retryable() && attempts < ATTEMPTS_MAX => {
-                attempts += 1;
-                tokio::time::sleep(RETRY_AFTER).await;
-            }
-            other => return other,
-        }
-    }
+    retry_up_to(ATTEMPTS_MAX - 1, RETRY_AFTER, call).await
 }

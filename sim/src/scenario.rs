@@ -433,7 +433,16 @@ async fn setup(config: ScenarioConfig, gateways: Vec<String>, trace: Trace) -> a
 }
 
 /// Retries a call while it fails in a retryable way (the cluster may still be starting).
-async fn retry<T, F, Fut>(mut call: F) -> Result<T, chat_client::ClientError>
+async fn retry<T, F, Fut>(call: F) -> Result<T, chat_client::ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, chat_client::ClientError>>,
+{
+    retry_up_to(50, Duration::from_millis(200), call).await
+}
+
+/// Retries a call while it fails in a retryable way, at most `retries` times, `pause` apart.
+pub(crate) async fn retry_up_to<T, F, Fut>(retries: u32, pause: Duration, mut call: F) -> Result<T, chat_client::ClientError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, chat_client::ClientError>>,
@@ -441,9 +450,9 @@ where
     let mut attempts = 0;
     loop {
         match call().await {
-            Err(err) if err.is_retryable() && attempts < 50 => {
+            Err(err) if err.is_retryable() && attempts < retries => {
                 attempts += 1;
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::time::sleep(pause).await;
             }
             other => return other,
         }

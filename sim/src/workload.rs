@@ -468,16 +468,16 @@ async fn read_socket(mut receiver: chat_client::WsReceiver, arrivals: tokio::syn
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         }
-        let event = receiver.recv_timeout(RECV_SLICE_MAX).await;
-        let last = matches!(event, Ok(WsEvent::Closed { .. })) || matches!(&event, Err(err) if !matches!(err, ClientError::Timeout { .. }));
-        if matches!(event, Err(ClientError::Timeout { .. })) {
-            if arrivals.is_closed() {
-                return;
+        match receiver.recv_timeout(RECV_SLICE_MAX).await {
+            // Nothing yet: look at `not_reading` again.
+            Err(ClientError::Timeout { .. }) => {}
+            event => {
+                // A close or an error is the socket's last event.
+                let last = !matches!(event, Ok(WsEvent::Frame(_) | WsEvent::Pong(_)));
+                if arrivals.send((now_us(), event)).is_err() || last {
+                    return;
+                }
             }
-            continue;
-        }
-        if arrivals.send((now_us(), event)).is_err() || last {
-            return;
         }
     }
 }
