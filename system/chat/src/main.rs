@@ -2,6 +2,11 @@
 
 use clap::{Parser, Subcommand};
 
+// Measured against glibc malloc in docs/performance.md ("Allocator").
+#[cfg(not(madsim))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(name = "chat", version, about = "A horizontally scalable WebSocket chat system")]
 struct Cli {

@@ -9,11 +9,11 @@
 //!   releases them after the sync's pages.
 
 use crate::ConnServer;
-use crate::hub::Outbound;
+use crate::hub::{Outbound, Push};
 use chat_proto::deadline::Deadline;
 use chat_proto::frame::{ClientFrame, FrameOp, ServerFrame};
 use chat_proto::link::SendRequest;
-use chat_proto::{ApiError, ConnAddr, ConvId, ErrorCode, Message, Seq};
+use chat_proto::{ApiError, ConnAddr, ConvId, ErrorCode, Seq};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use std::collections::HashMap;
@@ -23,7 +23,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 
 /// How long a connection the server closes may still be read, for the client's close reply.
 const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
@@ -308,7 +308,7 @@ struct Writer<S> {
     /// Highest `seq` sent per conversation on this connection.
     last_sent: HashMap<ConvId, Seq>,
     /// Conversations with a sync streaming, and the live pushes held back meanwhile.
-    syncing: HashMap<ConvId, Vec<Arc<Message>>>,
+    syncing: HashMap<ConvId, Vec<Push>>,
 }
 
 impl<S> Writer<S>
@@ -380,14 +380,14 @@ where
     async fn write(&mut self, item: Outbound) -> Result<bool, WsError> {
         match item {
             Outbound::Frame(frame) => self.feed(&frame).await?,
-            Outbound::Push(message) => {
-                if let Some(held) = self.syncing.get_mut(&message.conv) {
+            Outbound::Push(push) => {
+                if let Some(held) = self.syncing.get_mut(&push.conv) {
                     if held.len() >= self.held_max {
                         return Ok(false);
                     }
-                    held.push(message);
+                    held.push(push);
                 } else {
-                    self.push(&message).await?;
+                    self.push(push).await?;
                 }
             }
             Outbound::SyncStart(conv) => {
@@ -417,25 +417,28 @@ where
     async fn release(&mut self, conv: ConvId) -> Result<Seq, WsError> {
         let mut held = self.syncing.remove(&conv).unwrap_or_default();
         held.sort_by_key(|m| m.seq);
-        for message in held {
-            self.push(&message).await?;
+        for push in held {
+            self.push(push).await?;
         }
         Ok(self.last_sent.get(&conv).copied().unwrap_or(0))
     }
 
-    async fn push(&mut self, message: &Message) -> Result<(), WsError> {
-        let last = self.last_sent.entry(message.conv).or_insert(0);
-        if message.seq <= *last {
+    async fn push(&mut self, push: Push) -> Result<(), WsError> {
+        let last = self.last_sent.entry(push.conv).or_insert(0);
+        if push.seq <= *last {
             return Ok(());
         }
-        *last = message.seq;
-        self.feed(&ServerFrame::message(message)).await
+        *last = push.seq;
+        self.feed_text(push.text).await
     }
 
     async fn feed(&mut self, frame: &ServerFrame) -> Result<(), WsError> {
+        self.feed_text(frame.to_json().into()).await
+    }
+
+    async fn feed_text(&mut self, text: Utf8Bytes) -> Result<(), WsError> {
         // `feed` buffers without flushing (the caller flushes once after a burst), but writes
         // out once tungstenite's buffer is full, so it can wait on the client too.
-        let text = WsMessage::text(frame.to_json());
-        self.bounded(|sink| sink.feed(text)).await
+        self.bounded(|sink| sink.feed(WsMessage::Text(text))).await
     }
 }

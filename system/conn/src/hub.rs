@@ -1,24 +1,42 @@
 //! The connections this server holds, and delivery into them.
 
+use chat_proto::frame::ServerFrame;
 use chat_proto::link::{Delivery, Target};
 use chat_proto::{ConnAddr, ConnId, Message, ServerId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, mpsc};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// What a connection's writer task is asked to do.
 #[derive(Debug)]
 pub enum Outbound {
     /// A frame to send as is (acks, errors, pongs).
-    Frame(chat_proto::frame::ServerFrame),
+    Frame(ServerFrame),
     /// A live message pushed by an app server.
-    Push(Arc<Message>),
+    Push(Push),
     /// Messages of a `sync`, in order: `Start`, `Page`s, then `End` or `Abort`.
     SyncStart(chat_proto::ConvId),
     SyncPage(Vec<Message>),
     SyncEnd { conv: chat_proto::ConvId, last_seq: chat_proto::Seq },
     SyncAbort(chat_proto::ConvId),
+}
+
+/// A live message as its recipients on this server receive it: encoded once, shared by all
+/// of them (the text is reference-counted), so a push into a big group costs one JSON
+/// encoding, not one per connection.
+#[derive(Debug, Clone)]
+pub struct Push {
+    pub conv: chat_proto::ConvId,
+    pub seq: chat_proto::Seq,
+    pub text: Utf8Bytes,
+}
+
+impl Push {
+    pub fn new(message: &Message) -> Push {
+        Push { conv: message.conv, seq: message.seq, text: ServerFrame::message(message).to_json().into() }
+    }
 }
 
 pub(crate) struct ConnHandle {
@@ -81,6 +99,7 @@ impl ConnHub {
 
 impl Delivery for ConnHub {
     fn deliver(&self, targets: &[Target], message: Arc<Message>) {
+        let mut push: Option<Push> = None;
         let conns = self.lock();
         for target in targets {
             if target.addr.server != self.server {
@@ -91,7 +110,8 @@ impl Delivery for ConnHub {
                 // A stale registry entry: that id is someone else's connection now.
                 continue;
             }
-            if handle.outbound.try_send(Outbound::Push(message.clone())).is_err() {
+            let push = push.get_or_insert_with(|| Push::new(&message)).clone();
+            if handle.outbound.try_send(Outbound::Push(push)).is_err() {
                 // Full (or closing): the client cannot keep up. Closing it is the only way to
                 // keep per-connection order without unbounded memory; it syncs on reconnect.
                 handle.overflow.notify_one();

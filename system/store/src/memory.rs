@@ -4,7 +4,7 @@
 //! unchanged inside the deterministic simulator.
 
 use crate::kv::{Kv, KvError, Tx};
-use crate::occ::{CommitPath, CommitRequest, KeyValue, OccTx, Resolver, Snapshot};
+use crate::occ::{CommitPath, CommitRequest, KeyValue, LiveReads, OccTx, Resolver, Snapshot};
 use async_trait::async_trait;
 use imbl::OrdMap;
 use std::ops::Bound;
@@ -20,6 +20,8 @@ pub struct MemoryKv {
 struct Shared {
     // A std Mutex: held only for map clones and commits, never across an `.await`.
     state: Mutex<State>,
+    /// Entered under `state`'s lock (lock order: `state`, then `live`).
+    live: Arc<LiveReads>,
 }
 
 /// Keys and values are shared, immutable byte strings: a commit after a snapshot copies the
@@ -47,6 +49,7 @@ impl MemoryKv {
         MemoryKv {
             shared: Arc::new(Shared {
                 state: Mutex::new(State { map: OrdMap::new(), version: 0, resolver: Resolver::new(commits_max) }),
+                live: Arc::default(),
             }),
         }
     }
@@ -78,12 +81,12 @@ impl Shared {
 #[async_trait]
 impl Kv for MemoryKv {
     async fn begin(&self) -> Result<Tx, KvError> {
-        let (map, version) = {
+        let (map, live) = {
             let state = self.shared.state();
-            (state.map.clone(), state.version)
+            (state.map.clone(), self.shared.live.enter(|| state.version))
         };
         let commit_path: Arc<dyn CommitPath> = self.shared.clone();
-        Ok(Tx::new(Arc::new(OccTx::new(Box::new(MemorySnapshot(map)), commit_path, version))))
+        Ok(Tx::new(Arc::new(OccTx::new(Box::new(MemorySnapshot(map)), commit_path, live))))
     }
 }
 
@@ -92,7 +95,10 @@ impl CommitPath for Shared {
     async fn commit(&self, request: CommitRequest) -> Result<(), KvError> {
         let mut state = self.state();
         let now = Instant::now();
-        state.resolver.prune(now);
+        // Under the state lock, which `begin` holds while it enters: no transaction can slip
+        // in below the version read here.
+        let oldest_read = self.live.oldest().unwrap_or(state.version);
+        state.resolver.prune(now, oldest_read);
         state.resolver.check(request.read_version, &request.reads)?;
         state.version += 1;
         let version = state.version;
@@ -134,5 +140,41 @@ impl Snapshot for MemorySnapshot {
         let range = self.0.range::<_, [u8]>(bounds(begin, end));
         let pairs = |(k, v): (&Bytes, &Bytes)| (k.to_vec(), v.to_vec());
         Ok(if reverse { range.rev().take(take).map(pairs).collect() } else { range.take(take).map(pairs).collect() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn write(kv: &MemoryKv, key: &[u8]) {
+        let tx = kv.begin().await.expect("begin");
+        tx.set(key, b"v");
+        tx.commit().await.expect("commit");
+    }
+
+    /// The resolver keeps a commit only while a live transaction could conflict with it.
+    #[tokio::test]
+    async fn commits_are_forgotten_once_no_live_transaction_reads_below_them() {
+        let kv = MemoryKv::new();
+        for i in 0..100u8 {
+            write(&kv, &[i]).await;
+        }
+        // Each commit pruned everything before it: nobody was reading.
+        assert!(kv.shared.state().resolver.commits_held() <= 1);
+
+        let old = kv.begin().await.expect("begin");
+        let _ = old.get(b"k").await.expect("read");
+        for i in 0..100u8 {
+            write(&kv, &[i]).await;
+        }
+        // `old` reads below all of them: they stay, and its conflict is still found.
+        assert!(kv.shared.state().resolver.commits_held() >= 100);
+        write(&kv, b"k").await;
+        old.set(b"x", b"y");
+        assert_eq!(old.commit().await, Err(KvError::NotCommitted));
+        drop(old);
+        write(&kv, b"z").await;
+        assert!(kv.shared.state().resolver.commits_held() <= 1);
     }
 }

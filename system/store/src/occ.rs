@@ -83,8 +83,12 @@ pub(crate) struct CommitRequest {
 /// ordered map: a point read is one lookup, a range read visits only the keys written in that
 /// range. Cleared ranges (rare) are kept apart, in version order.
 ///
-/// Entries are dropped once older than [`TX_LIFETIME`] (no live transaction can need them)
-/// or beyond `commits_max` commits (to bound memory). `floor` is the newest dropped version:
+/// Entries are dropped as soon as no live transaction can need them: at or below the oldest
+/// read version still in use ([`LiveReads`]). Without that they would stay for all of
+/// [`TX_LIFETIME`], and under a one-to-one load the map would hold five seconds of writes
+/// (over 100,000 keys) where a few thousand are in play. Entries older than `TX_LIFETIME`,
+/// or beyond `commits_max` commits (to bound memory), are dropped even if a transaction
+/// still reads below them. `floor` is the newest dropped version:
 /// a transaction with an older read version might have missed a dropped conflicting write,
 /// so it fails with [`KvError::TransactionTooOld`] and the run loop retries it.
 #[derive(Debug)]
@@ -116,11 +120,14 @@ impl Resolver {
         Resolver { points: BTreeMap::new(), ranges: VecDeque::new(), log: VecDeque::new(), floor: 0, commits_max }
     }
 
-    /// Drops entries no live transaction can conflict with, and entries beyond the cap.
-    pub fn prune(&mut self, now: Instant) {
+    /// Drops entries no live transaction can conflict with (at or below `oldest_read`, the
+    /// oldest read version in use, see [`LiveReads::oldest`]), and entries too old or beyond
+    /// the cap.
+    pub fn prune(&mut self, now: Instant, oldest_read: u64) {
         while let Some(front) = self.log.front() {
+            let unneeded = front.version <= oldest_read;
             let expired = now.saturating_duration_since(front.at) > TX_LIFETIME;
-            if !expired && self.log.len() <= self.commits_max {
+            if !unneeded && !expired && self.log.len() <= self.commits_max {
                 break;
             }
             let Some(dropped) = self.log.pop_front() else { break };
@@ -172,6 +179,11 @@ impl Resolver {
             self.ranges.push_back((version, range.clone()));
         }
         self.log.push_back(Committed { version, at, points });
+    }
+
+    /// Commits held for conflict checks (for tests and metrics).
+    pub fn commits_held(&self) -> usize {
+        self.log.len()
     }
 
     /// Forgets commits newer than `version`: they were accepted but then failed to apply.
@@ -259,11 +271,67 @@ fn bounds<'a>(begin: &'a [u8], end: &'a [u8]) -> (Bound<&'a [u8]>, Bound<&'a [u8
     (Bound::Included(begin), Bound::Excluded(end))
 }
 
+/// The read versions of the transactions alive now (begun and not yet dropped), so the
+/// resolver can forget a commit as soon as none of them can conflict with it.
+#[derive(Debug, Default)]
+pub(crate) struct LiveReads {
+    // A std Mutex: one map operation per begin and per drop, never held across an await.
+    versions: Mutex<BTreeMap<u64, usize>>,
+}
+
+impl LiveReads {
+    /// Registers a transaction that reads at `version()`. The version is read under the lock,
+    /// so a concurrent [`LiveReads::oldest`] sees either this transaction or a read version
+    /// no newer than the one it gets: a prune never drops a commit it needs.
+    pub fn enter(self: &Arc<Self>, version: impl FnOnce() -> u64) -> LiveRead {
+        let mut versions = self.lock();
+        let version = version();
+        *versions.entry(version).or_insert(0) += 1;
+        LiveRead { reads: self.clone(), version }
+    }
+
+    /// The oldest read version in use; `None` when no transaction is alive, and then every
+    /// commit up to the current version may go (later transactions read at or after it).
+    pub fn oldest(&self) -> Option<u64> {
+        self.lock().keys().next().copied()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<u64, usize>> {
+        self.versions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// One live transaction's read version; leaves [`LiveReads`] when dropped.
+pub(crate) struct LiveRead {
+    reads: Arc<LiveReads>,
+    version: u64,
+}
+
+impl LiveRead {
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+}
+
+impl Drop for LiveRead {
+    fn drop(&mut self) {
+        let mut versions = self.reads.lock();
+        if let Some(count) = versions.get_mut(&self.version) {
+            *count -= 1;
+            if *count == 0 {
+                versions.remove(&self.version);
+            }
+        }
+    }
+}
+
 /// The generic optimistic transaction used by [`crate::MemoryKv`] and [`crate::RedbKv`].
 pub(crate) struct OccTx {
     snapshot: Box<dyn Snapshot>,
     commit_path: Arc<dyn CommitPath>,
     read_version: u64,
+    /// Keeps the commits this transaction may conflict with in the resolver until it ends.
+    _live: LiveRead,
     began: Instant,
     // A std Mutex: it guards plain data and is never held across an `.await`.
     state: Mutex<TxState>,
@@ -280,11 +348,12 @@ struct TxState {
 }
 
 impl OccTx {
-    pub fn new(snapshot: Box<dyn Snapshot>, commit_path: Arc<dyn CommitPath>, read_version: u64) -> OccTx {
+    pub fn new(snapshot: Box<dyn Snapshot>, commit_path: Arc<dyn CommitPath>, live: LiveRead) -> OccTx {
         OccTx {
             snapshot,
             commit_path,
-            read_version,
+            read_version: live.version(),
+            _live: live,
             began: Instant::now(),
             state: Mutex::new(TxState::default()),
         }
@@ -522,12 +591,46 @@ mod tests {
         for v in 1..=3 {
             r.record(v, now, &muts(&[b"k"], &[]));
         }
-        r.prune(now);
+        r.prune(now, 0);
         assert_eq!(r.check(0, &[]), Err(KvError::TransactionTooOld));
         assert_eq!(r.check(1, &[read(b"k", b"l")]), Err(KvError::NotCommitted));
-        r.prune(now + TX_LIFETIME + std::time::Duration::from_millis(1));
+        r.prune(now + TX_LIFETIME + std::time::Duration::from_millis(1), 0);
         assert_eq!(r.check(2, &[]), Err(KvError::TransactionTooOld));
         assert_eq!(r.check(3, &[read(b"k", b"l")]), Ok(()));
+    }
+
+    #[test]
+    fn resolver_forgets_commits_no_live_transaction_can_conflict_with() {
+        let now = Instant::now();
+        let mut r = Resolver::new(100);
+        for v in 1..=4 {
+            r.record(v, now, &muts(&[format!("k{v}").as_bytes()], &[]));
+        }
+        // The oldest transaction alive reads at version 2: commits 1 and 2 go, 3 and 4 stay.
+        r.prune(now, 2);
+        assert_eq!(r.log.len(), 2);
+        assert_eq!(r.points.len(), 2);
+        assert_eq!(r.check(1, &[]), Err(KvError::TransactionTooOld));
+        assert_eq!(r.check(2, &[read(b"k3", b"k3\0")]), Err(KvError::NotCommitted));
+        assert_eq!(r.check(2, &[read(b"k1", b"k2\0")]), Ok(()));
+        r.prune(now, 4);
+        assert!(r.log.is_empty() && r.points.is_empty());
+    }
+
+    #[test]
+    fn live_reads_track_the_oldest_version_in_use() {
+        let live = Arc::new(LiveReads::default());
+        assert_eq!(live.oldest(), None);
+        let a = live.enter(|| 3);
+        let b = live.enter(|| 3);
+        let c = live.enter(|| 5);
+        assert_eq!(live.oldest(), Some(3));
+        drop(a);
+        assert_eq!(live.oldest(), Some(3));
+        drop(b);
+        assert_eq!(live.oldest(), Some(5));
+        drop(c);
+        assert_eq!(live.oldest(), None);
     }
 
     /// The resolver as it was (every newer commit scanned), kept as the model the indexed
@@ -588,8 +691,9 @@ mod tests {
                         naive.log.push_back((version, points, cleared));
                     }
                     4 => {
-                        indexed.prune(now);
-                        while naive.log.len() > naive.commits_max {
+                        let oldest_read = version.saturating_sub(next(15));
+                        indexed.prune(now, oldest_read);
+                        while naive.log.len() > naive.commits_max || naive.log.front().is_some_and(|(v, _, _)| *v <= oldest_read) {
                             if let Some((v, _, _)) = naive.log.pop_front() {
                                 naive.floor = v;
                             }

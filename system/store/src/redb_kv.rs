@@ -30,7 +30,7 @@
 //! acknowledged is lost.
 
 use crate::kv::{Kv, KvError, Tx};
-use crate::occ::{CommitPath, CommitRequest, KeyValue, OccTx, Resolver, Snapshot};
+use crate::occ::{CommitPath, CommitRequest, KeyValue, LiveReads, OccTx, Resolver, Snapshot};
 use async_trait::async_trait;
 use redb::{Database, Durability, ReadOnlyTable, ReadableDatabase, TableDefinition};
 use std::path::Path;
@@ -83,6 +83,8 @@ struct Shared {
     db: Arc<Database>,
     /// The newest version whose writes are durable and visible to new read transactions.
     version: Arc<AtomicU64>,
+    /// The read versions of live transactions: the writer's resolver forgets commits below them.
+    live: Arc<LiveReads>,
     commits: mpsc::Sender<Job>,
     stats: Arc<Stats>,
 }
@@ -132,16 +134,18 @@ impl RedbKv {
         // they restart from 0 with every open.
         let version = Arc::new(AtomicU64::new(0));
         let stats = Arc::new(Stats::default());
+        let live = Arc::new(LiveReads::default());
         let (commits, queue) = mpsc::channel(options.queue_len_max);
         let writer = Writer {
             db: db.clone(),
             version: version.clone(),
+            live: live.clone(),
             stats: stats.clone(),
             resolver: Resolver::new(options.resolver_commits_max),
             options,
         };
         let guard = writer.start(queue)?;
-        Ok(RedbKv { shared: Arc::new(Shared { db, version, commits, stats }), _writer: guard })
+        Ok(RedbKv { shared: Arc::new(Shared { db, version, live, commits, stats }), _writer: guard })
     }
 
     /// How many redb write transactions (one fsync each) have committed.
@@ -190,11 +194,11 @@ impl Kv for RedbKv {
         // unseen, so a read of such a write at worst causes a spurious retry. The other
         // order (snapshot, then version) could name a version newer than the snapshot and
         // miss a real conflict.
-        let version = self.shared.version.load(Ordering::Acquire);
+        let live = self.shared.live.enter(|| self.shared.version.load(Ordering::Acquire));
         let read = self.shared.db.begin_read().map_err(redb_error)?;
         let table = read.open_table(TABLE).map_err(redb_error)?;
         let commit_path: Arc<dyn CommitPath> = Arc::new(RedbCommitPath { shared: Arc::downgrade(&self.shared) });
-        Ok(Tx::new(Arc::new(OccTx::new(Box::new(RedbSnapshot { table }), commit_path, version))))
+        Ok(Tx::new(Arc::new(OccTx::new(Box::new(RedbSnapshot { table }), commit_path, live))))
     }
 }
 
@@ -245,6 +249,7 @@ impl Snapshot for RedbSnapshot {
 struct Writer {
     db: Arc<Database>,
     version: Arc<AtomicU64>,
+    live: Arc<LiveReads>,
     stats: Arc<Stats>,
     resolver: Resolver,
     options: RedbOptions,
@@ -305,8 +310,11 @@ impl Writer {
 
     fn commit_batch(&mut self, batch: &mut Vec<Job>, bytes: usize) {
         let now = Instant::now();
-        self.resolver.prune(now);
         let version_before = self.version.load(Ordering::Relaxed);
+        // Only this thread publishes versions, so a transaction entering after `oldest()`
+        // found none reads at `version_before` or later.
+        let oldest_read = self.live.oldest().unwrap_or(version_before);
+        self.resolver.prune(now, oldest_read);
         let mut version = version_before;
         let mut accepted: Vec<Job> = Vec::with_capacity(batch.len());
         let mut rejected: Vec<(Job, KvError)> = Vec::new();
