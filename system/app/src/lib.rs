@@ -42,6 +42,10 @@ pub struct AppConfig {
     pub sequencer_idle_timeout: Duration,
     /// Registry lookups for delivery give up after this long (the message is durable; clients sync).
     pub registry_timeout: Duration,
+    /// Password hashes (register, login) computed at once; further ones wait their turn.
+    /// Each holds the Argon2 memory cost (19 MiB by default) while it runs, so this bounds
+    /// that memory however many logins arrive, and more than the cores gains nothing.
+    pub password_hashes_in_flight_max: usize,
 }
 
 impl Default for AppConfig {
@@ -52,6 +56,7 @@ impl Default for AppConfig {
             convs_active_max: 100_000,
             sequencer_idle_timeout: Duration::from_secs(30),
             registry_timeout: Duration::from_secs(2),
+            password_hashes_in_flight_max: 4,
         }
     }
 }
@@ -61,6 +66,8 @@ pub struct AppServer {
     passwords: Passwords,
     tokens: Tokens,
     sequencers: sequencer::Sequencers,
+    /// Permits for password hashing: see [`AppConfig::password_hashes_in_flight_max`].
+    hashing: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppServer {
@@ -73,7 +80,9 @@ impl AppServer {
         config: AppConfig,
     ) -> Arc<AppServer> {
         let router = routing::Router::new(registry, delivery, config.registry_timeout);
+        let hashing = Arc::new(tokio::sync::Semaphore::new(config.password_hashes_in_flight_max.max(1)));
         Arc::new(AppServer {
+            hashing,
             sequencers: sequencer::Sequencers::new(store.clone(), router, config),
             store,
             passwords,
@@ -86,11 +95,21 @@ impl AppServer {
     }
 }
 
-/// Argon2 takes tens of milliseconds of CPU: keep it off the async worker threads.
-/// (madsim deprecates `spawn_blocking` but runs it as an ordinary task, which is right there.)
-#[allow(deprecated)]
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(format!("worker failed: {e}")))
+impl AppServer {
+    /// Runs a password hash or verification: off the async worker threads (Argon2 takes
+    /// tens of milliseconds of CPU), and at most `password_hashes_in_flight_max` at once.
+    /// (madsim deprecates `spawn_blocking` but runs it as an ordinary task, which is right there.)
+    #[allow(deprecated)]
+    async fn hashing<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+        let permit = self.hashing.clone().acquire_owned().await.map_err(|_| ApiError::unavailable("the server is shutting down"))?;
+        tokio::task::spawn_blocking(move || {
+            let result = f();
+            drop(permit);
+            result
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("worker failed: {e}")))
+    }
 }
 
 #[async_trait::async_trait]
@@ -100,7 +119,8 @@ impl AppApi for AppServer {
         validate_password(&credentials.password)?;
         let passwords = self.passwords.clone();
         let password = credentials.password;
-        let hash = blocking(move || passwords.hash(&password))
+        let hash = self
+            .hashing(move || passwords.hash(&password))
             .await?
             .map_err(|e| ApiError::internal(e.to_string()))?;
         self.store.create_user(&credentials.username, &hash, now_ms()).await.map_err(store_error)?;
@@ -118,7 +138,7 @@ impl AppApi for AppServer {
         };
         let passwords = self.passwords.clone();
         let password = credentials.password;
-        let ok = blocking(move || passwords.verify(&password, stored.as_deref())).await?;
+        let ok = self.hashing(move || passwords.verify(&password, stored.as_deref())).await?;
         if !ok {
             return Err(invalid());
         }
@@ -201,5 +221,52 @@ impl AppApi for AppServer {
         let limit = limit.clamp(1, SYNC_PAGE_MESSAGES_MAX);
         let (messages, last_seq) = self.store.messages_after(user, conv, after, limit).await.map_err(store_error)?;
         Ok(SyncPage { messages, last_seq })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chat_proto::Message;
+    use chat_proto::link::Target;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Nowhere;
+
+    impl Delivery for Nowhere {
+        fn deliver(&self, _targets: &[Target], _message: Arc<Message>) {}
+    }
+
+    fn server(password_hashes_in_flight_max: usize) -> Arc<AppServer> {
+        let store = ChatStore::new(Arc::new(chat_store::MemoryKv::new()));
+        let passwords = Passwords::new(chat_auth::PasswordCost::TESTING).expect("passwords");
+        let tokens = Tokens::new(b"a test secret of at least 32 bytes!!", Duration::from_secs(60));
+        let config = AppConfig { password_hashes_in_flight_max, ..AppConfig::default() };
+        AppServer::new(store, Arc::new(chat_registry::LocalRegistry::new()), Arc::new(Nowhere), passwords, tokens, config)
+    }
+
+    /// Each hash holds megabytes while it runs: however many logins arrive, at most
+    /// `password_hashes_in_flight_max` run at once (and that many do).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn password_hashes_run_at_most_the_bound_at_once() {
+        let server = server(2);
+        let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let hashes = (0..12).map(|_| {
+            let (server, running, most) = (server.clone(), running.clone(), most.clone());
+            tokio::spawn(async move {
+                server
+                    .hashing(move || {
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(20));
+                        running.fetch_sub(1, Ordering::SeqCst);
+                    })
+                    .await
+            })
+        });
+        for hash in futures::future::join_all(hashes).await {
+            hash.expect("task").expect("hashed");
+        }
+        assert_eq!(most.load(Ordering::SeqCst), 2);
     }
 }

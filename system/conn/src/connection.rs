@@ -249,7 +249,7 @@ impl Reader {
                 // Maybe durable, maybe not: a resend with the same id answers the same seq.
                 Err(_) => ServerFrame::error(&ApiError::unavailable("no answer in time; resend with the same id"), Some(id)),
             };
-            let _ = outbound.send(Outbound::Frame(frame)).await;
+            let _ = outbound.send(Outbound::Frame(Box::new(frame))).await;
             drop(permit);
         });
         true
@@ -296,7 +296,7 @@ impl Reader {
     }
 
     async fn reply(&self, frame: ServerFrame) -> bool {
-        self.outbound.send(Outbound::Frame(frame)).await.is_ok()
+        self.outbound.send(Outbound::Frame(Box::new(frame))).await.is_ok()
     }
 }
 
@@ -308,7 +308,7 @@ struct Writer<S> {
     /// Highest `seq` sent per conversation on this connection.
     last_sent: HashMap<ConvId, Seq>,
     /// Conversations with a sync streaming, and the live pushes held back meanwhile.
-    syncing: HashMap<ConvId, Vec<Push>>,
+    syncing: HashMap<ConvId, Vec<Arc<Push>>>,
 }
 
 impl<S> Writer<S>
@@ -423,13 +423,13 @@ where
         Ok(self.last_sent.get(&conv).copied().unwrap_or(0))
     }
 
-    async fn push(&mut self, push: Push) -> Result<(), WsError> {
+    async fn push(&mut self, push: Arc<Push>) -> Result<(), WsError> {
         let last = self.last_sent.entry(push.conv).or_insert(0);
         if push.seq <= *last {
             return Ok(());
         }
         *last = push.seq;
-        self.feed_text(push.text).await
+        self.feed_text(push.text.clone()).await
     }
 
     async fn feed(&mut self, frame: &ServerFrame) -> Result<(), WsError> {

@@ -10,12 +10,15 @@ use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// What a connection's writer task is asked to do.
+///
+/// Kept to 32 bytes (big payloads behind a pointer): every connection's queue allocates room
+/// for 32 of these up front (tokio's channel block), idle or not.
 #[derive(Debug)]
 pub enum Outbound {
     /// A frame to send as is (acks, errors, pongs).
-    Frame(ServerFrame),
-    /// A live message pushed by an app server.
-    Push(Push),
+    Frame(Box<ServerFrame>),
+    /// A live message pushed by an app server, shared by all its recipients here.
+    Push(Arc<Push>),
     /// Messages of a `sync`, in order: `Start`, `Page`s, then `End` or `Abort`.
     SyncStart(chat_proto::ConvId),
     SyncPage(Vec<Message>),
@@ -99,7 +102,7 @@ impl ConnHub {
 
 impl Delivery for ConnHub {
     fn deliver(&self, targets: &[Target], message: Arc<Message>) {
-        let mut push: Option<Push> = None;
+        let mut push: Option<Arc<Push>> = None;
         let conns = self.lock();
         for target in targets {
             if target.addr.server != self.server {
@@ -110,12 +113,22 @@ impl Delivery for ConnHub {
                 // A stale registry entry: that id is someone else's connection now.
                 continue;
             }
-            let push = push.get_or_insert_with(|| Push::new(&message)).clone();
+            let push = push.get_or_insert_with(|| Arc::new(Push::new(&message))).clone();
             if handle.outbound.try_send(Outbound::Push(push)).is_err() {
                 // Full (or closing): the client cannot keep up. Closing it is the only way to
                 // keep per-connection order without unbounded memory; it syncs on reconnect.
                 handle.overflow.notify_one();
             }
         }
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    /// The queue of every connection, idle or not, holds a block of 32 of these.
+    #[test]
+    fn an_outbound_item_stays_small() {
+        assert!(std::mem::size_of::<super::Outbound>() <= 32, "{}", std::mem::size_of::<super::Outbound>());
     }
 }

@@ -98,11 +98,13 @@ impl ConnServer {
     /// The WebSocket limits: frames and messages over [`FRAME_BYTES_MAX`] are refused.
     pub fn websocket_config() -> WebSocketConfig {
         WebSocketConfig::default()
-            // tungstenite's default is 128 KiB per connection; chat frames are small, and a
-            // server holds tens of thousands of connections. Larger frames still fit (the
-            // buffer grows up to the frame limit). tungstenite zero-fills this much before
-            // every socket read, so it is also CPU: 16 KiB cost the simulator 4% in memset.
-            .read_buffer_size(4 * 1024)
+            // tungstenite's default is 128 KiB per connection, held by idle connections too;
+            // chat frames are a few hundred bytes, and a server holds tens of thousands of
+            // connections. Larger frames still fit (the buffer grows up to the frame limit,
+            // in reads of this size). tungstenite zero-fills this much before every socket
+            // read, so it is also CPU: 16 KiB cost the simulator 4% in memset. 1 KiB instead
+            // of 4 saved 3 KiB per idle connection (docs/performance.md).
+            .read_buffer_size(1024)
             .max_message_size(Some(FRAME_BYTES_MAX))
             .max_frame_size(Some(FRAME_BYTES_MAX))
             // Bound what a slow reader can make us buffer beyond the outbound queue.

@@ -181,7 +181,8 @@ impl Resolver {
         self.log.push_back(Committed { version, at, points });
     }
 
-    /// Commits held for conflict checks (for tests and metrics).
+    /// Commits held for conflict checks.
+    #[cfg(test)]
     pub fn commits_held(&self) -> usize {
         self.log.len()
     }
