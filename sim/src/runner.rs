@@ -78,7 +78,8 @@ pub fn run_standard(seed: u64, config: &ScenarioConfig, schedule: Option<Schedul
     type Slot = Arc<Mutex<Option<(Option<Stats>, Result<(), Failure>)>>>;
     let outcome_slot: Slot = Arc::new(Mutex::new(None));
     let wall = Instant::now();
-    let limit = config.chaos + config.settle_max * 2 + Duration::from_secs(600);
+    // Setup time grows with the accounts (the scale scenario has thousands).
+    let limit = config.chaos + config.settle_max * 2 + Duration::from_secs(600) + Duration::from_millis(100 * config.users as u64);
     let outcome = {
         let (mut config, schedule, slot) = (config.clone(), schedule.clone(), outcome_slot.clone());
         config.cluster.knobs = Knobs::draw(seed);

@@ -38,6 +38,9 @@ pub struct ScenarioConfig {
     pub settle_max: Duration,
     /// No faults at all (`ci/sim --calm`): every message must be pushed live.
     pub calm: bool,
+    /// Accounts and direct conversations created this many at a time, spread over the
+    /// gateways (1: one by one through the first gateway, the standard scenario's setup).
+    pub setup_concurrency: usize,
 }
 
 impl Default for ScenarioConfig {
@@ -53,6 +56,24 @@ impl Default for ScenarioConfig {
             chaos: Duration::from_secs(300),
             settle_max: Duration::from_secs(120),
             calm: false,
+            setup_concurrency: 1,
+        }
+    }
+}
+
+impl ScenarioConfig {
+    /// The scale scenario (`ci/sim --scale`): the standard one with the node counts of a
+    /// real deployment's slice and two hundred times the devices, for one minute of faults.
+    pub fn scale() -> ScenarioConfig {
+        ScenarioConfig {
+            cluster: ClusterConfig { apps: 10, conns: 50, gateways: 10, ..ClusterConfig::default() },
+            users: 5_000,
+            devices: 10_000,
+            direct_convs: 4_000,
+            groups: 600,
+            chaos: Duration::from_secs(60),
+            setup_concurrency: 64,
+            ..ScenarioConfig::default()
         }
     }
 }
@@ -367,6 +388,9 @@ type Tokens = HashMap<String, String>;
 type Convs = Vec<(ConvId, Vec<String>)>;
 
 async fn setup(config: ScenarioConfig, gateways: Vec<String>, trace: Trace) -> anyhow::Result<(Tokens, Convs, Option<ConvId>)> {
+    if config.setup_concurrency > 1 {
+        return setup_concurrent(config, gateways, trace).await;
+    }
     let anon = Client::new(&gateways[0])?;
     let users: Vec<String> = (0..config.users).map(user_name).collect();
     let mut tokens = HashMap::new();
@@ -404,6 +428,14 @@ async fn setup(config: ScenarioConfig, gateways: Vec<String>, trace: Trace) -> a
             convs.push((conv.conv_id, conv.members));
         }
     }
+    let hot = groups(&config, &anon, &users, &tokens, &mut convs).await?;
+    trace.record(format!("setup {} users, convs {convs:?}, hot {hot:?}", users.len()));
+    Ok((tokens, convs, hot))
+}
+
+/// The group conversations and the hot group, one by one.
+async fn groups(config: &ScenarioConfig, anon: &Client, users: &[String], tokens: &Tokens, convs: &mut Convs) -> anyhow::Result<Option<ConvId>> {
+    let pick = |n: usize| rand::random::<u64>() as usize % n;
     for g in 0..config.groups {
         let size = 3 + pick(config.group_size_max.saturating_sub(2).max(1));
         let mut members = BTreeSet::new();
@@ -428,7 +460,70 @@ async fn setup(config: ScenarioConfig, gateways: Vec<String>, trace: Trace) -> a
         hot = Some(conv.conv_id);
         convs.push((conv.conv_id, conv.members));
     }
-    trace.record(format!("setup {} users, convs {convs:?}, hot {hot:?}", users.len()));
+    Ok(hot)
+}
+
+/// The scale scenario's setup: accounts and direct conversations `setup_concurrency` at a
+/// time, each through the gateway its index picks (one gateway's per-address rate limit
+/// would otherwise make thousands of accounts take simulated hours). Deterministic: the
+/// pairs are drawn first, and results are collected in order.
+async fn setup_concurrent(config: ScenarioConfig, gateways: Vec<String>, trace: Trace) -> anyhow::Result<(Tokens, Convs, Option<ConvId>)> {
+    use futures::{StreamExt, TryStreamExt};
+    let clients: Vec<Client> = gateways.iter().map(|url| Client::new(url)).collect::<Result<_, _>>()?;
+    let users: Vec<String> = (0..config.users).map(user_name).collect();
+    let accounts: Vec<(String, String)> = futures::stream::iter(users.clone().into_iter().enumerate())
+        .map(|(i, user)| {
+            let anon = clients[i % clients.len()].clone();
+            async move {
+                retry_up_to(100, Duration::from_millis(200), || async {
+                    match anon.register(&user, PASSWORD).await {
+                        Err(err) if err.code() == Some(chat_proto::ErrorCode::UsernameTaken) => Ok(()),
+                        other => other.map(|_| ()),
+                    }
+                })
+                .await
+                .with_context(|| format!("register {user}"))?;
+                let session = retry(|| anon.login(&user, PASSWORD)).await.with_context(|| format!("login {user}"))?;
+                anyhow::Ok((user, session.token))
+            }
+        })
+        .buffered(config.setup_concurrency)
+        .try_collect()
+        .await?;
+    trace.record(format!("registered and logged in {} users", accounts.len()));
+    let tokens: Tokens = accounts.into_iter().collect();
+    let pick = |n: usize| rand::random::<u64>() as usize % n;
+    let pairs: Vec<(usize, usize)> = (0..config.direct_convs)
+        .map(|_| {
+            let a = pick(users.len());
+            let mut b = pick(users.len());
+            while b == a {
+                b = pick(users.len());
+            }
+            (a, b)
+        })
+        .collect();
+    let created: Vec<(ConvId, Vec<String>)> = futures::stream::iter(pairs.into_iter().enumerate())
+        .map(|(i, (a, b))| {
+            let client = clients[i % clients.len()].clone().with_token(tokens[&users[a]].clone());
+            let other = users[b].clone();
+            async move {
+                let (conv, _) = retry(|| client.create_conversation([other.as_str()], None)).await.context("create direct")?;
+                anyhow::Ok((conv.conv_id, conv.members))
+            }
+        })
+        .buffered(config.setup_concurrency)
+        .try_collect()
+        .await?;
+    let mut convs: Convs = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (conv, members) in created {
+        if seen.insert(conv) {
+            convs.push((conv, members));
+        }
+    }
+    let hot = groups(&config, &clients[0], &users, &tokens, &mut convs).await?;
+    trace.record(format!("setup {} users, {} conversations, hot {hot:?}", users.len(), convs.len()));
     Ok((tokens, convs, hot))
 }
 

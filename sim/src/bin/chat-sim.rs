@@ -43,6 +43,10 @@ struct Args {
     /// disk, power-loss kills and disk errors.
     #[arg(long)]
     single: bool,
+    /// The scale scenario: 10 gateways, 50 connection servers, 10 app servers, 10,000
+    /// devices of 5,000 users, 60 s of faults (docs/scale.md).
+    #[arg(long, conflicts_with_all = ["quick", "single"])]
+    scale: bool,
     /// Seeds run in this many processes at once.
     #[arg(long, default_value_t = 2)]
     jobs: usize,
@@ -71,11 +75,14 @@ fn main() -> std::process::ExitCode {
         config.users = 12;
         config.hot_group_members = 8;
     }
+    if args.scale {
+        config = ScenarioConfig::scale();
+    }
     config.calm = args.calm;
     if args.single {
         config.cluster = chat_sim::cluster::ClusterConfig::single();
     }
-    let children = Children { quick: args.quick, calm: args.calm, single: args.single, jobs: args.jobs.max(1) };
+    let children = Children { quick: args.quick, calm: args.calm, single: args.single, scale: args.scale, jobs: args.jobs.max(1) };
 
     if let (Some(seed), true) = (args.seed, args.show_schedule) {
         let (swarm, schedule) = Schedule::generate(seed, &config.cluster, config.devices, config.chaos);
@@ -105,6 +112,7 @@ fn main() -> std::process::ExitCode {
             }
             let replay = match &args.schedule {
                 Some(path) => format!("{} --schedule {}", replay_command(seed), path.display()),
+                None if args.scale => format!("{} --scale", replay_command(seed)),
                 None => replay_command(seed),
             };
             println!("  replay: {replay}");
@@ -233,6 +241,7 @@ struct Children {
     quick: bool,
     calm: bool,
     single: bool,
+    scale: bool,
     jobs: usize,
 }
 
@@ -265,6 +274,9 @@ impl Children {
                     }
                     if self.single {
                         command.arg("--single");
+                    }
+                    if self.scale {
+                        command.arg("--scale");
                     }
                     if let Some(path) = trace_out(seed) {
                         if let Some(dir) = path.parent() {
