@@ -395,23 +395,8 @@ async fn setup(config: ScenarioConfig, gateways: Vec<String>, trace: Trace) -> a
     let users: Vec<String> = (0..config.users).map(user_name).collect();
     let mut tokens = HashMap::new();
     for user in &users {
-        // The cluster may still be starting; retry until it answers.
-        let mut attempts = 0;
-        loop {
-            match anon.register(user, PASSWORD).await {
-                Ok(_) => break,
-                Err(err) if err.code() == Some(chat_proto::ErrorCode::UsernameTaken) => break,
-                Err(err) if attempts < 100 => {
-                    attempts += 1;
-                    tracing::debug!(%err, "register retry");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(err) => bail!("register {user}: {err}"),
-            }
-        }
-        trace.record(format!("registered {user} after {attempts} retries"));
-        let session = retry(|| anon.login(user, PASSWORD)).await.with_context(|| format!("login {user}"))?;
-        tokens.insert(user.clone(), session.token);
+        let token = register_and_login(&anon, user, Some(&trace)).await?;
+        tokens.insert(user.clone(), token);
         trace.record(format!("logged in {user}"));
     }
     let mut convs = Vec::new();
@@ -431,6 +416,30 @@ async fn setup(config: ScenarioConfig, gateways: Vec<String>, trace: Trace) -> a
     let hot = groups(&config, &anon, &users, &tokens, &mut convs).await?;
     trace.record(format!("setup {} users, convs {convs:?}, hot {hot:?}", users.len()));
     Ok((tokens, convs, hot))
+}
+
+/// Registers `user` (already taken counts as done: a retried registration may have landed)
+/// and logs in, for a session token. With a trace, records how often registration was retried.
+async fn register_and_login(anon: &Client, user: &str, trace: Option<&Trace>) -> anyhow::Result<String> {
+    // The cluster may still be starting; retry until it answers.
+    let mut attempts = 0;
+    loop {
+        match anon.register(user, PASSWORD).await {
+            Ok(_) => break,
+            Err(err) if err.code() == Some(chat_proto::ErrorCode::UsernameTaken) => break,
+            Err(err) if attempts < 100 => {
+                attempts += 1;
+                tracing::debug!(%err, "register retry");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(err) => bail!("register {user}: {err}"),
+        }
+    }
+    if let Some(trace) = trace {
+        trace.record(format!("registered {user} after {attempts} retries"));
+    }
+    let session = retry(|| anon.login(user, PASSWORD)).await.with_context(|| format!("login {user}"))?;
+    Ok(session.token)
 }
 
 /// The group conversations and the hot group, one by one.
@@ -474,18 +483,7 @@ async fn setup_concurrent(config: ScenarioConfig, gateways: Vec<String>, trace: 
     let accounts: Vec<(String, String)> = futures::stream::iter(users.clone().into_iter().enumerate())
         .map(|(i, user)| {
             let anon = clients[i % clients.len()].clone();
-            async move {
-                retry_up_to(100, Duration::from_millis(200), || async {
-                    match anon.register(&user, PASSWORD).await {
-                        Err(err) if err.code() == Some(chat_proto::ErrorCode::UsernameTaken) => Ok(()),
-                        other => other.map(|_| ()),
-                    }
-                })
-                .await
-                .with_context(|| format!("register {user}"))?;
-                let session = retry(|| anon.login(&user, PASSWORD)).await.with_context(|| format!("login {user}"))?;
-                anyhow::Ok((user, session.token))
-            }
+            async move { register_and_login(&anon, &user, None).await.map(|token| (user, token)) }
         })
         .buffered(config.setup_concurrency)
         .try_collect()

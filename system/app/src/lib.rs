@@ -67,7 +67,7 @@ pub struct AppServer {
     tokens: Tokens,
     sequencers: sequencer::Sequencers,
     /// Permits for password hashing: see [`AppConfig::password_hashes_in_flight_max`].
-    hashing: Arc<tokio::sync::Semaphore>,
+    hash_permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppServer {
@@ -80,9 +80,9 @@ impl AppServer {
         config: AppConfig,
     ) -> Arc<AppServer> {
         let router = routing::Router::new(registry, delivery, config.registry_timeout);
-        let hashing = Arc::new(tokio::sync::Semaphore::new(config.password_hashes_in_flight_max.max(1)));
+        let hash_permits = Arc::new(tokio::sync::Semaphore::new(config.password_hashes_in_flight_max.max(1)));
         Arc::new(AppServer {
-            hashing,
+            hash_permits,
             sequencers: sequencer::Sequencers::new(store.clone(), router, config),
             store,
             passwords,
@@ -93,15 +93,13 @@ impl AppServer {
     pub fn store(&self) -> &ChatStore {
         &self.store
     }
-}
 
-impl AppServer {
     /// Runs a password hash or verification: off the async worker threads (Argon2 takes
     /// tens of milliseconds of CPU), and at most `password_hashes_in_flight_max` at once.
     /// (madsim deprecates `spawn_blocking` but runs it as an ordinary task, which is right there.)
     #[allow(deprecated)]
     async fn hashing<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
-        let permit = self.hashing.clone().acquire_owned().await.map_err(|_| ApiError::unavailable("the server is shutting down"))?;
+        let permit = self.hash_permits.clone().acquire_owned().await.map_err(|_| ApiError::unavailable("the server is shutting down"))?;
         tokio::task::spawn_blocking(move || {
             let result = f();
             drop(permit);

@@ -29,7 +29,7 @@ pub enum Outbound {
 /// A live message as its recipients on this server receive it: encoded once, shared by all
 /// of them (the text is reference-counted), so a push into a big group costs one JSON
 /// encoding, not one per connection.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Push {
     pub conv: chat_proto::ConvId,
     pub seq: chat_proto::Seq,
@@ -102,7 +102,12 @@ impl ConnHub {
 
 impl Delivery for ConnHub {
     fn deliver(&self, targets: &[Target], message: Arc<Message>) {
-        let mut push: Option<Arc<Push>> = None;
+        // Encoded before the lock, which every connect and disconnect also takes; the router
+        // sends each server only its own targets, so a push is almost never encoded for nothing.
+        if !targets.iter().any(|t| t.addr.server == self.server) {
+            return;
+        }
+        let push = Arc::new(Push::new(&message));
         let conns = self.lock();
         for target in targets {
             if target.addr.server != self.server {
@@ -113,8 +118,7 @@ impl Delivery for ConnHub {
                 // A stale registry entry: that id is someone else's connection now.
                 continue;
             }
-            let push = push.get_or_insert_with(|| Arc::new(Push::new(&message))).clone();
-            if handle.outbound.try_send(Outbound::Push(push)).is_err() {
+            if handle.outbound.try_send(Outbound::Push(push.clone())).is_err() {
                 // Full (or closing): the client cannot keep up. Closing it is the only way to
                 // keep per-connection order without unbounded memory; it syncs on reconnect.
                 handle.overflow.notify_one();
@@ -122,7 +126,6 @@ impl Delivery for ConnHub {
         }
     }
 }
-
 
 #[cfg(test)]
 mod tests {
