@@ -24,6 +24,7 @@ use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
+use tracing::Instrument;
 
 /// How long a connection the server closes may still be read, for the client's close reply.
 const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
@@ -57,12 +58,23 @@ pub(crate) async fn run<S>(server: Arc<ConnServer>, user: String, ws: WebSocketS
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    // Entered only while this connection's futures are polled (`instrument`), never held
+    // across an await: a guard held across one stays entered on the worker thread while
+    // other tasks run there, and every span they open becomes its child. Thousands of
+    // connections then chain into one tree whose recursive close overflows the stack.
+    let span = tracing::info_span!(parent: None, "conn", conn_id = tracing::field::Empty, user = %user);
+    serve(server, user, ws).instrument(span).await
+}
+
+async fn serve<S>(server: Arc<ConnServer>, user: String, ws: WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let config = &server.config;
     let (outbound, outbound_rx) = mpsc::channel(config.outbound_queue_len_max);
     let overflow = Arc::new(Notify::new());
     let addr = server.hub.add(&user, outbound.clone(), overflow.clone());
-    let span = tracing::info_span!("conn", conn_id = addr.conn, user = %user);
-    let _enter = span.enter();
+    tracing::Span::current().record("conn_id", addr.conn);
     tracing::debug!("connected");
 
     let (sink, mut stream) = ws.split();
@@ -75,7 +87,7 @@ where
         last_sent: HashMap::new(),
         syncing: HashMap::new(),
     };
-    let writer = tokio::spawn(writer.run(outbound_rx, overflow, close_rx, done_tx, config.heartbeat_interval));
+    let writer = tokio::spawn(writer.run(outbound_rx, overflow, close_rx, done_tx, config.heartbeat_interval).in_current_span());
 
     // Fault point: a slow registration, so pushes race a reconnecting client's sync.
     if chat_proto::sim::buggify(0.05) {
