@@ -30,8 +30,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Semaphore, mpsc};
 
-/// WebSockets opened at most (each is a file descriptor on both ends).
-const CONNS_MAX: usize = 4_000;
+/// WebSockets opened at most against a server of its own: one descriptor each here, and this
+/// machine allows 20,000 per process (`ulimit -n 20000` first). Half of it in-process.
+const CONNS_MAX: usize = 18_000;
 /// REST calls (register, login, create) and connects in flight during setup.
 const SETUP_CONCURRENCY: usize = 8;
 /// A send answered `overloaded` or `unavailable` is resent (same id) at most this often.
@@ -46,12 +47,16 @@ const BODY_STAMP_BYTES: usize = 17;
 #[derive(Parser, Debug, Clone)]
 #[command(about = "WebSocket load generator for the chat server (127.0.0.1 only)")]
 struct Args {
+    /// A scenario of docs/performance.md: sets every flag it names, unless the flag is given
+    /// too (`loadgen --preset one-to-one --messages 10000`). See [`Preset`].
+    #[arg(long, value_enum)]
+    preset: Option<Preset>,
     /// Base URL of a running server on a loopback address (http://127.0.0.1:8080).
     /// Default: start one in-process over RedbKv in a temporary directory.
     #[arg(long)]
     server: Option<String>,
-    /// Users registered for this run.
-    #[arg(long, default_value_t = 50)]
+    /// Users registered for this run (`--connections` with one WebSocket per user).
+    #[arg(long, visible_alias = "connections", default_value_t = 50)]
     users: usize,
     /// WebSockets per user.
     #[arg(long, default_value_t = 1)]
@@ -63,8 +68,9 @@ struct Args {
     /// is in about twice as many.
     #[arg(long, default_value_t = 2)]
     directs_per_user: usize,
-    /// Users are split into consecutive groups of this size (one group each).
-    #[arg(long, default_value_t = 5)]
+    /// Users are split into consecutive groups of this size (one group each; a size over the
+    /// protocol's member limit splits the users into equal groups within it).
+    #[arg(long, visible_alias = "members", default_value_t = 5)]
     group_size: usize,
     /// Messages sent in total, spread evenly over the connections.
     #[arg(long, default_value_t = 50_000)]
@@ -73,6 +79,26 @@ struct Args {
     /// than messages by default: a round trip costs far less than a send).
     #[arg(long, default_value_t = 200_000)]
     pings: u64,
+    /// Connections that send (spread evenly over all of them); the others only receive.
+    /// Default: every connection.
+    #[arg(long)]
+    senders: Option<usize>,
+    /// After the sends, hold every WebSocket open and quiet this long, then measure the
+    /// server's memory (see `--server-pid`).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    hold: Duration,
+    /// Processes of the server under load (repeat for a cluster), whose resident memory is
+    /// reported before the WebSockets open and after `--hold`. In-process, the generator's
+    /// own process is measured (server and generator together).
+    #[arg(long)]
+    server_pid: Vec<u32>,
+    /// REST readers at once in the READS phase (0: no READS phase). Each read is a history
+    /// page of 50 or an inbox of 20, alternately, of a random user.
+    #[arg(long, default_value_t = 0)]
+    readers: usize,
+    /// Reads in total in the READS phase.
+    #[arg(long, default_value_t = 20_000)]
+    reads: u64,
     /// Frames in flight per connection (pings in the baseline, sends after).
     #[arg(long, default_value_t = 32)]
     window: usize,
@@ -92,6 +118,96 @@ enum Convs {
     Direct,
     Group,
     Both,
+    /// No conversations (an idle run: connections only).
+    None,
+}
+
+/// The scenarios of docs/performance.md, each a set of flag values.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum Preset {
+    /// Real chat traffic: 1,000 users in 20,000 direct conversations (each user talks with 40
+    /// others), 200 of them sending with 10 in flight each.
+    OneToOne,
+    /// One room of `--members` (default 1,000) receiving from one sender per group of at most
+    /// the member limit, 2 in flight each.
+    Fanout,
+    /// `--connections` (default 1,000) WebSockets held open and quiet for 10 s: the server's
+    /// memory per idle WebSocket (give `--server-pid` for a server of its own).
+    Idle,
+    /// A store of 1,000,000 messages (1,000 direct conversations of 1,000), then 64 REST
+    /// readers: history pages of 50 and inboxes of 20.
+    Reads,
+}
+
+impl Preset {
+    /// The flag values this preset sets, as `(flag id, value)`.
+    fn values(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Preset::OneToOne => &[
+                ("users", "1000"),
+                ("convs", "direct"),
+                ("directs_per_user", "20"),
+                ("senders", "200"),
+                ("window", "10"),
+                ("messages", "100000"),
+                ("pings", "100000"),
+            ],
+            Preset::Fanout => &[
+                ("users", "1000"),
+                ("convs", "group"),
+                ("group_size", "1000"),
+                ("window", "2"),
+                ("messages", "20000"),
+                ("pings", "20000"),
+            ],
+            Preset::Idle => &[("users", "1000"), ("convs", "none"), ("messages", "0"), ("pings", "1000"), ("hold", "10s")],
+            Preset::Reads => &[
+                ("users", "1000"),
+                ("convs", "direct"),
+                ("directs_per_user", "1"),
+                ("window", "32"),
+                ("messages", "1000000"),
+                ("pings", "10000"),
+                ("readers", "64"),
+                ("reads", "50000"),
+                ("duration_max", "15m"),
+            ],
+        }
+    }
+}
+
+impl Args {
+    /// Parses the command line, a preset's values filling every flag not given.
+    fn parse_with_preset<I: IntoIterator<Item = T>, T: Into<std::ffi::OsString> + Clone>(argv: I) -> Result<Args, clap::Error> {
+        use clap::{CommandFactory, FromArgMatches, parser::ValueSource};
+        let argv: Vec<std::ffi::OsString> = argv.into_iter().map(Into::into).collect();
+        let matches = Args::command().try_get_matches_from(&argv)?;
+        let mut args = Args::from_arg_matches(&matches)?;
+        let Some(preset) = args.preset else { return Ok(args) };
+        // Re-parse with the preset's values before the user's own flags, which then win.
+        let mut with_preset = vec![argv.first().cloned().unwrap_or_else(|| "loadgen".into())];
+        for (id, value) in preset.values() {
+            if matches.value_source(id) != Some(ValueSource::CommandLine) {
+                with_preset.push(format!("--{}={value}", id.replace('_', "-")).into());
+            }
+        }
+        with_preset.extend(argv.into_iter().skip(1));
+        args = Args::try_parse_from(with_preset)?;
+        // A fan-out room bigger than a conversation may be is split into equal groups.
+        if preset == Preset::Fanout {
+            let limit = chat_proto::limits::CONV_MEMBERS_MAX;
+            let groups = args.group_size.div_ceil(limit).max(1);
+            args.users = args.group_size;
+            args.group_size = args.group_size.div_ceil(groups);
+            if matches.value_source("senders") != Some(ValueSource::CommandLine) {
+                args.senders = Some(groups);
+            }
+        }
+        if preset == Preset::Idle && matches.value_source("pings") != Some(ValueSource::CommandLine) {
+            args.pings = args.users as u64;
+        }
+        Ok(args)
+    }
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -110,7 +226,10 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
+    let args = match Args::parse_with_preset(std::env::args_os()) {
+        Ok(args) => args,
+        Err(e) => e.exit(),
+    };
     let outcome = validate(&args).and_then(|()| {
         let runtime =
             tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
@@ -131,8 +250,17 @@ fn main() -> std::process::ExitCode {
 fn validate(args: &Args) -> anyhow::Result<()> {
     ensure!(args.users >= 2, "--users must be at least 2");
     ensure!(args.conns_per_user >= 1, "--conns-per-user must be at least 1");
-    ensure!(args.users * args.conns_per_user <= CONNS_MAX, "at most {CONNS_MAX} connections");
+    // In-process, both ends of every WebSocket are descriptors of this process.
+    let conns_max = if args.server.is_some() { CONNS_MAX } else { CONNS_MAX / 2 };
+    ensure!(args.users * args.conns_per_user <= conns_max, "at most {conns_max} connections here");
     ensure!(args.window >= 1, "--window must be at least 1");
+    ensure!(args.senders.is_none_or(|s| s <= args.users * args.conns_per_user), "--senders exceeds the connections");
+    ensure!(
+        args.group_size <= chat_proto::limits::CONV_MEMBERS_MAX || args.convs == Convs::Direct || args.convs == Convs::None,
+        "--group-size must be at most {} (the member limit); `--preset fanout --members N` splits a bigger room",
+        chat_proto::limits::CONV_MEMBERS_MAX
+    );
+    ensure!(args.messages == 0 || args.convs != Convs::None, "--convs none sends nothing: use --messages 0");
     ensure!(
         (BODY_STAMP_BYTES + 1..=chat_proto::limits::BODY_BYTES_MAX).contains(&args.body_bytes),
         "--body-bytes must be {}..={}",
@@ -285,7 +413,10 @@ async fn setup(args: &Args, base: &str) -> anyhow::Result<Setup> {
         let users: Vec<usize> = (0..args.users).collect();
         plans.extend(users.chunks(args.group_size).filter(|chunk| chunk.len() >= 2).map(<[usize]>::to_vec));
     }
-    ensure!(!plans.is_empty(), "no conversations: use --directs-per-user >= 1 or --group-size >= 2");
+    ensure!(
+        !plans.is_empty() || args.convs == Convs::None,
+        "no conversations: use --directs-per-user >= 1 or --group-size >= 2"
+    );
 
     let convs: Vec<Conversation> = futures::stream::iter(plans)
         .map(|members| {
@@ -793,6 +924,99 @@ async fn send_conn(mut conn: Conn, plan: SendPlan, window: usize, wait_max: Dura
 }
 
 // ---------------------------------------------------------------------------------------
+// Server memory and the READS phase.
+
+/// Resident memory of the given processes in KiB, summed (this process if none is given);
+/// `None` where /proc cannot tell (not Linux, a process gone).
+fn rss_kib(pids: &[u32]) -> Option<u64> {
+    let read = |path: String| -> Option<u64> {
+        let status = std::fs::read_to_string(path).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    if pids.is_empty() {
+        return read("/proc/self/status".into());
+    }
+    pids.iter().map(|pid| read(format!("/proc/{pid}/status"))).sum()
+}
+
+struct Reads {
+    report: String,
+    problems: Problems,
+}
+
+/// `--readers` REST clients at once, `--reads` in total: a history page of 50 (at a random
+/// depth of a random conversation of a random user) and that user's inbox of 20, alternately.
+/// Each request is its own TCP connection (the client's design), so figures include connecting.
+async fn read_phase(args: &Args, setup: &Setup, stop: &Arc<AtomicBool>) -> Reads {
+    const PAGE: u32 = 50;
+    const INBOX: u32 = 20;
+    // Messages per conversation, about: pages start at a random depth within it.
+    let depth = (args.messages / setup.convs.len().max(1) as u64).max(1);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..args.readers)
+        .map(|r| {
+            let quota = share(args.reads, args.readers, r);
+            let clients = setup.clients.clone();
+            let convs_of = setup.convs_of.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let (mut history, mut inbox, mut problems) = (Latencies::default(), Latencies::default(), Problems::default());
+                for n in 0..quota {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let user = rand::random_range(0..clients.len());
+                    let client = &clients[user];
+                    let begun = Instant::now();
+                    let outcome = match convs_of[user].as_slice() {
+                        convs if n % 2 == 0 && !convs.is_empty() => {
+                            let conv = convs[rand::random_range(0..convs.len())];
+                            let before = rand::random_range(1..=depth + 1);
+                            client.history(conv, Some(before), Some(PAGE)).await.map(|page| {
+                                history.record(begun.elapsed());
+                                page.messages.len()
+                            })
+                        }
+                        _ => client.inbox(Some(INBOX)).await.map(|page| {
+                            inbox.record(begun.elapsed());
+                            page.conversations.len()
+                        }),
+                    };
+                    if let Err(e) = outcome {
+                        problems.error_frames += 1;
+                        problems.note(format!("read failed: {e}"));
+                    }
+                }
+                (history, inbox, problems)
+            })
+        })
+        .collect();
+    let (mut history, mut inbox, mut problems) = (Latencies::default(), Latencies::default(), Problems::default());
+    for task in tasks {
+        match task.await {
+            Ok((h, i, p)) => {
+                history.extend(h);
+                inbox.extend(i);
+                problems.merge(p);
+            }
+            Err(e) => problems.note(format!("a reader task failed: {e}")),
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let done = history.0.len() + inbox.0.len();
+    let report = format!(
+        "READS          : {done}/{} by {} readers in {secs:.2} s = {:.0}/s; history page of {PAGE} {}; inbox of {INBOX} {}\n",
+        args.reads,
+        args.readers,
+        done as f64 / secs.max(1e-9),
+        history.summary(),
+        inbox.summary()
+    );
+    Reads { report, problems }
+}
+
+// ---------------------------------------------------------------------------------------
 // The run and its report.
 
 struct PhaseOutcome {
@@ -855,6 +1079,7 @@ async fn run(args: Args) -> anyhow::Result<String> {
 async fn load(args: &Args, base: &str, stop: &Arc<AtomicBool>, server: Option<&InProcess>) -> anyhow::Result<String> {
     let started = Instant::now();
     let setup = setup(args, base).await?;
+    let rss_before = rss_kib(&args.server_pid);
     let mut conns = connect_all(args, &setup).await?;
     let conns_len = conns.len();
     let setup_secs = started.elapsed().as_secs_f64();
@@ -879,15 +1104,19 @@ async fn load(args: &Args, base: &str, stop: &Arc<AtomicBool>, server: Option<&I
         setup.members_of.iter().map(|(&conv, &members)| (conv, (members * args.conns_per_user) as u64 - 1)).collect(),
     );
     let store_before = server.map(|s| (s.kv.txs_committed(), s.kv.batches_committed()));
+    let senders = args.senders.unwrap_or(conns_len).min(conns_len);
+    // Sender k is connection k * conns / senders: spread over users, so over groups too.
+    let sender_rank = |i: usize| (0..senders).find(|&k| k * conns_len / senders.max(1) == i);
     let phase = Phase::new(stop.clone());
     let handles = pings
         .conns
         .into_iter()
         .enumerate()
         .map(|(i, conn)| {
+            let quota = sender_rank(i).map_or(0, |k| share(args.messages, senders, k));
             let plan = SendPlan {
                 run: setup.run.clone(),
-                quota: share(args.messages, conns_len, i),
+                quota,
                 convs: setup.convs_of[conn.user].clone(),
                 recipients: recipients.clone(),
                 body_bytes: args.body_bytes,
@@ -907,10 +1136,23 @@ async fn load(args: &Args, base: &str, stop: &Arc<AtomicBool>, server: Option<&I
     let (push_secs, pushes_per_sec) = phase.rate(delivered, &phase.last_push_micros);
     let send_stopped = stop.load(Ordering::Relaxed);
 
+    // 3. HOLD: every WebSocket open and quiet, then the server's memory.
+    if !args.hold.is_zero() && !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(args.hold).await;
+    }
+    let rss_held = rss_kib(&args.server_pid);
+
     for conn in sends.conns {
         let mut sender = conn.sender;
         let _ = sender.close().await;
     }
+
+    // 4. READS.
+    let reads = if args.readers > 0 && !stop.load(Ordering::Relaxed) {
+        Some(read_phase(args, &setup, stop).await)
+    } else {
+        None
+    };
 
     // The report.
     let directs = setup.convs.iter().filter(|c| c.members.len() == 2).count();
@@ -922,7 +1164,8 @@ async fn load(args: &Args, base: &str, stop: &Arc<AtomicBool>, server: Option<&I
     };
     out.push_str(&format!("loadgen: server {target}\n"));
     out.push_str(&format!(
-        "  users {} x {} conns = {} WebSockets; convs {} ({} direct, {} groups of <= {}); window {}/conn; body {} B; cores {}\n",
+        "  preset {}; users {} x {} conns = {} WebSockets, {senders} sending; convs {} ({} direct, {} groups of <= {}); window {}/conn; body {} B; cores {}\n",
+        args.preset.map_or("none".to_string(), |p| format!("{p:?}")),
         args.users,
         args.conns_per_user,
         conns_len,
@@ -961,8 +1204,22 @@ async fn load(args: &Args, base: &str, stop: &Arc<AtomicBool>, server: Option<&I
             txs as f64 / batches.max(1) as f64
         ));
     }
+    if let (Some(before), Some(held)) = (rss_before, rss_held) {
+        let whose = if args.server_pid.is_empty() { "generator and in-process server together" } else { "server" };
+        out.push_str(&format!(
+            "MEMORY         : {whose} RSS {:.1} MiB before the WebSockets, {:.1} MiB with {conns_len} open after {:?}: {:.1} KiB per WebSocket\n",
+            before as f64 / 1024.0,
+            held as f64 / 1024.0,
+            args.hold,
+            held.saturating_sub(before) as f64 / conns_len.max(1) as f64
+        ));
+    }
     let mut problems = pings.problems;
     problems.merge(sends.problems);
+    if let Some(reads) = reads {
+        out.push_str(&reads.report);
+        problems.merge(reads.problems);
+    }
     if problems.is_empty() {
         out.push_str("problems       : none");
     } else {
@@ -1005,8 +1262,28 @@ mod tests {
     }
 
     #[test]
+    fn presets_fill_flags_the_command_line_does_not_give() {
+        let args = Args::parse_with_preset(["loadgen", "--preset", "one-to-one", "--messages", "7"]).unwrap();
+        assert_eq!((args.users, args.convs, args.directs_per_user, args.senders), (1000, Convs::Direct, 20, Some(200)));
+        assert_eq!(args.messages, 7);
+        assert!(validate(&args).is_ok());
+        let args = Args::parse_with_preset(["loadgen", "--preset", "fanout", "--members", "1000"]).unwrap();
+        assert_eq!((args.users, args.group_size, args.senders), (1000, 250, Some(4)));
+        assert!(validate(&args).is_ok());
+        let args = Args::parse_with_preset(["loadgen", "--preset", "idle", "--connections", "3000", "--server", "http://127.0.0.1:1"]).unwrap();
+        assert_eq!((args.users, args.messages, args.pings, args.hold), (3000, 0, 3000, Duration::from_secs(10)));
+        assert!(validate(&args).is_ok());
+        let args = Args::parse_with_preset(["loadgen", "--preset", "reads"]).unwrap();
+        assert_eq!((args.messages, args.readers), (1_000_000, 64));
+        // Without a preset nothing changes.
+        assert_eq!(Args::parse_with_preset(["loadgen"]).unwrap().users, 50);
+        // A room over the member limit needs the fan-out preset.
+        assert!(validate(&Args::parse_with_preset(["loadgen", "--convs", "group", "--group-size", "1000"]).unwrap()).is_err());
+    }
+
+    #[test]
     fn only_loopback_servers() {
-        let mut args = Args::parse_from(["loadgen"]);
+        let mut args = Args::parse_with_preset(["loadgen"]).unwrap();
         assert!(validate(&args).is_ok());
         args.server = Some("http://10.0.0.1:8080".into());
         assert!(validate(&args).is_err());

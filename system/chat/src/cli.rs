@@ -69,9 +69,8 @@ pub struct AppArgs {
     /// directory (several app servers need a shared store such as FoundationDB).
     #[arg(long, env = "CHAT_DATA", default_value = "./chat-data")]
     pub data: PathBuf,
-    /// Argon2id memory cost of new password hashes, in KiB (OWASP's minimum is the default).
-    #[arg(long, env = "CHAT_PASSWORD_MEMORY_KIB", default_value_t = PasswordCost::DEFAULT.memory_kib)]
-    pub password_memory_kib: u32,
+    #[command(flatten)]
+    pub passwords: PasswordArgs,
     #[command(flatten)]
     pub redis: RedisArgs,
     #[command(flatten)]
@@ -80,8 +79,7 @@ pub struct AppArgs {
 
 impl AppArgs {
     pub fn options(&self) -> anyhow::Result<AppOptions> {
-        let password_cost = PasswordCost { memory_kib: self.password_memory_kib, ..PasswordCost::DEFAULT };
-        Ok(AppOptions { common: self.common.common()?, password_cost, app: AppConfig::default(), link_connections_max: 4096 })
+        Ok(AppOptions { common: self.common.common()?, password_cost: self.passwords.cost(), app: AppConfig::default(), link_connections_max: 4096 })
     }
 }
 
@@ -129,30 +127,59 @@ pub struct GatewayArgs {
     /// Connection server WebSocket addresses, comma-separated.
     #[arg(long, env = "CHAT_CONNS", value_delimiter = ',', required = true)]
     pub conn: Vec<SocketAddr>,
+    #[command(flatten)]
+    pub rates: RateArgs,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// Rate limits of a gateway (`chat gateway`, `chat serve`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct RateArgs {
     /// Requests per second allowed per user (0: no limit).
     #[arg(long, env = "CHAT_RATE_USER", default_value_t = 20)]
     pub rate_user_per_sec: u32,
     /// Burst allowed per user.
     #[arg(long, env = "CHAT_RATE_USER_BURST", default_value_t = 100)]
     pub rate_user_burst: u32,
-    /// Requests per second allowed per client IP (0: no limit).
+    /// Requests per second allowed per client IP (0: no limit). Load tests from one address
+    /// need 0 here.
     #[arg(long, env = "CHAT_RATE_IP", default_value_t = 200)]
     pub rate_ip_per_sec: u32,
     /// Burst allowed per client IP.
     #[arg(long, env = "CHAT_RATE_IP_BURST", default_value_t = 1000)]
     pub rate_ip_burst: u32,
-    #[command(flatten)]
-    pub common: CommonArgs,
+}
+
+impl RateArgs {
+    pub fn config(&self) -> RateConfig {
+        let rate = |per_second: u32, burst: u32| (per_second > 0).then_some(Rate { per_second, burst: burst.max(1) });
+        RateConfig { user: rate(self.rate_user_per_sec, self.rate_user_burst), ip: rate(self.rate_ip_per_sec, self.rate_ip_burst) }
+    }
+}
+
+/// The cost of new password hashes (`chat app`, `chat serve`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct PasswordArgs {
+    /// Argon2id memory cost of new password hashes, in KiB (OWASP's minimum is the default;
+    /// load tests that register thousands of users may lower it, never a real deployment).
+    #[arg(long, env = "CHAT_PASSWORD_MEMORY_KIB", default_value_t = PasswordCost::DEFAULT.memory_kib)]
+    pub password_memory_kib: u32,
+}
+
+impl PasswordArgs {
+    pub fn cost(&self) -> PasswordCost {
+        PasswordCost { memory_kib: self.password_memory_kib, ..PasswordCost::DEFAULT }
+    }
 }
 
 impl GatewayArgs {
     pub fn options(&self) -> anyhow::Result<GatewayOptions> {
-        let rate = |per_second: u32, burst: u32| (per_second > 0).then_some(Rate { per_second, burst: burst.max(1) });
         Ok(GatewayOptions {
             common: self.common.common()?,
             apps: self.app.clone(),
             conns: self.conn.clone(),
-            rates: RateConfig { user: rate(self.rate_user_per_sec, self.rate_user_burst), ip: rate(self.rate_ip_per_sec, self.rate_ip_burst) },
+            rates: self.rates.config(),
             http: HttpConfig::default(),
             health_check_interval: Duration::from_millis(500),
         })

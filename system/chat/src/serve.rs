@@ -38,6 +38,10 @@ pub struct ServeArgs {
     /// WebSockets held at most (each is a file descriptor).
     #[arg(long, default_value_t = ConnConfig::default().connections_max)]
     pub connections_max: usize,
+    #[command(flatten)]
+    pub passwords: crate::cli::PasswordArgs,
+    #[command(flatten)]
+    pub rates: crate::cli::RateArgs,
 }
 
 /// Everything [`run`] needs besides the listener and the store.
@@ -103,6 +107,8 @@ pub async fn main(args: ServeArgs) -> anyhow::Result<()> {
     let mut options = Options::new(token_secret);
     options.token_ttl = Duration::from_secs(args.token_ttl_secs);
     options.conn.connections_max = args.connections_max;
+    options.password_cost = args.passwords.cost();
+    options.rates = args.rates.config();
     tracing::info!(%addr, data = %args.data.display(), "serving");
     // Tests and scripts read this line to find the port.
     println!("chat: listening on http://{addr}");

@@ -118,7 +118,8 @@ where
     };
     let _ = close_tx.send(reason);
     if reason.is_some() {
-        linger(stream, writer).await;
+        // Boxed: its read buffer would otherwise sit inline in every connection's future.
+        Box::pin(linger(stream, writer)).await;
     }
     server.hub.remove(addr.conn);
     let unregister = server.registry.unregister(&user, addr);
@@ -209,7 +210,9 @@ impl Reader {
             };
             match message {
                 WsMessage::Text(text) => {
-                    if !self.handle_text(text.as_str()).await {
+                    // Boxed: handling a frame (a sync streams pages) takes far more state than
+                    // waiting for one, and every idle connection would carry it inline.
+                    if !Box::pin(self.handle_text(text.as_str())).await {
                         return None;
                     }
                 }
