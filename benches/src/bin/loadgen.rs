@@ -34,13 +34,17 @@ use tokio::sync::{Semaphore, mpsc};
 /// machine allows 20,000 per process (`ulimit -n 20000` first). Half of it in-process.
 const CONNS_MAX: usize = 18_000;
 /// REST calls (register, login, create) and connects in flight during setup.
-const SETUP_CONCURRENCY: usize = 8;
+const SETUP_CONCURRENCY: usize = 64;
 /// A send answered `overloaded` or `unavailable` is resent (same id) at most this often.
 const SEND_RETRIES_MAX: u32 = 5;
 /// Pause before resending a send answered with a retryable error.
 const RETRY_BACKOFF: Duration = Duration::from_millis(20);
 /// How often waiting loops look at the stop flags.
 const TICK: Duration = Duration::from_millis(100);
+/// How often a connection's own loops wake up with nothing to do, to look at the stop flags:
+/// each wake-up is a timer, and 100,000 connections at `TICK` would be 2 million a second,
+/// enough to starve the servers on the same machine.
+const CONN_TICK: Duration = Duration::from_secs(1);
 /// The send time at the start of each body: 16 digits of microseconds and a space.
 const BODY_STAMP_BYTES: usize = 17;
 
@@ -83,8 +87,17 @@ struct Args {
     /// Default: every connection.
     #[arg(long)]
     senders: Option<usize>,
+    /// Before the sends phase, wait (up to `--duration-max`) until this file exists: lets
+    /// several generator processes, each opening its share of the WebSockets, send together.
+    #[arg(long)]
+    go_file: Option<std::path::PathBuf>,
+    /// Open loop: sends per second from this process in all (spread evenly over the
+    /// senders), instead of as fast as the window allows. With `--send-rate` the sends phase
+    /// lasts about `--messages` / rate seconds.
+    #[arg(long)]
+    send_rate: Option<f64>,
     /// After the sends, hold every WebSocket open and quiet this long, then measure the
-    /// server's memory (see `--server-pid`).
+    /// server's memory (see `--server-pid`); 0: no memory figure.
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     hold: Duration,
     /// Processes of the server under load (repeat for a cluster), whose resident memory is
@@ -92,8 +105,9 @@ struct Args {
     /// own process is measured (server and generator together).
     #[arg(long)]
     server_pid: Vec<u32>,
-    /// REST readers at once in the READS phase (0: no READS phase). Each read is a history
-    /// page of 50 or an inbox of 20, alternately, of a random user.
+    /// REST readers at once in the READS phase (0: no READS phase), each over one keep-alive
+    /// connection. Each read is a history page of 50 or an inbox of 20, alternately, of a
+    /// random user.
     #[arg(long, default_value_t = 0)]
     readers: usize,
     /// Reads in total in the READS phase.
@@ -135,7 +149,7 @@ enum Preset {
     /// memory per idle WebSocket (give `--server-pid` for a server of its own).
     Idle,
     /// A store of 1,000,000 messages (1,000 direct conversations of 1,000), then 64 REST
-    /// readers: history pages of 50 and inboxes of 20.
+    /// readers: 200,000 reads, history pages of 50 and inboxes of 20.
     Reads,
 }
 
@@ -165,11 +179,12 @@ impl Preset {
                 ("users", "1000"),
                 ("convs", "direct"),
                 ("directs_per_user", "1"),
-                ("window", "32"),
+                // 8,000 sends in flight: more only queues (see "What the load figures mean").
+                ("window", "8"),
                 ("messages", "1000000"),
                 ("pings", "10000"),
                 ("readers", "64"),
-                ("reads", "50000"),
+                ("reads", "200000"),
                 ("duration_max", "15m"),
             ],
         }
@@ -255,6 +270,7 @@ fn validate(args: &Args) -> anyhow::Result<()> {
     ensure!(args.users * args.conns_per_user <= conns_max, "at most {conns_max} connections here");
     ensure!(args.window >= 1, "--window must be at least 1");
     ensure!(args.senders.is_none_or(|s| s <= args.users * args.conns_per_user), "--senders exceeds the connections");
+    ensure!(args.send_rate.is_none_or(|r| r.is_finite() && r > 0.0), "--send-rate must be positive");
     ensure!(
         args.group_size <= chat_proto::limits::CONV_MEMBERS_MAX || args.convs == Convs::Direct || args.convs == Convs::None,
         "--group-size must be at most {} (the member limit); `--preset fanout --members N` splits a bigger room",
@@ -455,9 +471,14 @@ struct Conn {
     receiver: WsReceiver,
 }
 
-async fn connect_all(args: &Args, setup: &Setup) -> anyhow::Result<Vec<Conn>> {
-    let wanted: Vec<(usize, usize)> =
-        (0..args.users).flat_map(|u| (0..args.conns_per_user).map(move |_| u)).enumerate().collect();
+/// Opens connections `range` (of users x conns-per-user, in order).
+async fn connect(args: &Args, setup: &Setup, range: std::ops::Range<usize>) -> anyhow::Result<Vec<Conn>> {
+    let wanted: Vec<(usize, usize)> = (0..args.users)
+        .flat_map(|u| (0..args.conns_per_user).map(move |_| u))
+        .enumerate()
+        .skip(range.start)
+        .take(range.len())
+        .collect();
     futures::stream::iter(wanted)
         .map(|(index, user)| {
             let client = setup.clients[user].clone();
@@ -652,7 +673,7 @@ async fn window_slot(window: &Semaphore, phase: &Phase, wait_max: Duration) -> R
 /// The next event of a connection: `None` on a quiet tick; an `Err` text once the
 /// connection is unusable.
 async fn next_event(receiver: &mut WsReceiver, problems: &mut Problems) -> Result<Option<ServerFrame>, String> {
-    match receiver.recv_timeout(TICK).await {
+    match receiver.recv_timeout(CONN_TICK).await {
         Ok(WsEvent::Frame(frame)) => Ok(Some(frame)),
         Ok(WsEvent::Pong(_)) => Ok(None),
         Ok(WsEvent::Closed { code, reason }) => Err(format!("closed by the server ({code:?}): {reason}")),
@@ -771,6 +792,10 @@ struct SendPlan {
     /// connections but the sending one).
     recipients: Arc<HashMap<ConvId, u64>>,
     body_bytes: usize,
+    /// Open loop: one send every this long (the first after `first_after`), window permitting.
+    pace: Option<(Duration, Duration)>,
+    /// Sends start once this file exists.
+    go_file: Option<std::path::PathBuf>,
 }
 
 fn body(stamp_micros: u64, bytes: usize) -> String {
@@ -792,8 +817,15 @@ async fn send_conn(mut conn: Conn, plan: SendPlan, window: usize, wait_max: Dura
     let quota = if plan.convs.is_empty() { 0 } else { plan.quota };
 
     let send = async {
+        if let Some(go) = &plan.go_file {
+            while !go.exists() && !phase.ending() {
+                tokio::time::sleep(CONN_TICK).await;
+            }
+        }
         let mut next: u64 = 0;
         let mut progress = (next, answered.load(Ordering::Relaxed), Instant::now());
+        let paced_from = tokio::time::Instant::now() + plan.pace.map_or(Duration::ZERO, |(_, first_after)| first_after);
+        let due = |next: u64| plan.pace.map_or(paced_from, |(every, _)| paced_from + every * next as u32);
         let problem: Option<String> = loop {
             if phase.ending() || receiver_dead.load(Ordering::Relaxed) {
                 break None;
@@ -804,7 +836,7 @@ async fn send_conn(mut conn: Conn, plan: SendPlan, window: usize, wait_max: Dura
             }
             if (next, now_answered) != (progress.0, progress.1) {
                 progress = (next, now_answered, Instant::now());
-            } else if progress.2.elapsed() > wait_max {
+            } else if progress.2.elapsed() > wait_max && !lock(&pending).is_empty() {
                 break Some(format!("{} sends unanswered after --wait-max", lock(&pending).len()));
             }
             // New sends while the window has room; resends of refused ones as they come.
@@ -828,7 +860,8 @@ async fn send_conn(mut conn: Conn, plan: SendPlan, window: usize, wait_max: Dura
                     }
                     outcome
                 }
-                slot = slots.acquire(), if next < quota => {
+                _ = tokio::time::sleep_until(due(next)), if next < quota && tokio::time::Instant::now() < due(next) => Ok(()),
+                slot = slots.acquire(), if next < quota && tokio::time::Instant::now() >= due(next) => {
                     let Ok(slot) = slot else { break None };
                     slot.forget();
                     let id = format!("{}-{index}-{next}", plan.run);
@@ -838,7 +871,7 @@ async fn send_conn(mut conn: Conn, plan: SendPlan, window: usize, wait_max: Dura
                     next += 1;
                     sender.send(&ClientFrame::Send { id, conv, body: text }).await
                 }
-                _ = tokio::time::sleep(TICK) => Ok(()),
+                _ = tokio::time::sleep(CONN_TICK) => Ok(()),
             };
             if let Err(e) = outcome {
                 break Some(format!("send failed: {e}"));
@@ -945,53 +978,105 @@ struct Reads {
     problems: Problems,
 }
 
-/// `--readers` REST clients at once, `--reads` in total: a history page of 50 (at a random
-/// depth of a random conversation of a random user) and that user's inbox of 20, alternately.
-/// Each request is its own TCP connection (the client's design), so figures include connecting.
-async fn read_phase(args: &Args, setup: &Setup, stop: &Arc<AtomicBool>) -> Reads {
+/// One reader's keep-alive HTTP/1 connection: real clients (browsers, the apps) keep theirs
+/// open, and a TCP handshake per read would measure the kernel rather than the server.
+struct KeepAlive {
+    sender: hyper::client::conn::http1::SendRequest<http_body_util::Empty<hyper::body::Bytes>>,
+    authority: String,
+}
+
+impl KeepAlive {
+    async fn open(base: &chat_client::BaseUrl) -> anyhow::Result<KeepAlive> {
+        let authority = base.authority();
+        let stream = tokio::net::TcpStream::connect(&authority).await.with_context(|| format!("connecting to {authority}"))?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        Ok(KeepAlive { sender, authority })
+    }
+
+    /// GETs `path` as the holder of `token`; the body of a 200 answer.
+    async fn get(&mut self, path: &str, token: &str, wait_max: Duration) -> anyhow::Result<hyper::body::Bytes> {
+        use http_body_util::BodyExt;
+        let request = http::Request::get(path)
+            .header(http::header::HOST, &self.authority)
+            .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(http_body_util::Empty::new())?;
+        let answer = tokio::time::timeout(wait_max, async {
+            self.sender.ready().await?;
+            let response = self.sender.send_request(request).await?;
+            let status = response.status();
+            let body = response.into_body().collect().await?.to_bytes();
+            anyhow::Ok((status, body))
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within --wait-max"))??;
+        ensure!(answer.0 == http::StatusCode::OK, "{path}: {} {}", answer.0, String::from_utf8_lossy(&answer.1));
+        Ok(answer.1)
+    }
+}
+
+/// `--readers` REST clients at once, `--reads` in total, each over its own keep-alive
+/// connection: a history page of 50 (at a random depth of a random conversation of a random
+/// user) and that user's inbox of 20, alternately. Every answer is decoded and checked.
+async fn read_phase(args: &Args, base: &str, setup: &Setup, stop: &Arc<AtomicBool>) -> anyhow::Result<Reads> {
     const PAGE: u32 = 50;
     const INBOX: u32 = 20;
+    let base = chat_client::BaseUrl::parse(base)?;
     // Messages per conversation, about: pages start at a random depth within it.
     let depth = (args.messages / setup.convs.len().max(1) as u64).max(1);
+    let tokens: Arc<Vec<String>> =
+        Arc::new(setup.clients.iter().map(|c| c.token().unwrap_or_default().to_owned()).collect());
+    let convs_of = Arc::new(setup.convs_of.clone());
     let started = Instant::now();
-    let tasks: Vec<_> = (0..args.readers)
-        .map(|r| {
-            let quota = share(args.reads, args.readers, r);
-            let clients = setup.clients.clone();
-            let convs_of = setup.convs_of.clone();
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let (mut history, mut inbox, mut problems) = (Latencies::default(), Latencies::default(), Problems::default());
-                for n in 0..quota {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
+    let mut tasks = Vec::with_capacity(args.readers);
+    for r in 0..args.readers {
+        let quota = share(args.reads, args.readers, r);
+        let (tokens, convs_of, stop, wait_max, base) = (tokens.clone(), convs_of.clone(), stop.clone(), args.wait_max, base.clone());
+        let mut conn = KeepAlive::open(&base).await?;
+        tasks.push(tokio::spawn(async move {
+            let (mut history, mut inbox, mut problems) = (Latencies::default(), Latencies::default(), Problems::default());
+            for n in 0..quota {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let user = rand::random_range(0..tokens.len());
+                let begun = Instant::now();
+                let outcome = match convs_of[user].as_slice() {
+                    convs if n % 2 == 0 && !convs.is_empty() => {
+                        let conv = convs[rand::random_range(0..convs.len())];
+                        let before = rand::random_range(1..=depth + 1);
+                        let path = format!("/v1/conversations/{conv}/messages?before={before}&limit={PAGE}");
+                        conn.get(&path, &tokens[user], wait_max).await.and_then(|body| {
+                            let page: chat_proto::rest::HistoryPage = serde_json::from_slice(&body)?;
+                            history.record(begun.elapsed());
+                            ensure!(page.messages.len() <= PAGE as usize, "a page of {} messages", page.messages.len());
+                            Ok(())
+                        })
                     }
-                    let user = rand::random_range(0..clients.len());
-                    let client = &clients[user];
-                    let begun = Instant::now();
-                    let outcome = match convs_of[user].as_slice() {
-                        convs if n % 2 == 0 && !convs.is_empty() => {
-                            let conv = convs[rand::random_range(0..convs.len())];
-                            let before = rand::random_range(1..=depth + 1);
-                            client.history(conv, Some(before), Some(PAGE)).await.map(|page| {
-                                history.record(begun.elapsed());
-                                page.messages.len()
-                            })
+                    _ => conn.get(&format!("/v1/inbox?limit={INBOX}"), &tokens[user], wait_max).await.and_then(|body| {
+                        let page: chat_proto::rest::Inbox = serde_json::from_slice(&body)?;
+                        inbox.record(begun.elapsed());
+                        ensure!(page.conversations.len() <= INBOX as usize, "an inbox of {}", page.conversations.len());
+                        Ok(())
+                    }),
+                };
+                if let Err(e) = outcome {
+                    problems.error_frames += 1;
+                    problems.note(format!("read failed: {e:#}"));
+                    // The connection may be broken: a new one for the next read.
+                    match KeepAlive::open(&base).await {
+                        Ok(fresh) => conn = fresh,
+                        Err(e) => {
+                            problems.note(format!("reconnect failed: {e:#}"));
+                            break;
                         }
-                        _ => client.inbox(Some(INBOX)).await.map(|page| {
-                            inbox.record(begun.elapsed());
-                            page.conversations.len()
-                        }),
-                    };
-                    if let Err(e) = outcome {
-                        problems.error_frames += 1;
-                        problems.note(format!("read failed: {e}"));
                     }
                 }
-                (history, inbox, problems)
-            })
-        })
-        .collect();
+            }
+            (history, inbox, problems)
+        }));
+    }
     let (mut history, mut inbox, mut problems) = (Latencies::default(), Latencies::default(), Problems::default());
     for task in tasks {
         match task.await {
@@ -1006,14 +1091,14 @@ async fn read_phase(args: &Args, setup: &Setup, stop: &Arc<AtomicBool>) -> Reads
     let secs = started.elapsed().as_secs_f64();
     let done = history.0.len() + inbox.0.len();
     let report = format!(
-        "READS          : {done}/{} by {} readers in {secs:.2} s = {:.0}/s; history page of {PAGE} {}; inbox of {INBOX} {}\n",
+        "READS          : {done}/{} by {} readers (keep-alive) in {secs:.2} s = {:.0}/s; history page of {PAGE} {}; inbox of {INBOX} {}\n",
         args.reads,
         args.readers,
         done as f64 / secs.max(1e-9),
         history.summary(),
         inbox.summary()
     );
-    Reads { report, problems }
+    Ok(Reads { report, problems })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1079,8 +1164,12 @@ async fn run(args: Args) -> anyhow::Result<String> {
 async fn load(args: &Args, base: &str, stop: &Arc<AtomicBool>, server: Option<&InProcess>) -> anyhow::Result<String> {
     let started = Instant::now();
     let setup = setup(args, base).await?;
-    let rss_before = rss_kib(&args.server_pid);
-    let mut conns = connect_all(args, &setup).await?;
+    // Memory per WebSocket is the growth from half the connections to all of them: the
+    // first ones also reuse memory the allocator kept from setup (logins hash passwords).
+    let total = args.users * args.conns_per_user;
+    let mut conns = connect(args, &setup, 0..total / 2).await?;
+    let rss_half = rss_kib(&args.server_pid);
+    conns.extend(connect(args, &setup, total / 2..total).await?);
     let conns_len = conns.len();
     let setup_secs = started.elapsed().as_secs_f64();
 
@@ -1099,7 +1188,11 @@ async fn load(args: &Args, base: &str, stop: &Arc<AtomicBool>, server: Option<&I
     let (ping_secs, pings_per_sec) = phase.rate(pongs, &phase.last_reply_micros);
     let ping_stopped = stop.load(Ordering::Relaxed);
 
-    // 2. SENDS.
+    // 2. SENDS: each connection starts once every generator of a multi-process run is ready
+    // (`--go-file`), reading meanwhile (the server closes connections that answer no pings).
+    if let Some(go) = &args.go_file {
+        eprintln!("loadgen: {conns_len} WebSockets open; sends start when {} exists", go.display());
+    }
     let recipients: Arc<HashMap<ConvId, u64>> = Arc::new(
         setup.members_of.iter().map(|(&conv, &members)| (conv, (members * args.conns_per_user) as u64 - 1)).collect(),
     );
@@ -1120,6 +1213,12 @@ async fn load(args: &Args, base: &str, stop: &Arc<AtomicBool>, server: Option<&I
                 convs: setup.convs_of[conn.user].clone(),
                 recipients: recipients.clone(),
                 body_bytes: args.body_bytes,
+                // Senders start spread over one interval, not all at once.
+                pace: args.send_rate.map(|rate| {
+                    let every = Duration::from_secs_f64(senders as f64 / rate);
+                    (every, every.mul_f64(sender_rank(i).unwrap_or(0) as f64 / senders.max(1) as f64))
+                }),
+                go_file: args.go_file.clone(),
             };
             tokio::spawn(send_conn(conn, plan, args.window, args.wait_max, phase.clone()))
         })
@@ -1149,7 +1248,7 @@ async fn load(args: &Args, base: &str, stop: &Arc<AtomicBool>, server: Option<&I
 
     // 4. READS.
     let reads = if args.readers > 0 && !stop.load(Ordering::Relaxed) {
-        Some(read_phase(args, &setup, stop).await)
+        Some(read_phase(args, base, &setup, stop).await?)
     } else {
         None
     };
@@ -1204,14 +1303,16 @@ async fn load(args: &Args, base: &str, stop: &Arc<AtomicBool>, server: Option<&I
             txs as f64 / batches.max(1) as f64
         ));
     }
-    if let (Some(before), Some(held)) = (rss_before, rss_held) {
+    if let (false, Some(half), Some(held)) = (args.hold.is_zero(), rss_half, rss_held) {
         let whose = if args.server_pid.is_empty() { "generator and in-process server together" } else { "server" };
+        let added = conns_len - conns_len / 2;
         out.push_str(&format!(
-            "MEMORY         : {whose} RSS {:.1} MiB before the WebSockets, {:.1} MiB with {conns_len} open after {:?}: {:.1} KiB per WebSocket\n",
-            before as f64 / 1024.0,
+            "MEMORY         : {whose} RSS {:.1} MiB with {} WebSockets open, {:.1} MiB with {conns_len} after {:?}: {:.1} KiB per WebSocket\n",
+            half as f64 / 1024.0,
+            conns_len / 2,
             held as f64 / 1024.0,
             args.hold,
-            held.saturating_sub(before) as f64 / conns_len.max(1) as f64
+            held.saturating_sub(half) as f64 / added.max(1) as f64
         ));
     }
     let mut problems = pings.problems;

@@ -96,7 +96,7 @@ pub struct ConnArgs {
     #[arg(long, env = "CHAT_APPS", value_delimiter = ',', required = true)]
     pub app: Vec<SocketAddr>,
     /// WebSockets held at most.
-    #[arg(long, default_value_t = ConnConfig::default().connections_max)]
+    #[arg(long, env = "CHAT_CONNECTIONS_MAX", default_value_t = ConnConfig::default().connections_max)]
     pub connections_max: usize,
     /// How often this server's connections are re-asserted in the registry, in milliseconds.
     #[arg(long, env = "CHAT_REGISTRY_REFRESH_MS", default_value_t = 10_000)]
