@@ -400,13 +400,8 @@ async fn setup(config: ScenarioConfig, gateways: Vec<String>, trace: Trace) -> a
         trace.record(format!("logged in {user}"));
     }
     let mut convs = Vec::new();
-    let pick = |n: usize| rand::random::<u64>() as usize % n;
     for _ in 0..config.direct_convs {
-        let a = pick(users.len());
-        let mut b = pick(users.len());
-        while b == a {
-            b = pick(users.len());
-        }
+        let (a, b) = draw_pair(users.len());
         let client = anon.clone().with_token(tokens[&users[a]].clone());
         let (conv, _) = retry(|| client.create_conversation([users[b].as_str()], None)).await.context("create direct")?;
         if !convs.iter().any(|(c, _)| *c == conv.conv_id) {
@@ -416,6 +411,18 @@ async fn setup(config: ScenarioConfig, gateways: Vec<String>, trace: Trace) -> a
     let hot = groups(&config, &anon, &users, &tokens, &mut convs).await?;
     trace.record(format!("setup {} users, convs {convs:?}, hot {hot:?}", users.len()));
     Ok((tokens, convs, hot))
+}
+
+/// Two different users of `n` (n >= 2) for a direct conversation, from the simulation's
+/// randomness.
+fn draw_pair(n: usize) -> (usize, usize) {
+    let pick = || rand::random::<u64>() as usize % n;
+    let a = pick();
+    let mut b = pick();
+    while b == a {
+        b = pick();
+    }
+    (a, b)
 }
 
 /// Registers `user` (already taken counts as done: a retried registration may have landed)
@@ -490,17 +497,7 @@ async fn setup_concurrent(config: ScenarioConfig, gateways: Vec<String>, trace: 
         .await?;
     trace.record(format!("registered and logged in {} users", accounts.len()));
     let tokens: Tokens = accounts.into_iter().collect();
-    let pick = |n: usize| rand::random::<u64>() as usize % n;
-    let pairs: Vec<(usize, usize)> = (0..config.direct_convs)
-        .map(|_| {
-            let a = pick(users.len());
-            let mut b = pick(users.len());
-            while b == a {
-                b = pick(users.len());
-            }
-            (a, b)
-        })
-        .collect();
+    let pairs: Vec<(usize, usize)> = (0..config.direct_convs).map(|_| draw_pair(users.len())).collect();
     let created: Vec<(ConvId, Vec<String>)> = futures::stream::iter(pairs.into_iter().enumerate())
         .map(|(i, (a, b))| {
             let client = clients[i % clients.len()].clone().with_token(tokens[&users[a]].clone());

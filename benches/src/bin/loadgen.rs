@@ -495,6 +495,14 @@ async fn connect(args: &Args, setup: &Setup, range: std::ops::Range<usize>) -> a
         .collect()
 }
 
+/// Which sender connection `i` of `conns` is, if any: sender k is connection
+/// k * conns / senders, spread over the users (so over the groups too). That is
+/// ceil(i * senders / conns), when that sender lands on `i`.
+fn sender_rank(i: usize, senders: usize, conns: usize) -> Option<usize> {
+    let k = (i * senders).div_ceil(conns.max(1));
+    (k < senders && k * conns / senders == i).then_some(k)
+}
+
 /// `total` spread over `n` parts, the remainder going to the first ones.
 fn share(total: u64, n: usize, i: usize) -> u64 {
     total / n as u64 + u64::from((i as u64) < total % n as u64)
@@ -1198,15 +1206,14 @@ async fn load(args: &Args, base: &str, stop: &Arc<AtomicBool>, server: Option<&I
     );
     let store_before = server.map(|s| (s.kv.txs_committed(), s.kv.batches_committed()));
     let senders = args.senders.unwrap_or(conns_len).min(conns_len);
-    // Sender k is connection k * conns / senders: spread over users, so over groups too.
-    let sender_rank = |i: usize| (0..senders).find(|&k| k * conns_len / senders.max(1) == i);
     let phase = Phase::new(stop.clone());
     let handles = pings
         .conns
         .into_iter()
         .enumerate()
         .map(|(i, conn)| {
-            let quota = sender_rank(i).map_or(0, |k| share(args.messages, senders, k));
+            let rank = sender_rank(i, senders, conns_len);
+            let quota = rank.map_or(0, |k| share(args.messages, senders, k));
             let plan = SendPlan {
                 run: setup.run.clone(),
                 quota,
@@ -1216,7 +1223,7 @@ async fn load(args: &Args, base: &str, stop: &Arc<AtomicBool>, server: Option<&I
                 // Senders start spread over one interval, not all at once.
                 pace: args.send_rate.map(|rate| {
                     let every = Duration::from_secs_f64(senders as f64 / rate);
-                    (every, every.mul_f64(sender_rank(i).unwrap_or(0) as f64 / senders.max(1) as f64))
+                    (every, every.mul_f64(rank.unwrap_or(0) as f64 / senders.max(1) as f64))
                 }),
                 go_file: args.go_file.clone(),
             };
@@ -1360,6 +1367,17 @@ mod tests {
         let b = body(1_767_139_200_123_456, 200);
         assert_eq!(b.len(), 200);
         assert_eq!(b[..BODY_STAMP_BYTES - 1].parse::<u64>(), Ok(1_767_139_200_123_456));
+    }
+
+    #[test]
+    fn each_sender_is_one_connection_spread_evenly() {
+        for (senders, conns) in [(0, 5), (1, 1), (1, 7), (4, 1000), (200, 1000), (7, 10), (999, 1000), (1000, 1000)] {
+            let ranks: Vec<usize> = (0..conns).filter_map(|i| sender_rank(i, senders, conns)).collect();
+            assert_eq!(ranks, (0..senders).collect::<Vec<_>>(), "{senders} of {conns}");
+            for k in 0..senders {
+                assert_eq!(sender_rank(k * conns / senders, senders, conns), Some(k), "{senders} of {conns}");
+            }
+        }
     }
 
     #[test]

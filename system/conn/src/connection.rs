@@ -210,9 +210,7 @@ impl Reader {
             };
             match message {
                 WsMessage::Text(text) => {
-                    // Boxed: handling a frame (a sync streams pages) takes far more state than
-                    // waiting for one, and every idle connection would carry it inline.
-                    if !Box::pin(self.handle_text(text.as_str())).await {
+                    if !self.handle_text(text.as_str()).await {
                         return None;
                     }
                 }
