@@ -415,8 +415,32 @@ fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
 fn live_delivery(e: &Evidence, out: &mut Vec<Violation>) -> LiveFigures {
     let bound = PUSH_BOUND.as_micros() as u64;
     let registered_after = REGISTERED_AFTER.as_micros() as u64;
-    let windows = unhealthy(e);
-    let members: HashMap<ConvId, &Vec<String>> = e.convs.iter().map(|(c, m)| (*c, m)).collect();
+    // Split by scope: a (message, device) pair looks only at the windows that can apply
+    // to it, not at every device's (the scale scenario has thousands of devices).
+    let mut windows: Vec<(u64, u64, Scope)> = Vec::new();
+    let mut device_windows: HashMap<usize, Vec<(u64, u64)>> = HashMap::new();
+    for (from, to, scope) in unhealthy(e) {
+        match scope {
+            Scope::Device(i) => device_windows.entry(i).or_default().push((from, to)),
+            scope => windows.push((from, to, scope)),
+        }
+    }
+    // Each conversation's member devices, in device order: a message is judged for them
+    // only (looking at every device for every message is messages times devices).
+    let mut devices_of: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (d, device) in e.devices.iter().enumerate() {
+        devices_of.entry(device.user.as_str()).or_default().push(d);
+    }
+    let member_devices: HashMap<ConvId, Vec<usize>> = e
+        .convs
+        .iter()
+        .map(|(c, members)| {
+            let mut ds: Vec<usize> = members.iter().filter_map(|m| devices_of.get(m.as_str())).flatten().copied().collect();
+            ds.sort_unstable();
+            ds.dedup();
+            (*c, ds)
+        })
+        .collect();
     // The first arrival of each (device, conv, seq).
     let mut first: HashMap<(usize, ConvId, Seq), (u64, bool)> = HashMap::new();
     for (d, o) in e.observed.iter().enumerate() {
@@ -428,12 +452,13 @@ fn live_delivery(e: &Evidence, out: &mut Vec<Violation>) -> LiveFigures {
     let mut figures = LiveFigures::default();
     let mut latencies: Vec<u64> = Vec::new();
     for (conv, history) in e.histories {
-        let Some(members) = members.get(conv) else { continue };
+        let Some(ds) = member_devices.get(conv) else { continue };
         for m in history {
             let committed = m.ts.saturating_mul(1000);
             let window = (committed.saturating_sub(registered_after), committed.saturating_add(bound));
-            for (d, (device, o)) in e.devices.iter().zip(e.observed).enumerate() {
-                if !members.contains(&device.user) || (o.user == m.sender && o.sends.contains_key(&m.client_msg_id)) {
+            for &d in ds {
+                let (device, o) = (&e.devices[d], &e.observed[d]);
+                if o.user == m.sender && o.sends.contains_key(&m.client_msg_id) {
                     continue;
                 }
                 figures.pairs += 1;
@@ -458,7 +483,7 @@ fn live_delivery(e: &Evidence, out: &mut Vec<Violation>) -> LiveFigures {
                         Scope::Device(i) => i == device.index,
                     };
                     !applies || !overlaps((from, to), window)
-                });
+                }) && device_windows.get(&device.index).is_none_or(|ws| ws.iter().all(|w| !overlaps(*w, window)));
                 if !healthy || syncs[d][k].get(conv).is_some_and(|ws| ws.iter().any(|w| overlaps(*w, window))) {
                     continue;
                 }

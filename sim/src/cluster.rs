@@ -326,7 +326,7 @@ impl Cluster {
         let redis_state = Arc::new(RespState::new());
         let mut nodes = Vec::new();
 
-        let fdb = SimFdbServer::new(fdb_data.clone(), fdb_faults.clone()).start_node("fdb", fdb_addr().ip(), FDB_PORT);
+        let fdb = SimFdbServer::new(fdb_data.clone(), fdb_faults.clone()).with_clients(config.apps).start_node("fdb", fdb_addr().ip(), FDB_PORT);
         nodes.push((Node::Fdb, fdb));
 
         let state = redis_state.clone();

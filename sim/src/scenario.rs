@@ -15,6 +15,7 @@ use chat_proto::ConvId;
 use chat_proto::rest::{Inbox, MessageView};
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -41,6 +42,9 @@ pub struct ScenarioConfig {
     /// Accounts and direct conversations created this many at a time, spread over the
     /// gateways (1: one by one through the first gateway, the standard scenario's setup).
     pub setup_concurrency: usize,
+    /// Print each phase to standard error as it starts, with the simulated time (a scale
+    /// run takes wall minutes; a standard seed's output stays one line).
+    pub progress: bool,
 }
 
 impl Default for ScenarioConfig {
@@ -57,6 +61,7 @@ impl Default for ScenarioConfig {
             settle_max: Duration::from_secs(120),
             calm: false,
             setup_concurrency: 1,
+            progress: false,
         }
     }
 }
@@ -73,8 +78,27 @@ impl ScenarioConfig {
             groups: 600,
             chaos: Duration::from_secs(60),
             setup_concurrency: 64,
+            progress: true,
             ..ScenarioConfig::default()
         }
+    }
+}
+
+/// Tells a person watching a long run which phase it is in (`ScenarioConfig::progress`).
+fn progress(config: &ScenarioConfig, started: std::time::Instant, what: std::fmt::Arguments) {
+    if config.progress {
+        // Simulated time: under madsim `Instant` is the simulator's clock.
+        eprintln!("[simulated {:>7.1} s] {what}", started.elapsed().as_secs_f64());
+    }
+}
+
+impl ScenarioConfig {
+    /// The same scenario with `devices` devices, and users, direct conversations and groups
+    /// in the proportions the scale scenario has (2 devices per user, 0.8 direct
+    /// conversations and 0.12 groups per user).
+    pub fn with_devices(self, devices: usize) -> ScenarioConfig {
+        let users = (devices / 2).max(2);
+        ScenarioConfig { devices: devices.max(1), users, direct_convs: users * 4 / 5, groups: users * 3 / 25, ..self }
     }
 }
 
@@ -126,6 +150,7 @@ pub async fn run(config: ScenarioConfig, seed: u64, swarm: Swarm, schedule: Sche
 }
 
 async fn run_inner(config: ScenarioConfig, seed: u64, swarm: Swarm, schedule: Schedule, trace: Trace) -> anyhow::Result<(Stats, Vec<Violation>)> {
+    let started = std::time::Instant::now();
     let cluster = Cluster::start(config.cluster.clone(), trace.clone());
     let gateways = cluster.gateway_urls();
     for episode in &schedule.episodes {
@@ -133,14 +158,16 @@ async fn run_inner(config: ScenarioConfig, seed: u64, swarm: Swarm, schedule: Sc
     }
 
     // Users, conversations and devices, created through the gateway like any client would.
+    progress(&config, started, format_args!("setup: {} users, {} direct conversations, {} groups", config.users, config.direct_convs, config.groups));
     let (tokens, convs, hot) = on_node("setup", IpAddr::V4(Ipv4Addr::new(10, 9, 0, 1)), setup(config.clone(), gateways.clone(), trace.clone())).await??;
     let users: Vec<String> = (0..config.users).map(user_name).collect();
     let single = config.cluster.single;
     let via_gateways: Vec<WsTarget> = gateways.iter().enumerate().map(|(i, url)| WsTarget { url: url.clone(), via: if single { Node::Serve } else { Node::Gateway(i) } }).collect();
+    let all_convs: Arc<[ConvId]> = convs.iter().map(|(c, _)| *c).collect();
     let devices: Vec<Device> = (0..config.devices)
         .map(|index| {
             let user = users[index % users.len()].clone();
-            let (mine, others) = convs.iter().map(|(c, _)| *c).partition(|c| convs.iter().any(|(id, m)| id == c && m.contains(&user)));
+            let mine: Vec<ConvId> = convs.iter().filter(|(_, members)| members.contains(&user)).map(|(c, _)| *c).collect();
             // A user's first device goes through a gateway (placed by the user's hash);
             // the second straight to a connection server picked by the device's index, so
             // one user's devices often sit on different connection servers.
@@ -154,12 +181,12 @@ async fn run_inner(config: ScenarioConfig, seed: u64, swarm: Swarm, schedule: Sc
             let hot = hot.filter(|h| convs.iter().any(|(c, m)| c == h && m.contains(&user)));
             let rng_seed = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (index as u64 + 1).wrapping_mul(0xd1b5_4a32_d192_ed03);
             let slot = index / users.len();
-            Device { index, token: tokens[&user].clone(), user, convs: mine, others, hot, gateways: gateways.clone(), ws_targets, rng_seed, slot }
+            Device { index, token: tokens[&user].clone(), user, convs: mine, all_convs: all_convs.clone(), hot, gateways: gateways.clone(), ws_targets, rng_seed, slot }
         })
         .collect();
 
     let controls = Controls::new(devices.len(), cluster.stalls.clone());
-    let deadline = config.chaos + config.settle_max + Duration::from_secs(60);
+    let deadline = config.chaos + config.settle_max * 2 + Duration::from_secs(60);
     let handle = madsim::runtime::Handle::current();
     let mut tasks = Vec::new();
     for device in &devices {
@@ -176,18 +203,24 @@ async fn run_inner(config: ScenarioConfig, seed: u64, swarm: Swarm, schedule: Sc
     if swarm.buggify {
         madsim::buggify::enable();
     }
+    progress(&config, started, format_args!("chaos: {} devices connecting, {} fault episodes over {:?}", devices.len(), schedule.episodes.len(), config.chaos));
     let faults = play(&cluster, &schedule, &controls, config.chaos).await;
     let buggify = swarm.buggify.then(|| (chaos_start, now_us()));
 
     // Faults are over: resolve every pending send, then let everyone catch up.
     trace.record("phase resolve");
+    progress(&config, started, format_args!("resolve: every pending send answered"));
     controls.set_phase(Phase::Resolve);
-    let resolve_deadline = std::time::Instant::now() + config.settle_max / 2;
+    // Up to the whole settle bound: a device that settles while another still resends
+    // misses the messages those resends commit after it left (the scale scenario under
+    // store faults and fault points took 63 s to resolve 1,000 devices).
+    let resolve_deadline = std::time::Instant::now() + config.settle_max;
     while controls.resolved.load(Ordering::Relaxed) < devices.len() && std::time::Instant::now() < resolve_deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     trace.record(format!("phase catchup ({} of {} devices resolved)", controls.resolved.load(Ordering::Relaxed), devices.len()));
     controls.set_phase(Phase::Catchup);
+    progress(&config, started, format_args!("catch-up: {} of {} devices resolved", controls.resolved.load(Ordering::Relaxed), devices.len()));
     let mut observed: Vec<Observed> = Vec::new();
     // Devices that have not settled by then stop, and the checkers judge what they saw
     // (`liveness` reports them, and the others what they miss): a device stuck on a missing
@@ -214,8 +247,12 @@ async fn run_inner(config: ScenarioConfig, seed: u64, swarm: Swarm, schedule: Sc
         Err(_) => bail!("liveness: the newcomers did not finish within {:?} after faults stopped", config.settle_max),
     };
     trace.record("phase check");
+    progress(&config, started, format_args!("check: final reads, then the checkers"));
 
-    let reads = on_node("checker", IpAddr::V4(Ipv4Addr::new(10, 9, 0, 2)), final_reads(gateways[0].clone(), tokens.clone(), convs.clone())).await??;
+    // The standard scenario reads through the first gateway, one request at a time (as it
+    // sets up); the scale scenario as many at a time as its setup, over every gateway.
+    let final_read_gateways = if config.setup_concurrency > 1 { gateways.clone() } else { vec![gateways[0].clone()] };
+    let reads = on_node("checker", IpAddr::V4(Ipv4Addr::new(10, 9, 0, 2)), final_reads(final_read_gateways, config.setup_concurrency, tokens.clone(), convs.clone())).await??;
     let (histories, inboxes_before, inboxes_after) = reads;
     let evidence = Evidence {
         convs: &convs,
@@ -552,49 +589,72 @@ where
 type FinalReads = (HashMap<ConvId, Vec<MessageView>>, HashMap<String, Inbox>, HashMap<String, Inbox>);
 
 /// Reads every history and inbox, marks everything read, and reads the inboxes again.
-async fn final_reads(gateway: String, tokens: Tokens, convs: Convs) -> anyhow::Result<FinalReads> {
-    let anon = Client::new(&gateway)?;
-    let mut histories = HashMap::new();
-    for (conv, members) in &convs {
-        let client = anon.clone().with_token(tokens[&members[0]].clone());
-        let mut all: Vec<MessageView> = Vec::new();
-        let mut before = None;
-        loop {
-            let page = client.history(*conv, before, Some(200)).await.with_context(|| format!("history of {conv}"))?;
-            all.splice(0..0, page.messages);
-            match page.next_before {
-                Some(next) => before = Some(next),
-                None => break,
+async fn final_reads(gateways: Vec<String>, concurrency: usize, tokens: Tokens, convs: Convs) -> anyhow::Result<FinalReads> {
+    use futures::{StreamExt, TryStreamExt};
+    // `concurrency` reads at a time, spread over `gateways` (the scale scenario's thousands
+    // of users, one after another, took longer than its time limit).
+    let clients: Vec<Client> = gateways.iter().map(|url| Client::new(url)).collect::<Result<_, _>>()?;
+    let concurrency = concurrency.max(1);
+    let firsts: Vec<(ConvId, String)> = convs.iter().map(|(conv, members)| (*conv, members[0].clone())).collect();
+    let histories: HashMap<ConvId, Vec<MessageView>> = futures::stream::iter(firsts.into_iter().enumerate())
+        .map(|(i, (conv, first_member))| {
+            let client = clients[i % clients.len()].clone().with_token(tokens[&first_member].clone());
+            async move {
+                let mut all: Vec<MessageView> = Vec::new();
+                let mut before = None;
+                loop {
+                    let page = client.history(conv, before, Some(200)).await.with_context(|| format!("history of {conv}"))?;
+                    all.splice(0..0, page.messages);
+                    match page.next_before {
+                        Some(next) => before = Some(next),
+                        None => break,
+                    }
+                }
+                anyhow::Ok((conv, all))
             }
+        })
+        .buffered(concurrency)
+        .try_collect()
+        .await?;
+    let mut convs_of: HashMap<&str, Vec<ConvId>> = HashMap::new();
+    for (conv, members) in &convs {
+        for member in members {
+            convs_of.entry(member.as_str()).or_default().push(*conv);
         }
-        histories.insert(*conv, all);
     }
+    let mut users: Vec<String> = tokens.keys().cloned().collect();
+    users.sort();
+    let inboxes: Vec<(String, Inbox, Inbox)> = futures::stream::iter(users.into_iter().enumerate())
+        .map(|(i, user)| {
+            let client = clients[i % clients.len()].clone().with_token(tokens[&user].clone());
+            let reads: Vec<(ConvId, u64)> = convs_of.get(user.as_str()).into_iter().flatten().map(|conv| (*conv, histories[conv].len() as u64)).filter(|(_, seq)| *seq > 0).collect();
+            async move {
+                let before = client.inbox(Some(100)).await.context("inbox")?;
+                let mut ws = client.connect_ws().await.context("connect to mark read")?;
+                for (conv, seq) in reads {
+                    ws.send(&ClientFrame::Read { conv, seq }).await?;
+                }
+                // Frames of a connection are handled in order: the pong comes after the reads.
+                ws.send(&ClientFrame::Ping).await?;
+                loop {
+                    match ws.recv_timeout(Duration::from_secs(10)).await? {
+                        WsEvent::Frame(ServerFrame::Pong) => break,
+                        WsEvent::Frame(ServerFrame::Error { code, message, .. }) => bail!("read refused: {code} {message}"),
+                        _ => {}
+                    }
+                }
+                let after = client.inbox(Some(100)).await.context("inbox")?;
+                anyhow::Ok((user, before, after))
+            }
+        })
+        .buffered(concurrency)
+        .try_collect()
+        .await?;
     let mut before = HashMap::new();
     let mut after = HashMap::new();
-    let mut users: Vec<&String> = tokens.keys().collect();
-    users.sort();
-    for user in users {
-        let client = anon.clone().with_token(tokens[user].clone());
-        before.insert(user.clone(), client.inbox(Some(100)).await.context("inbox")?);
-        let mut ws = client.connect_ws().await.context("connect to mark read")?;
-        for (conv, members) in &convs {
-            if members.contains(user) {
-                let seq = histories[conv].len() as u64;
-                if seq > 0 {
-                    ws.send(&ClientFrame::Read { conv: *conv, seq }).await?;
-                }
-            }
-        }
-        // Frames of a connection are handled in order: the pong comes after the reads.
-        ws.send(&ClientFrame::Ping).await?;
-        loop {
-            match ws.recv_timeout(Duration::from_secs(10)).await? {
-                WsEvent::Frame(ServerFrame::Pong) => break,
-                WsEvent::Frame(ServerFrame::Error { code, message, .. }) => bail!("read refused: {code} {message}"),
-                _ => {}
-            }
-        }
-        after.insert(user.clone(), client.inbox(Some(100)).await.context("inbox")?);
+    for (user, b, a) in inboxes {
+        before.insert(user.clone(), b);
+        after.insert(user, a);
     }
     Ok((histories, before, after))
 }

@@ -49,8 +49,10 @@ pub struct Device {
     pub token: String,
     /// The user's conversations.
     pub convs: Vec<ConvId>,
-    /// Conversations the user is not in (probed: every answer must be a refusal).
-    pub others: Vec<ConvId>,
+    /// Every conversation of the scenario, shared by all devices: those not in `convs` are
+    /// probed (every answer must be a refusal). One list for all devices, since a copy of
+    /// the others per device is conversations times devices (460 MB at the scale scenario's).
+    pub all_convs: Arc<[ConvId]>,
     /// The hot group, if the user is in it: written to often.
     pub hot: Option<ConvId>,
     /// Gateways for REST.
@@ -61,6 +63,22 @@ pub struct Device {
     pub rng_seed: u64,
     /// Which of the user's devices this is (0, 1, ...).
     pub slot: usize,
+}
+
+impl Device {
+    /// How many conversations of the scenario the user is not in.
+    pub fn others_len(&self) -> usize {
+        self.all_convs.iter().filter(|c| !self.convs.contains(c)).count()
+    }
+
+    /// The `k`-th conversation the user is not in, in the scenario's order.
+    pub fn other(&self, k: usize) -> ConvId {
+        let mut others = self.all_convs.iter().filter(|c| !self.convs.contains(c));
+        match others.nth(k) {
+            Some(conv) => *conv,
+            None => panic!("other({k}) of {} others", self.others_len()),
+        }
+    }
 }
 
 /// A send as the client saw it.
@@ -570,7 +588,12 @@ async fn session_loop(state: &mut State, client: &Client, socket: Socket<'_>, vi
         // Sleep until the next thing this device must do (not a fixed tick): fewer timers
         // and wake-ups make the simulation faster, and a frame wakes it anyway.
         let now = std::time::Instant::now();
-        let mut wait = RECV_SLICE_MAX.min(next_action.saturating_duration_since(now));
+        let mut wait = RECV_SLICE_MAX;
+        // The next action is not taken while sends resolve: waking for it then would spin
+        // every few milliseconds (10,000 devices did, in the scale scenario).
+        if phase != Phase::Resolve {
+            wait = wait.min(next_action.saturating_duration_since(now));
+        }
         if state.device.hot.is_some() && phase == Phase::Chaos {
             wait = wait.min(next_hot.saturating_duration_since(now));
         }
@@ -768,9 +791,9 @@ async fn act(state: &mut State, client: &Client, ws: &mut WsSender) -> Result<()
             state.observed.reads.push(record);
             Ok(())
         }
-        93..97 if !state.device.others.is_empty() => {
+        93..97 if state.device.others_len() > 0 => {
             // A conversation this user is not in: every answer must be a refusal.
-            let other = state.device.others[state.rng.random_range(0..state.device.others.len())];
+            let other = state.device.other(state.rng.random_range(0..state.device.others_len()));
             if state.rng.random_bool(0.5) {
                 history(state, client, other, None, 20).await;
                 Ok(())
@@ -817,6 +840,12 @@ async fn sync(state: &mut State, ws: &mut WsSender, conv: ConvId, after: Seq, re
 async fn catch_up(state: &mut State, ws: &mut WsSender, only_behind: bool) -> Result<(), chat_client::ClientError> {
     for conv in state.device.convs.clone() {
         if only_behind && state.caught_up(conv) {
+            continue;
+        }
+        // One sync at a time per conversation (the client recipe, see `on_frame`): asking
+        // again every 2 s while the last one is still out piled up syncs faster than 10,000
+        // devices' app servers answered them (the scale scenario's memory grew 1 GB a minute).
+        if only_behind && state.open_syncs.get(&conv).is_some_and(|q| !q.is_empty()) {
             continue;
         }
         let after = state.contiguous(conv);

@@ -47,6 +47,10 @@ struct Args {
     /// devices of 5,000 users, 60 s of faults (docs/scale.md).
     #[arg(long, conflicts_with_all = ["quick", "single"])]
     scale: bool,
+    /// With `--scale`: this many devices instead of 10,000 (users, conversations and groups
+    /// in proportion; the node counts stay), to find what breaks first at a smaller size.
+    #[arg(long, requires = "scale", value_name = "N")]
+    scale_devices: Option<usize>,
     /// Seeds run in this many processes at once.
     #[arg(long, default_value_t = 2)]
     jobs: usize,
@@ -77,12 +81,15 @@ fn main() -> std::process::ExitCode {
     }
     if args.scale {
         config = ScenarioConfig::scale();
+        if let Some(devices) = args.scale_devices {
+            config = config.with_devices(devices);
+        }
     }
     config.calm = args.calm;
     if args.single {
         config.cluster = chat_sim::cluster::ClusterConfig::single();
     }
-    let children = Children { quick: args.quick, calm: args.calm, single: args.single, scale: args.scale, jobs: args.jobs.max(1) };
+    let children = Children { quick: args.quick, calm: args.calm, single: args.single, scale: args.scale, scale_devices: args.scale_devices, jobs: args.jobs.max(1) };
 
     if let (Some(seed), true) = (args.seed, args.show_schedule) {
         let (swarm, schedule) = Schedule::generate(seed, &config.cluster, config.devices, config.chaos);
@@ -112,7 +119,10 @@ fn main() -> std::process::ExitCode {
             }
             let replay = match &args.schedule {
                 Some(path) => format!("{} --schedule {}", replay_command(seed), path.display()),
-                None if args.scale => format!("{} --scale", replay_command(seed)),
+                None if args.scale => match args.scale_devices {
+                    Some(devices) => format!("{} --scale --scale-devices {devices}", replay_command(seed)),
+                    None => format!("{} --scale", replay_command(seed)),
+                },
                 None => replay_command(seed),
             };
             println!("  replay: {replay}");
@@ -242,6 +252,7 @@ struct Children {
     calm: bool,
     single: bool,
     scale: bool,
+    scale_devices: Option<usize>,
     jobs: usize,
 }
 
@@ -277,6 +288,9 @@ impl Children {
                     }
                     if self.scale {
                         command.arg("--scale");
+                    }
+                    if let Some(devices) = self.scale_devices {
+                        command.arg("--scale-devices").arg(devices.to_string());
                     }
                     if let Some(path) = trace_out(seed) {
                         if let Some(dir) = path.parent() {

@@ -27,6 +27,7 @@ use super::{deadline, timeout};
 use async_trait::async_trait;
 use chat_store::kv::{KEY_BYTES_MAX, TX_BYTES_MAX, TX_LIFETIME, VALUE_BYTES_MAX};
 use chat_store::{Kv, KvError, KvTx, Tx};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -44,8 +45,12 @@ pub const REQUESTS_QUEUED_MAX: usize = 1 << 17;
 const REPLIES_AWAITED_MAX: usize = 1024;
 /// A caller never waits longer than this for its reply, whatever is queued before it.
 const CALL_WAIT_MAX: Duration = Duration::from_secs(2 * TX_LIFETIME.as_secs());
-/// Idle connections a client keeps for its next transactions; more are closed.
-pub const POOLED_CONNECTIONS_MAX: usize = 16;
+/// Idle connections a client keeps for its next transactions; more are closed. Every new
+/// connection costs madsim a scan of the node's bound ports (it picks the lowest free
+/// ephemeral port): with 16, the scale scenario's app servers spent a fifth to a third of
+/// the simulator's time in that scan. Far below the server's `CONNECTIONS_PER_CLIENT_MAX`, since
+/// idle connections hold its permits too.
+pub const POOLED_CONNECTIONS_MAX: usize = 64;
 /// A pooled connection idle this long is closed rather than reused: well within the
 /// server's 10 s bound on a silent connection, so the server does not close a connection
 /// the client is about to use.
@@ -204,7 +209,9 @@ fn unavailable(why: impl std::fmt::Display) -> KvError {
 /// Idle connections, oldest first.
 #[derive(Default)]
 struct Pool {
-    idle: Mutex<Vec<(Conn, Instant)>>,
+    /// Oldest first: `put` pushes at the back, `take` pops the most recent from the back,
+    /// and the connections idle too long are at the front.
+    idle: Mutex<VecDeque<(Conn, Instant)>>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -220,8 +227,10 @@ impl Pool {
     fn take(&self) -> Option<Conn> {
         let now = Instant::now();
         let mut idle = lock(&self.idle);
-        idle.retain(|(_, since)| now.saturating_duration_since(*since) < POOLED_IDLE_MAX);
-        while let Some((conn, _)) = idle.pop() {
+        while idle.front().is_some_and(|(_, since)| now.saturating_duration_since(*since) >= POOLED_IDLE_MAX) {
+            idle.pop_front();
+        }
+        while let Some((conn, _)) = idle.pop_back() {
             if conn.reusable() {
                 return Some(conn);
             }
@@ -237,7 +246,7 @@ impl Pool {
         }
         let mut idle = lock(&self.idle);
         if idle.len() < POOLED_CONNECTIONS_MAX {
-            idle.push((conn, Instant::now()));
+            idle.push_back((conn, Instant::now()));
         }
     }
 

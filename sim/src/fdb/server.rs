@@ -17,9 +17,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
-/// Connections (each with at most one open transaction) served at once; more wait in the
-/// listener's backlog.
-pub const CONNECTIONS_MAX: usize = 1024;
+/// Connections (each with at most one open transaction) served at once per client process
+/// of the cluster; more wait in the listener's backlog. Per client, since a connection is a
+/// transaction here (a real FoundationDB client multiplexes them over one), and each app
+/// server keeps up to `POOLED_CONNECTIONS_MAX` idle: ten app servers sharing a fixed 1,024
+/// would leave little for the transactions themselves.
+pub const CONNECTIONS_PER_CLIENT_MAX: usize = 1024;
+/// Accept loops sharing the listener (see [`SimFdbServer::serve`]).
+const ACCEPTORS: usize = 64;
 /// Replies computed but not yet sent, per connection; the request reader waits beyond it.
 const REPLIES_QUEUED_MAX: usize = 256;
 /// A connection with no request for this long is closed, between transactions too (a
@@ -39,12 +44,19 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 pub struct SimFdbServer {
     kv: MemoryKv,
     faults: SimFdbFaults,
+    connections_max: usize,
 }
 
 impl SimFdbServer {
     /// A server over `kv` (a clone sharing the harness's data) injecting `faults`.
     pub fn new(kv: MemoryKv, faults: SimFdbFaults) -> SimFdbServer {
-        SimFdbServer { kv, faults }
+        SimFdbServer { kv, faults, connections_max: CONNECTIONS_PER_CLIENT_MAX }
+    }
+
+    /// Serves [`CONNECTIONS_PER_CLIENT_MAX`] connections at once for each of `clients`.
+    pub fn with_clients(mut self, clients: usize) -> SimFdbServer {
+        self.connections_max = CONNECTIONS_PER_CLIENT_MAX * clients.max(1);
+        self
     }
 
     /// Binds `0.0.0.0:port` (retrying while a killed incarnation still holds the port) and
@@ -66,8 +78,20 @@ impl SimFdbServer {
     }
 
     /// Serves `listener` until this future is dropped (or its node killed).
+    ///
+    /// [`ACCEPTORS`] accept loops share the listener: madsim delays every `accept` by a
+    /// timer (at least a millisecond of simulated time, and seconds under buggify), so one
+    /// loop starts at most about 1,000 transactions a simulated second, each one a
+    /// connection here. The scale scenario's app servers queued behind that for a minute
+    /// after the faults stopped (begins timing out after 1 s), which no FoundationDB
+    /// cluster would do.
     pub async fn serve(self, listener: TcpListener) {
-        let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+        let permits = Arc::new(Semaphore::new(self.connections_max));
+        let acceptors = (0..ACCEPTORS).map(|_| self.accept_loop(&listener, &permits));
+        futures::future::join_all(acceptors).await;
+    }
+
+    async fn accept_loop(&self, listener: &TcpListener, permits: &Arc<Semaphore>) {
         let mut backoff = BACKOFF_MIN;
         loop {
             let Ok(permit) = permits.clone().acquire_owned().await else {
