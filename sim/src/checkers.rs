@@ -417,12 +417,14 @@ fn live_delivery(e: &Evidence, out: &mut Vec<Violation>) -> LiveFigures {
     let registered_after = REGISTERED_AFTER.as_micros() as u64;
     // Split by scope: a (message, device) pair looks only at the windows that can apply
     // to it, not at every device's (the scale scenario has thousands of devices).
-    let mut windows: Vec<(u64, u64, Scope)> = Vec::new();
+    // Windows of every path (`None`) or of the connections through one node.
+    let mut windows: Vec<(u64, u64, Option<Node>)> = Vec::new();
     let mut device_windows: HashMap<usize, Vec<(u64, u64)>> = HashMap::new();
     for (from, to, scope) in unhealthy(e) {
         match scope {
+            Scope::All => windows.push((from, to, None)),
+            Scope::Via(node) => windows.push((from, to, Some(node))),
             Scope::Device(i) => device_windows.entry(i).or_default().push((from, to)),
-            scope => windows.push((from, to, scope)),
         }
     }
     // Each conversation's member devices, in device order: a message is judged for them
@@ -476,12 +478,8 @@ fn live_delivery(e: &Evidence, out: &mut Vec<Violation>) -> LiveFigures {
                 // still counts a push that came during a person's own browsing sync).
                 let Some(k) = o.connections.iter().position(|c| c.opened_us <= window.0 && c.closed_us >= window.1) else { continue };
                 let connection = &o.connections[k];
-                let healthy = windows.iter().all(|&(from, to, scope)| {
-                    let applies = match scope {
-                        Scope::All => true,
-                        Scope::Via(node) => connection.via == node,
-                        Scope::Device(i) => i == device.index,
-                    };
+                let healthy = windows.iter().all(|&(from, to, via)| {
+                    let applies = via.is_none_or(|node| connection.via == node);
                     !applies || !overlaps((from, to), window)
                 }) && device_windows.get(&device.index).is_none_or(|ws| ws.iter().all(|w| !overlaps(*w, window)));
                 if !healthy || syncs[d][k].get(conv).is_some_and(|ws| ws.iter().any(|w| overlaps(*w, window))) {

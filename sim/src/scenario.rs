@@ -82,6 +82,14 @@ impl ScenarioConfig {
             ..ScenarioConfig::default()
         }
     }
+
+    /// The same scenario with `devices` devices, and users, direct conversations and groups
+    /// in the proportions the scale scenario has (2 devices per user, 0.8 direct
+    /// conversations and 0.12 groups per user).
+    pub fn with_devices(self, devices: usize) -> ScenarioConfig {
+        let users = (devices / 2).max(2);
+        ScenarioConfig { devices: devices.max(1), users, direct_convs: users * 4 / 5, groups: users * 3 / 25, ..self }
+    }
 }
 
 /// Tells a person watching a long run which phase it is in (`ScenarioConfig::progress`).
@@ -89,16 +97,6 @@ fn progress(config: &ScenarioConfig, started: std::time::Instant, what: std::fmt
     if config.progress {
         // Simulated time: under madsim `Instant` is the simulator's clock.
         eprintln!("[simulated {:>7.1} s] {what}", started.elapsed().as_secs_f64());
-    }
-}
-
-impl ScenarioConfig {
-    /// The same scenario with `devices` devices, and users, direct conversations and groups
-    /// in the proportions the scale scenario has (2 devices per user, 0.8 direct
-    /// conversations and 0.12 groups per user).
-    pub fn with_devices(self, devices: usize) -> ScenarioConfig {
-        let users = (devices / 2).max(2);
-        ScenarioConfig { devices: devices.max(1), users, direct_convs: users * 4 / 5, groups: users * 3 / 25, ..self }
     }
 }
 
@@ -178,7 +176,7 @@ async fn run_inner(config: ScenarioConfig, seed: u64, swarm: Swarm, schedule: Sc
             } else {
                 ws_targets.rotate_left(index % via_gateways.len().max(1));
             }
-            let hot = hot.filter(|h| convs.iter().any(|(c, m)| c == h && m.contains(&user)));
+            let hot = hot.filter(|h| mine.contains(h));
             let rng_seed = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (index as u64 + 1).wrapping_mul(0xd1b5_4a32_d192_ed03);
             let slot = index / users.len();
             Device { index, token: tokens[&user].clone(), user, convs: mine, all_convs: all_convs.clone(), hot, gateways: gateways.clone(), ws_targets, rng_seed, slot }
