@@ -43,12 +43,20 @@ const FILL_MESSAGES: usize = 20_000;
 const HISTORY_LIMIT: u32 = 50;
 const INBOX_LIMIT: u32 = 20;
 
-const _: () = assert!((FILL_MEMBERS_PER_CONV - 1) * 9 < FILL_USERS, "members (i + 9k) % users must be distinct");
-const _: () =
-    assert!(FILL_CONVS * FILL_MEMBERS_PER_CONV / FILL_USERS >= INBOX_LIMIT as usize, "every inbox read fills its page");
+const _: () = assert!(
+    (FILL_MEMBERS_PER_CONV - 1) * 9 < FILL_USERS,
+    "members (i + 9k) % users must be distinct"
+);
+const _: () = assert!(
+    FILL_CONVS * FILL_MEMBERS_PER_CONV / FILL_USERS >= INBOX_LIMIT as usize,
+    "every inbox read fills its page"
+);
 
 fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
 }
 
 fn body() -> String {
@@ -138,10 +146,16 @@ fn commit(c: &mut Criterion) {
 async fn store_with_conv(kv: Arc<dyn Kv>, members: usize) -> (ChatStore, ConvId) {
     let store = ChatStore::new(kv);
     for i in 0..members {
-        store.create_user(&user(i), "hash", 1).await.expect("create user");
+        store
+            .create_user(&user(i), "hash", 1)
+            .await
+            .expect("create user");
     }
     let others = (1..members).map(user).collect();
-    let (conv, _) = store.create_conversation(&user(0), others, None, 1).await.expect("create conversation");
+    let (conv, _) = store
+        .create_conversation(&user(0), others, None, 1)
+        .await
+        .expect("create conversation");
     (store, conv.conv_id)
 }
 
@@ -164,14 +178,19 @@ fn append(c: &mut Criterion) {
                             let batch: Vec<NewMessage> = (0..batch_len)
                                 .map(|_| NewMessage {
                                     sender: user((i % 2) as usize),
-                                    client_msg_id: format!("m{}", next_id.fetch_add(1, Ordering::Relaxed)),
+                                    client_msg_id: format!(
+                                        "m{}",
+                                        next_id.fetch_add(1, Ordering::Relaxed)
+                                    ),
                                     body: text.clone(),
                                 })
                                 .collect();
                             let started = Instant::now();
                             let appended = store.append(conv, batch, i).await.expect("append");
                             elapsed += started.elapsed();
-                            debug_assert!(appended.iter().all(|a| a.as_ref().is_ok_and(|a| a.fresh)));
+                            debug_assert!(
+                                appended.iter().all(|a| a.as_ref().is_ok_and(|a| a.fresh))
+                            );
                         }
                         elapsed
                     })
@@ -186,11 +205,17 @@ fn append(c: &mut Criterion) {
 async fn store_with_directs(kv: Arc<dyn Kv>, convs: usize) -> (ChatStore, Vec<ConvId>) {
     let store = ChatStore::new(kv);
     for i in 0..2 * convs {
-        store.create_user(&user(i), "hash", 1).await.expect("create user");
+        store
+            .create_user(&user(i), "hash", 1)
+            .await
+            .expect("create user");
     }
     let mut ids = Vec::with_capacity(convs);
     for i in 0..convs {
-        let (conv, _) = store.create_conversation(&user(2 * i), vec![user(2 * i + 1)], None, 1).await.expect("create conversation");
+        let (conv, _) = store
+            .create_conversation(&user(2 * i), vec![user(2 * i + 1)], None, 1)
+            .await
+            .expect("create conversation");
         ids.push(conv.conv_id);
     }
     (store, ids)
@@ -214,7 +239,10 @@ fn concurrent(c: &mut Criterion) {
                             let appends = ids.iter().enumerate().map(|(n, conv)| {
                                 let message = NewMessage {
                                     sender: user(2 * n),
-                                    client_msg_id: format!("m{}", next_id.fetch_add(1, Ordering::Relaxed)),
+                                    client_msg_id: format!(
+                                        "m{}",
+                                        next_id.fetch_add(1, Ordering::Relaxed)
+                                    ),
                                     body: text.clone(),
                                 };
                                 store.append(*conv, vec![message], i + 2)
@@ -237,13 +265,23 @@ fn concurrent(c: &mut Criterion) {
 async fn filled_store(kv: Arc<dyn Kv>) -> (ChatStore, Vec<(String, ConvId)>) {
     let store = ChatStore::new(kv);
     for i in 0..FILL_USERS {
-        store.create_user(&user(i), "hash", 1).await.expect("create user");
+        store
+            .create_user(&user(i), "hash", 1)
+            .await
+            .expect("create user");
     }
     let mut convs = Vec::with_capacity(FILL_CONVS);
     for c in 0..FILL_CONVS {
-        let members: Vec<String> = (0..FILL_MEMBERS_PER_CONV).map(|k| user((c + 9 * k) % FILL_USERS)).collect();
+        let members: Vec<String> = (0..FILL_MEMBERS_PER_CONV)
+            .map(|k| user((c + 9 * k) % FILL_USERS))
+            .collect();
         let (conv, _) = store
-            .create_conversation(&members[0], members[1..].to_vec(), Some(format!("group {c}")), 1)
+            .create_conversation(
+                &members[0],
+                members[1..].to_vec(),
+                Some(format!("group {c}")),
+                1,
+            )
             .await
             .expect("create conversation");
         convs.push((members, conv.conv_id));
@@ -265,7 +303,10 @@ async fn filled_store(kv: Arc<dyn Kv>) -> (ChatStore, Vec<(String, ConvId)>) {
         }
     }
     // (reader, conversation) pairs to cycle through: the creator reads each conversation.
-    let readers = convs.into_iter().map(|(members, conv)| (members[0].clone(), conv)).collect();
+    let readers = convs
+        .into_iter()
+        .map(|(members, conv)| (members[0].clone(), conv))
+        .collect();
     (store, readers)
 }
 
@@ -286,7 +327,10 @@ fn read(c: &mut Criterion) {
                 let started = Instant::now();
                 for i in 0..iters {
                     let (reader, conv) = &readers[i as usize % readers.len()];
-                    let (page, _) = store.history(reader, *conv, None, HISTORY_LIMIT).await.expect("history");
+                    let (page, _) = store
+                        .history(reader, *conv, None, HISTORY_LIMIT)
+                        .await
+                        .expect("history");
                     debug_assert_eq!(page.len(), HISTORY_LIMIT as usize);
                     black_box(page);
                 }
@@ -299,7 +343,10 @@ fn read(c: &mut Criterion) {
             rt.block_on(async {
                 let started = Instant::now();
                 for i in 0..iters {
-                    let inbox = store.inbox(&user(i as usize % FILL_USERS), INBOX_LIMIT).await.expect("inbox");
+                    let inbox = store
+                        .inbox(&user(i as usize % FILL_USERS), INBOX_LIMIT)
+                        .await
+                        .expect("inbox");
                     debug_assert_eq!(inbox.len(), INBOX_LIMIT as usize);
                     black_box(inbox);
                 }
@@ -312,7 +359,12 @@ fn read(c: &mut Criterion) {
 
 fn frame(c: &mut Criterion) {
     let text = body();
-    let send = ClientFrame::Send { id: "5d0e77c3-1234".into(), conv: 4242, body: text.clone() }.to_json();
+    let send = ClientFrame::Send {
+        id: "5d0e77c3-1234".into(),
+        conv: 4242,
+        body: text.clone(),
+    }
+    .to_json();
     let push = ServerFrame::message(&Message {
         conv: 4242,
         seq: 123_456,
@@ -321,20 +373,34 @@ fn frame(c: &mut Criterion) {
         client_msg_id: "5d0e77c3-1234".into(),
         ts: 1_767_139_200_123,
     });
-    let ack = ServerFrame::Sent { id: "5d0e77c3-1234".into(), conv: 4242, seq: 123_456, ts: 1_767_139_200_123 };
+    let ack = ServerFrame::Sent {
+        id: "5d0e77c3-1234".into(),
+        conv: 4242,
+        seq: 123_456,
+        ts: 1_767_139_200_123,
+    };
     let mut group = c.benchmark_group("frame");
     group.throughput(Throughput::Elements(1));
     group.bench_function("client_parse/send_200B", |b| {
         b.iter(|| ClientFrame::parse(black_box(&send)).expect("a valid frame"))
     });
-    group.bench_function("client_parse/ping", |b| b.iter(|| ClientFrame::parse(black_box(r#"{"type":"ping"}"#))));
-    group.bench_function("server_to_json/message_200B", |b| b.iter(|| black_box(&push).to_json()));
-    group.bench_function("server_to_json/sent", |b| b.iter(|| black_box(&ack).to_json()));
+    group.bench_function("client_parse/ping", |b| {
+        b.iter(|| ClientFrame::parse(black_box(r#"{"type":"ping"}"#)))
+    });
+    group.bench_function("server_to_json/message_200B", |b| {
+        b.iter(|| black_box(&push).to_json())
+    });
+    group.bench_function("server_to_json/sent", |b| {
+        b.iter(|| black_box(&ack).to_json())
+    });
     group.finish();
 }
 
 fn config() -> Criterion {
-    Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4)).sample_size(20)
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4))
+        .sample_size(20)
 }
 
 criterion_group! {

@@ -63,7 +63,9 @@ pub fn classify(code: i32, message: &str, phase: Phase, predicates: Predicates) 
         code::TRANSACTION_TIMED_OUT | code::PROCESS_BEHIND => {
             KvError::Unavailable(format!("foundationdb error {code}: {message}"))
         }
-        _ if predicates.retryable => KvError::Unavailable(format!("foundationdb error {code}: {message}")),
+        _ if predicates.retryable => {
+            KvError::Unavailable(format!("foundationdb error {code}: {message}"))
+        }
         _ => KvError::Io(format!("foundationdb error {code}: {message}")),
     }
 }
@@ -72,41 +74,85 @@ pub fn classify(code: i32, message: &str, phase: Phase, predicates: Predicates) 
 mod tests {
     use super::*;
 
-    const NONE: Predicates = Predicates { retryable: false, maybe_committed: false };
-    const RETRYABLE: Predicates = Predicates { retryable: true, maybe_committed: false };
-    const MAYBE: Predicates = Predicates { retryable: true, maybe_committed: true };
+    const NONE: Predicates = Predicates {
+        retryable: false,
+        maybe_committed: false,
+    };
+    const RETRYABLE: Predicates = Predicates {
+        retryable: true,
+        maybe_committed: false,
+    };
+    const MAYBE: Predicates = Predicates {
+        retryable: true,
+        maybe_committed: true,
+    };
 
     #[test]
     fn named_codes_map_to_their_classes_in_every_phase() {
         for phase in [Phase::Read, Phase::Commit, Phase::Open] {
             // FoundationDB calls 1020 and 1007 retryable and 1021 maybe-committed; the named
             // mapping wins over the predicates.
-            assert_eq!(classify(1020, "not_committed", phase, RETRYABLE), KvError::NotCommitted);
-            assert_eq!(classify(1021, "commit_unknown_result", phase, MAYBE), KvError::CommitUnknownResult);
-            assert_eq!(classify(1007, "transaction_too_old", phase, RETRYABLE), KvError::TransactionTooOld);
-            assert_eq!(classify(2101, "transaction_too_large", phase, NONE), KvError::TransactionTooLarge);
-            assert_eq!(classify(2102, "key_too_large", phase, NONE), KvError::KeyTooLarge);
-            assert_eq!(classify(2103, "value_too_large", phase, NONE), KvError::ValueTooLarge);
+            assert_eq!(
+                classify(1020, "not_committed", phase, RETRYABLE),
+                KvError::NotCommitted
+            );
+            assert_eq!(
+                classify(1021, "commit_unknown_result", phase, MAYBE),
+                KvError::CommitUnknownResult
+            );
+            assert_eq!(
+                classify(1007, "transaction_too_old", phase, RETRYABLE),
+                KvError::TransactionTooOld
+            );
+            assert_eq!(
+                classify(2101, "transaction_too_large", phase, NONE),
+                KvError::TransactionTooLarge
+            );
+            assert_eq!(
+                classify(2102, "key_too_large", phase, NONE),
+                KvError::KeyTooLarge
+            );
+            assert_eq!(
+                classify(2103, "value_too_large", phase, NONE),
+                KvError::ValueTooLarge
+            );
         }
     }
 
     #[test]
     fn a_commit_that_may_have_landed_is_an_unknown_result() {
         // cluster_version_changed: FoundationDB's maybe-committed predicate.
-        assert_eq!(classify(1039, "cluster_version_changed", Phase::Commit, MAYBE), KvError::CommitUnknownResult);
+        assert_eq!(
+            classify(1039, "cluster_version_changed", Phase::Commit, MAYBE),
+            KvError::CommitUnknownResult
+        );
         // A timed-out commit was sent and may have been applied.
-        assert_eq!(classify(1031, "transaction_timed_out", Phase::Commit, NONE), KvError::CommitUnknownResult);
+        assert_eq!(
+            classify(1031, "transaction_timed_out", Phase::Commit, NONE),
+            KvError::CommitUnknownResult
+        );
         assert!(classify(1031, "transaction_timed_out", Phase::Commit, NONE).maybe_committed());
     }
 
     #[test]
     fn transient_errors_outside_a_commit_are_unavailable_and_retryable() {
-        for (code, predicates) in [(1031, NONE), (1037, RETRYABLE), (1009, RETRYABLE), (1038, RETRYABLE)] {
+        for (code, predicates) in [
+            (1031, NONE),
+            (1037, RETRYABLE),
+            (1009, RETRYABLE),
+            (1038, RETRYABLE),
+        ] {
             let error = classify(code, "x", Phase::Read, predicates);
-            assert!(matches!(error, KvError::Unavailable(_)), "{code}: {error:?}");
+            assert!(
+                matches!(error, KvError::Unavailable(_)),
+                "{code}: {error:?}"
+            );
             assert!(error.is_retryable() && !error.maybe_committed(), "{code}");
         }
-        assert!(matches!(classify(1039, "x", Phase::Read, MAYBE), KvError::Unavailable(_)));
+        assert!(matches!(
+            classify(1039, "x", Phase::Read, MAYBE),
+            KvError::Unavailable(_)
+        ));
     }
 
     #[test]
@@ -114,7 +160,10 @@ mod tests {
         // key_outside_legal_range, inverted_range, no_cluster_file_found.
         for code in [2004, 2005, 1515] {
             let error = classify(code, "message", Phase::Open, NONE);
-            assert_eq!(error, KvError::Io(format!("foundationdb error {code}: message")));
+            assert_eq!(
+                error,
+                KvError::Io(format!("foundationdb error {code}: message"))
+            );
             assert!(!error.is_retryable());
         }
     }

@@ -23,8 +23,14 @@ use std::time::{Duration, Instant};
 pub const TX_TIMEOUT: Duration = Duration::from_secs(6);
 
 const _: () = assert!(TX_TIMEOUT.as_millis() > TX_LIFETIME.as_millis());
-const _: () = assert!(TX_TIMEOUT.as_millis() <= i32::MAX as u128, "the timeout option is an i32 of ms");
-const _: () = assert!(TX_BYTES_MAX <= i32::MAX as usize, "the size limit option is an i32");
+const _: () = assert!(
+    TX_TIMEOUT.as_millis() <= i32::MAX as u128,
+    "the timeout option is an i32 of ms"
+);
+const _: () = assert!(
+    TX_BYTES_MAX <= i32::MAX as usize,
+    "the size limit option is an i32"
+);
 
 /// The FoundationDB client's network thread. Keep it until every [`FdbKv`] is dropped, then
 /// drop it before the process exits (dropping stops and joins the thread). The network
@@ -51,7 +57,9 @@ impl FdbKv {
     /// the one test that uses the cluster), never in a `static`.
     pub unsafe fn boot() -> NetworkGuard {
         // SAFETY: forwarded to our caller, above.
-        NetworkGuard { _network: unsafe { foundationdb::boot() } }
+        NetworkGuard {
+            _network: unsafe { foundationdb::boot() },
+        }
     }
 
     /// Opens the database named by `cluster_file`, or by the client's default (the
@@ -66,14 +74,19 @@ impl FdbKv {
                 // `Database::new` panics on an interior NUL; refuse it here instead.
                 Some(s) if !s.contains('\0') => Some(s),
                 _ => {
-                    let why = format!("cluster file path {} is not UTF-8 or contains a NUL", path.display());
+                    let why = format!(
+                        "cluster file path {} is not UTF-8 or contains a NUL",
+                        path.display()
+                    );
                     return Err(KvError::Io(why));
                 }
             },
         };
         let db = Database::new(path).map_err(|e| fdb_error(e, Phase::Open))?;
-        db.set_option(DatabaseOption::TransactionTimeout(TX_TIMEOUT.as_millis() as i32))
-            .map_err(|e| fdb_error(e, Phase::Open))?;
+        db.set_option(DatabaseOption::TransactionTimeout(
+            TX_TIMEOUT.as_millis() as i32
+        ))
+        .map_err(|e| fdb_error(e, Phase::Open))?;
         // The trait's limit, whatever the client's default is.
         db.set_option(DatabaseOption::TransactionSizeLimit(TX_BYTES_MAX as i32))
             .map_err(|e| fdb_error(e, Phase::Open))?;
@@ -89,10 +102,16 @@ impl FdbKv {
 #[async_trait]
 impl Kv for FdbKv {
     async fn begin(&self) -> Result<Tx, KvError> {
-        let trx = self.db.create_trx().map_err(|e| fdb_error(e, Phase::Open))?;
+        let trx = self
+            .db
+            .create_trx()
+            .map_err(|e| fdb_error(e, Phase::Open))?;
         Ok(Tx::new(Arc::new(FdbTx {
             began: Instant::now(),
-            state: Mutex::new(TxState { trx: Some(trx), committed: None }),
+            state: Mutex::new(TxState {
+                trx: Some(trx),
+                committed: None,
+            }),
         })))
     }
 }
@@ -116,20 +135,29 @@ struct TxState {
 impl FdbTx {
     fn state(&self) -> MutexGuard<'_, TxState> {
         // Nothing is left half-updated by a panic while the lock is held.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// FoundationDB ages only the read version (taken lazily, at the first read or at the
     /// commit of a blind write); the trait counts [`TX_LIFETIME`] from `begin`, as the other
     /// backends do.
     fn check_age(&self) -> Result<(), KvError> {
-        if self.began.elapsed() > TX_LIFETIME { Err(KvError::TransactionTooOld) } else { Ok(()) }
+        if self.began.elapsed() > TX_LIFETIME {
+            Err(KvError::TransactionTooOld)
+        } else {
+            Ok(())
+        }
     }
 
     /// Starts a read on the live transaction.
     fn read<F>(&self, start: impl FnOnce(&Transaction) -> F) -> Result<F, KvError> {
         let state = self.state();
-        let trx = state.trx.as_ref().ok_or_else(|| KvError::Io("transaction used after its commit".into()))?;
+        let trx = state
+            .trx
+            .as_ref()
+            .ok_or_else(|| KvError::Io("transaction used after its commit".into()))?;
         self.check_age()?;
         Ok(start(trx))
     }
@@ -153,7 +181,10 @@ impl KvTx for FdbTx {
         if key.len() > KEY_BYTES_MAX {
             return Err(KvError::KeyTooLarge);
         }
-        let value = self.read(|trx| trx.get(key, false))?.await.map_err(|e| fdb_error(e, Phase::Read))?;
+        let value = self
+            .read(|trx| trx.get(key, false))?
+            .await
+            .map_err(|e| fdb_error(e, Phase::Read))?;
         Ok(value.map(|slice| slice.to_vec()))
     }
 
@@ -183,7 +214,11 @@ impl KvTx for FdbTx {
                 .read(|trx| trx.get_range(&option, iteration, false))?
                 .await
                 .map_err(|e| fdb_error(e, Phase::Read))?;
-            pairs.extend(batch.iter().map(|kv| (kv.key().to_vec(), kv.value().to_vec())));
+            pairs.extend(
+                batch
+                    .iter()
+                    .map(|kv| (kv.key().to_vec(), kv.value().to_vec())),
+            );
             // None once the client says there is no more, or the limit is reached.
             match option.next_range(&batch) {
                 Some(next) => option = next,
@@ -218,7 +253,9 @@ impl KvTx for FdbTx {
                 return outcome.clone();
             }
             let Some(trx) = state.trx.take() else {
-                return Err(KvError::Io("commit called while the first commit is in flight".into()));
+                return Err(KvError::Io(
+                    "commit called while the first commit is in flight".into(),
+                ));
             };
             if let Err(error) = self.check_age() {
                 // Dropping `trx` cancels it; nothing was sent.
@@ -237,6 +274,9 @@ impl KvTx for FdbTx {
 }
 
 fn fdb_error(error: FdbError, phase: Phase) -> KvError {
-    let predicates = Predicates { retryable: error.is_retryable(), maybe_committed: error.is_maybe_committed() };
+    let predicates = Predicates {
+        retryable: error.is_retryable(),
+        maybe_committed: error.is_maybe_committed(),
+    };
     errors::classify(error.code(), error.message(), phase, predicates)
 }

@@ -19,7 +19,8 @@
 use async_trait::async_trait;
 use chat_proto::ConvKind;
 use chat_store::{
-    AppendError, Appended, ChatStore, Kv, KvError, KvTx, MemoryKv, NewMessage, RunOptions, StoreError, Tx,
+    AppendError, Appended, ChatStore, Kv, KvError, KvTx, MemoryKv, NewMessage, RunOptions,
+    StoreError, Tx,
 };
 use futures::future::join_all;
 use std::io::Write;
@@ -48,9 +49,11 @@ async fn chat_scenarios_hold_on_memory_kv() {
 fn cluster_file() -> Result<std::path::PathBuf, String> {
     match std::env::var_os("FDB_CLUSTER_FILE") {
         Some(path) if !path.is_empty() => Ok(path.into()),
-        _ => Err("FDB_CLUSTER_FILE is not set, so there is no FoundationDB cluster to test against \
+        _ => Err(
+            "FDB_CLUSTER_FILE is not set, so there is no FoundationDB cluster to test against \
              (see docs/fdb.md)"
-            .to_string()),
+                .to_string(),
+        ),
     }
 }
 
@@ -62,7 +65,10 @@ fn cluster_file() -> Result<std::path::PathBuf, String> {
 fn skip(why: &str) {
     // Straight to the process's stderr, past the test harness's output capture, so the
     // reason shows in a normal `cargo test` run.
-    let _ = writeln!(std::io::stderr(), "skipped: FoundationDB backend tests: {why}");
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipped: FoundationDB backend tests: {why}"
+    );
 }
 
 #[cfg(feature = "fdb")]
@@ -72,13 +78,21 @@ mod cluster {
     use std::path::PathBuf;
 
     pub fn run(cluster_file: PathBuf) {
-        let _ = writeln!(std::io::stderr(), "running against the FoundationDB cluster in {}", cluster_file.display());
+        let _ = writeln!(
+            std::io::stderr(),
+            "running against the FoundationDB cluster in {}",
+            cluster_file.display()
+        );
         // SAFETY: `network` is dropped at the end of this function (or while unwinding from
         // a failed check), after the database and the runtime, before the process exits.
         let network = unsafe { FdbKv::boot() };
         {
-            let kv: Arc<dyn Kv> = Arc::new(FdbKv::open(Some(&cluster_file)).expect("open the cluster"));
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+            let kv: Arc<dyn Kv> =
+                Arc::new(FdbKv::open(Some(&cluster_file)).expect("open the cluster"));
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
             runtime.block_on(async {
                 chat_store::testing::conformance(kv.clone()).await;
                 chat_store::testing::tx_lifetime(kv.clone()).await;
@@ -120,9 +134,18 @@ mod scenarios {
         let mut prefix = SCENARIO_PREFIX.to_vec();
         prefix.extend_from_slice(name.as_bytes());
         prefix.push(b'/');
-        let options =
-            RunOptions { retries_max: 100, run_duration_max: Duration::from_secs(60), ..RunOptions::default() };
-        ChatStore::with_run_options(Arc::new(PrefixedKv { inner: kv.clone(), prefix }), options)
+        let options = RunOptions {
+            retries_max: 100,
+            run_duration_max: Duration::from_secs(60),
+            ..RunOptions::default()
+        };
+        ChatStore::with_run_options(
+            Arc::new(PrefixedKv {
+                inner: kv.clone(),
+                prefix,
+            }),
+            options,
+        )
     }
 
     async fn wipe(kv: &dyn Kv) {
@@ -134,7 +157,11 @@ mod scenarios {
     }
 
     fn msg(sender: &str, id: &str, body: &str) -> NewMessage {
-        NewMessage { sender: sender.into(), client_msg_id: id.into(), body: body.into() }
+        NewMessage {
+            sender: sender.into(),
+            client_msg_id: id.into(),
+            body: body.into(),
+        }
     }
 
     fn ok(results: Vec<Result<Appended, AppendError>>) -> Vec<Appended> {
@@ -147,29 +174,51 @@ mod scenarios {
 
     async fn with_users(store: &ChatStore, names: &[&str]) {
         for name in names {
-            store.create_user(name, &format!("hash-of-{name}"), 1).await.expect("create user");
+            store
+                .create_user(name, &format!("hash-of-{name}"), 1)
+                .await
+                .expect("create user");
         }
     }
 
     async fn users_register_once(store: ChatStore) {
         store.create_user("alice", "h1", 10).await.expect("create");
-        assert_eq!(store.create_user("alice", "h2", 11).await, Err(StoreError::UsernameTaken));
-        let alice = store.get_user("alice").await.expect("get").expect("alice exists");
+        assert_eq!(
+            store.create_user("alice", "h2", 11).await,
+            Err(StoreError::UsernameTaken)
+        );
+        let alice = store
+            .get_user("alice")
+            .await
+            .expect("get")
+            .expect("alice exists");
         assert_eq!((alice.password_hash.as_str(), alice.created_ts), ("h1", 10));
         assert_eq!(store.get_user("nobody").await, Ok(None));
     }
 
     async fn direct_conversations_are_unique_per_pair(store: ChatStore) {
         with_users(&store, &["alice", "bob"]).await;
-        let (first, created) = store.create_conversation("alice", vec!["bob".into()], None, 100).await.expect("create");
+        let (first, created) = store
+            .create_conversation("alice", vec!["bob".into()], None, 100)
+            .await
+            .expect("create");
         assert!(created);
-        assert_eq!((first.conv_id, first.kind), (1, ConvKind::Direct), "ids start at 1");
+        assert_eq!(
+            (first.conv_id, first.kind),
+            (1, ConvKind::Direct),
+            "ids start at 1"
+        );
         // The other side finds the same conversation.
-        let (again, created) = store.create_conversation("bob", vec!["alice".into()], None, 200).await.expect("create");
+        let (again, created) = store
+            .create_conversation("bob", vec!["alice".into()], None, 200)
+            .await
+            .expect("create");
         assert!(!created);
         assert_eq!(again, first);
         assert_eq!(
-            store.create_conversation("alice", vec!["zed".into()], None, 300).await,
+            store
+                .create_conversation("alice", vec!["zed".into()], None, 300)
+                .await,
             Err(StoreError::UnknownUser("zed".into()))
         );
     }
@@ -177,64 +226,141 @@ mod scenarios {
     async fn appends_get_gapless_seqs_and_history_pages_back(store: ChatStore) {
         with_users(&store, &["alice", "bob", "carol"]).await;
         let (conv, _) = store
-            .create_conversation("alice", vec!["bob".into(), "carol".into()], Some("g".into()), 10)
+            .create_conversation(
+                "alice",
+                vec!["bob".into(), "carol".into()],
+                Some("g".into()),
+                10,
+            )
             .await
             .expect("create");
         let first = ok(store
             .append(
                 conv.conv_id,
-                vec![msg("alice", "a1", "hi"), msg("bob", "b1", "hey"), msg("alice", "a2", "sup")],
+                vec![
+                    msg("alice", "a1", "hi"),
+                    msg("bob", "b1", "hey"),
+                    msg("alice", "a2", "sup"),
+                ],
                 20,
             )
             .await
             .expect("append"));
         assert_eq!(seqs(&first), vec![1, 2, 3]);
-        let batch = (4..=7).map(|i| msg("carol", &format!("c{i}"), &format!("body {i}"))).collect();
-        assert_eq!(seqs(&ok(store.append(conv.conv_id, batch, 30).await.expect("append"))), vec![4, 5, 6, 7]);
+        let batch = (4..=7)
+            .map(|i| msg("carol", &format!("c{i}"), &format!("body {i}")))
+            .collect();
+        assert_eq!(
+            seqs(&ok(store
+                .append(conv.conv_id, batch, 30)
+                .await
+                .expect("append"))),
+            vec![4, 5, 6, 7]
+        );
 
-        let page_seqs = |page: &Vec<chat_proto::Message>| page.iter().map(|m| m.seq).collect::<Vec<_>>();
-        let (page, next) = store.history("bob", conv.conv_id, None, 3).await.expect("history");
+        let page_seqs =
+            |page: &Vec<chat_proto::Message>| page.iter().map(|m| m.seq).collect::<Vec<_>>();
+        let (page, next) = store
+            .history("bob", conv.conv_id, None, 3)
+            .await
+            .expect("history");
         assert_eq!((page_seqs(&page), next), (vec![5, 6, 7], Some(5)));
-        let (page, next) = store.history("bob", conv.conv_id, next, 3).await.expect("history");
+        let (page, next) = store
+            .history("bob", conv.conv_id, next, 3)
+            .await
+            .expect("history");
         assert_eq!((page_seqs(&page), next), (vec![2, 3, 4], Some(2)));
-        let (page, next) = store.history("bob", conv.conv_id, next, 3).await.expect("history");
+        let (page, next) = store
+            .history("bob", conv.conv_id, next, 3)
+            .await
+            .expect("history");
         assert_eq!((page_seqs(&page), next), (vec![1], None));
-        let (page, last) = store.messages_after("bob", conv.conv_id, 5, 10).await.expect("sync");
+        let (page, last) = store
+            .messages_after("bob", conv.conv_id, 5, 10)
+            .await
+            .expect("sync");
         assert_eq!((page_seqs(&page), last), (vec![6, 7], 7));
-        assert_eq!(store.history("mallory", conv.conv_id, None, 3).await, Err(StoreError::UnknownConversation));
+        assert_eq!(
+            store.history("mallory", conv.conv_id, None, 3).await,
+            Err(StoreError::UnknownConversation)
+        );
     }
 
     async fn resends_are_idempotent(store: ChatStore) {
         with_users(&store, &["alice", "bob"]).await;
-        let (conv, _) = store.create_conversation("alice", vec!["bob".into()], None, 10).await.expect("create");
-        let first = ok(store.append(conv.conv_id, vec![msg("alice", "m1", "hello")], 20).await.expect("append"));
-        let resent = ok(store.append(conv.conv_id, vec![msg("alice", "m1", "hello again")], 30).await.expect("append"));
+        let (conv, _) = store
+            .create_conversation("alice", vec!["bob".into()], None, 10)
+            .await
+            .expect("create");
+        let first = ok(store
+            .append(conv.conv_id, vec![msg("alice", "m1", "hello")], 20)
+            .await
+            .expect("append"));
+        let resent = ok(store
+            .append(conv.conv_id, vec![msg("alice", "m1", "hello again")], 30)
+            .await
+            .expect("append"));
         assert_eq!((resent[0].seq, resent[0].fresh), (first[0].seq, false));
-        assert_eq!(resent[0].message, first[0].message, "the stored message, not the resent body");
-        let (all, _) = store.history("bob", conv.conv_id, None, 50).await.expect("history");
+        assert_eq!(
+            resent[0].message, first[0].message,
+            "the stored message, not the resent body"
+        );
+        let (all, _) = store
+            .history("bob", conv.conv_id, None, 50)
+            .await
+            .expect("history");
         assert_eq!(all.len(), 1, "nothing new stored");
     }
 
     async fn inbox_orders_by_recency_and_counts_unread(store: ChatStore) {
         with_users(&store, &["alice", "bob", "carol"]).await;
-        let (with_bob, _) = store.create_conversation("alice", vec!["bob".into()], None, 10).await.expect("create");
-        let (with_carol, _) = store.create_conversation("carol", vec!["alice".into()], None, 20).await.expect("create");
-        let order = |items: &Vec<chat_store::InboxItem>| items.iter().map(|i| i.conv.conv_id).collect::<Vec<_>>();
+        let (with_bob, _) = store
+            .create_conversation("alice", vec!["bob".into()], None, 10)
+            .await
+            .expect("create");
+        let (with_carol, _) = store
+            .create_conversation("carol", vec!["alice".into()], None, 20)
+            .await
+            .expect("create");
+        let order = |items: &Vec<chat_store::InboxItem>| {
+            items.iter().map(|i| i.conv.conv_id).collect::<Vec<_>>()
+        };
         let inbox = store.inbox("alice", 10).await.expect("inbox");
         assert_eq!(order(&inbox), vec![with_carol.conv_id, with_bob.conv_id]);
 
         ok(store
-            .append(with_bob.conv_id, vec![msg("bob", "b1", "ping"), msg("bob", "b2", "pong")], 30)
+            .append(
+                with_bob.conv_id,
+                vec![msg("bob", "b1", "ping"), msg("bob", "b2", "pong")],
+                30,
+            )
             .await
             .expect("append"));
         let inbox = store.inbox("alice", 10).await.expect("inbox");
-        assert_eq!(order(&inbox), vec![with_bob.conv_id, with_carol.conv_id], "moved, one entry per conversation");
+        assert_eq!(
+            order(&inbox),
+            vec![with_bob.conv_id, with_carol.conv_id],
+            "moved, one entry per conversation"
+        );
         assert_eq!((inbox[0].last_seq, inbox[0].unread), (2, 2));
-        assert_eq!(inbox[0].last_message.as_ref().map(|m| m.body.as_str()), Some("pong"));
-        store.mark_read("alice", with_bob.conv_id, 1).await.expect("mark");
+        assert_eq!(
+            inbox[0].last_message.as_ref().map(|m| m.body.as_str()),
+            Some("pong")
+        );
+        store
+            .mark_read("alice", with_bob.conv_id, 1)
+            .await
+            .expect("mark");
         assert_eq!(store.inbox("alice", 1).await.expect("inbox")[0].unread, 1);
-        store.mark_read("alice", with_bob.conv_id, 0).await.expect("mark");
-        assert_eq!(store.inbox("alice", 1).await.expect("inbox")[0].unread, 1, "never backwards");
+        store
+            .mark_read("alice", with_bob.conv_id, 0)
+            .await
+            .expect("mark");
+        assert_eq!(
+            store.inbox("alice", 1).await.expect("inbox")[0].unread,
+            1,
+            "never backwards"
+        );
     }
 
     /// The hot-conversation case: concurrent append transactions all read and write the
@@ -243,12 +369,32 @@ mod scenarios {
     async fn concurrent_appends_to_one_conversation_are_gapless(store: ChatStore) {
         const SENDS: u64 = 20;
         with_users(&store, &["alice", "bob"]).await;
-        let (conv, _) = store.create_conversation("alice", vec!["bob".into()], None, 10).await.expect("create");
-        let sends = (0..SENDS).map(|i| store.append(conv.conv_id, vec![msg("alice", &format!("c{i}"), "x")], 20 + i));
-        let mut landed: Vec<u64> = join_all(sends).await.into_iter().map(|r| ok(r.expect("append"))[0].seq).collect();
+        let (conv, _) = store
+            .create_conversation("alice", vec!["bob".into()], None, 10)
+            .await
+            .expect("create");
+        let sends = (0..SENDS).map(|i| {
+            store.append(
+                conv.conv_id,
+                vec![msg("alice", &format!("c{i}"), "x")],
+                20 + i,
+            )
+        });
+        let mut landed: Vec<u64> = join_all(sends)
+            .await
+            .into_iter()
+            .map(|r| ok(r.expect("append"))[0].seq)
+            .collect();
         landed.sort();
-        assert_eq!(landed, (1..=SENDS).collect::<Vec<_>>(), "gapless and distinct under conflicts");
-        let (page, last) = store.messages_after("bob", conv.conv_id, 0, 100).await.expect("sync");
+        assert_eq!(
+            landed,
+            (1..=SENDS).collect::<Vec<_>>(),
+            "gapless and distinct under conflicts"
+        );
+        let (page, last) = store
+            .messages_after("bob", conv.conv_id, 0, 100)
+            .await
+            .expect("sync");
         assert_eq!((page.len() as u64, last), (SENDS, SENDS));
     }
 
@@ -257,9 +403,19 @@ mod scenarios {
     async fn concurrent_creations_get_distinct_ids(store: ChatStore) {
         const CREATIONS: u64 = 10;
         with_users(&store, &["alice", "bob"]).await;
-        let creations = (0..CREATIONS)
-            .map(|i| store.create_conversation("alice", vec!["bob".into()], Some(format!("group {i}")), 10 + i));
-        let mut ids: Vec<u64> = join_all(creations).await.into_iter().map(|r| r.expect("create").0.conv_id).collect();
+        let creations = (0..CREATIONS).map(|i| {
+            store.create_conversation(
+                "alice",
+                vec!["bob".into()],
+                Some(format!("group {i}")),
+                10 + i,
+            )
+        });
+        let mut ids: Vec<u64> = join_all(creations)
+            .await
+            .into_iter()
+            .map(|r| r.expect("create").0.conv_id)
+            .collect();
         ids.sort();
         assert_eq!(ids, (1..=CREATIONS).collect::<Vec<_>>());
     }
@@ -288,7 +444,10 @@ impl PrefixedTx {
 #[async_trait]
 impl Kv for PrefixedKv {
     async fn begin(&self) -> Result<Tx, KvError> {
-        Ok(Tx::new(Arc::new(PrefixedTx { inner: self.inner.begin().await?, prefix: self.prefix.clone() })))
+        Ok(Tx::new(Arc::new(PrefixedTx {
+            inner: self.inner.begin().await?,
+            prefix: self.prefix.clone(),
+        })))
     }
 }
 
@@ -305,13 +464,20 @@ impl KvTx for PrefixedTx {
         limit: usize,
         reverse: bool,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError> {
-        let pairs = self.inner.get_range(&self.key(begin), &self.key(end), limit, reverse).await?;
+        let pairs = self
+            .inner
+            .get_range(&self.key(begin), &self.key(end), limit, reverse)
+            .await?;
         pairs
             .into_iter()
-            .map(|(key, value)| match key.strip_prefix(self.prefix.as_slice()) {
-                Some(rest) => Ok((rest.to_vec(), value)),
-                None => Err(KvError::Corrupt("a range read returned a key outside its prefix".into())),
-            })
+            .map(
+                |(key, value)| match key.strip_prefix(self.prefix.as_slice()) {
+                    Some(rest) => Ok((rest.to_vec(), value)),
+                    None => Err(KvError::Corrupt(
+                        "a range read returned a key outside its prefix".into(),
+                    )),
+                },
+            )
             .collect()
     }
 

@@ -25,11 +25,17 @@ pub struct Opened {
 impl Backend {
     pub fn open(self) -> Opened {
         match self {
-            Backend::Memory => Opened { kv: Arc::new(MemoryKv::new()), _dir: None },
+            Backend::Memory => Opened {
+                kv: Arc::new(MemoryKv::new()),
+                _dir: None,
+            },
             Backend::Redb => {
                 let dir = tempfile::tempdir().expect("a temporary directory for the redb store");
                 let kv = RedbKv::open(dir.path().join("kv.redb")).expect("open a fresh redb store");
-                Opened { kv: Arc::new(kv), _dir: Some(dir) }
+                Opened {
+                    kv: Arc::new(kv),
+                    _dir: Some(dir),
+                }
             }
         }
     }
@@ -39,7 +45,11 @@ impl Backend {
 /// loop's back-off). One thread keeps a case's interleaving a function of its input, apart
 /// from the run loop's random back-off.
 pub fn block_on<F: Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime").block_on(future)
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(future)
 }
 
 /// The proptest configuration: `cases` unless `PROPTEST_CASES` asks for another number (to
@@ -51,8 +61,16 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
 /// failing local run and replayed nowhere else.
 pub fn config(cases: u32) -> Config {
     let defaults = Config::default();
-    let cases = if std::env::var_os("PROPTEST_CASES").is_some() { defaults.cases } else { cases };
-    Config { cases, failure_persistence: None, ..defaults }
+    let cases = if std::env::var_os("PROPTEST_CASES").is_some() {
+        defaults.cases
+    } else {
+        cases
+    };
+    Config {
+        cases,
+        failure_persistence: None,
+        ..defaults
+    }
 }
 
 /// A [`Kv`] whose transactions yield to the scheduler before every read and commit, so
@@ -66,7 +84,10 @@ pub struct YieldingKv {
 
 impl YieldingKv {
     pub fn new(inner: Arc<dyn Kv>) -> YieldingKv {
-        YieldingKv { inner, conflicts: Arc::new(AtomicU64::new(0)) }
+        YieldingKv {
+            inner,
+            conflicts: Arc::new(AtomicU64::new(0)),
+        }
     }
 
     /// Commits that failed with [`KvError::NotCommitted`]: evidence that transactions
@@ -81,7 +102,10 @@ impl Kv for YieldingKv {
     async fn begin(&self) -> Result<Tx, KvError> {
         tokio::task::yield_now().await;
         let tx = self.inner.begin().await?;
-        Ok(Tx::new(Arc::new(YieldingTx { inner: tx, conflicts: self.conflicts.clone() })))
+        Ok(Tx::new(Arc::new(YieldingTx {
+            inner: tx,
+            conflicts: self.conflicts.clone(),
+        })))
     }
 }
 

@@ -32,7 +32,12 @@ pub struct ChatModel {
 }
 
 impl ChatModel {
-    pub fn add_conv(&mut self, conv_id: ConvId, members: impl IntoIterator<Item = String>, created_ts: u64) {
+    pub fn add_conv(
+        &mut self,
+        conv_id: ConvId,
+        members: impl IntoIterator<Item = String>,
+        created_ts: u64,
+    ) {
         self.convs.push(ConvModel {
             conv_id,
             members: members.into_iter().collect(),
@@ -46,18 +51,31 @@ impl ChatModel {
     }
 
     pub fn cursor(&self, user: &str, conv_id: ConvId) -> Seq {
-        self.cursors.get(&(user.to_owned(), conv_id)).copied().unwrap_or(0)
+        self.cursors
+            .get(&(user.to_owned(), conv_id))
+            .copied()
+            .unwrap_or(0)
     }
 
     fn message(&self, conv_id: ConvId, seq: Seq) -> &Message {
-        let conv = self.conv(conv_id).expect("the idem map names a known conversation");
+        let conv = self
+            .conv(conv_id)
+            .expect("the idem map names a known conversation");
         &conv.log[(seq - 1) as usize]
     }
 
     /// Appends one batch, as one transaction, and returns what `ChatStore::append` must.
-    pub fn append(&mut self, conv_id: ConvId, batch: &[NewMessage], ts: u64) -> Vec<Result<Appended, AppendError>> {
+    pub fn append(
+        &mut self,
+        conv_id: ConvId,
+        batch: &[NewMessage],
+        ts: u64,
+    ) -> Vec<Result<Appended, AppendError>> {
         let Some(index) = self.convs.iter().position(|c| c.conv_id == conv_id) else {
-            return batch.iter().map(|_| Err(AppendError::UnknownConversation)).collect();
+            return batch
+                .iter()
+                .map(|_| Err(AppendError::UnknownConversation))
+                .collect();
         };
         let ts = ts.max(self.convs[index].last_ts);
         let mut stored_any = false;
@@ -70,7 +88,12 @@ impl ChatModel {
             let id = (item.sender.clone(), item.client_msg_id.clone());
             if let Some(&(stored_conv, stored_seq)) = self.idem.get(&id) {
                 let message = self.message(stored_conv, stored_seq).clone();
-                results.push(Ok(Appended { seq: stored_seq, ts: message.ts, message, fresh: false }));
+                results.push(Ok(Appended {
+                    seq: stored_seq,
+                    ts: message.ts,
+                    message,
+                    fresh: false,
+                }));
                 continue;
             }
             let conv = &mut self.convs[index];
@@ -87,7 +110,12 @@ impl ChatModel {
             self.idem.insert(id, (conv_id, seq));
             self.cursors.insert((item.sender.clone(), conv_id), seq);
             stored_any = true;
-            results.push(Ok(Appended { seq, ts, message, fresh: true }));
+            results.push(Ok(Appended {
+                seq,
+                ts,
+                message,
+                fresh: true,
+            }));
         }
         if stored_any {
             self.convs[index].last_ts = ts;
@@ -99,13 +127,22 @@ impl ChatModel {
     /// ties by higher conversation id first (the recency index is `(ts, conv)`, read
     /// backwards). Each with `(conv_id, last_seq, last message, unread)`.
     pub fn inbox(&self, user: &str) -> Vec<(ConvId, Seq, Option<Message>, u64)> {
-        let mut convs: Vec<&ConvModel> = self.convs.iter().filter(|c| c.members.contains(user)).collect();
+        let mut convs: Vec<&ConvModel> = self
+            .convs
+            .iter()
+            .filter(|c| c.members.contains(user))
+            .collect();
         convs.sort_by_key(|c| std::cmp::Reverse((c.last_ts, c.conv_id)));
         convs
             .into_iter()
             .map(|c| {
                 let last_seq = c.log.len() as Seq;
-                (c.conv_id, last_seq, c.log.last().cloned(), last_seq - self.cursor(user, c.conv_id))
+                (
+                    c.conv_id,
+                    last_seq,
+                    c.log.last().cloned(),
+                    last_seq - self.cursor(user, c.conv_id),
+                )
             })
             .collect()
     }
@@ -137,7 +174,11 @@ mod tests {
     use super::*;
 
     fn msg(sender: &str, id: &str) -> NewMessage {
-        NewMessage { sender: sender.into(), client_msg_id: id.into(), body: format!("{sender}:{id}") }
+        NewMessage {
+            sender: sender.into(),
+            client_msg_id: id.into(),
+            body: format!("{sender}:{id}"),
+        }
     }
 
     #[test]
@@ -145,18 +186,38 @@ mod tests {
         let mut m = ChatModel::default();
         m.add_conv(1, ["a".to_string(), "b".to_string()], 100);
         m.add_conv(2, ["a".to_string()], 100);
-        let r = m.append(1, &[msg("a", "x"), msg("c", "y"), msg("a", "x"), msg("b", "x")], 90);
-        assert_eq!(r[0].as_ref().map(|a| (a.seq, a.ts, a.fresh)), Ok((1, 100, true)));
+        let r = m.append(
+            1,
+            &[msg("a", "x"), msg("c", "y"), msg("a", "x"), msg("b", "x")],
+            90,
+        );
+        assert_eq!(
+            r[0].as_ref().map(|a| (a.seq, a.ts, a.fresh)),
+            Ok((1, 100, true))
+        );
         assert_eq!(r[1], Err(AppendError::UnknownConversation));
         assert_eq!(r[2].as_ref().map(|a| (a.seq, a.fresh)), Ok((1, false)));
         assert_eq!(r[3].as_ref().map(|a| (a.seq, a.fresh)), Ok((2, true)));
         // The id is global per sender: reused in conversation 2 it answers message 1 of 1.
         let r = m.append(2, &[msg("a", "x")], 200);
-        assert_eq!(r[0].as_ref().map(|a| (a.message.conv, a.seq, a.fresh)), Ok((1, 1, false)));
-        assert_eq!(m.conv(2).map(|c| c.last_ts), Some(100), "nothing stored: activity unchanged");
-        assert_eq!(m.append(9, &[msg("a", "z")], 1), vec![Err(AppendError::UnknownConversation)]);
+        assert_eq!(
+            r[0].as_ref().map(|a| (a.message.conv, a.seq, a.fresh)),
+            Ok((1, 1, false))
+        );
+        assert_eq!(
+            m.conv(2).map(|c| c.last_ts),
+            Some(100),
+            "nothing stored: activity unchanged"
+        );
+        assert_eq!(
+            m.append(9, &[msg("a", "z")], 1),
+            vec![Err(AppendError::UnknownConversation)]
+        );
         assert_eq!(m.cursor("a", 1), 1);
-        assert_eq!(m.inbox("b")[0], (1, 2, m.conv(1).and_then(|c| c.log.last().cloned()), 0));
+        assert_eq!(
+            m.inbox("b")[0],
+            (1, 2, m.conv(1).and_then(|c| c.log.last().cloned()), 0)
+        );
     }
 
     #[test]

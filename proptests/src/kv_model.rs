@@ -24,7 +24,12 @@ pub const END: &[u8] = b"\xff";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     Get(Key),
-    GetRange { begin: Key, end: Key, limit: usize, reverse: bool },
+    GetRange {
+        begin: Key,
+        end: Key,
+        limit: usize,
+        reverse: bool,
+    },
     Set(Key, Vec<u8>),
     Clear(Key),
     ClearRange(Key, Key),
@@ -88,9 +93,15 @@ impl Model {
             return Vec::new();
         }
         let take = if limit == 0 { usize::MAX } else { limit };
-        let range = self.map.range::<[u8], _>((Bound::Included(begin), Bound::Excluded(end)));
+        let range = self
+            .map
+            .range::<[u8], _>((Bound::Included(begin), Bound::Excluded(end)));
         let pair = |(k, v): (&Key, &Vec<u8>)| (k.clone(), v.clone());
-        if reverse { range.rev().take(take).map(pair).collect() } else { range.take(take).map(pair).collect() }
+        if reverse {
+            range.rev().take(take).map(pair).collect()
+        } else {
+            range.take(take).map(pair).collect()
+        }
     }
 
     pub fn set(&mut self, key: &[u8], value: &[u8]) {
@@ -102,12 +113,16 @@ impl Model {
     }
 
     pub fn clear_range(&mut self, begin: &[u8], end: &[u8]) {
-        self.map.retain(|k, _| !(begin <= k.as_slice() && k.as_slice() < end));
+        self.map
+            .retain(|k, _| !(begin <= k.as_slice() && k.as_slice() < end));
     }
 
     /// Every pair, ascending.
     pub fn pairs(&self) -> Pairs {
-        self.map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        self.map
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 }
 
@@ -128,7 +143,8 @@ impl WriteSet {
     /// Whether any write falls in any of `reads`.
     pub fn intersects(&self, reads: &[KeyRange]) -> bool {
         reads.iter().any(|(begin, end)| {
-            self.points.iter().any(|p| begin <= p && p < end) || self.ranges.iter().any(|(b, e)| b < end && begin < e)
+            self.points.iter().any(|p| begin <= p && p < end)
+                || self.ranges.iter().any(|(b, e)| b < end && begin < e)
         })
     }
 }
@@ -145,7 +161,12 @@ pub struct ModelTx {
 
 impl ModelTx {
     pub fn begin(snapshot: &Model) -> ModelTx {
-        ModelTx { view: snapshot.clone(), reads: Vec::new(), writes: WriteSet::default(), mutations: Vec::new() }
+        ModelTx {
+            view: snapshot.clone(),
+            reads: Vec::new(),
+            writes: WriteSet::default(),
+            mutations: Vec::new(),
+        }
     }
 
     /// Runs `op`; returns what a read returns, `None` for a mutation.
@@ -159,7 +180,12 @@ impl ModelTx {
                 self.reads.push((key.clone(), key_after(key)));
                 Some(ReadResult::Value(self.view.get(key)))
             }
-            Op::GetRange { begin, end, limit, reverse } => {
+            Op::GetRange {
+                begin,
+                end,
+                limit,
+                reverse,
+            } => {
                 let pairs = self.view.range(begin, end, *limit, *reverse);
                 if begin < end {
                     let covered = match pairs.last() {
@@ -217,9 +243,14 @@ impl ModelTx {
 pub async fn run_op(tx: &Tx, op: &Op) -> Result<Option<ReadResult>, KvError> {
     Ok(match op {
         Op::Get(key) => Some(ReadResult::Value(tx.get(key).await?)),
-        Op::GetRange { begin, end, limit, reverse } => {
-            Some(ReadResult::Pairs(tx.get_range(begin, end, *limit, *reverse).await?))
-        }
+        Op::GetRange {
+            begin,
+            end,
+            limit,
+            reverse,
+        } => Some(ReadResult::Pairs(
+            tx.get_range(begin, end, *limit, *reverse).await?,
+        )),
         Op::Set(key, value) => {
             tx.set(key, value);
             None
@@ -258,11 +289,20 @@ mod tests {
             m.set(k, k);
         }
         let keys = |pairs: Pairs| pairs.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
-        assert_eq!(keys(m.range(b"a", b"b", 0, false)), vec![b"a".to_vec(), b"ab".to_vec()]);
-        assert_eq!(keys(m.range(b"", END, 2, true)), vec![b"c".to_vec(), b"b".to_vec()]);
+        assert_eq!(
+            keys(m.range(b"a", b"b", 0, false)),
+            vec![b"a".to_vec(), b"ab".to_vec()]
+        );
+        assert_eq!(
+            keys(m.range(b"", END, 2, true)),
+            vec![b"c".to_vec(), b"b".to_vec()]
+        );
         assert!(m.range(b"b", b"a", 0, false).is_empty());
         m.clear_range(b"ab", b"c");
-        assert_eq!(keys(m.range(b"", END, 0, false)), vec![b"a".to_vec(), b"c".to_vec()]);
+        assert_eq!(
+            keys(m.range(b"", END, 0, false)),
+            vec![b"a".to_vec(), b"c".to_vec()]
+        );
     }
 
     #[test]
@@ -272,8 +312,24 @@ mod tests {
             m.set(k, b"");
         }
         let mut tx = ModelTx::begin(&m);
-        tx.apply(&Op::GetRange { begin: b"".to_vec(), end: END.to_vec(), limit: 2, reverse: false });
-        tx.apply(&Op::GetRange { begin: b"".to_vec(), end: END.to_vec(), limit: 1, reverse: true });
-        assert_eq!(tx.reads, vec![(b"".to_vec(), b"b\0".to_vec()), (b"c".to_vec(), END.to_vec())]);
+        tx.apply(&Op::GetRange {
+            begin: b"".to_vec(),
+            end: END.to_vec(),
+            limit: 2,
+            reverse: false,
+        });
+        tx.apply(&Op::GetRange {
+            begin: b"".to_vec(),
+            end: END.to_vec(),
+            limit: 1,
+            reverse: true,
+        });
+        assert_eq!(
+            tx.reads,
+            vec![
+                (b"".to_vec(), b"b\0".to_vec()),
+                (b"c".to_vec(), END.to_vec())
+            ]
+        );
     }
 }

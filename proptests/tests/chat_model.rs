@@ -48,10 +48,28 @@ struct Case {
 }
 
 fn cases() -> impl Strategy<Value = Case> {
-    let batch = (0..=4usize, vec((0..USERS, 0..CLIENT_IDS), 1..=4), 95..=110u64, 0..4usize)
-        .prop_map(|(conv, items, ts, delay_yields)| Batch { conv, items, ts, delay_yields });
-    (vec(btree_set(0..USERS, 1..=4), 1..=3), vec(vec(batch, 1..=3), 1..=8), 1..=7u32)
-        .prop_map(|(groups, rounds, page_len)| Case { groups, rounds, page_len })
+    let batch = (
+        0..=4usize,
+        vec((0..USERS, 0..CLIENT_IDS), 1..=4),
+        95..=110u64,
+        0..4usize,
+    )
+        .prop_map(|(conv, items, ts, delay_yields)| Batch {
+            conv,
+            items,
+            ts,
+            delay_yields,
+        });
+    (
+        vec(btree_set(0..USERS, 1..=4), 1..=3),
+        vec(vec(batch, 1..=3), 1..=8),
+        1..=7u32,
+    )
+        .prop_map(|(groups, rounds, page_len)| Case {
+            groups,
+            rounds,
+            page_len,
+        })
 }
 
 type Answers = Vec<Result<Appended, AppendError>>;
@@ -69,13 +87,21 @@ fn check(backend: Backend, case: Case) -> Result<(), TestCaseError> {
     block_on(async {
         let fail = |what: String, e: StoreError| TestCaseError::fail(format!("{what}: {e}"));
         for i in 0..USERS {
-            store.create_user(&user(i), "hash", 1).await.map_err(|e| fail(format!("create {}", user(i)), e))?;
+            store
+                .create_user(&user(i), "hash", 1)
+                .await
+                .map_err(|e| fail(format!("create {}", user(i)), e))?;
         }
         // Conversations, and the model's copy of them.
         let mut model = ChatModel::default();
         let mut conv_ids = Vec::new();
         let mut specs: Vec<(Vec<String>, Option<String>)> = vec![(vec![user(0), user(1)], None)];
-        specs.extend(case.groups.iter().map(|g| (g.iter().map(|&i| user(i)).collect(), Some("group".to_string()))));
+        specs.extend(case.groups.iter().map(|g| {
+            (
+                g.iter().map(|&i| user(i)).collect(),
+                Some("group".to_string()),
+            )
+        }));
         for (members, title) in specs {
             let (creator, others) = (members[0].clone(), members[1..].to_vec());
             let (conv, created) = store
@@ -83,7 +109,11 @@ fn check(backend: Backend, case: Case) -> Result<(), TestCaseError> {
                 .await
                 .map_err(|e| fail("create conversation".into(), e))?;
             prop_assert!(created);
-            prop_assert_eq!(conv.conv_id, conv_ids.len() as ConvId + 1, "conversation ids count from 1");
+            prop_assert_eq!(
+                conv.conv_id,
+                conv_ids.len() as ConvId + 1,
+                "conversation ids count from 1"
+            );
             prop_assert_eq!(&conv.members, &members);
             model.add_conv(conv.conv_id, members, CREATED_TS);
             conv_ids.push(conv.conv_id);
@@ -108,17 +138,21 @@ fn check(backend: Backend, case: Case) -> Result<(), TestCaseError> {
                     (conv, items, batch.ts)
                 })
                 .collect();
-            let answers: Vec<Result<Answers, StoreError>> =
-                join_all(requests.iter().zip(round).map(|((conv, items, ts), batch)| {
-                    let store = &store;
-                    async move {
-                        for _ in 0..batch.delay_yields {
-                            tokio::task::yield_now().await;
+            let answers: Vec<Result<Answers, StoreError>> = join_all(
+                requests
+                    .iter()
+                    .zip(round)
+                    .map(|((conv, items, ts), batch)| {
+                        let store = &store;
+                        async move {
+                            for _ in 0..batch.delay_yields {
+                                tokio::task::yield_now().await;
+                            }
+                            store.append(*conv, items.clone(), *ts).await
                         }
-                        store.append(*conv, items.clone(), *ts).await
-                    }
-                }))
-                .await;
+                    }),
+            )
+            .await;
             let mut answers_ok = Vec::new();
             for (b, answer) in answers.into_iter().enumerate() {
                 answers_ok.push(answer.map_err(|e| fail(format!("round {r} batch {b}"), e))?);
@@ -131,7 +165,10 @@ fn check(backend: Backend, case: Case) -> Result<(), TestCaseError> {
                     let (conv, items, ts) = &requests[b];
                     expected[b] = Some(candidate.append(*conv, items, *ts));
                 }
-                let matches = expected.iter().zip(&answers_ok).all(|(want, got)| want.as_ref() == Some(got));
+                let matches = expected
+                    .iter()
+                    .zip(&answers_ok)
+                    .all(|(want, got)| want.as_ref() == Some(got));
                 matches.then_some(candidate)
             });
             match explained {
@@ -149,7 +186,13 @@ fn check(backend: Backend, case: Case) -> Result<(), TestCaseError> {
             for u in (0..USERS).map(user) {
                 if !conv.members.contains(&u) {
                     let refused = store.history(&u, conv.conv_id, None, case.page_len).await;
-                    prop_assert_eq!(refused, Err(StoreError::UnknownConversation), "{} reads conv {}", u, conv.conv_id);
+                    prop_assert_eq!(
+                        refused,
+                        Err(StoreError::UnknownConversation),
+                        "{} reads conv {}",
+                        u,
+                        conv.conv_id
+                    );
                     continue;
                 }
                 let mut pages = Vec::new();
@@ -166,9 +209,19 @@ fn check(backend: Backend, case: Case) -> Result<(), TestCaseError> {
                         break;
                     }
                 }
-                prop_assert!(before.is_none(), "history of conv {} does not end", conv.conv_id);
+                prop_assert!(
+                    before.is_none(),
+                    "history of conv {} does not end",
+                    conv.conv_id
+                );
                 let rebuilt: Vec<_> = pages.into_iter().rev().flatten().collect();
-                prop_assert_eq!(&rebuilt, &conv.log, "history of conv {} read by {}", conv.conv_id, u);
+                prop_assert_eq!(
+                    &rebuilt,
+                    &conv.log,
+                    "history of conv {} read by {}",
+                    conv.conv_id,
+                    u
+                );
             }
         }
         let missing = store.history(&user(0), MISSING_CONV, None, 10).await;
@@ -176,10 +229,20 @@ fn check(backend: Backend, case: Case) -> Result<(), TestCaseError> {
 
         // Inboxes: order, last message and unread counts.
         for u in (0..USERS).map(user) {
-            let inbox = store.inbox(&u, 100).await.map_err(|e| fail(format!("inbox of {u}"), e))?;
+            let inbox = store
+                .inbox(&u, 100)
+                .await
+                .map_err(|e| fail(format!("inbox of {u}"), e))?;
             let got: Vec<_> = inbox
                 .into_iter()
-                .map(|item| (item.conv.conv_id, item.last_seq, item.last_message, item.unread))
+                .map(|item| {
+                    (
+                        item.conv.conv_id,
+                        item.last_seq,
+                        item.last_message,
+                        item.unread,
+                    )
+                })
                 .collect();
             prop_assert_eq!(got, model.inbox(&u), "inbox of {}", u);
         }
@@ -195,20 +258,34 @@ fn concurrent_batches_of_one_conversation_conflict_and_retry() {
     let yielding = Arc::new(YieldingKv::new(kv.clone()));
     let store = ChatStore::new(yielding.clone());
     block_on(async {
-        store.create_user(&user(0), "hash", 1).await.expect("create user");
-        let (conv, _) =
-            store.create_conversation(&user(0), vec![], None, CREATED_TS).await.expect("create conversation");
-        let send = |id: &str| NewMessage { sender: user(0), client_msg_id: id.into(), body: "hi".into() };
+        store
+            .create_user(&user(0), "hash", 1)
+            .await
+            .expect("create user");
+        let (conv, _) = store
+            .create_conversation(&user(0), vec![], None, CREATED_TS)
+            .await
+            .expect("create conversation");
+        let send = |id: &str| NewMessage {
+            sender: user(0),
+            client_msg_id: id.into(),
+            body: "hi".into(),
+        };
         let (a, b) = futures::join!(
             store.append(conv.conv_id, vec![send("a")], CREATED_TS),
             store.append(conv.conv_id, vec![send("b")], CREATED_TS),
         );
-        let mut seqs: Vec<Seq> =
-            [a, b].into_iter().map(|r| r.expect("append")[0].as_ref().expect("stored").seq).collect();
+        let mut seqs: Vec<Seq> = [a, b]
+            .into_iter()
+            .map(|r| r.expect("append")[0].as_ref().expect("stored").seq)
+            .collect();
         seqs.sort();
         assert_eq!(seqs, vec![1, 2]);
     });
-    assert!(yielding.conflicts() >= 1, "the two transactions did not overlap");
+    assert!(
+        yielding.conflicts() >= 1,
+        "the two transactions did not overlap"
+    );
 }
 
 proptest! {

@@ -14,7 +14,8 @@ struct Transaction {
 }
 
 fn transactions() -> impl Strategy<Value = Vec<Transaction>> {
-    let transaction = (ops(10), prop::bool::weighted(0.85)).prop_map(|(ops, commit)| Transaction { ops, commit });
+    let transaction =
+        (ops(10), prop::bool::weighted(0.85)).prop_map(|(ops, commit)| Transaction { ops, commit });
     vec(transaction, 1..=8)
 }
 
@@ -24,22 +25,30 @@ fn check(backend: Backend, transactions: Vec<Transaction>) -> Result<(), TestCas
         let kv = &*store.kv;
         let mut model = Model::default();
         for (t, transaction) in transactions.iter().enumerate() {
-            let tx = kv.begin().await.map_err(|e| TestCaseError::fail(format!("begin: {e}")))?;
+            let tx = kv
+                .begin()
+                .await
+                .map_err(|e| TestCaseError::fail(format!("begin: {e}")))?;
             let mut expected = ModelTx::begin(&model);
             for (i, op) in transaction.ops.iter().enumerate() {
-                let got =
-                    run_op(&tx, op).await.map_err(|e| TestCaseError::fail(format!("tx {t} op {i} {op:?}: {e}")))?;
+                let got = run_op(&tx, op)
+                    .await
+                    .map_err(|e| TestCaseError::fail(format!("tx {t} op {i} {op:?}: {e}")))?;
                 let want = expected.apply(op);
                 prop_assert_eq!(got, want, "tx {} op {}: {:?}", t, i, op);
             }
             if transaction.commit {
                 // Nothing runs concurrently: every commit must succeed.
-                tx.commit().await.map_err(|e| TestCaseError::fail(format!("tx {t} commit: {e}")))?;
+                tx.commit()
+                    .await
+                    .map_err(|e| TestCaseError::fail(format!("tx {t} commit: {e}")))?;
                 expected.apply_writes_to(&mut model);
             } else {
                 drop(tx);
             }
-            let stored = read_all(kv).await.map_err(|e| TestCaseError::fail(format!("read all: {e}")))?;
+            let stored = read_all(kv)
+                .await
+                .map_err(|e| TestCaseError::fail(format!("read all: {e}")))?;
             prop_assert_eq!(stored, model.pairs(), "contents after tx {}", t);
         }
         Ok(())

@@ -22,8 +22,13 @@ struct Case {
 fn cases() -> impl Strategy<Value = Case> {
     (vec((key(), value()), 0..=8), vec(ops(8), 2..=3)).prop_flat_map(|(setup, transactions)| {
         let order: Vec<usize> = (0..transactions.len()).collect();
-        (Just(setup), Just(transactions), Just(order).prop_shuffle())
-            .prop_map(|(setup, transactions, commit_order)| Case { setup, transactions, commit_order })
+        (Just(setup), Just(transactions), Just(order).prop_shuffle()).prop_map(
+            |(setup, transactions, commit_order)| Case {
+                setup,
+                transactions,
+                commit_order,
+            },
+        )
     })
 }
 
@@ -52,7 +57,9 @@ fn check(backend: Backend, case: Case) -> Result<(), TestCaseError> {
         for i in 0..ops_max {
             for (t, ops) in case.transactions.iter().enumerate() {
                 let Some(op) = ops.get(i) else { continue };
-                let got = run_op(&txs[t], op).await.map_err(|e| fail(&format!("tx {t} op {i} {op:?}"), e))?;
+                let got = run_op(&txs[t], op)
+                    .await
+                    .map_err(|e| fail(&format!("tx {t} op {i} {op:?}"), e))?;
                 prop_assert_eq!(got, expected[t].apply(op), "tx {} op {}: {:?}", t, i, op);
             }
         }
@@ -61,8 +68,10 @@ fn check(backend: Backend, case: Case) -> Result<(), TestCaseError> {
         for &t in &case.commit_order {
             let outcome = txs[t].commit().await;
             let mine = &expected[t];
-            let conflicts_with =
-                committed.iter().copied().find(|&earlier| expected[earlier].writes.intersects(&mine.reads));
+            let conflicts_with = committed
+                .iter()
+                .copied()
+                .find(|&earlier| expected[earlier].writes.intersects(&mine.reads));
             match (mine.writes.is_empty(), conflicts_with) {
                 (false, Some(earlier)) => prop_assert_eq!(
                     outcome,

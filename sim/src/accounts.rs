@@ -71,7 +71,12 @@ pub struct Creation {
 }
 
 /// Runs newcomers through the chaos phase; after it, checks back on each (login, inbox).
-pub async fn run_newcomers(gateways: Vec<String>, controls: Arc<Controls>, trace: Trace, rng_seed: u64) -> Vec<Newcomer> {
+pub async fn run_newcomers(
+    gateways: Vec<String>,
+    controls: Arc<Controls>,
+    trace: Trace,
+    rng_seed: u64,
+) -> Vec<Newcomer> {
     let mut rng = StdRng::seed_from_u64(rng_seed);
     let mut newcomers: Vec<Newcomer> = Vec::new();
     tokio::time::sleep(Duration::from_secs(rng.random_range(2..10))).await;
@@ -81,24 +86,49 @@ pub async fn run_newcomers(gateways: Vec<String>, controls: Arc<Controls>, trace
         let password = format!("pw-{user}-{}", rng.random::<u32>());
         let client = client(&gateways, &mut rng, None);
         let registration = register(&client, &user, &password).await;
-        trace.record(format_args!("newcomer {user} registration {registration:?}"));
-        let mut me = Newcomer { user: user.clone(), password: password.clone(), registration, creations: Vec::new(), final_login: Err("not tried".into()), final_inbox: None };
-        if matches!(me.registration, Registration::Created | Registration::TakenAfterUnknown) {
+        trace.record(format_args!(
+            "newcomer {user} registration {registration:?}"
+        ));
+        let mut me = Newcomer {
+            user: user.clone(),
+            password: password.clone(),
+            registration,
+            creations: Vec::new(),
+            final_login: Err("not tried".into()),
+            final_inbox: None,
+        };
+        if matches!(
+            me.registration,
+            Registration::Created | Registration::TakenAfterUnknown
+        ) {
             if let Some(token) = login(&client, &user, &password).await {
                 // A direct conversation with the newcomer before, and a group with the two
                 // before (only those known to be registered).
-                let known: Vec<&Newcomer> = newcomers.iter().rev().filter(|n| n.registration == Registration::Created).take(2).collect();
+                let known: Vec<&Newcomer> = newcomers
+                    .iter()
+                    .rev()
+                    .filter(|n| n.registration == Registration::Created)
+                    .take(2)
+                    .collect();
                 let mut asks: Vec<(Vec<String>, Option<String>)> = Vec::new();
                 if let Some(first) = known.first() {
                     asks.push((vec![first.user.clone()], None));
                 }
                 if known.len() == 2 {
-                    asks.push((known.iter().map(|n| n.user.clone()).collect(), Some(format!("{user}'s group"))));
+                    asks.push((
+                        known.iter().map(|n| n.user.clone()).collect(),
+                        Some(format!("{user}'s group")),
+                    ));
                 }
                 for (others, title) in asks {
                     let client = self::client(&gateways, &mut rng, Some(&token));
                     let creation = create(&client, &user, others, title).await;
-                    trace.record(format_args!("newcomer {user} created {:?} ({} unknown attempts, refused {:?})", creation.created.as_ref().map(|c| c.conv_id), creation.unknown_attempts, creation.refused));
+                    trace.record(format_args!(
+                        "newcomer {user} created {:?} ({} unknown attempts, refused {:?})",
+                        creation.created.as_ref().map(|c| c.conv_id),
+                        creation.unknown_attempts,
+                        creation.refused
+                    ));
                     me.creations.push(creation);
                 }
             }
@@ -116,20 +146,38 @@ pub async fn run_newcomers(gateways: Vec<String>, controls: Arc<Controls>, trace
             Ok(session) => {
                 let client = client.with_token(session.token);
                 me.final_inbox = retried(|| client.inbox(Some(100))).await.ok().map(|inbox| {
-                    inbox.conversations.into_iter().map(|e| ConversationView { conv_id: e.conv_id, kind: e.kind, members: e.members, title: e.title }).collect()
+                    inbox
+                        .conversations
+                        .into_iter()
+                        .map(|e| ConversationView {
+                            conv_id: e.conv_id,
+                            kind: e.kind,
+                            members: e.members,
+                            title: e.title,
+                        })
+                        .collect()
                 });
                 Ok(())
             }
             Err(err) => Err(code_of(&err)),
         };
-        trace.record(format_args!("newcomer {} final login {:?}, inbox {:?}", me.user, me.final_login, me.final_inbox.as_ref().map(|i| i.iter().map(|c| c.conv_id).collect::<Vec<_>>())));
+        trace.record(format_args!(
+            "newcomer {} final login {:?}, inbox {:?}",
+            me.user,
+            me.final_login,
+            me.final_inbox
+                .as_ref()
+                .map(|i| i.iter().map(|c| c.conv_id).collect::<Vec<_>>())
+        ));
     }
     newcomers
 }
 
 fn client(gateways: &[String], rng: &mut StdRng, token: Option<&str>) -> Client {
     let url = &gateways[rng.random_range(0..gateways.len())];
-    let client = Client::new(url).unwrap_or_else(|err| panic!("gateway url {url}: {err}")).with_timeout(Duration::from_secs(5));
+    let client = Client::new(url)
+        .unwrap_or_else(|err| panic!("gateway url {url}: {err}"))
+        .with_timeout(Duration::from_secs(5));
     match token {
         Some(token) => client.with_token(token.to_owned()),
         None => client,
@@ -137,7 +185,9 @@ fn client(gateways: &[String], rng: &mut StdRng, token: Option<&str>) -> Client 
 }
 
 fn code_of(err: &ClientError) -> String {
-    err.code().map(|c| c.as_str().to_owned()).unwrap_or_else(|| err.to_string())
+    err.code()
+        .map(|c| c.as_str().to_owned())
+        .unwrap_or_else(|| err.to_string())
 }
 
 async fn register(client: &Client, user: &str, password: &str) -> Registration {
@@ -146,7 +196,11 @@ async fn register(client: &Client, user: &str, password: &str) -> Registration {
         match client.register(user, password).await {
             Ok(_) => return Registration::Created,
             Err(err) if err.code() == Some(ErrorCode::UsernameTaken) => {
-                return if unknown { Registration::TakenAfterUnknown } else { Registration::TakenAtFirst };
+                return if unknown {
+                    Registration::TakenAfterUnknown
+                } else {
+                    Registration::TakenAtFirst
+                };
             }
             Err(err) if err.is_retryable() => {
                 unknown = true;
@@ -159,13 +213,27 @@ async fn register(client: &Client, user: &str, password: &str) -> Registration {
 }
 
 async fn login(client: &Client, user: &str, password: &str) -> Option<String> {
-    retried(|| client.login(user, password)).await.ok().map(|s| s.token)
+    retried(|| client.login(user, password))
+        .await
+        .ok()
+        .map(|s| s.token)
 }
 
-async fn create(client: &Client, user: &str, others: Vec<String>, title: Option<String>) -> Creation {
+async fn create(
+    client: &Client,
+    user: &str,
+    others: Vec<String>,
+    title: Option<String>,
+) -> Creation {
     let mut members: Vec<String> = others.iter().cloned().chain([user.to_owned()]).collect();
     members.sort();
-    let mut creation = Creation { members, title: title.clone(), unknown_attempts: 0, created: None, refused: None };
+    let mut creation = Creation {
+        members,
+        title: title.clone(),
+        unknown_attempts: 0,
+        created: None,
+        refused: None,
+    };
     for _ in 0..ATTEMPTS_MAX {
         match client.create_conversation(&others, title.as_deref()).await {
             Ok((view, _)) => {

@@ -108,7 +108,11 @@ pub struct LiveFigures {
 
 impl LiveFigures {
     pub fn share_percent(&self) -> f64 {
-        if self.pairs == 0 { 100.0 } else { self.live as f64 * 100.0 / self.pairs as f64 }
+        if self.pairs == 0 {
+            100.0
+        } else {
+            self.live as f64 * 100.0 / self.pairs as f64
+        }
     }
 }
 
@@ -144,11 +148,25 @@ fn violation(out: &mut Vec<Violation>, checker: &'static str, detail: String) {
 fn durability(e: &Evidence, out: &mut Vec<Violation>) {
     for o in e.observed {
         for (id, send) in &o.sends {
-            let Some(&seq) = send.acks.first() else { continue };
-            let stored = e.histories.get(&send.conv).and_then(|h| h.get((seq as usize).wrapping_sub(1)));
+            let Some(&seq) = send.acks.first() else {
+                continue;
+            };
+            let stored = e
+                .histories
+                .get(&send.conv)
+                .and_then(|h| h.get((seq as usize).wrapping_sub(1)));
             match stored {
                 Some(m) if m.seq == seq && m.client_msg_id == *id && m.sender == o.user => {}
-                other => violation(out, "durability", format!("{}'s {id} acked as conv {} seq {seq}, history has {:?}", o.user, send.conv, other.map(|m| (&m.sender, &m.client_msg_id)))),
+                other => violation(
+                    out,
+                    "durability",
+                    format!(
+                        "{}'s {id} acked as conv {} seq {seq}, history has {:?}",
+                        o.user,
+                        send.conv,
+                        other.map(|m| (&m.sender, &m.client_msg_id))
+                    ),
+                ),
             }
         }
     }
@@ -159,7 +177,16 @@ fn no_duplicates(e: &Evidence, out: &mut Vec<Violation>) {
     for (conv, history) in e.histories {
         for m in history {
             if let Some(first) = seen.insert((&m.sender, &m.client_msg_id), (*conv, m.seq)) {
-                violation(out, "no_duplicates", format!("{}/{} stored twice: {first:?} and {:?}", m.sender, m.client_msg_id, (conv, m.seq)));
+                violation(
+                    out,
+                    "no_duplicates",
+                    format!(
+                        "{}/{} stored twice: {first:?} and {:?}",
+                        m.sender,
+                        m.client_msg_id,
+                        (conv, m.seq)
+                    ),
+                );
             }
         }
     }
@@ -167,8 +194,16 @@ fn no_duplicates(e: &Evidence, out: &mut Vec<Violation>) {
 
 fn order(e: &Evidence, out: &mut Vec<Violation>) {
     for (conv, history) in e.histories {
-        if let Some((i, m)) = history.iter().enumerate().find(|(i, m)| m.seq != *i as Seq + 1) {
-            violation(out, "order", format!("conv {conv}: history position {i} holds seq {}", m.seq));
+        if let Some((i, m)) = history
+            .iter()
+            .enumerate()
+            .find(|(i, m)| m.seq != *i as Seq + 1)
+        {
+            violation(
+                out,
+                "order",
+                format!("conv {conv}: history position {i} holds seq {}", m.seq),
+            );
         }
     }
     // On one connection, a conversation's messages come in increasing seq; the only
@@ -178,10 +213,13 @@ fn order(e: &Evidence, out: &mut Vec<Violation>) {
         for (n, connection) in o.connections.iter().enumerate() {
             let mut last: BTreeMap<ConvId, Seq> = BTreeMap::new();
             // Per conversation: syncs asked and not yet answered, oldest first: (after, restarted).
-            let mut asked: BTreeMap<ConvId, std::collections::VecDeque<(Seq, bool)>> = BTreeMap::new();
+            let mut asked: BTreeMap<ConvId, std::collections::VecDeque<(Seq, bool)>> =
+                BTreeMap::new();
             for event in &connection.events {
                 match *event {
-                    ConnEvent::SyncSent { conv, after, .. } => asked.entry(conv).or_default().push_back((after, false)),
+                    ConnEvent::SyncSent { conv, after, .. } => {
+                        asked.entry(conv).or_default().push_back((after, false))
+                    }
                     ConnEvent::Synced { conv, .. } | ConnEvent::SyncFailed { conv, .. } => {
                         if let Some(queue) = asked.get_mut(&conv) {
                             queue.pop_front();
@@ -189,14 +227,24 @@ fn order(e: &Evidence, out: &mut Vec<Violation>) {
                     }
                     ConnEvent::Message { conv, seq } => {
                         let previous = last.get(&conv).copied().unwrap_or(0);
-                        let restart = asked.get_mut(&conv).and_then(|q| q.iter_mut().find(|(after, restarted)| !*restarted && after + 1 == seq));
+                        let restart = asked.get_mut(&conv).and_then(|q| {
+                            q.iter_mut()
+                                .find(|(after, restarted)| !*restarted && after + 1 == seq)
+                        });
                         if seq > previous {
                             last.insert(conv, seq);
                         } else if let Some(entry) = restart {
                             entry.1 = true;
                             last.insert(conv, seq);
                         } else {
-                            violation(out, "order", format!("{} connection #{n}: conv {conv} got seq {seq} after {previous}, not at the start of a sync", o.user));
+                            violation(
+                                out,
+                                "order",
+                                format!(
+                                    "{} connection #{n}: conv {conv} got seq {seq} after {previous}, not at the start of a sync",
+                                    o.user
+                                ),
+                            );
                         }
                     }
                 }
@@ -208,36 +256,84 @@ fn order(e: &Evidence, out: &mut Vec<Violation>) {
 fn liveness(e: &Evidence, out: &mut Vec<Violation>) {
     for (device, o) in e.devices.iter().zip(e.observed) {
         if !o.settled {
-            violation(out, "liveness", format!("device {} ({}) did not settle in time", device.index, o.user));
+            violation(
+                out,
+                "liveness",
+                format!(
+                    "device {} ({}) did not settle in time",
+                    device.index, o.user
+                ),
+            );
         }
         for (id, send) in &o.sends {
             if send.acks.is_empty() {
-                violation(out, "liveness", format!("{}'s send {id} never resolved", o.user));
+                violation(
+                    out,
+                    "liveness",
+                    format!("{}'s send {id} never resolved", o.user),
+                );
             }
         }
         for (what, detail) in &o.refused {
-            violation(out, "liveness", format!("{} got a non-retryable refusal for {what}: {detail}", o.user));
+            violation(
+                out,
+                "liveness",
+                format!(
+                    "{} got a non-retryable refusal for {what}: {detail}",
+                    o.user
+                ),
+            );
         }
     }
 }
 
 fn inbox(e: &Evidence, out: &mut Vec<Violation>) {
     for (user, inbox) in e.inboxes_before {
-        let mine: HashSet<ConvId> = e.convs.iter().filter(|(_, m)| m.contains(user)).map(|(c, _)| *c).collect();
+        let mine: HashSet<ConvId> = e
+            .convs
+            .iter()
+            .filter(|(_, m)| m.contains(user))
+            .map(|(c, _)| *c)
+            .collect();
         let listed: HashSet<ConvId> = inbox.conversations.iter().map(|c| c.conv_id).collect();
         if mine != listed {
-            violation(out, "inbox", format!("{user}'s inbox lists {listed:?}, member of {mine:?}"));
+            violation(
+                out,
+                "inbox",
+                format!("{user}'s inbox lists {listed:?}, member of {mine:?}"),
+            );
         }
         let mut previous_ts = u64::MAX;
         for entry in &inbox.conversations {
-            let history = e.histories.get(&entry.conv_id).map(Vec::as_slice).unwrap_or(&[]);
+            let history = e
+                .histories
+                .get(&entry.conv_id)
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
             let last = history.last();
             if entry.last_seq != last.map_or(0, |m| m.seq) || entry.last_message.as_ref() != last {
-                violation(out, "inbox", format!("{user} conv {}: last_seq {} / last message {:?}, history ends at {:?}", entry.conv_id, entry.last_seq, entry.last_message.as_ref().map(|m| m.seq), last.map(|m| m.seq)));
+                violation(
+                    out,
+                    "inbox",
+                    format!(
+                        "{user} conv {}: last_seq {} / last message {:?}, history ends at {:?}",
+                        entry.conv_id,
+                        entry.last_seq,
+                        entry.last_message.as_ref().map(|m| m.seq),
+                        last.map(|m| m.seq)
+                    ),
+                );
             }
             if let Some(m) = &entry.last_message {
                 if m.ts > previous_ts {
-                    violation(out, "inbox", format!("{user}: conv {} (ts {}) listed after a less recent one", entry.conv_id, m.ts));
+                    violation(
+                        out,
+                        "inbox",
+                        format!(
+                            "{user}: conv {} (ts {}) listed after a less recent one",
+                            entry.conv_id, m.ts
+                        ),
+                    );
                 }
                 previous_ts = m.ts;
             }
@@ -249,7 +345,14 @@ fn idempotency(e: &Evidence, out: &mut Vec<Violation>) {
     for o in e.observed {
         for (id, send) in &o.sends {
             if send.acks.windows(2).any(|w| w[0] != w[1]) {
-                violation(out, "idempotency", format!("{}'s {id} acked with different seqs {:?}", o.user, send.acks));
+                violation(
+                    out,
+                    "idempotency",
+                    format!(
+                        "{}'s {id} acked with different seqs {:?}",
+                        o.user, send.acks
+                    ),
+                );
             }
         }
     }
@@ -273,9 +376,13 @@ fn unhealthy(e: &Evidence) -> Vec<(u64, u64, Scope)> {
         .iter()
         .map(|f| {
             let scope = match &f.fault {
-                Fault::Kill(node @ Node::Gateway(_)) | Fault::Isolate(node @ Node::Gateway(_)) | Fault::Pause(node @ Node::Gateway(_)) => Scope::Via(*node),
-                Fault::Partition(a @ Node::Gateway(_), _) | Fault::OneWay(a @ Node::Gateway(_), _) => Scope::Via(*a),
-                Fault::Partition(_, b @ Node::Gateway(_)) | Fault::OneWay(_, b @ Node::Gateway(_)) => Scope::Via(*b),
+                Fault::Kill(node @ Node::Gateway(_))
+                | Fault::Isolate(node @ Node::Gateway(_))
+                | Fault::Pause(node @ Node::Gateway(_)) => Scope::Via(*node),
+                Fault::Partition(a @ Node::Gateway(_), _)
+                | Fault::OneWay(a @ Node::Gateway(_), _) => Scope::Via(*a),
+                Fault::Partition(_, b @ Node::Gateway(_))
+                | Fault::OneWay(_, b @ Node::Gateway(_)) => Scope::Via(*b),
                 Fault::Disconnect(device) | Fault::Stall { device, .. } => Scope::Device(*device),
                 _ => Scope::All,
             };
@@ -285,7 +392,11 @@ fn unhealthy(e: &Evidence) -> Vec<(u64, u64, Scope)> {
     // A stall as the device lived it (it starts when the device next looks at its orders).
     for (device, o) in e.devices.iter().zip(e.observed) {
         for stall in &o.stalls {
-            windows.push((stall.begin_us, stall.end_us.saturating_add(recovery), Scope::Device(device.index)));
+            windows.push((
+                stall.begin_us,
+                stall.end_us.saturating_add(recovery),
+                Scope::Device(device.index),
+            ));
         }
     }
     if let Some((begin, end)) = e.buggify {
@@ -305,7 +416,9 @@ fn sync_windows(connection: &ConnRecord) -> HashMap<ConvId, Vec<(u64, u64)>> {
     let mut windows: HashMap<ConvId, Vec<(u64, u64)>> = HashMap::new();
     for event in &connection.events {
         match *event {
-            ConnEvent::SyncSent { conv, at_us, .. } => open.entry(conv).or_default().push_back(at_us),
+            ConnEvent::SyncSent { conv, at_us, .. } => {
+                open.entry(conv).or_default().push_back(at_us)
+            }
             ConnEvent::Synced { conv, at_us, .. } | ConnEvent::SyncFailed { conv, at_us } => {
                 if let Some(from) = open.get_mut(&conv).and_then(|q| q.pop_front()) {
                     windows.entry(conv).or_default().push((from, at_us));
@@ -316,7 +429,10 @@ fn sync_windows(connection: &ConnRecord) -> HashMap<ConvId, Vec<(u64, u64)>> {
     }
     // Never answered: outstanding until the connection closed.
     for (conv, queue) in open {
-        windows.entry(conv).or_default().extend(queue.into_iter().map(|from| (from, connection.closed_us)));
+        windows
+            .entry(conv)
+            .or_default()
+            .extend(queue.into_iter().map(|from| (from, connection.closed_us)));
     }
     windows
 }
@@ -330,35 +446,86 @@ fn slow_consumers(e: &Evidence, out: &mut Vec<Violation>) {
                 .faults
                 .iter()
                 .filter(|f| matches!(f.fault, Fault::Pause(_)))
-                .map(|f| f.end_us.min(stall.begin_us + bound).saturating_sub(f.begin_us.max(stall.begin_us)))
+                .map(|f| {
+                    f.end_us
+                        .min(stall.begin_us + bound)
+                        .saturating_sub(f.begin_us.max(stall.begin_us))
+                })
                 .sum();
-            let requests = e.stall_request_allowance.as_micros() as u64 * stall.open_requests as u64;
+            let requests =
+                e.stall_request_allowance.as_micros() as u64 * stall.open_requests as u64;
             let allowed = bound + paused + requests;
             let waited = stall.end_us.saturating_sub(stall.begin_us);
             match stall.dropped_us {
                 Some(at) if at.saturating_sub(stall.begin_us) <= allowed => {}
-                Some(at) => violation(out, "slow_consumers", format!("device {} ({}) stopped reading via {}; the server dropped it after {} ms, bound {} ms", device.index, device.user, stall.via, (at - stall.begin_us) / 1000, allowed / 1000)),
+                Some(at) => violation(
+                    out,
+                    "slow_consumers",
+                    format!(
+                        "device {} ({}) stopped reading via {}; the server dropped it after {} ms, bound {} ms",
+                        device.index,
+                        device.user,
+                        stall.via,
+                        (at - stall.begin_us) / 1000,
+                        allowed / 1000
+                    ),
+                ),
                 // The device stopped waiting before the bound (the chaos phase ended): no verdict.
                 None if waited < allowed => {}
-                None => violation(out, "slow_consumers", format!("device {} ({}) stopped reading via {}; still connected {} ms later, bound {} ms", device.index, device.user, stall.via, waited / 1000, allowed / 1000)),
+                None => violation(
+                    out,
+                    "slow_consumers",
+                    format!(
+                        "device {} ({}) stopped reading via {}; still connected {} ms later, bound {} ms",
+                        device.index,
+                        device.user,
+                        stall.via,
+                        waited / 1000,
+                        allowed / 1000
+                    ),
+                ),
             }
         }
     }
 }
 
 fn accounts(e: &Evidence, out: &mut Vec<Violation>) {
-    let by_name: HashMap<&str, &Newcomer> = e.newcomers.iter().map(|n| (n.user.as_str(), n)).collect();
-    let creations: Vec<&crate::accounts::Creation> = e.newcomers.iter().flat_map(|n| &n.creations).collect();
+    let by_name: HashMap<&str, &Newcomer> =
+        e.newcomers.iter().map(|n| (n.user.as_str(), n)).collect();
+    let creations: Vec<&crate::accounts::Creation> =
+        e.newcomers.iter().flat_map(|n| &n.creations).collect();
     for n in e.newcomers {
         match &n.registration {
-            Registration::TakenAtFirst => violation(out, "accounts", format!("{}: a name nobody had used was taken at the first attempt", n.user)),
-            Registration::Refused(code) => violation(out, "accounts", format!("{}: registration refused with {code}", n.user)),
+            Registration::TakenAtFirst => violation(
+                out,
+                "accounts",
+                format!(
+                    "{}: a name nobody had used was taken at the first attempt",
+                    n.user
+                ),
+            ),
+            Registration::Refused(code) => violation(
+                out,
+                "accounts",
+                format!("{}: registration refused with {code}", n.user),
+            ),
             // Ours (applied before its answer was lost): the password must work.
             Registration::Created | Registration::TakenAfterUnknown => {
                 if let Err(code) = &n.final_login {
-                    violation(out, "accounts", format!("{} registered ({:?}) but cannot log in after the faults: {code}", n.user, n.registration));
+                    violation(
+                        out,
+                        "accounts",
+                        format!(
+                            "{} registered ({:?}) but cannot log in after the faults: {code}",
+                            n.user, n.registration
+                        ),
+                    );
                 } else if n.final_inbox.is_none() {
-                    violation(out, "accounts", format!("{}: the inbox could not be read after the faults", n.user));
+                    violation(
+                        out,
+                        "accounts",
+                        format!("{}: the inbox could not be read after the faults", n.user),
+                    );
                 }
             }
             // Applied or not: either logs in or is unknown; both are fine.
@@ -366,43 +533,96 @@ fn accounts(e: &Evidence, out: &mut Vec<Violation>) {
         }
         for c in &n.creations {
             if let Some(code) = &c.refused {
-                violation(out, "accounts", format!("{}: creating {:?} {:?} refused with {code}", n.user, c.members, c.title));
+                violation(
+                    out,
+                    "accounts",
+                    format!(
+                        "{}: creating {:?} {:?} refused with {code}",
+                        n.user, c.members, c.title
+                    ),
+                );
             }
             let Some(view) = &c.created else { continue };
             if view.members != c.members || view.title != c.title {
-                violation(out, "accounts", format!("{}: asked for {:?} {:?}, answered conv {} with {:?} {:?}", n.user, c.members, c.title, view.conv_id, view.members, view.title));
+                violation(
+                    out,
+                    "accounts",
+                    format!(
+                        "{}: asked for {:?} {:?}, answered conv {} with {:?} {:?}",
+                        n.user, c.members, c.title, view.conv_id, view.members, view.title
+                    ),
+                );
             }
             // Every member finds it, with these members.
             for member in &c.members {
-                let Some(inbox) = by_name.get(member.as_str()).and_then(|m| m.final_inbox.as_ref()) else { continue };
+                let Some(inbox) = by_name
+                    .get(member.as_str())
+                    .and_then(|m| m.final_inbox.as_ref())
+                else {
+                    continue;
+                };
                 match inbox.iter().find(|v| v.conv_id == view.conv_id) {
                     Some(v) if v.members == c.members && v.title == c.title => {}
-                    other => violation(out, "accounts", format!("conv {} created by {} for {:?}: {member}'s inbox has {other:?}", view.conv_id, n.user, c.members)),
+                    other => violation(
+                        out,
+                        "accounts",
+                        format!(
+                            "conv {} created by {} for {:?}: {member}'s inbox has {other:?}",
+                            view.conv_id, n.user, c.members
+                        ),
+                    ),
                 }
             }
         }
-        let Some(inbox) = &n.final_inbox else { continue };
+        let Some(inbox) = &n.final_inbox else {
+            continue;
+        };
         // Nothing nobody asked for: a conversation is one that was answered, or the duplicate
         // of an attempt that may have been applied (a group has no idempotency key; a direct
         // conversation is unique per pair, so it never has a duplicate).
         let mut seen: HashMap<(&Vec<String>, &Option<String>), u32> = HashMap::new();
         for v in inbox {
             *seen.entry((&v.members, &v.title)).or_default() += 1;
-            let asked = creations.iter().any(|c| c.members == v.members && c.title == v.title && (c.created.as_ref().is_some_and(|x| x.conv_id == v.conv_id) || c.unknown_attempts > 0));
+            let asked = creations.iter().any(|c| {
+                c.members == v.members
+                    && c.title == v.title
+                    && (c.created.as_ref().is_some_and(|x| x.conv_id == v.conv_id)
+                        || c.unknown_attempts > 0)
+            });
             if !asked {
-                violation(out, "accounts", format!("{}'s inbox has conv {} {:?} {:?}, which nobody created", n.user, v.conv_id, v.members, v.title));
+                violation(
+                    out,
+                    "accounts",
+                    format!(
+                        "{}'s inbox has conv {} {:?} {:?}, which nobody created",
+                        n.user, v.conv_id, v.members, v.title
+                    ),
+                );
             }
         }
         for ((members, title), count) in seen {
             let allowed: u32 = creations
                 .iter()
                 .filter(|c| &c.members == members && &c.title == title)
-                .map(|c| if title.is_none() && members.len() == 2 { 1 } else { u32::from(c.created.is_some()) + c.unknown_attempts })
+                .map(|c| {
+                    if title.is_none() && members.len() == 2 {
+                        1
+                    } else {
+                        u32::from(c.created.is_some()) + c.unknown_attempts
+                    }
+                })
                 .max()
                 .unwrap_or(0)
                 .max(1);
             if count > allowed {
-                violation(out, "accounts", format!("{}'s inbox has {count} conversations {members:?} {title:?}; at most {allowed} can come from the attempts", n.user));
+                violation(
+                    out,
+                    "accounts",
+                    format!(
+                        "{}'s inbox has {count} conversations {members:?} {title:?}; at most {allowed} can come from the attempts",
+                        n.user
+                    ),
+                );
             }
         }
     }
@@ -437,7 +657,12 @@ fn live_delivery(e: &Evidence, out: &mut Vec<Violation>) -> LiveFigures {
         .convs
         .iter()
         .map(|(c, members)| {
-            let mut ds: Vec<usize> = members.iter().filter_map(|m| devices_of.get(m.as_str())).flatten().copied().collect();
+            let mut ds: Vec<usize> = members
+                .iter()
+                .filter_map(|m| devices_of.get(m.as_str()))
+                .flatten()
+                .copied()
+                .collect();
             ds.sort_unstable();
             ds.dedup();
             (*c, ds)
@@ -450,14 +675,23 @@ fn live_delivery(e: &Evidence, out: &mut Vec<Violation>) -> LiveFigures {
             first.entry((d, f.conv, f.seq)).or_insert((f.at_us, f.live));
         }
     }
-    let syncs: Vec<Vec<HashMap<ConvId, Vec<(u64, u64)>>>> = e.observed.iter().map(|o| o.connections.iter().map(sync_windows).collect()).collect();
+    let syncs: Vec<Vec<HashMap<ConvId, Vec<(u64, u64)>>>> = e
+        .observed
+        .iter()
+        .map(|o| o.connections.iter().map(sync_windows).collect())
+        .collect();
     let mut figures = LiveFigures::default();
     let mut latencies: Vec<u64> = Vec::new();
     for (conv, history) in e.histories {
-        let Some(ds) = member_devices.get(conv) else { continue };
+        let Some(ds) = member_devices.get(conv) else {
+            continue;
+        };
         for m in history {
             let committed = m.ts.saturating_mul(1000);
-            let window = (committed.saturating_sub(registered_after), committed.saturating_add(bound));
+            let window = (
+                committed.saturating_sub(registered_after),
+                committed.saturating_add(bound),
+            );
             for &d in ds {
                 let (device, o) = (&e.devices[d], &e.observed[d]);
                 if o.user == m.sender && o.sends.contains_key(&m.client_msg_id) {
@@ -476,22 +710,49 @@ fn live_delivery(e: &Evidence, out: &mut Vec<Violation>) -> LiveFigures {
                 // commit and still connected after the bound, no fault near the path, no
                 // sync of the conversation that could hold its pushes back (the share above
                 // still counts a push that came during a person's own browsing sync).
-                let Some(k) = o.connections.iter().position(|c| c.opened_us <= window.0 && c.closed_us >= window.1) else { continue };
+                let Some(k) = o
+                    .connections
+                    .iter()
+                    .position(|c| c.opened_us <= window.0 && c.closed_us >= window.1)
+                else {
+                    continue;
+                };
                 let connection = &o.connections[k];
                 let healthy = windows.iter().all(|&(from, to, via)| {
                     let applies = via.is_none_or(|node| connection.via == node);
                     !applies || !overlaps((from, to), window)
-                }) && device_windows.get(&device.index).is_none_or(|ws| ws.iter().all(|w| !overlaps(*w, window)));
-                if !healthy || syncs[d][k].get(conv).is_some_and(|ws| ws.iter().any(|w| overlaps(*w, window))) {
+                }) && device_windows
+                    .get(&device.index)
+                    .is_none_or(|ws| ws.iter().all(|w| !overlaps(*w, window)));
+                if !healthy
+                    || syncs[d][k]
+                        .get(conv)
+                        .is_some_and(|ws| ws.iter().any(|w| overlaps(*w, window)))
+                {
                     continue;
                 }
                 figures.judged += 1;
                 if !on_time {
                     let got = match arrival {
-                        Some((at, _)) => format!("got it {} ms after the commit", at.saturating_sub(committed) / 1000),
+                        Some((at, _)) => format!(
+                            "got it {} ms after the commit",
+                            at.saturating_sub(committed) / 1000
+                        ),
                         None => "never got it".to_owned(),
                     };
-                    violation(out, "live_delivery", format!("device {} ({}), connected via {} since {} ms before, {got}: conv {conv} seq {} committed at ts {}", device.index, device.user, connection.via, committed.saturating_sub(connection.opened_us) / 1000, m.seq, m.ts));
+                    violation(
+                        out,
+                        "live_delivery",
+                        format!(
+                            "device {} ({}), connected via {} since {} ms before, {got}: conv {conv} seq {} committed at ts {}",
+                            device.index,
+                            device.user,
+                            connection.via,
+                            committed.saturating_sub(connection.opened_us) / 1000,
+                            m.seq,
+                            m.ts
+                        ),
+                    );
                 }
             }
         }
@@ -499,7 +760,8 @@ fn live_delivery(e: &Evidence, out: &mut Vec<Violation>) -> LiveFigures {
     latencies.sort_unstable();
     if !latencies.is_empty() {
         let at = ((latencies.len() as f64) * 0.99).ceil() as usize;
-        figures.push_p99_ms = latencies[at.saturating_sub(1).min(latencies.len() - 1)] as f64 / 1000.0;
+        figures.push_p99_ms =
+            latencies[at.saturating_sub(1).min(latencies.len() - 1)] as f64 / 1000.0;
     }
     figures
 }
@@ -509,7 +771,10 @@ fn sent_by<'a>(e: &'a Evidence) -> HashMap<(&'a str, &'a str), (ConvId, &'a str)
     let mut sent = HashMap::new();
     for o in e.observed {
         for (id, send) in &o.sends {
-            sent.insert((o.user.as_str(), id.as_str()), (send.conv, send.body.as_str()));
+            sent.insert(
+                (o.user.as_str(), id.as_str()),
+                (send.conv, send.body.as_str()),
+            );
         }
     }
     sent
@@ -517,33 +782,81 @@ fn sent_by<'a>(e: &'a Evidence) -> HashMap<(&'a str, &'a str), (ConvId, &'a str)
 
 fn content(e: &Evidence, out: &mut Vec<Violation>) {
     let sent = sent_by(e);
-    let stored = |conv: ConvId, seq: Seq| e.histories.get(&conv).and_then(|h| h.get((seq as usize).wrapping_sub(1)));
+    let stored = |conv: ConvId, seq: Seq| {
+        e.histories
+            .get(&conv)
+            .and_then(|h| h.get((seq as usize).wrapping_sub(1)))
+    };
     // What the final history holds was sent, by that sender, to that conversation.
     for (conv, history) in e.histories {
         for m in history {
             match sent.get(&(m.sender.as_str(), m.client_msg_id.as_str())) {
                 Some((c, body)) if c == conv && *body == m.body && m.conv_id == *conv => {}
-                other => violation(out, "content", format!("history conv {conv} seq {}: {}/{} {:?} was not sent like that (sent: {other:?})", m.seq, m.sender, m.client_msg_id, m.body)),
+                other => violation(
+                    out,
+                    "content",
+                    format!(
+                        "history conv {conv} seq {}: {}/{} {:?} was not sent like that (sent: {other:?})",
+                        m.seq, m.sender, m.client_msg_id, m.body
+                    ),
+                ),
             }
         }
     }
     for (device, o) in e.devices.iter().zip(e.observed) {
         for f in &o.frames {
-            let same = stored(f.conv, f.seq).is_some_and(|m| m.sender == f.sender && m.client_msg_id == f.id && m.body == f.body && m.ts == f.ts);
-            let was_sent = sent.get(&(f.sender.as_str(), f.id.as_str())).is_some_and(|(c, body)| *c == f.conv && *body == f.body);
+            let same = stored(f.conv, f.seq).is_some_and(|m| {
+                m.sender == f.sender && m.client_msg_id == f.id && m.body == f.body && m.ts == f.ts
+            });
+            let was_sent = sent
+                .get(&(f.sender.as_str(), f.id.as_str()))
+                .is_some_and(|(c, body)| *c == f.conv && *body == f.body);
             if !same || !was_sent {
-                violation(out, "content", format!("device {} got conv {} seq {} as {}/{} {:?}; history has {:?}", device.index, f.conv, f.seq, f.sender, f.id, f.body, stored(f.conv, f.seq).map(|m| (&m.sender, &m.client_msg_id, &m.body))));
+                violation(
+                    out,
+                    "content",
+                    format!(
+                        "device {} got conv {} seq {} as {}/{} {:?}; history has {:?}",
+                        device.index,
+                        f.conv,
+                        f.seq,
+                        f.sender,
+                        f.id,
+                        f.body,
+                        stored(f.conv, f.seq).map(|m| (&m.sender, &m.client_msg_id, &m.body))
+                    ),
+                );
             }
         }
         for read in &o.reads {
             let messages: Vec<&MessageView> = match &read.answer {
                 ReadAnswer::History(messages) => messages.iter().collect(),
-                ReadAnswer::Inbox(entries) => entries.iter().filter_map(|i| i.last_message.as_ref()).collect(),
+                ReadAnswer::Inbox(entries) => entries
+                    .iter()
+                    .filter_map(|i| i.last_message.as_ref())
+                    .collect(),
                 ReadAnswer::Refused(_) => Vec::new(),
             };
             for m in messages {
                 if stored(m.conv_id, m.seq) != Some(m) {
-                    violation(out, "content", format!("device {} read conv {} seq {} as {}/{} {:?}; history has {:?}", device.index, m.conv_id, m.seq, m.sender, m.client_msg_id, m.body, stored(m.conv_id, m.seq).map(|s| (&s.sender, &s.client_msg_id, &s.body))));
+                    violation(
+                        out,
+                        "content",
+                        format!(
+                            "device {} read conv {} seq {} as {}/{} {:?}; history has {:?}",
+                            device.index,
+                            m.conv_id,
+                            m.seq,
+                            m.sender,
+                            m.client_msg_id,
+                            m.body,
+                            stored(m.conv_id, m.seq).map(|s| (
+                                &s.sender,
+                                &s.client_msg_id,
+                                &s.body
+                            ))
+                        ),
+                    );
                 }
             }
         }
@@ -555,20 +868,56 @@ fn recipients(e: &Evidence, out: &mut Vec<Violation>) {
         let mine: HashSet<ConvId> = device.convs.iter().copied().collect();
         for f in &o.frames {
             if !mine.contains(&f.conv) {
-                violation(out, "recipients", format!("device {} ({}) got conv {} seq {} it is not a member of", device.index, o.user, f.conv, f.seq));
+                violation(
+                    out,
+                    "recipients",
+                    format!(
+                        "device {} ({}) got conv {} seq {} it is not a member of",
+                        device.index, o.user, f.conv, f.seq
+                    ),
+                );
             }
         }
         for read in &o.reads {
             match (&read.kind, &read.answer) {
-                (ReadKind::History { conv, .. }, ReadAnswer::History(messages)) if !mine.contains(conv) => {
-                    violation(out, "recipients", format!("device {} ({}) read {} messages of conv {conv} it is not a member of", device.index, o.user, messages.len()));
+                (ReadKind::History { conv, .. }, ReadAnswer::History(messages))
+                    if !mine.contains(conv) =>
+                {
+                    violation(
+                        out,
+                        "recipients",
+                        format!(
+                            "device {} ({}) read {} messages of conv {conv} it is not a member of",
+                            device.index,
+                            o.user,
+                            messages.len()
+                        ),
+                    );
                 }
-                (ReadKind::History { conv, .. }, ReadAnswer::Refused(code)) if !mine.contains(conv) && *code != ErrorCode::UnknownConversation && !code.is_retryable() => {
-                    violation(out, "recipients", format!("device {} ({}) asked for conv {conv}: refused with {code}, not unknown_conversation", device.index, o.user));
+                (ReadKind::History { conv, .. }, ReadAnswer::Refused(code))
+                    if !mine.contains(conv)
+                        && *code != ErrorCode::UnknownConversation
+                        && !code.is_retryable() =>
+                {
+                    violation(
+                        out,
+                        "recipients",
+                        format!(
+                            "device {} ({}) asked for conv {conv}: refused with {code}, not unknown_conversation",
+                            device.index, o.user
+                        ),
+                    );
                 }
                 (_, ReadAnswer::Inbox(entries)) => {
                     for entry in entries.iter().filter(|i| !mine.contains(&i.conv_id)) {
-                        violation(out, "recipients", format!("device {} ({})'s inbox lists conv {} it is not a member of", device.index, o.user, entry.conv_id));
+                        violation(
+                            out,
+                            "recipients",
+                            format!(
+                                "device {} ({})'s inbox lists conv {} it is not a member of",
+                                device.index, o.user, entry.conv_id
+                            ),
+                        );
                     }
                 }
                 _ => {}
@@ -578,9 +927,19 @@ fn recipients(e: &Evidence, out: &mut Vec<Violation>) {
         for conv in &device.convs {
             let last = e.histories.get(conv).map_or(0, |h| h.len() as Seq);
             let got = o.received.get(conv).map_or(0, |r| r.len() as Seq);
-            let complete = last == 0 || o.received.get(conv).is_some_and(|r| r.iter().copied().eq(1..=last));
+            let complete = last == 0
+                || o.received
+                    .get(conv)
+                    .is_some_and(|r| r.iter().copied().eq(1..=last));
             if !complete {
-                violation(out, "recipients", format!("device {} ({}) has {got} of {last} messages of conv {conv}", device.index, o.user));
+                violation(
+                    out,
+                    "recipients",
+                    format!(
+                        "device {} ({}) has {got} of {last} messages of conv {conv}",
+                        device.index, o.user
+                    ),
+                );
             }
         }
     }
@@ -591,7 +950,10 @@ fn send_order(e: &Evidence, out: &mut Vec<Violation>) {
         let mut by_stream: BTreeMap<(usize, ConvId), Vec<(u64, &str, Seq)>> = BTreeMap::new();
         for (id, send) in &o.sends {
             if let (true, Some(&seq)) = (send.clean, send.acks.first()) {
-                by_stream.entry((send.conn, send.conv)).or_default().push((send.order, id, seq));
+                by_stream
+                    .entry((send.conn, send.conv))
+                    .or_default()
+                    .push((send.order, id, seq));
             }
         }
         for ((conn, conv), mut sends) in by_stream {
@@ -599,7 +961,14 @@ fn send_order(e: &Evidence, out: &mut Vec<Violation>) {
             for pair in sends.windows(2) {
                 let ((_, a, seq_a), (_, b, seq_b)) = (pair[0], pair[1]);
                 if seq_a >= seq_b {
-                    violation(out, "send_order", format!("device {} connection #{conn} conv {conv}: {a} written before {b} but got seq {seq_a} >= {seq_b}", device.index));
+                    violation(
+                        out,
+                        "send_order",
+                        format!(
+                            "device {} connection #{conn} conv {conv}: {a} written before {b} but got seq {seq_a} >= {seq_b}",
+                            device.index
+                        ),
+                    );
                 }
             }
         }
@@ -611,15 +980,31 @@ fn read_state(e: &Evidence, out: &mut Vec<Violation>) {
     for (device, o) in e.devices.iter().zip(e.observed) {
         let mut seen: BTreeMap<ConvId, Seq> = BTreeMap::new();
         for read in &o.reads {
-            let ReadAnswer::Inbox(entries) = &read.answer else { continue };
+            let ReadAnswer::Inbox(entries) = &read.answer else {
+                continue;
+            };
             for entry in entries {
                 if entry.unread > entry.last_seq {
-                    violation(out, "read_state", format!("device {} ({}) conv {}: unread {} of {} messages", device.index, o.user, entry.conv_id, entry.unread, entry.last_seq));
+                    violation(
+                        out,
+                        "read_state",
+                        format!(
+                            "device {} ({}) conv {}: unread {} of {} messages",
+                            device.index, o.user, entry.conv_id, entry.unread, entry.last_seq
+                        ),
+                    );
                 }
                 let cursor = entry.last_seq.saturating_sub(entry.unread);
                 let before = seen.insert(entry.conv_id, cursor).unwrap_or(0);
                 if cursor < before {
-                    violation(out, "read_state", format!("device {} ({}) conv {}: cursor moved back from {before} to {cursor}", device.index, o.user, entry.conv_id));
+                    violation(
+                        out,
+                        "read_state",
+                        format!(
+                            "device {} ({}) conv {}: cursor moved back from {before} to {cursor}",
+                            device.index, o.user, entry.conv_id
+                        ),
+                    );
                 }
             }
         }
@@ -633,21 +1018,52 @@ fn read_state(e: &Evidence, out: &mut Vec<Violation>) {
             let conv = entry.conv_id;
             let history = e.histories.get(&conv).map(Vec::as_slice).unwrap_or(&[]);
             let last = history.len() as Seq;
-            let own = history.iter().filter(|m| &m.sender == user).map(|m| m.seq).max().unwrap_or(0);
-            let marks = devices.iter().flat_map(|o| o.marks.iter()).filter(|m| m.conv == conv);
-            let confirmed = marks.clone().filter(|m| m.confirmed).map(|m| m.seq.min(last)).max().unwrap_or(0);
+            let own = history
+                .iter()
+                .filter(|m| &m.sender == user)
+                .map(|m| m.seq)
+                .max()
+                .unwrap_or(0);
+            let marks = devices
+                .iter()
+                .flat_map(|o| o.marks.iter())
+                .filter(|m| m.conv == conv);
+            let confirmed = marks
+                .clone()
+                .filter(|m| m.confirmed)
+                .map(|m| m.seq.min(last))
+                .max()
+                .unwrap_or(0);
             let lower = own.max(confirmed);
             let mut cursors: Vec<Seq> = vec![lower];
-            cursors.extend(marks.filter(|m| !m.confirmed && m.seq.min(last) > lower).map(|m| m.seq.min(last)));
+            cursors.extend(
+                marks
+                    .filter(|m| !m.confirmed && m.seq.min(last) > lower)
+                    .map(|m| m.seq.min(last)),
+            );
             if !cursors.iter().any(|c| entry.unread == last - c) {
-                violation(out, "read_state", format!("{user} conv {conv}: unread {} of {last}; the cursor can only be one of {cursors:?} (own newest {own}, confirmed marks up to {confirmed})", entry.unread));
+                violation(
+                    out,
+                    "read_state",
+                    format!(
+                        "{user} conv {conv}: unread {} of {last}; the cursor can only be one of {cursors:?} (own newest {own}, confirmed marks up to {confirmed})",
+                        entry.unread
+                    ),
+                );
             }
         }
     }
     for (user, inbox) in e.inboxes_after {
         for entry in &inbox.conversations {
             if entry.unread != 0 {
-                violation(out, "read_state", format!("{user} conv {}: unread {} after reading up to {}", entry.conv_id, entry.unread, entry.last_seq));
+                violation(
+                    out,
+                    "read_state",
+                    format!(
+                        "{user} conv {}: unread {} after reading up to {}",
+                        entry.conv_id, entry.unread, entry.last_seq
+                    ),
+                );
             }
         }
     }
@@ -673,10 +1089,12 @@ fn reads(e: &Evidence, out: &mut Vec<Violation>) {
         }
     }
     let acked_before = |conv: ConvId, at: u64| -> Seq {
-        acked.get(&conv).map_or(0, |list| match list.partition_point(|(t, _)| *t < at) {
-            0 => 0,
-            n => list[n - 1].1,
-        })
+        acked
+            .get(&conv)
+            .map_or(0, |list| match list.partition_point(|(t, _)| *t < at) {
+                0 => 0,
+                n => list[n - 1].1,
+            })
     };
     for (device, o) in e.devices.iter().zip(e.observed) {
         // The newest seq this device has seen each conversation reach, by a read.
@@ -685,12 +1103,26 @@ fn reads(e: &Evidence, out: &mut Vec<Violation>) {
             let before = heads.insert(conv, seq).unwrap_or(0);
             if seq < before {
                 heads.insert(conv, before);
-                violation(out, "reads", format!("device {} ({}): {what} of conv {conv} ends at {seq} after a read that ended at {before}", device.index, o.user));
+                violation(
+                    out,
+                    "reads",
+                    format!(
+                        "device {} ({}): {what} of conv {conv} ends at {seq} after a read that ended at {before}",
+                        device.index, o.user
+                    ),
+                );
             }
         };
         for read in &o.reads {
             match (&read.kind, &read.answer) {
-                (ReadKind::History { conv, before, limit }, ReadAnswer::History(messages)) if device.convs.contains(conv) => {
+                (
+                    ReadKind::History {
+                        conv,
+                        before,
+                        limit,
+                    },
+                    ReadAnswer::History(messages),
+                ) if device.convs.contains(conv) => {
                     let seqs: Vec<Seq> = messages.iter().map(|m| m.seq).collect();
                     let limit = Seq::from(*limit);
                     let expected: Vec<Seq> = match before {
@@ -700,25 +1132,61 @@ fn reads(e: &Evidence, out: &mut Vec<Violation>) {
                             let last = seqs.last().copied().unwrap_or(0);
                             let must = acked_before(*conv, read.started_us);
                             if last < must {
-                                violation(out, "reads", format!("device {} ({}): history of conv {conv} started after seq {must} was acked, ends at {last}", device.index, o.user));
+                                violation(
+                                    out,
+                                    "reads",
+                                    format!(
+                                        "device {} ({}): history of conv {conv} started after seq {must} was acked, ends at {last}",
+                                        device.index, o.user
+                                    ),
+                                );
                             }
                             see(*conv, last, "history", out);
                             (last.saturating_sub(limit) + 1..=last).collect()
                         }
                     };
                     if seqs != expected {
-                        violation(out, "reads", format!("device {} ({}): history of conv {conv} before {before:?} limit {limit} returned seqs {:?}..{:?} ({} messages), expected {:?}..{:?}", device.index, o.user, seqs.first(), seqs.last(), seqs.len(), expected.first(), expected.last()));
+                        violation(
+                            out,
+                            "reads",
+                            format!(
+                                "device {} ({}): history of conv {conv} before {before:?} limit {limit} returned seqs {:?}..{:?} ({} messages), expected {:?}..{:?}",
+                                device.index,
+                                o.user,
+                                seqs.first(),
+                                seqs.last(),
+                                seqs.len(),
+                                expected.first(),
+                                expected.last()
+                            ),
+                        );
                     }
                 }
                 (ReadKind::Inbox { limit }, ReadAnswer::Inbox(entries)) => {
                     let listed: HashSet<ConvId> = entries.iter().map(|i| i.conv_id).collect();
-                    if device.convs.len() <= *limit as usize && device.convs.iter().any(|c| !listed.contains(c)) {
-                        violation(out, "reads", format!("device {} ({}): inbox lists {listed:?}, member of {:?}", device.index, o.user, device.convs));
+                    if device.convs.len() <= *limit as usize
+                        && device.convs.iter().any(|c| !listed.contains(c))
+                    {
+                        violation(
+                            out,
+                            "reads",
+                            format!(
+                                "device {} ({}): inbox lists {listed:?}, member of {:?}",
+                                device.index, o.user, device.convs
+                            ),
+                        );
                     }
                     for entry in entries {
                         let must = acked_before(entry.conv_id, read.started_us);
                         if entry.last_seq < must {
-                            violation(out, "reads", format!("device {} ({}): inbox started after conv {} seq {must} was acked, shows last_seq {}", device.index, o.user, entry.conv_id, entry.last_seq));
+                            violation(
+                                out,
+                                "reads",
+                                format!(
+                                    "device {} ({}): inbox started after conv {} seq {must} was acked, shows last_seq {}",
+                                    device.index, o.user, entry.conv_id, entry.last_seq
+                                ),
+                            );
                         }
                         see(entry.conv_id, entry.last_seq, "inbox", out);
                     }
@@ -738,7 +1206,9 @@ fn failover(e: &Evidence, out: &mut Vec<Violation>) {
     let mut noisy: Vec<(u64, u64)> = Vec::new();
     for f in e.faults {
         match f.fault {
-            Fault::Kill(Node::App(i)) | Fault::Isolate(Node::App(i)) | Fault::Pause(Node::App(i)) => down.push((f.begin_us, f.end_us, i)),
+            Fault::Kill(Node::App(i))
+            | Fault::Isolate(Node::App(i))
+            | Fault::Pause(Node::App(i)) => down.push((f.begin_us, f.end_us, i)),
             // Another device dropping its connection slows nobody else down.
             Fault::Disconnect(_) => {}
             _ => noisy.push((f.begin_us, f.end_us.saturating_add(recovery))),
@@ -757,14 +1227,31 @@ fn failover(e: &Evidence, out: &mut Vec<Violation>) {
                 }
                 let window = (t.saturating_sub(recovery), t + bound);
                 let quiet = noisy.iter().all(|&w| !overlaps(w, window))
-                    && down.iter().all(|&(b, e2, other)| other == app || !overlaps((b, e2.saturating_add(recovery)), window));
-                let connected = o.connections.get(send.conn).is_some_and(|c| c.closed_us >= t + bound);
+                    && down.iter().all(|&(b, e2, other)| {
+                        other == app || !overlaps((b, e2.saturating_add(recovery)), window)
+                    });
+                let connected = o
+                    .connections
+                    .get(send.conn)
+                    .is_some_and(|c| c.closed_us >= t + bound);
                 if !quiet || !connected {
                     continue;
                 }
                 if send.first_ack_us.is_none_or(|at| at > t + bound) {
-                    let acked = send.first_ack_us.map_or("never".to_owned(), |at| format!("{} ms later", (at - t) / 1000));
-                    violation(out, "failover", format!("device {} ({})'s {id} to conv {}, written {} s after app{app} went down (the other app server healthy), acked {acked}", device.index, o.user, send.conv, (t - begin) / 1_000_000));
+                    let acked = send.first_ack_us.map_or("never".to_owned(), |at| {
+                        format!("{} ms later", (at - t) / 1000)
+                    });
+                    violation(
+                        out,
+                        "failover",
+                        format!(
+                            "device {} ({})'s {id} to conv {}, written {} s after app{app} went down (the other app server healthy), acked {acked}",
+                            device.index,
+                            o.user,
+                            send.conv,
+                            (t - begin) / 1_000_000
+                        ),
+                    );
                 }
             }
         }

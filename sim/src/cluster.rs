@@ -15,9 +15,9 @@ use chat::roles::{AppOptions, Common, ConnOptions, GatewayOptions};
 use chat_app::AppConfig;
 use chat_auth::PasswordCost;
 use chat_conn::ConnConfig;
-use chat_link::LinkConfig;
 use chat_gateway::http::HttpConfig;
 use chat_gateway::ratelimit::RateConfig;
+use chat_link::LinkConfig;
 use chat_registry::redis::{RedisConfig, RedisRegistry};
 use chat_store::{MemoryKv, RedbKv, RedbOptions};
 use madsim::runtime::{Handle, NodeHandle};
@@ -46,14 +46,26 @@ pub struct ClusterConfig {
 
 impl Default for ClusterConfig {
     fn default() -> Self {
-        ClusterConfig { apps: 2, conns: 3, gateways: 2, knobs: Knobs::default(), single: false }
+        ClusterConfig {
+            apps: 2,
+            conns: 3,
+            gateways: 2,
+            knobs: Knobs::default(),
+            single: false,
+        }
     }
 }
 
 impl ClusterConfig {
     /// The `chat serve` deployment: one node, the embedded store on a simulated disk.
     pub fn single() -> ClusterConfig {
-        ClusterConfig { apps: 0, conns: 0, gateways: 0, knobs: Knobs::default(), single: true }
+        ClusterConfig {
+            apps: 0,
+            conns: 0,
+            gateways: 0,
+            knobs: Knobs::default(),
+            single: true,
+        }
     }
 
     /// Every server node.
@@ -88,7 +100,16 @@ impl Default for Knobs {
         let mut link = LinkConfig::default();
         link.request_timeout = Duration::from_secs(5);
         let registry_refresh = Duration::from_secs(2);
-        Knobs { app: AppConfig::default(), conn: ConnConfig { registry_refresh_interval: registry_refresh, ..ConnConfig::default() }, link, registry_refresh, http: HttpConfig::default() }
+        Knobs {
+            app: AppConfig::default(),
+            conn: ConnConfig {
+                registry_refresh_interval: registry_refresh,
+                ..ConnConfig::default()
+            },
+            link,
+            registry_refresh,
+            http: HttpConfig::default(),
+        }
     }
 }
 
@@ -98,12 +119,15 @@ impl Knobs {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x6b6e_6f62_735f_7365);
         let mut knobs = Knobs::default();
-        let ms = |rng: &mut rand::rngs::StdRng, range: std::ops::Range<u64>| Duration::from_millis(rng.random_range(range));
+        let ms = |rng: &mut rand::rngs::StdRng, range: std::ops::Range<u64>| {
+            Duration::from_millis(rng.random_range(range))
+        };
         // Not below 8: a conversation's sequencer commits one batch at a time (about 15 a
         // second at the simulated latencies), so with batches of 1 or 2 the hot group's
         // ~22 messages a second exceed what it can take, and the latency checkers report
         // overload, not a bug (seeds 14 and 24 did, until this bound).
-        knobs.app.batch_messages_max = *[8, 16, 64, 128].get(rng.random_range(0..4)).unwrap_or(&128);
+        knobs.app.batch_messages_max =
+            *[8, 16, 64, 128].get(rng.random_range(0..4)).unwrap_or(&128);
         knobs.app.conv_queue_len_max = rng.random_range(16..1024);
         knobs.app.sequencer_idle_timeout = ms(&mut rng, 500..30_000);
         knobs.conn.outbound_queue_len_max = rng.random_range(64..1024);
@@ -284,7 +308,8 @@ impl Cluster {
         let disk = SimDisk::new();
         let stalls = Arc::new(Stalls::default());
         if config.single {
-            let (cfg, disk_of_node, stalls_of_node) = (config.clone(), disk.clone(), stalls.clone());
+            let (cfg, disk_of_node, stalls_of_node) =
+                (config.clone(), disk.clone(), stalls.clone());
             let node = handle
                 .create_node()
                 .name("serve")
@@ -319,14 +344,26 @@ impl Cluster {
                 })
                 .build();
             let nodes = vec![(Node::Serve, node)];
-            return Cluster { handle, config, trace, fdb_data: MemoryKv::new(), fdb_faults: SimFdbFaults::new(FaultConfig::QUIET), redis_state: Arc::new(RespState::new()), disk, stalls, nodes };
+            return Cluster {
+                handle,
+                config,
+                trace,
+                fdb_data: MemoryKv::new(),
+                fdb_faults: SimFdbFaults::new(FaultConfig::QUIET),
+                redis_state: Arc::new(RespState::new()),
+                disk,
+                stalls,
+                nodes,
+            };
         }
         let fdb_data = MemoryKv::new();
         let fdb_faults = SimFdbFaults::new(FaultConfig::QUIET);
         let redis_state = Arc::new(RespState::new());
         let mut nodes = Vec::new();
 
-        let fdb = SimFdbServer::new(fdb_data.clone(), fdb_faults.clone()).with_clients(config.apps).start_node("fdb", fdb_addr().ip(), FDB_PORT);
+        let fdb = SimFdbServer::new(fdb_data.clone(), fdb_faults.clone())
+            .with_clients(config.apps)
+            .start_node("fdb", fdb_addr().ip(), FDB_PORT);
         nodes.push((Node::Fdb, fdb));
 
         let state = redis_state.clone();
@@ -350,9 +387,22 @@ impl Cluster {
                 .init(move || {
                     let cfg = cfg.clone();
                     async move {
-                        let options = AppOptions { common: common(&cfg.knobs), password_cost: PasswordCost::TESTING, app: cfg.knobs.app.clone(), link_connections_max: 1024 };
+                        let options = AppOptions {
+                            common: common(&cfg.knobs),
+                            password_cost: PasswordCost::TESTING,
+                            app: cfg.knobs.app.clone(),
+                            link_connections_max: 1024,
+                        };
                         let kv = Arc::new(SimFdbKv::new(fdb_addr()));
-                        if let Err(err) = chat::roles::run_app(bind(app_addr(i)).await, kv, registry(&cfg), options, std::future::pending()).await {
+                        if let Err(err) = chat::roles::run_app(
+                            bind(app_addr(i)).await,
+                            kv,
+                            registry(&cfg),
+                            options,
+                            std::future::pending(),
+                        )
+                        .await
+                        {
                             panic!("app{i} failed: {err:#}");
                         }
                     }
@@ -371,9 +421,22 @@ impl Cluster {
                 .init(move || {
                     let (cfg, apps, stalls) = (cfg.clone(), apps.clone(), stalls.clone());
                     async move {
-                        let options = ConnOptions { common: common(&cfg.knobs), server_id: i as u32 + 1, apps, conn: cfg.knobs.conn.clone(), http: cfg.knobs.http.clone() };
+                        let options = ConnOptions {
+                            common: common(&cfg.knobs),
+                            server_id: i as u32 + 1,
+                            apps,
+                            conn: cfg.knobs.conn.clone(),
+                            http: cfg.knobs.http.clone(),
+                        };
                         let listener = ShapedListener::new(bind(conn_addr(i)).await, stalls);
-                        if let Err(err) = chat::roles::run_conn(listener, registry(&cfg), options, std::future::pending()).await {
+                        if let Err(err) = chat::roles::run_conn(
+                            listener,
+                            registry(&cfg),
+                            options,
+                            std::future::pending(),
+                        )
+                        .await
+                        {
                             panic!("conn{i} failed: {err:#}");
                         }
                     }
@@ -384,13 +447,15 @@ impl Cluster {
 
         let conns: Vec<SocketAddr> = (0..config.conns).map(conn_addr).collect();
         for i in 0..config.gateways {
-            let (cfg, apps, conns, stalls) = (config.clone(), apps.clone(), conns.clone(), stalls.clone());
+            let (cfg, apps, conns, stalls) =
+                (config.clone(), apps.clone(), conns.clone(), stalls.clone());
             let node = handle
                 .create_node()
                 .name(format!("gateway{i}"))
                 .ip(gateway_addr(i).ip())
                 .init(move || {
-                    let (cfg, apps, conns, stalls) = (cfg.clone(), apps.clone(), conns.clone(), stalls.clone());
+                    let (cfg, apps, conns, stalls) =
+                        (cfg.clone(), apps.clone(), conns.clone(), stalls.clone());
                     async move {
                         let options = GatewayOptions {
                             common: common(&cfg.knobs),
@@ -402,7 +467,10 @@ impl Cluster {
                             health_check_interval: Duration::from_millis(500),
                         };
                         let listener = ShapedListener::new(bind(gateway_addr(i)).await, stalls);
-                        if let Err(err) = chat::roles::run_gateway(listener, options, std::future::pending()).await {
+                        if let Err(err) =
+                            chat::roles::run_gateway(listener, options, std::future::pending())
+                                .await
+                        {
                             panic!("gateway{i} failed: {err:#}");
                         }
                     }
@@ -410,7 +478,17 @@ impl Cluster {
                 .build();
             nodes.push((Node::Gateway(i), node));
         }
-        Cluster { handle, config, trace, fdb_data, fdb_faults, redis_state, disk, stalls, nodes }
+        Cluster {
+            handle,
+            config,
+            trace,
+            fdb_data,
+            fdb_faults,
+            redis_state,
+            disk,
+            stalls,
+            nodes,
+        }
     }
 
     pub fn config(&self) -> &ClusterConfig {
@@ -422,7 +500,9 @@ impl Cluster {
         if self.config.single {
             return vec![format!("http://{}", serve_addr())];
         }
-        (0..self.config.gateways).map(|i| format!("http://{}", gateway_addr(i))).collect()
+        (0..self.config.gateways)
+            .map(|i| format!("http://{}", gateway_addr(i)))
+            .collect()
     }
 
     pub fn servers(&self) -> Vec<Node> {
@@ -430,7 +510,11 @@ impl Cluster {
     }
 
     fn id(&self, node: Node) -> madsim::task::NodeId {
-        self.nodes.iter().find(|(n, _)| *n == node).map(|(_, h)| h.id()).unwrap_or_else(|| panic!("no node {node}"))
+        self.nodes
+            .iter()
+            .find(|(n, _)| *n == node)
+            .map(|(_, h)| h.id())
+            .unwrap_or_else(|| panic!("no node {node}"))
     }
 
     /// Crashes `node`: its tasks and sockets are gone at once. For the single node it is a
@@ -537,13 +621,21 @@ impl Cluster {
 
     /// Sets the network's per-packet latency range.
     pub fn latency(&self, range: std::ops::Range<Duration>) {
-        self.trace.record(format!("fault latency {}..{} ms", range.start.as_millis(), range.end.as_millis()));
+        self.trace.record(format!(
+            "fault latency {}..{} ms",
+            range.start.as_millis(),
+            range.end.as_millis()
+        ));
         madsim::net::NetSim::current().update_config(|c| c.send_latency = range);
     }
 
     /// Store faults (conflicts, unknown results, latency) on or off.
     pub fn store_faults(&self, on: bool) {
         self.trace.record(format!("fault store_faults {on}"));
-        if on { self.fdb_faults.set(FaultConfig::NOISY) } else { self.fdb_faults.quiet() }
+        if on {
+            self.fdb_faults.set(FaultConfig::NOISY)
+        } else {
+            self.fdb_faults.quiet()
+        }
     }
 }

@@ -89,7 +89,10 @@ impl SimDisk {
         }
         if torn {
             if let Op::Write { offset, data } = &ops[kept] {
-                let half = Op::Write { offset: *offset, data: data[..data.len() / 2].to_vec() };
+                let half = Op::Write {
+                    offset: *offset,
+                    data: data[..data.len() / 2].to_vec(),
+                };
                 apply(&mut disk, &half);
             }
         }
@@ -140,7 +143,10 @@ impl redb::StorageBackend for SimDisk {
         let state = self.lock();
         let end = offset as usize + out.len();
         if end > state.current.len() {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of the simulated disk"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "read past the end of the simulated disk",
+            ));
         }
         out.copy_from_slice(&state.current[offset as usize..end]);
         Ok(())
@@ -150,7 +156,10 @@ impl redb::StorageBackend for SimDisk {
         let mut state = self.lock();
         if state.faults.write_enospc && len > state.current.len() as u64 {
             state.failures += 1;
-            return Err(io::Error::new(io::ErrorKind::StorageFull, "simulated ENOSPC"));
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                "simulated ENOSPC",
+            ));
         }
         let op = Op::SetLen(len);
         apply(&mut state.current, &op);
@@ -180,9 +189,15 @@ impl redb::StorageBackend for SimDisk {
         }
         if state.faults.write_enospc && offset as usize + data.len() > state.current.len() {
             state.failures += 1;
-            return Err(io::Error::new(io::ErrorKind::StorageFull, "simulated ENOSPC"));
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                "simulated ENOSPC",
+            ));
         }
-        let op = Op::Write { offset, data: data.to_vec() };
+        let op = Op::Write {
+            offset,
+            data: data.to_vec(),
+        };
         apply(&mut state.current, &op);
         state.unsynced.push(op);
         state.writes += 1;
@@ -225,7 +240,10 @@ mod tests {
     fn a_failed_sync_makes_nothing_durable() {
         let disk = SimDisk::new();
         disk.write(0, b"aaaa").unwrap();
-        disk.set_faults(DiskFaults { sync_eio: true, ..DiskFaults::default() });
+        disk.set_faults(DiskFaults {
+            sync_eio: true,
+            ..DiskFaults::default()
+        });
         assert!(disk.sync_data().is_err());
         disk.set_faults(DiskFaults::default());
         disk.power_loss(PowerLoss::DropAll);

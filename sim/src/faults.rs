@@ -37,7 +37,11 @@ pub enum Fault {
     /// A client device stops reading its socket (its app frozen or in the background): the
     /// server may write `window_bytes` more, then its writes wait. Until the end, or with
     /// `forever` until the server drops the connection (the end is then only a cap).
-    Stall { device: usize, window_bytes: usize, forever: bool },
+    Stall {
+        device: usize,
+        window_bytes: usize,
+        forever: bool,
+    },
 }
 
 /// How a disk fails.
@@ -74,8 +78,16 @@ impl std::fmt::Display for Fault {
             Fault::FlushRegistry => write!(f, "flush-registry"),
             Fault::Disconnect(d) => write!(f, "disconnect device {d}"),
             Fault::DiskErrors(kind) => write!(f, "disk-errors {}", kind.name()),
-            Fault::Stall { device, window_bytes, forever } => {
-                write!(f, "stall device {device} window {window_bytes}{}", if *forever { " forever" } else { "" })
+            Fault::Stall {
+                device,
+                window_bytes,
+                forever,
+            } => {
+                write!(
+                    f,
+                    "stall device {device} window {window_bytes}{}",
+                    if *forever { " forever" } else { "" }
+                )
             }
         }
     }
@@ -100,7 +112,13 @@ pub struct Episode {
 
 impl std::fmt::Display for Episode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:>7.2}s +{:>5.2}s {}", self.start.as_secs_f64(), self.duration.as_secs_f64(), self.fault)
+        write!(
+            f,
+            "{:>7.2}s +{:>5.2}s {}",
+            self.start.as_secs_f64(),
+            self.duration.as_secs_f64(),
+            self.fault
+        )
     }
 }
 
@@ -129,7 +147,20 @@ pub struct Swarm {
 
 impl Swarm {
     /// No fault of any kind.
-    pub const CALM: Swarm = Swarm { kills: false, partitions: false, latency: false, store: false, registry_loss: false, disconnects: false, pauses: false, disk: false, buggify: false, long_outage: false, slow_consumers: false, mean_gap_secs: 0 };
+    pub const CALM: Swarm = Swarm {
+        kills: false,
+        partitions: false,
+        latency: false,
+        store: false,
+        registry_loss: false,
+        disconnects: false,
+        pauses: false,
+        disk: false,
+        buggify: false,
+        long_outage: false,
+        slow_consumers: false,
+        mean_gap_secs: 0,
+    };
 }
 
 impl std::fmt::Display for Swarm {
@@ -161,7 +192,12 @@ pub struct Schedule {
 
 impl Schedule {
     /// Draws the swarm and the schedule for `seed`.
-    pub fn generate(seed: u64, cluster: &ClusterConfig, devices: usize, chaos: Duration) -> (Swarm, Schedule) {
+    pub fn generate(
+        seed: u64,
+        cluster: &ClusterConfig,
+        devices: usize,
+        chaos: Duration,
+    ) -> (Swarm, Schedule) {
         let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_fa17_u64);
         let mut swarm = Swarm {
             kills: rng.random_bool(0.6),
@@ -185,7 +221,15 @@ impl Schedule {
             swarm.store = false;
             swarm.registry_loss = false;
         }
-        if !(swarm.kills || swarm.partitions || swarm.latency || swarm.store || swarm.registry_loss || swarm.disconnects || swarm.pauses || swarm.disk) {
+        if !(swarm.kills
+            || swarm.partitions
+            || swarm.latency
+            || swarm.store
+            || swarm.registry_loss
+            || swarm.disconnects
+            || swarm.pauses
+            || swarm.disk)
+        {
             swarm.kills = true;
         }
         let mut kinds = Vec::new();
@@ -227,20 +271,40 @@ impl Schedule {
                 }
                 2 => {
                     let min_ms = rng.random_range(5..100);
-                    (Fault::Latency { min_ms, max_ms: min_ms + rng.random_range(10..1000) }, lasting)
+                    (
+                        Fault::Latency {
+                            min_ms,
+                            max_ms: min_ms + rng.random_range(10..1000),
+                        },
+                        lasting,
+                    )
                 }
                 3 => (Fault::StoreFaults, lasting),
                 4 => (Fault::FlushRegistry, Duration::ZERO),
-                5 => (Fault::Disconnect(rng.random_range(0..devices.max(1))), Duration::ZERO),
+                5 => (
+                    Fault::Disconnect(rng.random_range(0..devices.max(1))),
+                    Duration::ZERO,
+                ),
                 7 => {
-                    let kind = [DiskError::Eio, DiskError::Enospc, DiskError::SyncEio][rng.random_range(0..3)];
-                    (Fault::DiskErrors(kind), Duration::from_millis(rng.random_range(200..5_000)))
+                    let kind = [DiskError::Eio, DiskError::Enospc, DiskError::SyncEio]
+                        [rng.random_range(0..3)];
+                    (
+                        Fault::DiskErrors(kind),
+                        Duration::from_millis(rng.random_range(200..5_000)),
+                    )
                 }
                 // A stop-the-world pause (a long GC, a VM migration): up to 10 s, of any node.
-                _ => (Fault::Pause(pick(&mut rng)), Duration::from_millis(rng.random_range(200..10_000))),
+                _ => (
+                    Fault::Pause(pick(&mut rng)),
+                    Duration::from_millis(rng.random_range(200..10_000)),
+                ),
             };
             let duration = duration.min(chaos.saturating_sub(t));
-            episodes.push(Episode { start: t, duration, fault });
+            episodes.push(Episode {
+                start: t,
+                duration,
+                fault,
+            });
             t += Duration::from_millis(rng.random_range(100..=swarm.mean_gap_secs * 2000));
         }
         // Slow consumers, from a stream of their own (so the episodes above stay what each
@@ -253,9 +317,18 @@ impl Schedule {
             const WINDOWS_BYTES: [usize; 4] = [0, 1024, 16 * 1024, 64 * 1024];
             for _ in 0..slow.random_range(1..=3) {
                 let start = whole_ms(chaos.mul_f64(slow.random_range(0.05..0.8)));
-                let duration = Duration::from_millis(slow.random_range(1_000..20_000)).min(chaos.saturating_sub(start));
-                let fault = Fault::Stall { device: slow.random_range(0..devices), window_bytes: WINDOWS_BYTES[slow.random_range(0..4)], forever: false };
-                episodes.push(Episode { start, duration, fault });
+                let duration = Duration::from_millis(slow.random_range(1_000..20_000))
+                    .min(chaos.saturating_sub(start));
+                let fault = Fault::Stall {
+                    device: slow.random_range(0..devices),
+                    window_bytes: WINDOWS_BYTES[slow.random_range(0..4)],
+                    forever: false,
+                };
+                episodes.push(Episode {
+                    start,
+                    duration,
+                    fault,
+                });
             }
             // One device stops for good, sometimes two (one may reach a connection server
             // straight, the other through a gateway: both must give up on it).
@@ -266,8 +339,16 @@ impl Schedule {
             for device in forever {
                 // Early enough that the server's give-up bound ends within the chaos phase.
                 let start = whole_ms(chaos.mul_f64(slow.random_range(0.1..0.4)));
-                let fault = Fault::Stall { device, window_bytes: WINDOWS_BYTES[slow.random_range(0..2)], forever: true };
-                episodes.push(Episode { start, duration: STALL_FOREVER_CAP.min(chaos.saturating_sub(start)), fault });
+                let fault = Fault::Stall {
+                    device,
+                    window_bytes: WINDOWS_BYTES[slow.random_range(0..2)],
+                    forever: true,
+                };
+                episodes.push(Episode {
+                    start,
+                    duration: STALL_FOREVER_CAP.min(chaos.saturating_sub(start)),
+                    fault,
+                });
             }
             episodes.sort_by_key(|e| e.start);
         }
@@ -282,7 +363,11 @@ impl Schedule {
             // other app server takes over, so nothing else may be slowing sends down meanwhile.
             let quiet_from = start.saturating_sub(Duration::from_secs(20));
             episodes.retain(|e| e.start + e.duration < quiet_from || e.start > start + duration);
-            episodes.push(Episode { start, duration, fault: Fault::Kill(Node::App(app)) });
+            episodes.push(Episode {
+                start,
+                duration,
+                fault: Fault::Kill(Node::App(app)),
+            });
             episodes.sort_by_key(|e| e.start);
         }
         (swarm, Schedule { episodes })
@@ -290,7 +375,17 @@ impl Schedule {
 
     /// One episode a line, `<start ms> <duration ms> <fault>`: what `--schedule FILE` reads.
     pub fn to_text(&self) -> String {
-        self.episodes.iter().map(|e| format!("{} {} {}\n", e.start.as_millis(), e.duration.as_millis(), e.fault)).collect()
+        self.episodes
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} {} {}\n",
+                    e.start.as_millis(),
+                    e.duration.as_millis(),
+                    e.fault
+                )
+            })
+            .collect()
     }
 
     /// Reads [`Schedule::to_text`]'s format; blank lines and `#` comments are skipped.
@@ -303,17 +398,35 @@ impl Schedule {
             }
             let bad = |why: &str| format!("schedule line {}: {why}: `{line}`", n + 1);
             let words: Vec<&str> = line.split_whitespace().collect();
-            let [start, duration, fault @ ..] = words.as_slice() else { return Err(bad("expected `<start ms> <duration ms> <fault>`")) };
-            let ms = |w: &str| w.parse::<u64>().map(Duration::from_millis).map_err(|_| bad("not a number of milliseconds"));
+            let [start, duration, fault @ ..] = words.as_slice() else {
+                return Err(bad("expected `<start ms> <duration ms> <fault>`"));
+            };
+            let ms = |w: &str| {
+                w.parse::<u64>()
+                    .map(Duration::from_millis)
+                    .map_err(|_| bad("not a number of milliseconds"))
+            };
             let fault = Fault::parse(fault).map_err(|why| bad(&why))?;
-            episodes.push(Episode { start: ms(start)?, duration: ms(duration)?, fault });
+            episodes.push(Episode {
+                start: ms(start)?,
+                duration: ms(duration)?,
+                fault,
+            });
         }
         Ok(Schedule { episodes })
     }
 
     /// The same schedule without the episodes at `drop` (indices).
     pub fn without(&self, drop: &[usize]) -> Schedule {
-        Schedule { episodes: self.episodes.iter().enumerate().filter(|(i, _)| !drop.contains(i)).map(|(_, e)| e.clone()).collect() }
+        Schedule {
+            episodes: self
+                .episodes
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !drop.contains(i))
+                .map(|(_, e)| e.clone())
+                .collect(),
+        }
     }
 }
 
@@ -328,18 +441,38 @@ impl Fault {
             ["one-way", a, b] => Fault::OneWay(node(a)?, node(b)?),
             ["pause", n] => Fault::Pause(node(n)?),
             ["latency", range] => {
-                let (min, max) = range.strip_suffix("ms").and_then(|r| r.split_once("..")).ok_or("latency is `<min>..<max>ms`")?;
-                let number = |v: &str| v.parse::<u64>().map_err(|_| format!("`{v}` is not a number"));
-                Fault::Latency { min_ms: number(min)?, max_ms: number(max)? }
+                let (min, max) = range
+                    .strip_suffix("ms")
+                    .and_then(|r| r.split_once(".."))
+                    .ok_or("latency is `<min>..<max>ms`")?;
+                let number = |v: &str| {
+                    v.parse::<u64>()
+                        .map_err(|_| format!("`{v}` is not a number"))
+                };
+                Fault::Latency {
+                    min_ms: number(min)?,
+                    max_ms: number(max)?,
+                }
             }
             ["store-faults"] => Fault::StoreFaults,
             ["flush-registry"] => Fault::FlushRegistry,
-            ["disconnect", "device", d] => Fault::Disconnect(d.parse().map_err(|_| format!("`{d}` is not a device number"))?),
-            ["stall", "device", d, "window", w, rest @ ..] if rest.is_empty() || rest == ["forever"] => Fault::Stall {
-                device: d.parse().map_err(|_| format!("`{d}` is not a device number"))?,
-                window_bytes: w.parse().map_err(|_| format!("`{w}` is not a number of bytes"))?,
-                forever: !rest.is_empty(),
-            },
+            ["disconnect", "device", d] => Fault::Disconnect(
+                d.parse()
+                    .map_err(|_| format!("`{d}` is not a device number"))?,
+            ),
+            ["stall", "device", d, "window", w, rest @ ..]
+                if rest.is_empty() || rest == ["forever"] =>
+            {
+                Fault::Stall {
+                    device: d
+                        .parse()
+                        .map_err(|_| format!("`{d}` is not a device number"))?,
+                    window_bytes: w
+                        .parse()
+                        .map_err(|_| format!("`{w}` is not a number of bytes"))?,
+                    forever: !rest.is_empty(),
+                }
+            }
             ["disk-errors", kind] => Fault::DiskErrors(match *kind {
                 "eio" => DiskError::Eio,
                 "enospc" => DiskError::Enospc,
@@ -357,7 +490,8 @@ mod tests {
 
     #[test]
     fn a_schedule_reads_back_what_it_writes() {
-        let (_, schedule) = Schedule::generate(7, &ClusterConfig::default(), 50, Duration::from_secs(300));
+        let (_, schedule) =
+            Schedule::generate(7, &ClusterConfig::default(), 50, Duration::from_secs(300));
         assert!(!schedule.episodes.is_empty());
         assert_eq!(Schedule::parse(&schedule.to_text()), Ok(schedule));
         assert!(Schedule::parse("12 0 explode app0").is_err());

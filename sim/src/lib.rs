@@ -35,9 +35,9 @@ pub mod checkers;
 pub mod cluster;
 #[cfg(madsim)]
 pub mod disk;
-pub mod fdb;
 #[cfg(madsim)]
 pub mod faults;
+pub mod fdb;
 pub mod resp;
 #[cfg(madsim)]
 pub mod runner;

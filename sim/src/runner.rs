@@ -38,10 +38,18 @@ impl SeedRun {
             Err(f) => format!("FAIL {}", f.checker),
         };
         let live = match &self.stats {
-            Some(stats) => format!(" live {:.1}% push-p99 {:.0} ms, {} messages", stats.live.share_percent(), stats.live.push_p99_ms, stats.messages_stored),
+            Some(stats) => format!(
+                " live {:.1}% push-p99 {:.0} ms, {} messages",
+                stats.live.share_percent(),
+                stats.live.push_p99_ms,
+                stats.messages_stored
+            ),
             None => String::new(),
         };
-        format!("seed {}: {verdict} trace-hash {}{live}", self.seed, self.trace_hash)
+        format!(
+            "seed {}: {verdict} trace-hash {}{live}",
+            self.seed, self.trace_hash
+        )
     }
 
     /// Writes the event trace (faults, frames, acks, verdict) to `path`, or next to the
@@ -50,7 +58,9 @@ impl SeedRun {
         let path = match path {
             Some(path) => path.to_owned(),
             None => {
-                let dir = std::env::var_os("SIM_TRACE_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("target/sim-traces"));
+                let dir = std::env::var_os("SIM_TRACE_DIR")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from("target/sim-traces"));
                 dir.join(format!("seed-{}.trace", self.seed))
             }
         };
@@ -73,13 +83,20 @@ impl SeedRun {
 
 /// Runs the standard scenario for `seed`, with the seed's own schedule or `schedule`.
 pub fn run_standard(seed: u64, config: &ScenarioConfig, schedule: Option<Schedule>) -> SeedRun {
-    let (swarm, generated) = if config.calm { (Swarm::CALM, Schedule::default()) } else { Schedule::generate(seed, &config.cluster, config.devices, config.chaos) };
+    let (swarm, generated) = if config.calm {
+        (Swarm::CALM, Schedule::default())
+    } else {
+        Schedule::generate(seed, &config.cluster, config.devices, config.chaos)
+    };
     let schedule = schedule.unwrap_or(generated);
     type Slot = Arc<Mutex<Option<(Option<Stats>, Result<(), Failure>)>>>;
     let outcome_slot: Slot = Arc::new(Mutex::new(None));
     let wall = Instant::now();
     // Setup time grows with the accounts (the scale scenario has thousands).
-    let limit = config.chaos + config.settle_max * 2 + Duration::from_secs(600) + Duration::from_millis(100 * config.users as u64);
+    let limit = config.chaos
+        + config.settle_max * 2
+        + Duration::from_secs(600)
+        + Duration::from_millis(100 * config.users as u64);
     let outcome = {
         let (mut config, schedule, slot) = (config.clone(), schedule.clone(), outcome_slot.clone());
         config.cluster.knobs = Knobs::draw(seed);
@@ -90,11 +107,36 @@ pub fn run_standard(seed: u64, config: &ScenarioConfig, schedule: Option<Schedul
             Ok(())
         })
     };
-    let (stats, result) = outcome_slot.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_else(|| {
-        let detail = outcome.result.clone().err().unwrap_or_else(|| "no result".into());
-        (None, Err(Failure { checker: "scenario".into(), checkers: vec!["scenario".into()], detail }))
-    });
-    SeedRun { seed, swarm, schedule, stats, result, trace_hash: outcome.trace_hash, trace: outcome.trace, simulated: outcome.simulated, wall: wall.elapsed() }
+    let (stats, result) = outcome_slot
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .unwrap_or_else(|| {
+            let detail = outcome
+                .result
+                .clone()
+                .err()
+                .unwrap_or_else(|| "no result".into());
+            (
+                None,
+                Err(Failure {
+                    checker: "scenario".into(),
+                    checkers: vec!["scenario".into()],
+                    detail,
+                }),
+            )
+        });
+    SeedRun {
+        seed,
+        swarm,
+        schedule,
+        stats,
+        result,
+        trace_hash: outcome.trace_hash,
+        trace: outcome.trace,
+        simulated: outcome.simulated,
+        wall: wall.elapsed(),
+    }
 }
 
 /// The replay command printed for a failing seed.

@@ -8,7 +8,9 @@ use crate::cluster::{Cluster, ClusterConfig, Knobs, Node, client_ip, conn_addr};
 use crate::disk::DiskFaults;
 use crate::faults::{DiskError, Fault, Schedule, Swarm};
 use crate::trace::Trace;
-use crate::workload::{Controls, Device, Observed, Phase, StallOrder, WsTarget, now_us, run_client};
+use crate::workload::{
+    Controls, Device, Observed, Phase, StallOrder, WsTarget, now_us, run_client,
+};
 use anyhow::{Context, bail};
 use chat_client::{Client, ClientFrame, ServerFrame, WsEvent};
 use chat_proto::ConvId;
@@ -71,7 +73,12 @@ impl ScenarioConfig {
     /// real deployment's slice and two hundred times the devices, for one minute of faults.
     pub fn scale() -> ScenarioConfig {
         ScenarioConfig {
-            cluster: ClusterConfig { apps: 10, conns: 50, gateways: 10, ..ClusterConfig::default() },
+            cluster: ClusterConfig {
+                apps: 10,
+                conns: 50,
+                gateways: 10,
+                ..ClusterConfig::default()
+            },
             users: 5_000,
             devices: 10_000,
             direct_convs: 4_000,
@@ -88,7 +95,13 @@ impl ScenarioConfig {
     /// conversations and 0.12 groups per user).
     pub fn with_devices(self, devices: usize) -> ScenarioConfig {
         let users = (devices / 2).max(2);
-        ScenarioConfig { devices: devices.max(1), users, direct_convs: users * 4 / 5, groups: users * 3 / 25, ..self }
+        ScenarioConfig {
+            devices: devices.max(1),
+            users,
+            direct_convs: users * 4 / 5,
+            groups: users * 3 / 25,
+            ..self
+        }
     }
 }
 
@@ -96,7 +109,10 @@ impl ScenarioConfig {
 fn progress(config: &ScenarioConfig, started: std::time::Instant, what: std::fmt::Arguments) {
     if config.progress {
         // Simulated time: under madsim `Instant` is the simulator's clock.
-        eprintln!("[simulated {:>7.1} s] {what}", started.elapsed().as_secs_f64());
+        eprintln!(
+            "[simulated {:>7.1} s] {what}",
+            started.elapsed().as_secs_f64()
+        );
     }
 }
 
@@ -128,26 +144,56 @@ pub struct Stats {
 
 /// Runs the scenario under the current simulated runtime: its figures (when it got as far
 /// as the checks) and its verdict.
-pub async fn run(config: ScenarioConfig, seed: u64, swarm: Swarm, schedule: Schedule, trace: Trace) -> (Option<Stats>, Result<(), Failure>) {
+pub async fn run(
+    config: ScenarioConfig,
+    seed: u64,
+    swarm: Swarm,
+    schedule: Schedule,
+    trace: Trace,
+) -> (Option<Stats>, Result<(), Failure>) {
     trace.record(swarm);
     match run_inner(config, seed, swarm, schedule, trace).await {
         Ok((stats, violations)) if violations.is_empty() => (Some(stats), Ok(())),
         Ok((stats, violations)) => {
             let first = &violations[0];
-            let detail = violations.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("; ");
+            let detail = violations
+                .iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join("; ");
             let mut checkers: Vec<String> = Vec::new();
             for v in &violations {
                 if !checkers.iter().any(|c| c == v.checker) {
                     checkers.push(v.checker.to_owned());
                 }
             }
-            (Some(stats), Err(Failure { checker: first.checker.to_owned(), checkers, detail }))
+            (
+                Some(stats),
+                Err(Failure {
+                    checker: first.checker.to_owned(),
+                    checkers,
+                    detail,
+                }),
+            )
         }
-        Err(err) => (None, Err(Failure { checker: "scenario".into(), checkers: vec!["scenario".into()], detail: format!("{err:#}") })),
+        Err(err) => (
+            None,
+            Err(Failure {
+                checker: "scenario".into(),
+                checkers: vec!["scenario".into()],
+                detail: format!("{err:#}"),
+            }),
+        ),
     }
 }
 
-async fn run_inner(config: ScenarioConfig, seed: u64, swarm: Swarm, schedule: Schedule, trace: Trace) -> anyhow::Result<(Stats, Vec<Violation>)> {
+async fn run_inner(
+    config: ScenarioConfig,
+    seed: u64,
+    swarm: Swarm,
+    schedule: Schedule,
+    trace: Trace,
+) -> anyhow::Result<(Stats, Vec<Violation>)> {
     let started = std::time::Instant::now();
     let cluster = Cluster::start(config.cluster.clone(), trace.clone());
     let gateways = cluster.gateway_urls();
@@ -156,30 +202,75 @@ async fn run_inner(config: ScenarioConfig, seed: u64, swarm: Swarm, schedule: Sc
     }
 
     // Users, conversations and devices, created through the gateway like any client would.
-    progress(&config, started, format_args!("setup: {} users, {} direct conversations, {} groups", config.users, config.direct_convs, config.groups));
-    let (tokens, convs, hot) = on_node("setup", IpAddr::V4(Ipv4Addr::new(10, 9, 0, 1)), setup(config.clone(), gateways.clone(), trace.clone())).await??;
+    progress(
+        &config,
+        started,
+        format_args!(
+            "setup: {} users, {} direct conversations, {} groups",
+            config.users, config.direct_convs, config.groups
+        ),
+    );
+    let (tokens, convs, hot) = on_node(
+        "setup",
+        IpAddr::V4(Ipv4Addr::new(10, 9, 0, 1)),
+        setup(config.clone(), gateways.clone(), trace.clone()),
+    )
+    .await??;
     let users: Vec<String> = (0..config.users).map(user_name).collect();
     let single = config.cluster.single;
-    let via_gateways: Vec<WsTarget> = gateways.iter().enumerate().map(|(i, url)| WsTarget { url: url.clone(), via: if single { Node::Serve } else { Node::Gateway(i) } }).collect();
+    let via_gateways: Vec<WsTarget> = gateways
+        .iter()
+        .enumerate()
+        .map(|(i, url)| WsTarget {
+            url: url.clone(),
+            via: if single {
+                Node::Serve
+            } else {
+                Node::Gateway(i)
+            },
+        })
+        .collect();
     let all_convs: Arc<[ConvId]> = convs.iter().map(|(c, _)| *c).collect();
     let devices: Vec<Device> = (0..config.devices)
         .map(|index| {
             let user = users[index % users.len()].clone();
-            let mine: Vec<ConvId> = convs.iter().filter(|(_, members)| members.contains(&user)).map(|(c, _)| *c).collect();
+            let mine: Vec<ConvId> = convs
+                .iter()
+                .filter(|(_, members)| members.contains(&user))
+                .map(|(c, _)| *c)
+                .collect();
             // A user's first device goes through a gateway (placed by the user's hash);
             // the second straight to a connection server picked by the device's index, so
             // one user's devices often sit on different connection servers.
             let mut ws_targets = via_gateways.clone();
             if index >= users.len() && config.cluster.conns > 0 {
                 let conn = index % config.cluster.conns;
-                ws_targets.insert(0, WsTarget { url: format!("http://{}", conn_addr(conn)), via: Node::Conn(conn) });
+                ws_targets.insert(
+                    0,
+                    WsTarget {
+                        url: format!("http://{}", conn_addr(conn)),
+                        via: Node::Conn(conn),
+                    },
+                );
             } else {
                 ws_targets.rotate_left(index % via_gateways.len().max(1));
             }
             let hot = hot.filter(|h| mine.contains(h));
-            let rng_seed = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (index as u64 + 1).wrapping_mul(0xd1b5_4a32_d192_ed03);
+            let rng_seed = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                ^ (index as u64 + 1).wrapping_mul(0xd1b5_4a32_d192_ed03);
             let slot = index / users.len();
-            Device { index, token: tokens[&user].clone(), user, convs: mine, all_convs: all_convs.clone(), hot, gateways: gateways.clone(), ws_targets, rng_seed, slot }
+            Device {
+                index,
+                token: tokens[&user].clone(),
+                user,
+                convs: mine,
+                all_convs: all_convs.clone(),
+                hot,
+                gateways: gateways.clone(),
+                ws_targets,
+                rng_seed,
+                slot,
+            }
         })
         .collect();
 
@@ -188,37 +279,82 @@ async fn run_inner(config: ScenarioConfig, seed: u64, swarm: Swarm, schedule: Sc
     let handle = madsim::runtime::Handle::current();
     let mut tasks = Vec::new();
     for device in &devices {
-        let node = handle.create_node().name(format!("client{}", device.index)).ip(client_ip(device.index)).build();
-        tasks.push(node.spawn(run_client(device.clone(), controls.clone(), trace.clone(), deadline)));
+        let node = handle
+            .create_node()
+            .name(format!("client{}", device.index))
+            .ip(client_ip(device.index))
+            .build();
+        tasks.push(node.spawn(run_client(
+            device.clone(),
+            controls.clone(),
+            trace.clone(),
+            deadline,
+        )));
     }
 
     // Newcomers register, log in and start conversations while the faults go on.
-    let newcomers_node = handle.create_node().name("newcomers").ip(IpAddr::V4(Ipv4Addr::new(10, 9, 0, 3))).build();
-    let newcomers = newcomers_node.spawn(run_newcomers(gateways.clone(), controls.clone(), trace.clone(), seed ^ 0x6e65_7763_6f6d_6572));
+    let newcomers_node = handle
+        .create_node()
+        .name("newcomers")
+        .ip(IpAddr::V4(Ipv4Addr::new(10, 9, 0, 3)))
+        .build();
+    let newcomers = newcomers_node.spawn(run_newcomers(
+        gateways.clone(),
+        controls.clone(),
+        trace.clone(),
+        seed ^ 0x6e65_7763_6f6d_6572,
+    ));
 
     // Fault points in production code (and madsim's own network delays) for this phase only.
     let chaos_start = now_us();
     if swarm.buggify {
         madsim::buggify::enable();
     }
-    progress(&config, started, format_args!("chaos: {} devices connecting, {} fault episodes over {:?}", devices.len(), schedule.episodes.len(), config.chaos));
+    progress(
+        &config,
+        started,
+        format_args!(
+            "chaos: {} devices connecting, {} fault episodes over {:?}",
+            devices.len(),
+            schedule.episodes.len(),
+            config.chaos
+        ),
+    );
     let faults = play(&cluster, &schedule, &controls, config.chaos).await;
     let buggify = swarm.buggify.then(|| (chaos_start, now_us()));
 
     // Faults are over: resolve every pending send, then let everyone catch up.
     trace.record("phase resolve");
-    progress(&config, started, format_args!("resolve: every pending send answered"));
+    progress(
+        &config,
+        started,
+        format_args!("resolve: every pending send answered"),
+    );
     controls.set_phase(Phase::Resolve);
     // Up to the whole settle bound: a device that settles while another still resends
     // misses the messages those resends commit after it left (the scale scenario under
     // store faults and fault points took 63 s to resolve 1,000 devices).
     let resolve_deadline = std::time::Instant::now() + config.settle_max;
-    while controls.resolved.load(Ordering::Relaxed) < devices.len() && std::time::Instant::now() < resolve_deadline {
+    while controls.resolved.load(Ordering::Relaxed) < devices.len()
+        && std::time::Instant::now() < resolve_deadline
+    {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    trace.record(format!("phase catchup ({} of {} devices resolved)", controls.resolved.load(Ordering::Relaxed), devices.len()));
+    trace.record(format!(
+        "phase catchup ({} of {} devices resolved)",
+        controls.resolved.load(Ordering::Relaxed),
+        devices.len()
+    ));
     controls.set_phase(Phase::Catchup);
-    progress(&config, started, format_args!("catch-up: {} of {} devices resolved", controls.resolved.load(Ordering::Relaxed), devices.len()));
+    progress(
+        &config,
+        started,
+        format_args!(
+            "catch-up: {} of {} devices resolved",
+            controls.resolved.load(Ordering::Relaxed),
+            devices.len()
+        ),
+    );
     let mut observed: Vec<Observed> = Vec::new();
     // Devices that have not settled by then stop, and the checkers judge what they saw
     // (`liveness` reports them, and the others what they miss): a device stuck on a missing
@@ -232,25 +368,53 @@ async fn run_inner(config: ScenarioConfig, seed: u64, swarm: Swarm, schedule: Sc
         })
     };
     for task in tasks {
-        match tokio::time::timeout(settle_deadline.saturating_duration_since(std::time::Instant::now()) + STOP_GRACE, task).await {
+        match tokio::time::timeout(
+            settle_deadline.saturating_duration_since(std::time::Instant::now()) + STOP_GRACE,
+            task,
+        )
+        .await
+        {
             Ok(Ok(o)) => observed.push(o),
             Ok(Err(err)) => bail!("a client task failed: {err}"),
-            Err(_) => bail!("liveness: a client did not stop within {STOP_GRACE:?} of being told to"),
+            Err(_) => {
+                bail!("liveness: a client did not stop within {STOP_GRACE:?} of being told to")
+            }
         }
     }
     stopper.abort();
     let newcomers = match tokio::time::timeout(config.settle_max, newcomers).await {
         Ok(Ok(newcomers)) => newcomers,
         Ok(Err(err)) => bail!("the newcomers' task failed: {err}"),
-        Err(_) => bail!("liveness: the newcomers did not finish within {:?} after faults stopped", config.settle_max),
+        Err(_) => bail!(
+            "liveness: the newcomers did not finish within {:?} after faults stopped",
+            config.settle_max
+        ),
     };
     trace.record("phase check");
-    progress(&config, started, format_args!("check: final reads, then the checkers"));
+    progress(
+        &config,
+        started,
+        format_args!("check: final reads, then the checkers"),
+    );
 
     // The standard scenario reads through the first gateway, one request at a time (as it
     // sets up); the scale scenario as many at a time as its setup, over every gateway.
-    let final_read_gateways = if config.setup_concurrency > 1 { gateways.clone() } else { vec![gateways[0].clone()] };
-    let reads = on_node("checker", IpAddr::V4(Ipv4Addr::new(10, 9, 0, 2)), final_reads(final_read_gateways, config.setup_concurrency, tokens.clone(), convs.clone())).await??;
+    let final_read_gateways = if config.setup_concurrency > 1 {
+        gateways.clone()
+    } else {
+        vec![gateways[0].clone()]
+    };
+    let reads = on_node(
+        "checker",
+        IpAddr::V4(Ipv4Addr::new(10, 9, 0, 2)),
+        final_reads(
+            final_read_gateways,
+            config.setup_concurrency,
+            tokens.clone(),
+            convs.clone(),
+        ),
+    )
+    .await??;
     let (histories, inboxes_before, inboxes_after) = reads;
     let evidence = Evidence {
         convs: &convs,
@@ -270,7 +434,10 @@ async fn run_inner(config: ScenarioConfig, seed: u64, swarm: Swarm, schedule: Sc
         sends: observed.iter().map(|o| o.sends.len()).sum(),
         messages_stored: histories.values().map(Vec::len).sum(),
         pushes: observed.iter().map(|o| o.frames.len()).sum(),
-        reconnects: observed.iter().map(|o| o.connections.len().saturating_sub(1)).sum(),
+        reconnects: observed
+            .iter()
+            .map(|o| o.connections.len().saturating_sub(1))
+            .sum(),
         live,
     };
     trace.record(format!("stats {stats:?}"));
@@ -284,21 +451,38 @@ async fn run_inner(config: ScenarioConfig, seed: u64, swarm: Swarm, schedule: Sc
 /// connection server notices the silence within its idle timeout, the close frame's write
 /// (and a gateway's splice) give up within their write timeouts, and the close lingers 2 s.
 fn stall_drop_bound(knobs: &Knobs) -> Duration {
-    knobs.conn.idle_timeout + (knobs.conn.write_timeout + knobs.http.write_timeout) * 2 + Duration::from_secs(5)
+    knobs.conn.idle_timeout
+        + (knobs.conn.write_timeout + knobs.http.write_timeout) * 2
+        + Duration::from_secs(5)
 }
 
 pub fn user_name(i: usize) -> String {
     format!("user{i:03}")
 }
 
-async fn on_node<T: Send + 'static>(name: &str, ip: IpAddr, f: impl Future<Output = T> + Send + 'static) -> anyhow::Result<T> {
-    let node = madsim::runtime::Handle::current().create_node().name(name).ip(ip).build();
-    node.spawn(f).await.map_err(|e| anyhow::anyhow!("task on {name} failed: {e}"))
+async fn on_node<T: Send + 'static>(
+    name: &str,
+    ip: IpAddr,
+    f: impl Future<Output = T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let node = madsim::runtime::Handle::current()
+        .create_node()
+        .name(name)
+        .ip(ip)
+        .build();
+    node.spawn(f)
+        .await
+        .map_err(|e| anyhow::anyhow!("task on {name} failed: {e}"))
 }
 
 /// Plays the fault schedule for the chaos phase, then ends every fault still on; returns
 /// each fault with the simulated times it began and ended.
-async fn play(cluster: &Cluster, schedule: &Schedule, controls: &Controls, chaos: Duration) -> Vec<PlayedFault> {
+async fn play(
+    cluster: &Cluster,
+    schedule: &Schedule,
+    controls: &Controls,
+    chaos: Duration,
+) -> Vec<PlayedFault> {
     let start = std::time::Instant::now();
     let mut played: Vec<PlayedFault> = Vec::new();
     let mut begun: std::collections::HashMap<usize, usize> = std::collections::HashMap::new();
@@ -319,7 +503,11 @@ async fn play(cluster: &Cluster, schedule: &Schedule, controls: &Controls, chaos
         let now = now_us();
         if begin {
             begun.insert(i, played.len());
-            played.push(PlayedFault { fault: fault.clone(), begin_us: now, end_us: now });
+            played.push(PlayedFault {
+                fault: fault.clone(),
+                begin_us: now,
+                end_us: now,
+            });
         } else if let Some(&p) = begun.get(&i) {
             played[p].end_us = now;
         }
@@ -346,7 +534,9 @@ async fn play(cluster: &Cluster, schedule: &Schedule, controls: &Controls, chaos
                 cluster.resume(*node);
                 paused.remove(node);
             }
-            (Fault::Latency { min_ms, max_ms }, true) => cluster.latency(Duration::from_millis(*min_ms)..Duration::from_millis(*max_ms)),
+            (Fault::Latency { min_ms, max_ms }, true) => {
+                cluster.latency(Duration::from_millis(*min_ms)..Duration::from_millis(*max_ms))
+            }
             (Fault::Latency { .. }, false) => cluster.latency(NORMAL_LATENCY),
             (Fault::StoreFaults, on) => cluster.store_faults(on),
             (Fault::DiskErrors(kind), true) => {
@@ -367,8 +557,19 @@ async fn play(cluster: &Cluster, schedule: &Schedule, controls: &Controls, chaos
                     flag.store(true, Ordering::Relaxed);
                 }
             }
-            (Fault::Stall { device, window_bytes, forever }, true) => {
-                let order = StallOrder { duration: schedule.episodes[i].duration, window_bytes: *window_bytes, forever: *forever };
+            (
+                Fault::Stall {
+                    device,
+                    window_bytes,
+                    forever,
+                },
+                true,
+            ) => {
+                let order = StallOrder {
+                    duration: schedule.episodes[i].duration,
+                    window_bytes: *window_bytes,
+                    forever: *forever,
+                };
                 if let Some(slot) = controls.stall.get(*device) {
                     *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(order);
                 }
@@ -406,9 +607,19 @@ async fn play(cluster: &Cluster, schedule: &Schedule, controls: &Controls, chaos
 
 fn disk_faults(kind: DiskError) -> DiskFaults {
     match kind {
-        DiskError::Eio => DiskFaults { write_eio: true, sync_eio: true, ..DiskFaults::default() },
-        DiskError::Enospc => DiskFaults { write_enospc: true, ..DiskFaults::default() },
-        DiskError::SyncEio => DiskFaults { sync_eio: true, ..DiskFaults::default() },
+        DiskError::Eio => DiskFaults {
+            write_eio: true,
+            sync_eio: true,
+            ..DiskFaults::default()
+        },
+        DiskError::Enospc => DiskFaults {
+            write_enospc: true,
+            ..DiskFaults::default()
+        },
+        DiskError::SyncEio => DiskFaults {
+            sync_eio: true,
+            ..DiskFaults::default()
+        },
     }
 }
 
@@ -417,12 +628,17 @@ fn disk_faults(kind: DiskError) -> DiskFaults {
 const STOP_GRACE: Duration = Duration::from_secs(15);
 
 /// madsim's default per-packet latency.
-const NORMAL_LATENCY: std::ops::Range<Duration> = Duration::from_millis(1)..Duration::from_millis(10);
+const NORMAL_LATENCY: std::ops::Range<Duration> =
+    Duration::from_millis(1)..Duration::from_millis(10);
 
 type Tokens = HashMap<String, String>;
 type Convs = Vec<(ConvId, Vec<String>)>;
 
-async fn setup(config: ScenarioConfig, gateways: Vec<String>, trace: Trace) -> anyhow::Result<(Tokens, Convs, Option<ConvId>)> {
+async fn setup(
+    config: ScenarioConfig,
+    gateways: Vec<String>,
+    trace: Trace,
+) -> anyhow::Result<(Tokens, Convs, Option<ConvId>)> {
     if config.setup_concurrency > 1 {
         return setup_concurrent(config, gateways, trace).await;
     }
@@ -438,13 +654,18 @@ async fn setup(config: ScenarioConfig, gateways: Vec<String>, trace: Trace) -> a
     for _ in 0..config.direct_convs {
         let (a, b) = draw_pair(users.len());
         let client = anon.clone().with_token(tokens[&users[a]].clone());
-        let (conv, _) = retry(|| client.create_conversation([users[b].as_str()], None)).await.context("create direct")?;
+        let (conv, _) = retry(|| client.create_conversation([users[b].as_str()], None))
+            .await
+            .context("create direct")?;
         if !convs.iter().any(|(c, _)| *c == conv.conv_id) {
             convs.push((conv.conv_id, conv.members));
         }
     }
     let hot = groups(&config, &anon, &users, &tokens, &mut convs).await?;
-    trace.record(format!("setup {} users, convs {convs:?}, hot {hot:?}", users.len()));
+    trace.record(format!(
+        "setup {} users, convs {convs:?}, hot {hot:?}",
+        users.len()
+    ));
     Ok((tokens, convs, hot))
 }
 
@@ -462,7 +683,11 @@ fn draw_pair(n: usize) -> (usize, usize) {
 
 /// Registers `user` (already taken counts as done: a retried registration may have landed)
 /// and logs in, for a session token. With a trace, records how often registration was retried.
-async fn register_and_login(anon: &Client, user: &str, trace: Option<&Trace>) -> anyhow::Result<String> {
+async fn register_and_login(
+    anon: &Client,
+    user: &str,
+    trace: Option<&Trace>,
+) -> anyhow::Result<String> {
     // The cluster may still be starting; retry until it answers.
     let mut attempts = 0;
     loop {
@@ -480,12 +705,20 @@ async fn register_and_login(anon: &Client, user: &str, trace: Option<&Trace>) ->
     if let Some(trace) = trace {
         trace.record(format!("registered {user} after {attempts} retries"));
     }
-    let session = retry(|| anon.login(user, PASSWORD)).await.with_context(|| format!("login {user}"))?;
+    let session = retry(|| anon.login(user, PASSWORD))
+        .await
+        .with_context(|| format!("login {user}"))?;
     Ok(session.token)
 }
 
 /// The group conversations and the hot group, one by one.
-async fn groups(config: &ScenarioConfig, anon: &Client, users: &[String], tokens: &Tokens, convs: &mut Convs) -> anyhow::Result<Option<ConvId>> {
+async fn groups(
+    config: &ScenarioConfig,
+    anon: &Client,
+    users: &[String],
+    tokens: &Tokens,
+    convs: &mut Convs,
+) -> anyhow::Result<Option<ConvId>> {
     let pick = |n: usize| rand::random::<u64>() as usize % n;
     for g in 0..config.groups {
         let size = 3 + pick(config.group_size_max.saturating_sub(2).max(1));
@@ -496,7 +729,9 @@ async fn groups(config: &ScenarioConfig, anon: &Client, users: &[String], tokens
         let members: Vec<String> = members.into_iter().collect();
         let client = anon.clone().with_token(tokens[&members[0]].clone());
         let title = format!("group {g}");
-        let (conv, _) = retry(|| client.create_conversation(&members[1..], Some(&title))).await.context("create group")?;
+        let (conv, _) = retry(|| client.create_conversation(&members[1..], Some(&title)))
+            .await
+            .context("create group")?;
         convs.push((conv.conv_id, conv.members));
     }
     let mut hot = None;
@@ -507,7 +742,9 @@ async fn groups(config: &ScenarioConfig, anon: &Client, users: &[String], tokens
         }
         let members: Vec<String> = members.into_iter().collect();
         let client = anon.clone().with_token(tokens[&members[0]].clone());
-        let (conv, _) = retry(|| client.create_conversation(&members[1..], Some("hot group"))).await.context("create the hot group")?;
+        let (conv, _) = retry(|| client.create_conversation(&members[1..], Some("hot group")))
+            .await
+            .context("create the hot group")?;
         hot = Some(conv.conv_id);
         convs.push((conv.conv_id, conv.members));
     }
@@ -518,27 +755,45 @@ async fn groups(config: &ScenarioConfig, anon: &Client, users: &[String], tokens
 /// time, each through the gateway its index picks (one gateway's per-address rate limit
 /// would otherwise make thousands of accounts take simulated hours). Deterministic: the
 /// pairs are drawn first, and results are collected in order.
-async fn setup_concurrent(config: ScenarioConfig, gateways: Vec<String>, trace: Trace) -> anyhow::Result<(Tokens, Convs, Option<ConvId>)> {
+async fn setup_concurrent(
+    config: ScenarioConfig,
+    gateways: Vec<String>,
+    trace: Trace,
+) -> anyhow::Result<(Tokens, Convs, Option<ConvId>)> {
     use futures::{StreamExt, TryStreamExt};
-    let clients: Vec<Client> = gateways.iter().map(|url| Client::new(url)).collect::<Result<_, _>>()?;
+    let clients: Vec<Client> = gateways
+        .iter()
+        .map(|url| Client::new(url))
+        .collect::<Result<_, _>>()?;
     let users: Vec<String> = (0..config.users).map(user_name).collect();
-    let accounts: Vec<(String, String)> = futures::stream::iter(users.clone().into_iter().enumerate())
-        .map(|(i, user)| {
-            let anon = clients[i % clients.len()].clone();
-            async move { register_and_login(&anon, &user, None).await.map(|token| (user, token)) }
-        })
-        .buffered(config.setup_concurrency)
-        .try_collect()
-        .await?;
+    let accounts: Vec<(String, String)> =
+        futures::stream::iter(users.clone().into_iter().enumerate())
+            .map(|(i, user)| {
+                let anon = clients[i % clients.len()].clone();
+                async move {
+                    register_and_login(&anon, &user, None)
+                        .await
+                        .map(|token| (user, token))
+                }
+            })
+            .buffered(config.setup_concurrency)
+            .try_collect()
+            .await?;
     trace.record(format!("registered and logged in {} users", accounts.len()));
     let tokens: Tokens = accounts.into_iter().collect();
-    let pairs: Vec<(usize, usize)> = (0..config.direct_convs).map(|_| draw_pair(users.len())).collect();
+    let pairs: Vec<(usize, usize)> = (0..config.direct_convs)
+        .map(|_| draw_pair(users.len()))
+        .collect();
     let created: Vec<(ConvId, Vec<String>)> = futures::stream::iter(pairs.into_iter().enumerate())
         .map(|(i, (a, b))| {
-            let client = clients[i % clients.len()].clone().with_token(tokens[&users[a]].clone());
+            let client = clients[i % clients.len()]
+                .clone()
+                .with_token(tokens[&users[a]].clone());
             let other = users[b].clone();
             async move {
-                let (conv, _) = retry(|| client.create_conversation([other.as_str()], None)).await.context("create direct")?;
+                let (conv, _) = retry(|| client.create_conversation([other.as_str()], None))
+                    .await
+                    .context("create direct")?;
                 anyhow::Ok((conv.conv_id, conv.members))
             }
         })
@@ -553,7 +808,11 @@ async fn setup_concurrent(config: ScenarioConfig, gateways: Vec<String>, trace: 
         }
     }
     let hot = groups(&config, &clients[0], &users, &tokens, &mut convs).await?;
-    trace.record(format!("setup {} users, {} conversations, hot {hot:?}", users.len(), convs.len()));
+    trace.record(format!(
+        "setup {} users, {} conversations, hot {hot:?}",
+        users.len(),
+        convs.len()
+    ));
     Ok((tokens, convs, hot))
 }
 
@@ -567,7 +826,11 @@ where
 }
 
 /// Retries a call while it fails in a retryable way, at most `retries` times, `pause` apart.
-pub(crate) async fn retry_up_to<T, F, Fut>(retries: u32, pause: Duration, mut call: F) -> Result<T, chat_client::ClientError>
+pub(crate) async fn retry_up_to<T, F, Fut>(
+    retries: u32,
+    pause: Duration,
+    mut call: F,
+) -> Result<T, chat_client::ClientError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, chat_client::ClientError>>,
@@ -584,36 +847,57 @@ where
     }
 }
 
-type FinalReads = (HashMap<ConvId, Vec<MessageView>>, HashMap<String, Inbox>, HashMap<String, Inbox>);
+type FinalReads = (
+    HashMap<ConvId, Vec<MessageView>>,
+    HashMap<String, Inbox>,
+    HashMap<String, Inbox>,
+);
 
 /// Reads every history and inbox, marks everything read, and reads the inboxes again.
-async fn final_reads(gateways: Vec<String>, concurrency: usize, tokens: Tokens, convs: Convs) -> anyhow::Result<FinalReads> {
+async fn final_reads(
+    gateways: Vec<String>,
+    concurrency: usize,
+    tokens: Tokens,
+    convs: Convs,
+) -> anyhow::Result<FinalReads> {
     use futures::{StreamExt, TryStreamExt};
     // `concurrency` reads at a time, spread over `gateways` (the scale scenario's thousands
     // of users, one after another, took longer than its time limit).
-    let clients: Vec<Client> = gateways.iter().map(|url| Client::new(url)).collect::<Result<_, _>>()?;
+    let clients: Vec<Client> = gateways
+        .iter()
+        .map(|url| Client::new(url))
+        .collect::<Result<_, _>>()?;
     let concurrency = concurrency.max(1);
-    let firsts: Vec<(ConvId, String)> = convs.iter().map(|(conv, members)| (*conv, members[0].clone())).collect();
-    let histories: HashMap<ConvId, Vec<MessageView>> = futures::stream::iter(firsts.into_iter().enumerate())
-        .map(|(i, (conv, first_member))| {
-            let client = clients[i % clients.len()].clone().with_token(tokens[&first_member].clone());
-            async move {
-                let mut all: Vec<MessageView> = Vec::new();
-                let mut before = None;
-                loop {
-                    let page = client.history(conv, before, Some(200)).await.with_context(|| format!("history of {conv}"))?;
-                    all.splice(0..0, page.messages);
-                    match page.next_before {
-                        Some(next) => before = Some(next),
-                        None => break,
+    let firsts: Vec<(ConvId, String)> = convs
+        .iter()
+        .map(|(conv, members)| (*conv, members[0].clone()))
+        .collect();
+    let histories: HashMap<ConvId, Vec<MessageView>> =
+        futures::stream::iter(firsts.into_iter().enumerate())
+            .map(|(i, (conv, first_member))| {
+                let client = clients[i % clients.len()]
+                    .clone()
+                    .with_token(tokens[&first_member].clone());
+                async move {
+                    let mut all: Vec<MessageView> = Vec::new();
+                    let mut before = None;
+                    loop {
+                        let page = client
+                            .history(conv, before, Some(200))
+                            .await
+                            .with_context(|| format!("history of {conv}"))?;
+                        all.splice(0..0, page.messages);
+                        match page.next_before {
+                            Some(next) => before = Some(next),
+                            None => break,
+                        }
                     }
+                    anyhow::Ok((conv, all))
                 }
-                anyhow::Ok((conv, all))
-            }
-        })
-        .buffered(concurrency)
-        .try_collect()
-        .await?;
+            })
+            .buffered(concurrency)
+            .try_collect()
+            .await?;
     let mut convs_of: HashMap<&str, Vec<ConvId>> = HashMap::new();
     for (conv, members) in &convs {
         for member in members {
@@ -624,8 +908,16 @@ async fn final_reads(gateways: Vec<String>, concurrency: usize, tokens: Tokens, 
     users.sort();
     let inboxes: Vec<(String, Inbox, Inbox)> = futures::stream::iter(users.into_iter().enumerate())
         .map(|(i, user)| {
-            let client = clients[i % clients.len()].clone().with_token(tokens[&user].clone());
-            let reads: Vec<(ConvId, u64)> = convs_of.get(user.as_str()).into_iter().flatten().map(|conv| (*conv, histories[conv].len() as u64)).filter(|(_, seq)| *seq > 0).collect();
+            let client = clients[i % clients.len()]
+                .clone()
+                .with_token(tokens[&user].clone());
+            let reads: Vec<(ConvId, u64)> = convs_of
+                .get(user.as_str())
+                .into_iter()
+                .flatten()
+                .map(|conv| (*conv, histories[conv].len() as u64))
+                .filter(|(_, seq)| *seq > 0)
+                .collect();
             async move {
                 let before = client.inbox(Some(100)).await.context("inbox")?;
                 let mut ws = client.connect_ws().await.context("connect to mark read")?;
@@ -637,7 +929,9 @@ async fn final_reads(gateways: Vec<String>, concurrency: usize, tokens: Tokens, 
                 loop {
                     match ws.recv_timeout(Duration::from_secs(10)).await? {
                         WsEvent::Frame(ServerFrame::Pong) => break,
-                        WsEvent::Frame(ServerFrame::Error { code, message, .. }) => bail!("read refused: {code} {message}"),
+                        WsEvent::Frame(ServerFrame::Error { code, message, .. }) => {
+                            bail!("read refused: {code} {message}")
+                        }
                         _ => {}
                     }
                 }
@@ -656,4 +950,3 @@ async fn final_reads(gateways: Vec<String>, concurrency: usize, tokens: Tokens, 
     }
     Ok((histories, before, after))
 }
-

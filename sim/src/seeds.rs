@@ -33,7 +33,8 @@ where
         if std::env::var_os("RUST_LOG").is_some() {
             madsim::runtime::init_logger();
         }
-        let mut runtime = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+        let mut runtime =
+            madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
         runtime.set_time_limit(time_limit);
         let trace = Trace::new();
         let (result, simulated) = runtime.block_on({
@@ -44,9 +45,20 @@ where
                 (result, start.elapsed())
             }
         });
-        Outcome { seed, trace_hash: trace.hash(), trace: trace.lines(), events: trace.len(), simulated, result: result.map_err(|e| format!("{e:#}")) }
+        Outcome {
+            seed,
+            trace_hash: trace.hash(),
+            trace: trace.lines(),
+            events: trace.len(),
+            simulated,
+            result: result.map_err(|e| format!("{e:#}")),
+        }
     };
-    match std::thread::Builder::new().name(format!("seed-{seed}")).spawn(run).map(|t| t.join()) {
+    match std::thread::Builder::new()
+        .name(format!("seed-{seed}"))
+        .spawn(run)
+        .map(|t| t.join())
+    {
         Ok(Ok(outcome)) => outcome,
         Ok(Err(panic)) => {
             let message = panic
@@ -54,9 +66,23 @@ where
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "panic".to_owned());
-            Outcome { seed, trace_hash: String::new(), trace: Vec::new(), events: 0, simulated: Duration::ZERO, result: Err(format!("panicked: {message}")) }
+            Outcome {
+                seed,
+                trace_hash: String::new(),
+                trace: Vec::new(),
+                events: 0,
+                simulated: Duration::ZERO,
+                result: Err(format!("panicked: {message}")),
+            }
         }
-        Err(err) => Outcome { seed, trace_hash: String::new(), trace: Vec::new(), events: 0, simulated: Duration::ZERO, result: Err(format!("could not start the seed's thread: {err}")) },
+        Err(err) => Outcome {
+            seed,
+            trace_hash: String::new(),
+            trace: Vec::new(),
+            events: 0,
+            simulated: Duration::ZERO,
+            result: Err(format!("could not start the seed's thread: {err}")),
+        },
     }
 }
 
@@ -65,7 +91,10 @@ pub fn seeds_from_env(default: u64) -> Vec<u64> {
     if let Some(seed) = std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) {
         return vec![seed];
     }
-    let count = std::env::var("SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(default);
+    let count = std::env::var("SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default);
     (1..=count).collect()
 }
 
@@ -73,7 +102,10 @@ pub fn seeds_from_env(default: u64) -> Vec<u64> {
 pub fn first_difference(a: &[String], b: &[String]) -> Option<(usize, String, String)> {
     let missing = || "<end of trace>".to_owned();
     (0..a.len().max(b.len())).find_map(|i| {
-        let (x, y) = (a.get(i).cloned().unwrap_or_else(missing), b.get(i).cloned().unwrap_or_else(missing));
+        let (x, y) = (
+            a.get(i).cloned().unwrap_or_else(missing),
+            b.get(i).cloned().unwrap_or_else(missing),
+        );
         (x != y).then_some((i, x, y))
     })
 }

@@ -14,7 +14,11 @@ use crate::faults::Schedule;
 
 /// Shrinks `schedule`, which fails; `still_fails` runs a candidate; `progress` is told each
 /// attempt's verdict.
-pub fn shrink(schedule: &Schedule, mut still_fails: impl FnMut(&Schedule) -> bool, mut progress: impl FnMut(&str)) -> Schedule {
+pub fn shrink(
+    schedule: &Schedule,
+    mut still_fails: impl FnMut(&Schedule) -> bool,
+    mut progress: impl FnMut(&str),
+) -> Schedule {
     let mut best = schedule.clone();
     let mut chunk = (best.episodes.len() / 2).max(1);
     loop {
@@ -25,7 +29,11 @@ pub fn shrink(schedule: &Schedule, mut still_fails: impl FnMut(&Schedule) -> boo
             let drop: Vec<usize> = (start..end).collect();
             let candidate = best.without(&drop);
             let fails = still_fails(&candidate);
-            progress(&format!("without episodes {start}..{end} of {}: {}", best.episodes.len(), if fails { "still fails" } else { "passes" }));
+            progress(&format!(
+                "without episodes {start}..{end} of {}: {}",
+                best.episodes.len(),
+                if fails { "still fails" } else { "passes" }
+            ));
             if fails {
                 best = candidate;
                 removed_any = true;

@@ -31,13 +31,17 @@ fn start_server() {
         .name("server")
         .ip(IpAddr::V4(SERVER_IP))
         .init(|| async {
-            let listener = tokio::net::TcpListener::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), PORT))
-                .await
-                .expect("bind in the simulator");
+            let listener = tokio::net::TcpListener::bind(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                PORT,
+            ))
+            .await
+            .expect("bind in the simulator");
             let mut options = chat::serve::Options::new(SECRET.to_vec());
             options.password_cost = chat_auth::PasswordCost::TESTING;
             let kv = Arc::new(chat_store::MemoryKv::new());
-            if let Err(err) = chat::serve::run(listener, kv, options, std::future::pending()).await {
+            if let Err(err) = chat::serve::run(listener, kv, options, std::future::pending()).await
+            {
                 panic!("server failed: {err:#}");
             }
         })
@@ -49,9 +53,19 @@ fn base_url() -> String {
 }
 
 /// Runs `f` on a fresh client node and waits for it.
-async fn on_node<T: Send + 'static>(name: &str, ip: Ipv4Addr, f: impl Future<Output = T> + Send + 'static) -> anyhow::Result<T> {
-    let node = madsim::runtime::Handle::current().create_node().name(name).ip(IpAddr::V4(ip)).build();
-    node.spawn(f).await.map_err(|e| anyhow::anyhow!("task on {name} failed: {e}"))
+async fn on_node<T: Send + 'static>(
+    name: &str,
+    ip: Ipv4Addr,
+    f: impl Future<Output = T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let node = madsim::runtime::Handle::current()
+        .create_node()
+        .name(name)
+        .ip(IpAddr::V4(ip))
+        .build();
+    node.spawn(f)
+        .await
+        .map_err(|e| anyhow::anyhow!("task on {name} failed: {e}"))
 }
 
 struct Setup {
@@ -77,17 +91,34 @@ pub async fn scenario(trace: Trace) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     for (i, user) in USERS.iter().enumerate() {
         let token = setup.tokens[*user].clone();
-        let mine: Vec<(ConvId, Vec<String>)> = setup.convs.iter().filter(|(_, m)| m.iter().any(|x| x == user)).cloned().collect();
+        let mine: Vec<(ConvId, Vec<String>)> = setup
+            .convs
+            .iter()
+            .filter(|(_, m)| m.iter().any(|x| x == user))
+            .cloned()
+            .collect();
         let ip = Ipv4Addr::new(10, 0, 1, i as u8 + 1);
         let trace = trace.clone();
         let user = user.to_string();
-        let node = madsim::runtime::Handle::current().create_node().name(user.clone()).ip(IpAddr::V4(ip)).build();
-        tasks.push((user.clone(), node.spawn(chat_client_run(user, token, mine, trace))));
+        let node = madsim::runtime::Handle::current()
+            .create_node()
+            .name(user.clone())
+            .ip(IpAddr::V4(ip))
+            .build();
+        tasks.push((
+            user.clone(),
+            node.spawn(chat_client_run(user, token, mine, trace)),
+        ));
     }
     let mut observed = HashMap::new();
     for (user, task) in tasks {
-        let result = task.await.map_err(|e| anyhow::anyhow!("client {user} panicked: {e}"))?;
-        observed.insert(user.clone(), result.with_context(|| format!("client {user}"))?);
+        let result = task
+            .await
+            .map_err(|e| anyhow::anyhow!("client {user} panicked: {e}"))?;
+        observed.insert(
+            user.clone(),
+            result.with_context(|| format!("client {user}"))?,
+        );
     }
 
     let history = on_node("checker", Ipv4Addr::new(10, 0, 2, 2), {
@@ -126,18 +157,39 @@ async fn setup(trace: Trace) -> anyhow::Result<Setup> {
     let as_user = |u: &str| anon.clone().with_token(tokens[u].clone());
     let ab = as_user("alice").create_conversation(["bob"], None).await?.0;
     let bc = as_user("bob").create_conversation(["carol"], None).await?.0;
-    let group = as_user("carol").create_conversation(["alice", "bob"], Some("all of us")).await?.0;
-    trace.record(format!("created {} {} {}", ab.conv_id, bc.conv_id, group.conv_id));
-    Ok(Setup { tokens, convs: vec![(ab.conv_id, ab.members), (bc.conv_id, bc.members), (group.conv_id, group.members)] })
+    let group = as_user("carol")
+        .create_conversation(["alice", "bob"], Some("all of us"))
+        .await?
+        .0;
+    trace.record(format!(
+        "created {} {} {}",
+        ab.conv_id, bc.conv_id, group.conv_id
+    ));
+    Ok(Setup {
+        tokens,
+        convs: vec![
+            (ab.conv_id, ab.members),
+            (bc.conv_id, bc.members),
+            (group.conv_id, group.members),
+        ],
+    })
 }
 
 /// One client: sends `SENDS_PER_CONV` messages to each of its conversations with random
 /// pauses, while receiving, until its sends are acked and it has every message of the others.
-async fn chat_client_run(user: String, token: String, convs: Vec<(ConvId, Vec<String>)>, trace: Trace) -> anyhow::Result<Observed> {
+async fn chat_client_run(
+    user: String,
+    token: String,
+    convs: Vec<(ConvId, Vec<String>)>,
+    trace: Trace,
+) -> anyhow::Result<Observed> {
     let client = Client::new(&base_url())?.with_token(token);
     let ws = client.connect_ws().await?;
     let (mut tx, mut rx) = ws.split();
-    let expected_pushes: usize = convs.iter().map(|(_, m)| (m.len() - 1) * SENDS_PER_CONV).sum();
+    let expected_pushes: usize = convs
+        .iter()
+        .map(|(_, m)| (m.len() - 1) * SENDS_PER_CONV)
+        .sum();
     let expected_acks = convs.len() * SENDS_PER_CONV;
     let sender = {
         let convs: Vec<ConvId> = convs.iter().map(|(c, _)| *c).collect();
@@ -147,7 +199,11 @@ async fn chat_client_run(user: String, token: String, convs: Vec<(ConvId, Vec<St
                 for conv in &convs {
                     let pause = Duration::from_millis(rand::random::<u64>() % 40);
                     tokio::time::sleep(pause).await;
-                    let frame = ClientFrame::Send { id: format!("{user}-{conv}-{i}"), conv: *conv, body: format!("{user} says {i}") };
+                    let frame = ClientFrame::Send {
+                        id: format!("{user}-{conv}-{i}"),
+                        conv: *conv,
+                        body: format!("{user} says {i}"),
+                    };
                     tx.send(&frame).await?;
                 }
             }
@@ -163,11 +219,26 @@ async fn chat_client_run(user: String, token: String, convs: Vec<(ConvId, Vec<St
         match event {
             WsEvent::Frame(ServerFrame::Sent { id, conv, seq, .. }) => {
                 trace.record(format!("{user} sent {id} conv={conv} seq={seq}"));
-                ensure!(observed.acks.insert(id.clone(), (conv, seq)).is_none(), "{user}: second ack for {id}");
+                ensure!(
+                    observed.acks.insert(id.clone(), (conv, seq)).is_none(),
+                    "{user}: second ack for {id}"
+                );
             }
-            WsEvent::Frame(ServerFrame::Message { conv, seq, sender, id, .. }) => {
-                trace.record(format!("{user} got conv={conv} seq={seq} from {sender} id={id}"));
-                observed.pushes.entry(conv).or_default().push((seq, sender, id));
+            WsEvent::Frame(ServerFrame::Message {
+                conv,
+                seq,
+                sender,
+                id,
+                ..
+            }) => {
+                trace.record(format!(
+                    "{user} got conv={conv} seq={seq} from {sender} id={id}"
+                ));
+                observed
+                    .pushes
+                    .entry(conv)
+                    .or_default()
+                    .push((seq, sender, id));
                 pushes += 1;
             }
             WsEvent::Frame(other) => bail!("{user}: unexpected frame {other:?}"),
@@ -175,7 +246,9 @@ async fn chat_client_run(user: String, token: String, convs: Vec<(ConvId, Vec<St
             WsEvent::Closed { code, reason } => bail!("{user}: closed {code:?} {reason}"),
         }
     }
-    let _tx = sender.await.map_err(|e| anyhow::anyhow!("sender task: {e}"))??;
+    let _tx = sender
+        .await
+        .map_err(|e| anyhow::anyhow!("sender task: {e}"))??;
     // Nothing more may arrive: a duplicate push would show up here.
     match rx.recv_timeout(Duration::from_secs(2)).await {
         Err(chat_client::ClientError::Timeout { .. }) | Ok(WsEvent::Pong(_)) => {}
@@ -187,7 +260,10 @@ async fn chat_client_run(user: String, token: String, convs: Vec<(ConvId, Vec<St
 
 type Histories = HashMap<ConvId, Vec<(Seq, String, String)>>;
 
-async fn read_histories(tokens: HashMap<String, String>, convs: Vec<(ConvId, Vec<String>)>) -> anyhow::Result<Histories> {
+async fn read_histories(
+    tokens: HashMap<String, String>,
+    convs: Vec<(ConvId, Vec<String>)>,
+) -> anyhow::Result<Histories> {
     let mut out = HashMap::new();
     for (conv, members) in convs {
         let client = Client::new(&base_url())?.with_token(tokens[&members[0]].clone());
@@ -195,7 +271,12 @@ async fn read_histories(tokens: HashMap<String, String>, convs: Vec<(ConvId, Vec
         let mut before = None;
         loop {
             let page = client.history(conv, before, Some(200)).await?;
-            all.splice(0..0, page.messages.into_iter().map(|m| (m.seq, m.sender, m.client_msg_id)));
+            all.splice(
+                0..0,
+                page.messages
+                    .into_iter()
+                    .map(|m| (m.seq, m.sender, m.client_msg_id)),
+            );
             match page.next_before {
                 Some(next) => before = Some(next),
                 None => break,
@@ -206,28 +287,58 @@ async fn read_histories(tokens: HashMap<String, String>, convs: Vec<(ConvId, Vec
     Ok(out)
 }
 
-fn check(setup: &Setup, observed: &HashMap<String, Observed>, history: &Histories) -> anyhow::Result<()> {
+fn check(
+    setup: &Setup,
+    observed: &HashMap<String, Observed>,
+    history: &Histories,
+) -> anyhow::Result<()> {
     for (conv, members) in &setup.convs {
         let stored = &history[conv];
         // Gapless from 1, one message per (sender, id).
         let seqs: Vec<Seq> = stored.iter().map(|(s, _, _)| *s).collect();
-        ensure!(seqs == (1..=stored.len() as Seq).collect::<Vec<_>>(), "conv {conv}: seqs not gapless from 1: {seqs:?}");
-        ensure!(stored.len() == members.len() * SENDS_PER_CONV, "conv {conv}: {} stored, expected {}", stored.len(), members.len() * SENDS_PER_CONV);
+        ensure!(
+            seqs == (1..=stored.len() as Seq).collect::<Vec<_>>(),
+            "conv {conv}: seqs not gapless from 1: {seqs:?}"
+        );
+        ensure!(
+            stored.len() == members.len() * SENDS_PER_CONV,
+            "conv {conv}: {} stored, expected {}",
+            stored.len(),
+            members.len() * SENDS_PER_CONV
+        );
         let by_id: HashMap<&String, Seq> = stored.iter().map(|(s, _, id)| (id, *s)).collect();
-        ensure!(by_id.len() == stored.len(), "conv {conv}: duplicate ids in history");
+        ensure!(
+            by_id.len() == stored.len(),
+            "conv {conv}: duplicate ids in history"
+        );
         for member in members {
             let seen = observed.get(member).context("missing client")?;
             // Durability: every ack is in history with its seq.
             for (id, (c, seq)) in &seen.acks {
                 if c == conv {
-                    ensure!(by_id.get(id) == Some(seq), "conv {conv}: {member}'s ack {id}={seq} not in history");
+                    ensure!(
+                        by_id.get(id) == Some(seq),
+                        "conv {conv}: {member}'s ack {id}={seq} not in history"
+                    );
                 }
             }
             // Delivery: every message of the others, once, in increasing seq.
             let pushed = seen.pushes.get(conv).cloned().unwrap_or_default();
-            ensure!(pushed.windows(2).all(|w| w[0].0 < w[1].0), "conv {conv}: {member} saw pushes out of order");
-            let expected: Vec<(Seq, String, String)> = stored.iter().filter(|(_, sender, _)| sender != member).cloned().collect();
-            ensure!(pushed == expected, "conv {conv}: {member} received {} pushes, expected {}", pushed.len(), expected.len());
+            ensure!(
+                pushed.windows(2).all(|w| w[0].0 < w[1].0),
+                "conv {conv}: {member} saw pushes out of order"
+            );
+            let expected: Vec<(Seq, String, String)> = stored
+                .iter()
+                .filter(|(_, sender, _)| sender != member)
+                .cloned()
+                .collect();
+            ensure!(
+                pushed == expected,
+                "conv {conv}: {member} received {} pushes, expected {}",
+                pushed.len(),
+                expected.len()
+            );
         }
     }
     Ok(())

@@ -45,12 +45,21 @@ struct Stall {
 
 impl Stalls {
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The client at `client` stops reading: the server may write `window_bytes` more.
     pub fn stop_reading(&self, client: SocketAddr, window_bytes: usize) {
-        self.lock().stalled.insert(client, Stall { window_bytes, wakers: Vec::new(), blocked_at: None });
+        self.lock().stalled.insert(
+            client,
+            Stall {
+                window_bytes,
+                wakers: Vec::new(),
+                blocked_at: None,
+            },
+        );
     }
 
     /// The client reads again: writes waiting on it go on.
@@ -89,7 +98,14 @@ impl Listener for ShapedListener {
 
     async fn accept(&mut self) -> io::Result<(Shaped, SocketAddr)> {
         let (io, peer) = Listener::accept(&mut self.listener).await?;
-        Ok((Shaped { io, peer, stalls: self.stalls.clone() }, peer))
+        Ok((
+            Shaped {
+                io,
+                peer,
+                stalls: self.stalls.clone(),
+            },
+            peer,
+        ))
     }
 }
 
@@ -110,13 +126,21 @@ impl Drop for Shaped {
 }
 
 impl AsyncRead for Shaped {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for Shaped {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let allowed = {
             let mut inner = self.stalls.lock();
             match inner.stalled.get_mut(&self.peer) {

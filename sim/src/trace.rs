@@ -34,7 +34,11 @@ impl Trace {
     }
 
     pub fn len(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).lines.len()
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .lines
+            .len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -42,7 +46,11 @@ impl Trace {
     }
 
     pub fn lines(&self) -> Vec<String> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).lines.clone()
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .lines
+            .clone()
     }
 
     /// SHA-256 of every line, hex.

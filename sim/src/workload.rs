@@ -22,14 +22,17 @@ use chat_proto::{ConvId, ErrorCode, Seq};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Simulated wall-clock time in microseconds since the epoch: the time base shared by every
 /// observation and by the server's message timestamps (milliseconds of the same clock).
 pub fn now_us() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 /// Where a device opens its WebSocket.
@@ -68,7 +71,10 @@ pub struct Device {
 impl Device {
     /// How many conversations of the scenario the user is not in.
     pub fn others_len(&self) -> usize {
-        self.all_convs.iter().filter(|c| !self.convs.contains(c)).count()
+        self.all_convs
+            .iter()
+            .filter(|c| !self.convs.contains(c))
+            .count()
     }
 
     /// The `k`-th conversation the user is not in, in the scenario's order.
@@ -118,11 +124,26 @@ pub enum SyncReason {
 /// What happened on one connection, in order, with the simulated time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConnEvent {
-    Message { conv: ConvId, seq: Seq },
-    SyncSent { conv: ConvId, after: Seq, reason: SyncReason, at_us: u64 },
-    Synced { conv: ConvId, seq: Seq, at_us: u64 },
+    Message {
+        conv: ConvId,
+        seq: Seq,
+    },
+    SyncSent {
+        conv: ConvId,
+        after: Seq,
+        reason: SyncReason,
+        at_us: u64,
+    },
+    Synced {
+        conv: ConvId,
+        seq: Seq,
+        at_us: u64,
+    },
     /// The oldest outstanding sync of `conv` was answered with an error.
-    SyncFailed { conv: ConvId, at_us: u64 },
+    SyncFailed {
+        conv: ConvId,
+        at_us: u64,
+    },
 }
 
 /// One WebSocket of a device.
@@ -154,8 +175,14 @@ pub struct Received {
 /// A REST read and what it answered.
 #[derive(Debug, Clone)]
 pub enum ReadKind {
-    History { conv: ConvId, before: Option<Seq>, limit: u32 },
-    Inbox { limit: u32 },
+    History {
+        conv: ConvId,
+        before: Option<Seq>,
+        limit: u32,
+    },
+    Inbox {
+        limit: u32,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -277,7 +304,11 @@ impl Controls {
 
     /// The stall ordered for `device`, if any, taken.
     fn take_stall(&self, device: usize) -> Option<StallOrder> {
-        self.stall.get(device)?.lock().unwrap_or_else(|p| p.into_inner()).take()
+        self.stall
+            .get(device)?
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     pub fn phase(&self) -> Phase {
@@ -351,14 +382,21 @@ impl State {
     /// Done: nothing pending, and every conversation received up to what the catch-up
     /// sync reported for it.
     fn settled(&self) -> bool {
-        self.catchup_started && self.pending.is_empty() && self.device.convs.iter().all(|c| self.caught_up(*c))
+        self.catchup_started
+            && self.pending.is_empty()
+            && self.device.convs.iter().all(|c| self.caught_up(*c))
     }
 
     /// A sync sent during catch-up was answered, and everything up to its seq is here.
     fn caught_up(&self, conv: ConvId) -> bool {
         let answered = self.syncs_answered.get(&conv).copied().unwrap_or(0);
         let mark = self.catchup_mark.get(&conv).copied().unwrap_or(u64::MAX);
-        answered >= mark && self.observed.synced.get(&conv).is_some_and(|last| self.contiguous(conv) >= *last)
+        answered >= mark
+            && self
+                .observed
+                .synced
+                .get(&conv)
+                .is_some_and(|last| self.contiguous(conv) >= *last)
     }
 
     fn event(&mut self, event: ConnEvent) {
@@ -382,7 +420,9 @@ impl State {
 
     /// A reconnect, gap or catch-up sync of `conv` is waiting for its answer.
     fn syncing(&self, conv: ConvId) -> bool {
-        self.open_syncs.get(&conv).is_some_and(|q| q.iter().any(|(_, reason)| *reason != SyncReason::Browse))
+        self.open_syncs
+            .get(&conv)
+            .is_some_and(|q| q.iter().any(|(_, reason)| *reason != SyncReason::Browse))
     }
 
     /// A send's first write is no longer bound by the order promise.
@@ -394,11 +434,19 @@ impl State {
 }
 
 /// Runs one device until the scenario's settle phase is complete (or `deadline`).
-pub async fn run_client(device: Device, controls: Arc<Controls>, trace: Trace, deadline: Duration) -> Observed {
+pub async fn run_client(
+    device: Device,
+    controls: Arc<Controls>,
+    trace: Trace,
+    deadline: Duration,
+) -> Observed {
     let start = std::time::Instant::now();
     let mut state = State {
         rng: StdRng::seed_from_u64(device.rng_seed),
-        observed: Observed { user: device.user.clone(), ..Observed::default() },
+        observed: Observed {
+            user: device.user.clone(),
+            ..Observed::default()
+        },
         device,
         pending: BTreeMap::new(),
         next_msg: 0,
@@ -421,12 +469,20 @@ pub async fn run_client(device: Device, controls: Arc<Controls>, trace: Trace, d
     while start.elapsed() < deadline && !controls.stopped() {
         // The preferred target first; after a failure, any of them.
         let targets = &state.device.ws_targets;
-        let target = if failures == 0 { targets[0].clone() } else { targets[state.rng.random_range(0..targets.len())].clone() };
+        let target = if failures == 0 {
+            targets[0].clone()
+        } else {
+            targets[state.rng.random_range(0..targets.len())].clone()
+        };
         let rest = &state.device.gateways[state.rng.random_range(0..state.device.gateways.len())];
         let (client, ws_client) = match (Client::new(rest), Client::new(&target.url)) {
             (Ok(c), Ok(w)) => {
                 let token = state.device.token.clone();
-                (c.with_token(token.clone()).with_timeout(Duration::from_secs(5)), w.with_token(token).with_timeout(Duration::from_secs(5)))
+                (
+                    c.with_token(token.clone())
+                        .with_timeout(Duration::from_secs(5)),
+                    w.with_token(token).with_timeout(Duration::from_secs(5)),
+                )
             }
             _ => return state.observed,
         };
@@ -434,7 +490,10 @@ pub async fn run_client(device: Device, controls: Arc<Controls>, trace: Trace, d
             Ok(ws) => {
                 backoff = Duration::from_millis(100);
                 failures = 0;
-                let settled = session(&mut state, &client, ws, target.via, &controls, start, deadline).await;
+                let settled = session(
+                    &mut state, &client, ws, target.via, &controls, start, deadline,
+                )
+                .await;
                 if let Some(conn) = state.observed.connections.last_mut() {
                     conn.closed_us = now_us();
                 }
@@ -452,7 +511,11 @@ pub async fn run_client(device: Device, controls: Arc<Controls>, trace: Trace, d
             }
             Err(err) => {
                 failures += 1;
-                state.trace.record(format_args!("c{} connect failed: {}", state.device.index, err.code().map(|c| c.as_str()).unwrap_or("io")));
+                state.trace.record(format_args!(
+                    "c{} connect failed: {}",
+                    state.device.index,
+                    err.code().map(|c| c.as_str()).unwrap_or("io")
+                ));
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
@@ -462,7 +525,15 @@ pub async fn run_client(device: Device, controls: Arc<Controls>, trace: Trace, d
 }
 
 /// One connection: returns true once settled.
-async fn session(state: &mut State, client: &Client, ws: WsConnection, via: Node, controls: &Controls, start: std::time::Instant, deadline: Duration) -> bool {
+async fn session(
+    state: &mut State,
+    client: &Client,
+    ws: WsConnection,
+    via: Node,
+    controls: &Controls,
+    start: std::time::Instant,
+    deadline: Duration,
+) -> bool {
     // The socket is read by a task of its own, which notes when each frame arrived: the
     // device's own work (a REST call that waits for a slow gateway) must not be mistaken
     // for a late push. (It was, for a paused gateway: seed 8.)
@@ -471,7 +542,12 @@ async fn session(state: &mut State, client: &Client, ws: WsConnection, via: Node
     let (arrivals, mut events) = tokio::sync::mpsc::unbounded_channel();
     let not_reading = Arc::new(AtomicBool::new(false));
     let reader = tokio::spawn(read_socket(receiver, arrivals, not_reading.clone()));
-    let socket = Socket { ws: &mut ws, events: &mut events, local_addr, not_reading };
+    let socket = Socket {
+        ws: &mut ws,
+        events: &mut events,
+        local_addr,
+        not_reading,
+    };
     let settled = session_loop(state, client, socket, via, controls, start, deadline).await;
     reader.abort();
     settled
@@ -480,7 +556,11 @@ async fn session(state: &mut State, client: &Client, ws: WsConnection, via: Node
 /// Forwards every event of the socket with its arrival time, until it closes. While
 /// `not_reading` is set it does not touch the socket (so pings go unanswered, as they do
 /// for a frozen app).
-async fn read_socket(mut receiver: chat_client::WsReceiver, arrivals: tokio::sync::mpsc::UnboundedSender<(u64, Result<WsEvent, ClientError>)>, not_reading: Arc<AtomicBool>) {
+async fn read_socket(
+    mut receiver: chat_client::WsReceiver,
+    arrivals: tokio::sync::mpsc::UnboundedSender<(u64, Result<WsEvent, ClientError>)>,
+    not_reading: Arc<AtomicBool>,
+) {
     loop {
         if not_reading.load(Ordering::Relaxed) {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -511,13 +591,33 @@ struct Socket<'a> {
     not_reading: Arc<AtomicBool>,
 }
 
-async fn session_loop(state: &mut State, client: &Client, socket: Socket<'_>, via: Node, controls: &Controls, start: std::time::Instant, deadline: Duration) -> bool {
-    let Socket { ws, events, local_addr, not_reading } = socket;
+async fn session_loop(
+    state: &mut State,
+    client: &Client,
+    socket: Socket<'_>,
+    via: Node,
+    controls: &Controls,
+    start: std::time::Instant,
+    deadline: Duration,
+) -> bool {
+    let Socket {
+        ws,
+        events,
+        local_addr,
+        not_reading,
+    } = socket;
     let index = state.device.index;
     let conn_no = state.connection;
     state.connection += 1;
-    state.observed.connections.push(ConnRecord { via, opened_us: now_us(), closed_us: u64::MAX, events: Vec::new() });
-    state.trace.record(format_args!("c{index} connected #{conn_no} via {via}"));
+    state.observed.connections.push(ConnRecord {
+        via,
+        opened_us: now_us(),
+        closed_us: u64::MAX,
+        events: Vec::new(),
+    });
+    state
+        .trace
+        .record(format_args!("c{index} connected #{conn_no} via {via}"));
     // A new connection: sync counts start over. Catch-up is always done on a connection
     // opened after the catch-up phase began, so every answer counted is to a sync asked
     // once all messages were durable (answers to earlier syncs may be stale).
@@ -536,7 +636,10 @@ async fn session_loop(state: &mut State, client: &Client, socket: Socket<'_>, vi
         // Catch up on everything after a reconnect.
         for conv in state.device.convs.clone() {
             let after = state.contiguous(conv);
-            if sync(state, ws, conv, after, SyncReason::Reconnect).await.is_err() {
+            if sync(state, ws, conv, after, SyncReason::Reconnect)
+                .await
+                .is_err()
+            {
                 return false;
             }
         }
@@ -548,7 +651,8 @@ async fn session_loop(state: &mut State, client: &Client, socket: Socket<'_>, vi
         }
     }
     let mut next_action = std::time::Instant::now() + think_time(&mut state.rng);
-    let mut next_hot = std::time::Instant::now() + Duration::from_millis(state.rng.random_range(HOT_INTERVAL_MS));
+    let mut next_hot =
+        std::time::Instant::now() + Duration::from_millis(state.rng.random_range(HOT_INTERVAL_MS));
     let mut last_frame = std::time::Instant::now();
     let mut ping_sent: Option<std::time::Instant> = None;
     loop {
@@ -556,11 +660,18 @@ async fn session_loop(state: &mut State, client: &Client, socket: Socket<'_>, vi
             state.trace.record(format_args!("c{index} stops unsettled"));
             return false;
         }
-        if controls.disconnect.get(index).is_some_and(|d| d.swap(false, Ordering::Relaxed)) {
+        if controls
+            .disconnect
+            .get(index)
+            .is_some_and(|d| d.swap(false, Ordering::Relaxed))
+        {
             state.trace.record(format_args!("c{index} disconnects"));
             return false;
         }
-        if let Some(order) = controls.take_stall(index).filter(|_| controls.phase() == Phase::Chaos) {
+        if let Some(order) = controls
+            .take_stall(index)
+            .filter(|_| controls.phase() == Phase::Chaos)
+        {
             not_reading.store(true, Ordering::Relaxed);
             let connected = stall(state, local_addr, via, controls, order).await;
             not_reading.store(false, Ordering::Relaxed);
@@ -577,7 +688,9 @@ async fn session_loop(state: &mut State, client: &Client, socket: Socket<'_>, vi
             state.trace.record(format_args!("c{index} resolved"));
         }
         if phase == Phase::Catchup && !state.catchup_started {
-            state.trace.record(format_args!("c{index} reconnects for catch-up"));
+            state
+                .trace
+                .record(format_args!("c{index} reconnects for catch-up"));
             return false;
         }
         if state.settled() {
@@ -602,7 +715,8 @@ async fn session_loop(state: &mut State, client: &Client, socket: Socket<'_>, vi
             None => SILENCE_PING_AFTER.saturating_sub(now.saturating_duration_since(last_frame)),
         });
         if let Some(oldest) = state.pending.values().min() {
-            wait = wait.min(PENDING_RESEND_AFTER.saturating_sub(now.saturating_duration_since(*oldest)));
+            wait = wait
+                .min(PENDING_RESEND_AFTER.saturating_sub(now.saturating_duration_since(*oldest)));
         }
         match tokio::time::timeout(wait.max(Duration::from_millis(5)), events.recv()).await {
             Ok(Some((at_us, Ok(WsEvent::Frame(frame))))) => {
@@ -614,7 +728,9 @@ async fn session_loop(state: &mut State, client: &Client, socket: Socket<'_>, vi
             }
             Ok(Some((_, Ok(WsEvent::Pong(_))))) => {}
             Ok(Some((_, Ok(WsEvent::Closed { code, .. })))) => {
-                state.trace.record(format_args!("c{index} closed by server {code:?}"));
+                state
+                    .trace
+                    .record(format_args!("c{index} closed by server {code:?}"));
                 return false;
             }
             Ok(Some((_, Err(_)))) | Ok(None) => return false,
@@ -623,7 +739,9 @@ async fn session_loop(state: &mut State, client: &Client, socket: Socket<'_>, vi
         // Liveness of the connection: a partition shows up only as silence.
         if let Some(sent) = ping_sent {
             if sent.elapsed() > PONG_WAIT {
-                state.trace.record(format_args!("c{index} connection silent; reconnecting"));
+                state
+                    .trace
+                    .record(format_args!("c{index} connection silent; reconnecting"));
                 return false;
             }
         } else if last_frame.elapsed() > SILENCE_PING_AFTER {
@@ -634,7 +752,12 @@ async fn session_loop(state: &mut State, client: &Client, socket: Socket<'_>, vi
         }
         // Resend sends that got no answer (same id: the server answers the same seq).
         let now = std::time::Instant::now();
-        let stale: Vec<String> = state.pending.iter().filter(|(_, at)| now.saturating_duration_since(**at) > PENDING_RESEND_AFTER).map(|(id, _)| id.clone()).collect();
+        let stale: Vec<String> = state
+            .pending
+            .iter()
+            .filter(|(_, at)| now.saturating_duration_since(**at) > PENDING_RESEND_AFTER)
+            .map(|(id, _)| id.clone())
+            .collect();
         for id in stale {
             if resend(state, ws, &id).await.is_err() {
                 return false;
@@ -655,7 +778,8 @@ async fn session_loop(state: &mut State, client: &Client, socket: Socket<'_>, vi
         }
         if let Some(hot) = state.device.hot {
             if std::time::Instant::now() >= next_hot {
-                next_hot = std::time::Instant::now() + Duration::from_millis(state.rng.random_range(HOT_INTERVAL_MS));
+                next_hot = std::time::Instant::now()
+                    + Duration::from_millis(state.rng.random_range(HOT_INTERVAL_MS));
                 if state.pending.len() < PENDING_MAX && send_new(state, ws, hot).await.is_err() {
                     return false;
                 }
@@ -672,18 +796,33 @@ async fn session_loop(state: &mut State, client: &Client, socket: Socket<'_>, vi
 
 /// Stops reading `ws` as `order` says; false when the connection is gone (the server gave up
 /// on it, as it must on one that never reads again).
-async fn stall(state: &mut State, local_addr: Option<std::net::SocketAddr>, via: Node, controls: &Controls, order: StallOrder) -> bool {
+async fn stall(
+    state: &mut State,
+    local_addr: Option<std::net::SocketAddr>,
+    via: Node,
+    controls: &Controls,
+    order: StallOrder,
+) -> bool {
     let index = state.device.index;
     let Some(addr) = local_addr else { return true };
     controls.stalls.stop_reading(addr, order.window_bytes);
     let begin_us = now_us();
     let began = std::time::Instant::now();
-    let open_requests = state.open_syncs.values().map(VecDeque::len).sum::<usize>() + state.open_pings.len() + state.open_marks.len();
-    state.trace.record(format_args!("c{index} stops reading (window {} bytes{})", order.window_bytes, if order.forever { ", for good" } else { "" }));
+    let open_requests = state.open_syncs.values().map(VecDeque::len).sum::<usize>()
+        + state.open_pings.len()
+        + state.open_marks.len();
+    state.trace.record(format_args!(
+        "c{index} stops reading (window {} bytes{})",
+        order.window_bytes,
+        if order.forever { ", for good" } else { "" }
+    ));
     let mut dropped_us = None;
     if order.forever {
         // Until the server gives up, or the cap, or the chaos phase ends (no verdict then).
-        while began.elapsed() < order.duration && controls.phase() == Phase::Chaos && !controls.stopped() {
+        while began.elapsed() < order.duration
+            && controls.phase() == Phase::Chaos
+            && !controls.stopped()
+        {
             tokio::time::sleep(Duration::from_millis(100)).await;
             if controls.stalls.dropped(addr) {
                 dropped_us = Some(now_us());
@@ -696,13 +835,23 @@ async fn stall(state: &mut State, local_addr: Option<std::net::SocketAddr>, via:
             dropped_us = Some(now_us());
         }
     }
-    let blocked = controls.stalls.blocked_at(addr).map(|at| at.saturating_duration_since(began).as_millis());
+    let blocked = controls
+        .stalls
+        .blocked_at(addr)
+        .map(|at| at.saturating_duration_since(began).as_millis());
     controls.stalls.resume(addr);
     match dropped_us {
         Some(at) => state.trace.record(format_args!("c{index} reads again; the server dropped the connection after {} ms (its writes waited from {blocked:?} ms)", (at - begin_us) / 1000)),
         None => state.trace.record(format_args!("c{index} reads again (the server's writes waited from {blocked:?} ms)")),
     }
-    state.observed.stalls.push(StallRecord { via, begin_us, end_us: now_us(), forever: order.forever, dropped_us, open_requests });
+    state.observed.stalls.push(StallRecord {
+        via,
+        begin_us,
+        end_us: now_us(),
+        forever: order.forever,
+        dropped_us,
+        open_requests,
+    });
     // One that stopped for good comes back with a new connection, as an app woken up would.
     !order.forever
 }
@@ -712,7 +861,11 @@ fn think_time(rng: &mut StdRng) -> Duration {
 }
 
 /// Writes a new message to `conv`.
-async fn send_new(state: &mut State, ws: &mut WsSender, conv: ConvId) -> Result<(), chat_client::ClientError> {
+async fn send_new(
+    state: &mut State,
+    ws: &mut WsSender,
+    conv: ConvId,
+) -> Result<(), chat_client::ClientError> {
     // Fresh per sender (the slot tells a user's devices apart), and the same ids come up
     // for different users, as they may: idempotency is per (sender, id).
     let id = format!("m{}-s{}", state.next_msg, state.device.slot);
@@ -720,14 +873,28 @@ async fn send_new(state: &mut State, ws: &mut WsSender, conv: ConvId) -> Result<
     let body = format!("{} says {} in {conv}", state.device.user, state.next_msg);
     let order = state.sends_written;
     state.sends_written += 1;
-    let record = SendRecord { conv, body: body.clone(), acks: Vec::new(), written_us: now_us(), first_ack_us: None, conn: state.connection - 1, order, clean: false, undecided: true };
+    let record = SendRecord {
+        conv,
+        body: body.clone(),
+        acks: Vec::new(),
+        written_us: now_us(),
+        first_ack_us: None,
+        conn: state.connection - 1,
+        order,
+        clean: false,
+        undecided: true,
+    };
     state.observed.sends.insert(id.clone(), record);
     state.pending.insert(id.clone(), std::time::Instant::now());
     ws.send(&ClientFrame::Send { id, conv, body }).await
 }
 
 /// One thing a person does.
-async fn act(state: &mut State, client: &Client, ws: &mut WsSender) -> Result<(), chat_client::ClientError> {
+async fn act(
+    state: &mut State,
+    client: &Client,
+    ws: &mut WsSender,
+) -> Result<(), chat_client::ClientError> {
     if state.device.convs.is_empty() {
         return Ok(());
     }
@@ -737,28 +904,57 @@ async fn act(state: &mut State, client: &Client, ws: &mut WsSender) -> Result<()
         0..55 if state.pending.len() < PENDING_MAX => send_new(state, ws, conv).await,
         55..62 => {
             // Resend an id that was already acked: idempotency must answer the same seq.
-            let acked: Vec<String> = state.observed.sends.iter().filter(|(_, s)| !s.acks.is_empty()).map(|(id, _)| id.clone()).collect();
+            let acked: Vec<String> = state
+                .observed
+                .sends
+                .iter()
+                .filter(|(_, s)| !s.acks.is_empty())
+                .map(|(id, _)| id.clone())
+                .collect();
             if acked.is_empty() {
                 return Ok(());
             }
             let id = acked[state.rng.random_range(0..acked.len())].clone();
             let record = &state.observed.sends[&id];
-            ws.send(&ClientFrame::Send { id: id.clone(), conv: record.conv, body: record.body.clone() }).await
+            ws.send(&ClientFrame::Send {
+                id: id.clone(),
+                conv: record.conv,
+                body: record.body.clone(),
+            })
+            .await
         }
         62..71 => {
             // Mark read up to what is here; now and then a little less (scrolled back up),
             // which must never move the cursor backwards.
-            let seq = state.contiguous(conv).saturating_sub(if state.rng.random_bool(0.2) { state.rng.random_range(1..4) } else { 0 });
+            let seq = state
+                .contiguous(conv)
+                .saturating_sub(if state.rng.random_bool(0.2) {
+                    state.rng.random_range(1..4)
+                } else {
+                    0
+                });
             // One open mark per conversation: an error names the conversation, not the seq, and
             // a mark that succeeds is silent, so with two open the error could not be told
             // apart (attributing it to the oldest once confirmed a mark that had failed: seed 58).
-            let open = state.open_marks.iter().any(|&(i, _)| state.observed.marks[i].conv == conv);
+            let open = state
+                .open_marks
+                .iter()
+                .any(|&(i, _)| state.observed.marks[i].conv == conv);
             if seq == 0 || open {
                 return Ok(());
             }
-            state.trace.record(format_args!("c{} marks conv={conv} seq={seq} (request {})", state.device.index, state.requests));
-            state.observed.marks.push(MarkRecord { conv, seq, confirmed: false });
-            state.open_marks.push((state.observed.marks.len() - 1, state.requests));
+            state.trace.record(format_args!(
+                "c{} marks conv={conv} seq={seq} (request {})",
+                state.device.index, state.requests
+            ));
+            state.observed.marks.push(MarkRecord {
+                conv,
+                seq,
+                confirmed: false,
+            });
+            state
+                .open_marks
+                .push((state.observed.marks.len() - 1, state.requests));
             state.requests += 1;
             ws.send(&ClientFrame::Read { conv, seq }).await
         }
@@ -771,7 +967,10 @@ async fn act(state: &mut State, client: &Client, ws: &mut WsSender) -> Result<()
             // The latest page, or a deep page (before a seq this device already has).
             let have = state.contiguous(conv);
             let (before, limit) = if have > 0 && state.rng.random_bool(0.5) {
-                (Some(state.rng.random_range(1..=have + 1)), state.rng.random_range(3..30))
+                (
+                    Some(state.rng.random_range(1..=have + 1)),
+                    state.rng.random_range(3..30),
+                )
             } else {
                 (None, 20)
             };
@@ -787,13 +986,20 @@ async fn act(state: &mut State, client: &Client, ws: &mut WsSender) -> Result<()
                     None => return Ok(()),
                 },
             };
-            let record = ReadRecord { kind: ReadKind::Inbox { limit: 20 }, started_us, ended_us: now_us(), answer };
+            let record = ReadRecord {
+                kind: ReadKind::Inbox { limit: 20 },
+                started_us,
+                ended_us: now_us(),
+                answer,
+            };
             state.observed.reads.push(record);
             Ok(())
         }
         93..97 if state.device.others_len() > 0 => {
             // A conversation this user is not in: every answer must be a refusal.
-            let other = state.device.other(state.rng.random_range(0..state.device.others_len()));
+            let other = state
+                .device
+                .other(state.rng.random_range(0..state.device.others_len()));
             if state.rng.random_bool(0.5) {
                 history(state, client, other, None, 20).await;
                 Ok(())
@@ -805,7 +1011,13 @@ async fn act(state: &mut State, client: &Client, ws: &mut WsSender) -> Result<()
     }
 }
 
-async fn history(state: &mut State, client: &Client, conv: ConvId, before: Option<Seq>, limit: u32) {
+async fn history(
+    state: &mut State,
+    client: &Client,
+    conv: ConvId,
+    before: Option<Seq>,
+    limit: u32,
+) {
     let started_us = now_us();
     let answer = match client.history(conv, before, Some(limit)).await {
         Ok(page) => ReadAnswer::History(page.messages),
@@ -816,9 +1028,22 @@ async fn history(state: &mut State, client: &Client, conv: ConvId, before: Optio
         },
     };
     if let ReadAnswer::History(messages) = &answer {
-        state.trace.record(format_args!("c{} history conv={conv} before={before:?} -> {:?}", state.device.index, messages.last().map(|m| m.seq)));
+        state.trace.record(format_args!(
+            "c{} history conv={conv} before={before:?} -> {:?}",
+            state.device.index,
+            messages.last().map(|m| m.seq)
+        ));
     }
-    state.observed.reads.push(ReadRecord { kind: ReadKind::History { conv, before, limit }, started_us, ended_us: now_us(), answer });
+    state.observed.reads.push(ReadRecord {
+        kind: ReadKind::History {
+            conv,
+            before,
+            limit,
+        },
+        started_us,
+        ended_us: now_us(),
+        answer,
+    });
 }
 
 async fn ping(state: &mut State, ws: &mut WsSender) -> Result<(), chat_client::ClientError> {
@@ -827,17 +1052,36 @@ async fn ping(state: &mut State, ws: &mut WsSender) -> Result<(), chat_client::C
     ws.send(&ClientFrame::Ping).await
 }
 
-async fn sync(state: &mut State, ws: &mut WsSender, conv: ConvId, after: Seq, reason: SyncReason) -> Result<(), chat_client::ClientError> {
+async fn sync(
+    state: &mut State,
+    ws: &mut WsSender,
+    conv: ConvId,
+    after: Seq,
+    reason: SyncReason,
+) -> Result<(), chat_client::ClientError> {
     *state.syncs_sent.entry(conv).or_insert(0) += 1;
-    state.open_syncs.entry(conv).or_default().push_back((state.requests, reason));
+    state
+        .open_syncs
+        .entry(conv)
+        .or_default()
+        .push_back((state.requests, reason));
     state.requests += 1;
-    state.event(ConnEvent::SyncSent { conv, after, reason, at_us: now_us() });
+    state.event(ConnEvent::SyncSent {
+        conv,
+        after,
+        reason,
+        at_us: now_us(),
+    });
     ws.send(&ClientFrame::Sync { conv, after }).await
 }
 
 /// Syncs the conversations not yet caught up (all of them the first time), marking the
 /// syncs whose answers count for catch-up.
-async fn catch_up(state: &mut State, ws: &mut WsSender, only_behind: bool) -> Result<(), chat_client::ClientError> {
+async fn catch_up(
+    state: &mut State,
+    ws: &mut WsSender,
+    only_behind: bool,
+) -> Result<(), chat_client::ClientError> {
     for conv in state.device.convs.clone() {
         if only_behind && state.caught_up(conv) {
             continue;
@@ -856,20 +1100,40 @@ async fn catch_up(state: &mut State, ws: &mut WsSender, only_behind: bool) -> Re
     Ok(())
 }
 
-async fn resend(state: &mut State, ws: &mut WsSender, id: &str) -> Result<(), chat_client::ClientError> {
-    let Some(record) = state.observed.sends.get(id) else { return Ok(()) };
-    let frame = ClientFrame::Send { id: id.to_owned(), conv: record.conv, body: record.body.clone() };
+async fn resend(
+    state: &mut State,
+    ws: &mut WsSender,
+    id: &str,
+) -> Result<(), chat_client::ClientError> {
+    let Some(record) = state.observed.sends.get(id) else {
+        return Ok(());
+    };
+    let frame = ClientFrame::Send {
+        id: id.to_owned(),
+        conv: record.conv,
+        body: record.body.clone(),
+    };
     state.unclean(id);
-    state.pending.insert(id.to_owned(), std::time::Instant::now());
+    state
+        .pending
+        .insert(id.to_owned(), std::time::Instant::now());
     ws.send(&frame).await
 }
 
 /// Handles one frame that arrived at `at_us` (the device may look at it later).
-async fn on_frame(state: &mut State, ws: &mut WsSender, frame: ServerFrame, conn_no: usize, at_us: u64) -> Result<(), chat_client::ClientError> {
+async fn on_frame(
+    state: &mut State,
+    ws: &mut WsSender,
+    frame: ServerFrame,
+    conn_no: usize,
+    at_us: u64,
+) -> Result<(), chat_client::ClientError> {
     let index = state.device.index;
     match frame {
         ServerFrame::Sent { id, conv, seq, .. } => {
-            state.trace.record(format_args!("c{index} sent {id} conv={conv} seq={seq}"));
+            state
+                .trace
+                .record(format_args!("c{index} sent {id} conv={conv} seq={seq}"));
             state.pending.remove(&id);
             if let Some(record) = state.observed.sends.get_mut(&id) {
                 if record.acks.is_empty() {
@@ -882,12 +1146,31 @@ async fn on_frame(state: &mut State, ws: &mut WsSender, frame: ServerFrame, conn
             // Our own message counts as received.
             state.receive(conv, seq);
         }
-        ServerFrame::Message { conv, seq, sender, id, body, ts } => {
-            state.trace.record(format_args!("c{index} got conv={conv} seq={seq} {sender}/{id}"));
+        ServerFrame::Message {
+            conv,
+            seq,
+            sender,
+            id,
+            body,
+            ts,
+        } => {
+            state.trace.record(format_args!(
+                "c{index} got conv={conv} seq={seq} {sender}/{id}"
+            ));
             let before = state.contiguous(conv);
             let live = !state.syncing(conv);
             state.event(ConnEvent::Message { conv, seq });
-            state.observed.frames.push(Received { conn: conn_no, conv, seq, sender, id, body, ts, at_us, live });
+            state.observed.frames.push(Received {
+                conn: conn_no,
+                conv,
+                seq,
+                sender,
+                id,
+                body,
+                ts,
+                at_us,
+                live,
+            });
             state.receive(conv, seq);
             // The client recipe: one sync at a time per conversation. Asking again while one
             // streams (it was once asked again after 3 s) re-reads the same hundreds of
@@ -900,30 +1183,55 @@ async fn on_frame(state: &mut State, ws: &mut WsSender, frame: ServerFrame, conn
             }
         }
         ServerFrame::Synced { conv, seq } => {
-            state.trace.record(format_args!("c{index} synced conv={conv} seq={seq}"));
+            state
+                .trace
+                .record(format_args!("c{index} synced conv={conv} seq={seq}"));
             let known = state.observed.synced.entry(conv).or_insert(0);
             *known = (*known).max(seq);
             *state.syncs_answered.entry(conv).or_insert(0) += 1;
-            if let Some((request, _)) = state.open_syncs.get_mut(&conv).and_then(VecDeque::pop_front) {
+            if let Some((request, _)) = state
+                .open_syncs
+                .get_mut(&conv)
+                .and_then(VecDeque::pop_front)
+            {
                 state.confirm_marks(request);
             }
             state.event(ConnEvent::Synced { conv, seq, at_us });
         }
-        ServerFrame::Error { code, message, id, op, conv } => {
-            state.trace.record(format_args!("c{index} error {code} {} {op:?} {conv:?} ({message})", id.as_deref().unwrap_or("-")));
+        ServerFrame::Error {
+            code,
+            message,
+            id,
+            op,
+            conv,
+        } => {
+            state.trace.record(format_args!(
+                "c{index} error {code} {} {op:?} {conv:?} ({message})",
+                id.as_deref().unwrap_or("-")
+            ));
             match (op, conv) {
                 (Some(FrameOp::Sync), Some(conv)) => {
-                    state.open_syncs.get_mut(&conv).and_then(VecDeque::pop_front);
+                    state
+                        .open_syncs
+                        .get_mut(&conv)
+                        .and_then(VecDeque::pop_front);
                     state.event(ConnEvent::SyncFailed { conv, at_us });
                     if state.catchup_started && state.device.convs.contains(&conv) {
                         // A failed sync during catch-up: its answer will never come; start over.
-                        return Err(chat_client::ClientError::Closed { code: None, reason: "sync failed during catch-up".into() });
+                        return Err(chat_client::ClientError::Closed {
+                            code: None,
+                            reason: "sync failed during catch-up".into(),
+                        });
                     }
                 }
                 (Some(FrameOp::Read), Some(conv)) => {
                     // At most one mark of `conv` is open (see `act`): that one failed.
                     let marks = &state.observed.marks;
-                    if let Some(at) = state.open_marks.iter().position(|&(i, _)| marks[i].conv == conv) {
+                    if let Some(at) = state
+                        .open_marks
+                        .iter()
+                        .position(|&(i, _)| marks[i].conv == conv)
+                    {
                         state.open_marks.remove(at);
                     }
                 }
@@ -935,7 +1243,10 @@ async fn on_frame(state: &mut State, ws: &mut WsSender, frame: ServerFrame, conn
                     // Resent by the pending timer, with the same id.
                 } else {
                     state.pending.remove(&id);
-                    state.observed.refused.push((id, format!("{code}: {message}")));
+                    state
+                        .observed
+                        .refused
+                        .push((id, format!("{code}: {message}")));
                 }
             }
         }

@@ -34,14 +34,23 @@ fn registry_recovers_after_redis_node_restarts() {
                     }
                 })
                 .build();
-            let client = handle.create_node().name("client").ip(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9))).build();
+            let client = handle
+                .create_node()
+                .name("client")
+                .ip(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9)))
+                .build();
             let addr = SocketAddr::new(ip, 6379);
             let result = client
                 .spawn(async move {
-                    let registry = chat_registry::RedisRegistry::new(chat_registry::RedisConfig::new(addr.to_string()));
+                    let registry = chat_registry::RedisRegistry::new(
+                        chat_registry::RedisConfig::new(addr.to_string()),
+                    );
                     let conn = chat_proto::ConnAddr { server: 1, conn: 7 };
                     tokio::time::sleep(Duration::from_millis(100)).await;
-                    registry.register("alice", conn).await.map_err(|e| format!("first register: {e}"))?;
+                    registry
+                        .register("alice", conn)
+                        .await
+                        .map_err(|e| format!("first register: {e}"))?;
                     for round in 0..3 {
                         // As the cluster's `restart` verb does: kill first, so the old
                         // incarnation's listener is closed (madsim's restart alone keeps it).
@@ -62,15 +71,27 @@ fn registry_recovers_after_redis_node_restarts() {
                                 Ok(mut s) => {
                                     let w = s.write_all(b"PING\r\n").await.and(s.flush().await);
                                     let mut buf = [0u8; 64];
-                                    let r = tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await;
-                                    format!("raw connect ok, write {w:?}, read {r:?} {:?}", String::from_utf8_lossy(&buf[..8]))
+                                    let r = tokio::time::timeout(
+                                        Duration::from_secs(1),
+                                        s.read(&mut buf),
+                                    )
+                                    .await;
+                                    format!(
+                                        "raw connect ok, write {w:?}, read {r:?} {:?}",
+                                        String::from_utf8_lossy(&buf[..8])
+                                    )
                                 }
                                 Err(e) => format!("raw connect failed: {e}"),
                             };
                             let err = registry.refresh(1, &[("alice".into(), conn)]).await;
-                            return Err(format!("round {round}: refresh never succeeded ({err:?}); {raw}"));
+                            return Err(format!(
+                                "round {round}: refresh never succeeded ({err:?}); {raw}"
+                            ));
                         }
-                        let found = registry.lookup(&["alice".into()]).await.map_err(|e| e.to_string())?;
+                        let found = registry
+                            .lookup(&["alice".into()])
+                            .await
+                            .map_err(|e| e.to_string())?;
                         if found != vec![vec![conn]] {
                             return Err(format!("round {round}: lookup {found:?}"));
                         }

@@ -51,7 +51,10 @@ mod real_sockets {
 
     impl Raw {
         async fn connect(addr: &str) -> Raw {
-            Raw { stream: TcpStream::connect(addr).await.unwrap(), buf: Vec::new() }
+            Raw {
+                stream: TcpStream::connect(addr).await.unwrap(),
+                buf: Vec::new(),
+            }
         }
 
         async fn send_bytes(&mut self, bytes: &[u8]) {
@@ -76,7 +79,10 @@ mod real_sockets {
                     return Some(String::from_utf8_lossy(&reply).into_owned());
                 }
                 let mut chunk = [0u8; 4096];
-                let n = tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut chunk)).await.expect("reply within 5 s").unwrap_or(0);
+                let n = tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut chunk))
+                    .await
+                    .expect("reply within 5 s")
+                    .unwrap_or(0);
                 if n == 0 {
                     return None;
                 }
@@ -175,7 +181,11 @@ mod real_sockets {
         const EXPIRY: Duration = Duration::from_millis(1000);
         let expiry_ms = EXPIRY.as_millis().to_string();
         let expiry_set = std::time::Instant::now();
-        let before_expiry: &[&[&str]] = &[&["PEXPIRE", "t", expiry_ms.as_str()], &["HLEN", "t"], &["HSET", "t", "b", "2"]];
+        let before_expiry: &[&[&str]] = &[
+            &["PEXPIRE", "t", expiry_ms.as_str()],
+            &["HLEN", "t"],
+            &["HSET", "t", "b", "2"],
+        ];
         let mut replies = Vec::new();
         for args in before_expiry {
             replies.push((args, sim.call(args).await, real.call(args).await));
@@ -187,17 +197,29 @@ mod real_sockets {
                 assert_eq!(sim_reply, real_reply, "{args:?}");
             }
         } else {
-            println!("model_answers_like_redis: machine too slow to check the replies before an expiry");
+            println!(
+                "model_answers_like_redis: machine too slow to check the replies before an expiry"
+            );
         }
         // redis-rs sends these on connect and ignores the replies. Redis 7.2+ answers OK (as
         // the model does); 7.0 does not know SETINFO and answers an error.
-        for args in [["CLIENT", "SETINFO", "LIB-NAME", "redis-rs"], ["CLIENT", "SETINFO", "LIB-VER", "1.8.1"]] {
+        for args in [
+            ["CLIENT", "SETINFO", "LIB-NAME", "redis-rs"],
+            ["CLIENT", "SETINFO", "LIB-VER", "1.8.1"],
+        ] {
             assert_eq!(sim.call(&args).await, "+OK\r\n");
             let reply = real.call(&args).await;
-            assert!(reply == "+OK\r\n" || reply.starts_with("-ERR unknown subcommand"), "{reply}");
+            assert!(
+                reply == "+OK\r\n" || reply.starts_with("-ERR unknown subcommand"),
+                "{reply}"
+            );
         }
         // Both deadlines passed: each was set by the time `expiry_handled` was taken.
-        tokio::time::sleep((expiry_handled + EXPIRY + Duration::from_millis(150)).saturating_duration_since(std::time::Instant::now())).await;
+        tokio::time::sleep(
+            (expiry_handled + EXPIRY + Duration::from_millis(150))
+                .saturating_duration_since(std::time::Instant::now()),
+        )
+        .await;
         let after_expiry: &[&[&str]] = &[
             &["HLEN", "t"],
             &["HGETALL", "t"],
@@ -218,16 +240,39 @@ mod real_sockets {
         }
 
         // Garbage: the same error, then both close the connection.
-        for garbage in [&b"*1\r\n+PING\r\n"[..], b"*x\r\n", b"*1\r\n$-5\r\n", b"*2\r\n$4\r\nPING\r\n:1\r\n"] {
+        for garbage in [
+            &b"*1\r\n+PING\r\n"[..],
+            b"*x\r\n",
+            b"*1\r\n$-5\r\n",
+            b"*2\r\n$4\r\nPING\r\n:1\r\n",
+        ] {
             let mut real = Raw::connect(&redis.addr()).await;
             let mut sim = Raw::connect(&model).await;
             real.send_bytes(garbage).await;
             sim.send_bytes(garbage).await;
             let expected = real.reply().await;
-            assert!(expected.as_deref().is_some_and(|r| r.starts_with("-ERR Protocol error")), "{expected:?}");
-            assert_eq!(sim.reply().await, expected, "{:?}", String::from_utf8_lossy(garbage));
-            assert_eq!(real.reply().await, None, "redis closes after a protocol error");
-            assert_eq!(sim.reply().await, None, "the model closes after a protocol error");
+            assert!(
+                expected
+                    .as_deref()
+                    .is_some_and(|r| r.starts_with("-ERR Protocol error")),
+                "{expected:?}"
+            );
+            assert_eq!(
+                sim.reply().await,
+                expected,
+                "{:?}",
+                String::from_utf8_lossy(garbage)
+            );
+            assert_eq!(
+                real.reply().await,
+                None,
+                "redis closes after a protocol error"
+            );
+            assert_eq!(
+                sim.reply().await,
+                None,
+                "the model closes after a protocol error"
+            );
         }
     }
 
@@ -259,18 +304,30 @@ mod real_sockets {
         let mut config = RedisConfig::new(model);
         config.key_prefix = "x:".to_owned();
         let registry = RedisRegistry::new(config);
-        let held = vec![("alice".to_owned(), addr(1, 1)), ("bob".to_owned(), addr(1, 2))];
+        let held = vec![
+            ("alice".to_owned(), addr(1, 1)),
+            ("bob".to_owned(), addr(1, 2)),
+        ];
         for (user, a) in &held {
             registry.register(user, *a).await.unwrap();
         }
         assert_eq!(state.dbsize(), 2);
         state.flush_all();
-        assert_eq!(lookup_sorted(&registry, &["alice", "bob"]).await, vec![vec![], vec![]]);
+        assert_eq!(
+            lookup_sorted(&registry, &["alice", "bob"]).await,
+            vec![vec![], vec![]]
+        );
         registry.refresh(1, &held).await.unwrap();
-        assert_eq!(lookup_sorted(&registry, &["alice", "bob"]).await, vec![vec![addr(1, 1)], vec![addr(1, 2)]]);
+        assert_eq!(
+            lookup_sorted(&registry, &["alice", "bob"]).await,
+            vec![vec![addr(1, 1)], vec![addr(1, 2)]]
+        );
 
         state.insert_string(b"x:u:mallory", b"not a hash");
-        assert_eq!(lookup_sorted(&registry, &["mallory", "alice"]).await, vec![vec![], vec![addr(1, 1)]]);
+        assert_eq!(
+            lookup_sorted(&registry, &["mallory", "alice"]).await,
+            vec![vec![], vec![addr(1, 1)]]
+        );
         assert!(registry.register("mallory", addr(1, 3)).await.is_err());
     }
 }
@@ -290,7 +347,8 @@ fn model_passes_the_conformance_suite_under_madsim() {
     const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
     for seed in [1u64, 2] {
         println!("seed {seed}");
-        let runtime = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+        let runtime =
+            madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
         runtime.block_on(async {
             let handle = madsim::runtime::Handle::current();
             handle
@@ -298,16 +356,29 @@ fn model_passes_the_conformance_suite_under_madsim() {
                 .name("redis")
                 .ip(IpAddr::V4(REDIS_IP))
                 .init(|| async {
-                    let listener = tokio::net::TcpListener::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 6379)).await.expect("bind");
+                    let listener = tokio::net::TcpListener::bind(SocketAddr::new(
+                        IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                        6379,
+                    ))
+                    .await
+                    .expect("bind");
                     RespServer::serve(listener, Arc::new(RespState::new())).await;
                 })
                 .build();
             // Let the server node bind before the client connects.
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let client = handle.create_node().name("client").ip(IpAddr::V4(CLIENT_IP)).build();
+            let client = handle
+                .create_node()
+                .name("client")
+                .ip(IpAddr::V4(CLIENT_IP))
+                .build();
             client
                 .spawn(async move {
-                    testing::conformance(&RedisBackend::new(format!("{REDIS_IP}:6379"), Duration::from_secs(1))).await;
+                    testing::conformance(&RedisBackend::new(
+                        format!("{REDIS_IP}:6379"),
+                        Duration::from_secs(1),
+                    ))
+                    .await;
                 })
                 .await
                 .expect("the suite passed");

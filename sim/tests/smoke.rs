@@ -26,12 +26,18 @@ fn every_message_is_delivered_once_in_order_and_stored() {
             ),
             Err(err) => {
                 println!("seed {seed}: FAIL {err} trace-hash {}", outcome.trace_hash);
-                println!("  replay: SIM_SEED={seed} RUSTFLAGS=\"--cfg madsim\" CARGO_TARGET_DIR=target-sim cargo test -p chat-sim --release --test smoke");
+                println!(
+                    "  replay: SIM_SEED={seed} RUSTFLAGS=\"--cfg madsim\" CARGO_TARGET_DIR=target-sim cargo test -p chat-sim --release --test smoke"
+                );
                 failed.push(seed);
             }
         }
     }
-    println!("{} seeds in {:.1} s wall", seeds.len(), wall.elapsed().as_secs_f64());
+    println!(
+        "{} seeds in {:.1} s wall",
+        seeds.len(),
+        wall.elapsed().as_secs_f64()
+    );
     assert!(failed.is_empty(), "failed seeds: {failed:?}");
 }
 
@@ -42,13 +48,22 @@ fn one_seed_replays_the_same_trace() {
     let first = run_seed(seed, TIME_LIMIT, scenario);
     let second = run_seed(seed, TIME_LIMIT, scenario);
     assert_eq!(first.result, Ok(()));
-    assert!(first.events > 100, "the trace records the run ({} events)", first.events);
+    assert!(
+        first.events > 100,
+        "the trace records the run ({} events)",
+        first.events
+    );
     if let Some((line, a, b)) = chat_sim::seeds::first_difference(&first.trace, &second.trace) {
-        panic!("seed {seed} is not deterministic: trace line {line} differs:\n  first:  {a}\n  second: {b}");
+        panic!(
+            "seed {seed} is not deterministic: trace line {line} differs:\n  first:  {a}\n  second: {b}"
+        );
     }
     assert_eq!(first.trace_hash, second.trace_hash);
     // The trace really depends on the seed: another seed takes other random pauses.
     let other = run_seed(seed + 1, TIME_LIMIT, scenario);
-    assert_ne!(first.trace_hash, other.trace_hash, "the trace does not capture the run");
+    assert_ne!(
+        first.trace_hash, other.trace_hash,
+        "the trace does not capture the run"
+    );
     println!("seed {seed}: deterministic trace-hash {}", first.trace_hash);
 }

@@ -174,7 +174,13 @@ impl Preset {
                 ("messages", "20000"),
                 ("pings", "20000"),
             ],
-            Preset::Idle => &[("users", "1000"), ("convs", "none"), ("messages", "0"), ("pings", "1000"), ("hold", "10s")],
+            Preset::Idle => &[
+                ("users", "1000"),
+                ("convs", "none"),
+                ("messages", "0"),
+                ("pings", "1000"),
+                ("hold", "10s"),
+            ],
             Preset::Reads => &[
                 ("users", "1000"),
                 ("convs", "direct"),
@@ -193,12 +199,16 @@ impl Preset {
 
 impl Args {
     /// Parses the command line, a preset's values filling every flag not given.
-    fn parse_with_preset<I: IntoIterator<Item = T>, T: Into<std::ffi::OsString> + Clone>(argv: I) -> Result<Args, clap::Error> {
+    fn parse_with_preset<I: IntoIterator<Item = T>, T: Into<std::ffi::OsString> + Clone>(
+        argv: I,
+    ) -> Result<Args, clap::Error> {
         use clap::{CommandFactory, FromArgMatches, parser::ValueSource};
         let argv: Vec<std::ffi::OsString> = argv.into_iter().map(Into::into).collect();
         let matches = Args::command().try_get_matches_from(&argv)?;
         let mut args = Args::from_arg_matches(&matches)?;
-        let Some(preset) = args.preset else { return Ok(args) };
+        let Some(preset) = args.preset else {
+            return Ok(args);
+        };
         // Re-parse with the preset's values before the user's own flags, which then win.
         let mut with_preset = vec![argv.first().cloned().unwrap_or_else(|| "loadgen".into())];
         for (id, value) in preset.values() {
@@ -218,7 +228,8 @@ impl Args {
                 args.senders = Some(groups);
             }
         }
-        if preset == Preset::Idle && matches.value_source("pings") != Some(ValueSource::CommandLine) {
+        if preset == Preset::Idle && matches.value_source("pings") != Some(ValueSource::CommandLine)
+        {
             args.pings = args.users as u64;
         }
         Ok(args)
@@ -231,7 +242,9 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         Some(i) => text.split_at(i),
         None => (text, "s"),
     };
-    let n: u64 = number.parse().map_err(|_| format!("`{text}`: expected a number and a unit (500ms, 90s, 2m)"))?;
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}`: expected a number and a unit (500ms, 90s, 2m)"))?;
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
@@ -246,8 +259,10 @@ fn main() -> std::process::ExitCode {
         Err(e) => e.exit(),
     };
     let outcome = validate(&args).and_then(|()| {
-        let runtime =
-            tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the runtime")?;
         runtime.block_on(run(args))
     });
     match outcome {
@@ -264,19 +279,41 @@ fn main() -> std::process::ExitCode {
 
 fn validate(args: &Args) -> anyhow::Result<()> {
     ensure!(args.users >= 2, "--users must be at least 2");
-    ensure!(args.conns_per_user >= 1, "--conns-per-user must be at least 1");
-    // In-process, both ends of every WebSocket are descriptors of this process.
-    let conns_max = if args.server.is_some() { CONNS_MAX } else { CONNS_MAX / 2 };
-    ensure!(args.users * args.conns_per_user <= conns_max, "at most {conns_max} connections here");
-    ensure!(args.window >= 1, "--window must be at least 1");
-    ensure!(args.senders.is_none_or(|s| s <= args.users * args.conns_per_user), "--senders exceeds the connections");
-    ensure!(args.send_rate.is_none_or(|r| r.is_finite() && r > 0.0), "--send-rate must be positive");
     ensure!(
-        args.group_size <= chat_proto::limits::CONV_MEMBERS_MAX || args.convs == Convs::Direct || args.convs == Convs::None,
+        args.conns_per_user >= 1,
+        "--conns-per-user must be at least 1"
+    );
+    // In-process, both ends of every WebSocket are descriptors of this process.
+    let conns_max = if args.server.is_some() {
+        CONNS_MAX
+    } else {
+        CONNS_MAX / 2
+    };
+    ensure!(
+        args.users * args.conns_per_user <= conns_max,
+        "at most {conns_max} connections here"
+    );
+    ensure!(args.window >= 1, "--window must be at least 1");
+    ensure!(
+        args.senders
+            .is_none_or(|s| s <= args.users * args.conns_per_user),
+        "--senders exceeds the connections"
+    );
+    ensure!(
+        args.send_rate.is_none_or(|r| r.is_finite() && r > 0.0),
+        "--send-rate must be positive"
+    );
+    ensure!(
+        args.group_size <= chat_proto::limits::CONV_MEMBERS_MAX
+            || args.convs == Convs::Direct
+            || args.convs == Convs::None,
         "--group-size must be at most {} (the member limit); `--preset fanout --members N` splits a bigger room",
         chat_proto::limits::CONV_MEMBERS_MAX
     );
-    ensure!(args.messages == 0 || args.convs != Convs::None, "--convs none sends nothing: use --messages 0");
+    ensure!(
+        args.messages == 0 || args.convs != Convs::None,
+        "--convs none sends nothing: use --messages 0"
+    );
     ensure!(
         (BODY_STAMP_BYTES + 1..=chat_proto::limits::BODY_BYTES_MAX).contains(&args.body_bytes),
         "--body-bytes must be {}..={}",
@@ -286,14 +323,21 @@ fn validate(args: &Args) -> anyhow::Result<()> {
     if let Some(url) = &args.server {
         let base = chat_client::BaseUrl::parse(url)?;
         let loopback = base.ip().is_some_and(|ip| ip.is_loopback()) || base.host == "localhost";
-        ensure!(loopback, "--server must be on this machine (127.0.0.1, ::1 or localhost), not `{}`", base.host);
+        ensure!(
+            loopback,
+            "--server must be on this machine (127.0.0.1, ::1 or localhost), not `{}`",
+            base.host
+        );
     }
     Ok(())
 }
 
 /// Microseconds since the Unix epoch (the send stamp in bodies).
 fn now_micros() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -311,10 +355,17 @@ struct InProcess {
 impl InProcess {
     async fn start() -> anyhow::Result<InProcess> {
         let dir = tempfile::tempdir().context("creating a temporary directory")?;
-        let kv = Arc::new(chat_store::RedbKv::open(dir.path().join("messages.redb")).context("opening the store")?);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding 127.0.0.1:0")?;
+        let kv = Arc::new(
+            chat_store::RedbKv::open(dir.path().join("messages.redb"))
+                .context("opening the store")?,
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("binding 127.0.0.1:0")?;
         let base = format!("http://{}", listener.local_addr()?);
-        let secret: Vec<u8> = (0..chat_auth::secret::SECRET_BYTES).map(|_| rand::random()).collect();
+        let secret: Vec<u8> = (0..chat_auth::secret::SECRET_BYTES)
+            .map(|_| rand::random())
+            .collect();
         let mut options = chat::serve::Options::new(secret);
         // A load test of messaging, not of Argon2.
         options.password_cost = chat_auth::PasswordCost::TESTING;
@@ -325,7 +376,13 @@ impl InProcess {
         let task = tokio::spawn(chat::serve::run(listener, kv_dyn, options, async {
             let _ = stopped.await;
         }));
-        Ok(InProcess { base, kv, shutdown, task, _dir: dir })
+        Ok(InProcess {
+            base,
+            kv,
+            shutdown,
+            task,
+            _dir: dir,
+        })
     }
 
     async fn stop(self, wait_max: Duration) {
@@ -334,7 +391,9 @@ impl InProcess {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => eprintln!("loadgen: the in-process server failed: {e:#}"),
             Ok(Err(e)) => eprintln!("loadgen: the in-process server task ended abnormally: {e}"),
-            Err(_) => eprintln!("loadgen: the in-process server did not stop within {wait_max:?}; leaving it"),
+            Err(_) => eprintln!(
+                "loadgen: the in-process server did not stop within {wait_max:?}; leaving it"
+            ),
         }
     }
 }
@@ -401,8 +460,14 @@ async fn setup(args: &Args, base: &str) -> anyhow::Result<Setup> {
         .map(|i| {
             let (anon, name, password) = (anon.clone(), username(&run, i), password.clone());
             async move {
-                with_retries(&format!("registering {name}"), || anon.register(&name, &password)).await?;
-                let session = with_retries(&format!("logging in {name}"), || anon.login(&name, &password)).await?;
+                with_retries(&format!("registering {name}"), || {
+                    anon.register(&name, &password)
+                })
+                .await?;
+                let session = with_retries(&format!("logging in {name}"), || {
+                    anon.login(&name, &password)
+                })
+                .await?;
                 anyhow::Ok(anon.with_token(session.token))
             }
         })
@@ -427,7 +492,12 @@ async fn setup(args: &Args, base: &str) -> anyhow::Result<Setup> {
     }
     if matches!(args.convs, Convs::Group | Convs::Both) && args.group_size >= 2 {
         let users: Vec<usize> = (0..args.users).collect();
-        plans.extend(users.chunks(args.group_size).filter(|chunk| chunk.len() >= 2).map(<[usize]>::to_vec));
+        plans.extend(
+            users
+                .chunks(args.group_size)
+                .filter(|chunk| chunk.len() >= 2)
+                .map(<[usize]>::to_vec),
+        );
     }
     ensure!(
         !plans.is_empty() || args.convs == Convs::None,
@@ -442,9 +512,14 @@ async fn setup(args: &Args, base: &str) -> anyhow::Result<Setup> {
             let title = (members.len() > 2 || args.convs == Convs::Group).then_some("loadgen");
             async move {
                 // A retried group creation may create a second group; the first one is unused.
-                let (view, _) =
-                    with_retries("creating a conversation", || creator.create_conversation(&others, title)).await?;
-                anyhow::Ok(Conversation { id: view.conv_id, members })
+                let (view, _) = with_retries("creating a conversation", || {
+                    creator.create_conversation(&others, title)
+                })
+                .await?;
+                anyhow::Ok(Conversation {
+                    id: view.conv_id,
+                    members,
+                })
             }
         })
         .buffered(SETUP_CONCURRENCY)
@@ -461,7 +536,13 @@ async fn setup(args: &Args, base: &str) -> anyhow::Result<Setup> {
         }
         members_of.insert(conv.id, conv.members.len());
     }
-    Ok(Setup { run, clients, convs, convs_of, members_of })
+    Ok(Setup {
+        run,
+        clients,
+        convs,
+        convs_of,
+        members_of,
+    })
 }
 
 struct Conn {
@@ -472,7 +553,11 @@ struct Conn {
 }
 
 /// Opens connections `range` (of users x conns-per-user, in order).
-async fn connect(args: &Args, setup: &Setup, range: std::ops::Range<usize>) -> anyhow::Result<Vec<Conn>> {
+async fn connect(
+    args: &Args,
+    setup: &Setup,
+    range: std::ops::Range<usize>,
+) -> anyhow::Result<Vec<Conn>> {
     let wanted: Vec<(usize, usize)> = (0..args.users)
         .flat_map(|u| (0..args.conns_per_user).map(move |_| u))
         .enumerate()
@@ -483,9 +568,17 @@ async fn connect(args: &Args, setup: &Setup, range: std::ops::Range<usize>) -> a
         .map(|(index, user)| {
             let client = setup.clients[user].clone();
             async move {
-                let ws = with_retries(&format!("opening WebSocket {index}"), || client.connect_ws()).await?;
+                let ws = with_retries(&format!("opening WebSocket {index}"), || {
+                    client.connect_ws()
+                })
+                .await?;
                 let (sender, receiver) = ws.split();
-                anyhow::Ok(Conn { index, user, sender, receiver })
+                anyhow::Ok(Conn {
+                    index,
+                    user,
+                    sender,
+                    receiver,
+                })
             }
         })
         .buffered(SETUP_CONCURRENCY)
@@ -517,7 +610,8 @@ struct Latencies(Vec<u32>);
 
 impl Latencies {
     fn record(&mut self, elapsed: Duration) {
-        self.0.push(elapsed.as_micros().min(u32::MAX as u128) as u32);
+        self.0
+            .push(elapsed.as_micros().min(u32::MAX as u128) as u32);
     }
 
     fn extend(&mut self, other: Latencies) {
@@ -534,7 +628,12 @@ impl Latencies {
             let rank = ((q * self.0.len() as f64).ceil() as usize).clamp(1, self.0.len());
             self.0[rank - 1] as f64 / 1000.0
         };
-        format!("p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms", at(0.50), at(0.99), at(1.0))
+        format!(
+            "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            at(0.50),
+            at(0.99),
+            at(1.0)
+        )
     }
 }
 
@@ -618,12 +717,14 @@ impl Phase {
 
     fn replied(&self) {
         self.replies.fetch_add(1, Ordering::Relaxed);
-        self.last_reply_micros.fetch_max(self.since_start_micros(), Ordering::Relaxed);
+        self.last_reply_micros
+            .fetch_max(self.since_start_micros(), Ordering::Relaxed);
     }
 
     fn pushed(&self) {
         self.delivered.fetch_add(1, Ordering::Relaxed);
-        self.last_push_micros.fetch_max(self.since_start_micros(), Ordering::Relaxed);
+        self.last_push_micros
+            .fetch_max(self.since_start_micros(), Ordering::Relaxed);
     }
 
     /// Ends the phase once every connection has its replies and every expected push is in,
@@ -632,7 +733,8 @@ impl Phase {
         let mut last_progress = (0, 0, Instant::now());
         while !self.stop.load(Ordering::Relaxed) {
             tokio::time::sleep(TICK / 2).await;
-            let replies = self.replies.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed);
+            let replies =
+                self.replies.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed);
             let delivered = self.delivered.load(Ordering::Relaxed);
             let senders_done = self.conns_done.load(Ordering::Relaxed) == conns;
             if senders_done && delivered >= self.deliveries_expected.load(Ordering::Relaxed) {
@@ -656,11 +758,17 @@ impl Phase {
 /// Locks a mutex held only for map and queue updates, never across an `.await`; a panic
 /// elsewhere leaves plain data behind, still usable.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Waits for a window slot, giving up after `wait_max` or when the phase ends.
-async fn window_slot(window: &Semaphore, phase: &Phase, wait_max: Duration) -> Result<(), &'static str> {
+async fn window_slot(
+    window: &Semaphore,
+    phase: &Phase,
+    wait_max: Duration,
+) -> Result<(), &'static str> {
     let give_up = Instant::now() + wait_max;
     loop {
         if phase.ending() {
@@ -680,11 +788,16 @@ async fn window_slot(window: &Semaphore, phase: &Phase, wait_max: Duration) -> R
 
 /// The next event of a connection: `None` on a quiet tick; an `Err` text once the
 /// connection is unusable.
-async fn next_event(receiver: &mut WsReceiver, problems: &mut Problems) -> Result<Option<ServerFrame>, String> {
+async fn next_event(
+    receiver: &mut WsReceiver,
+    problems: &mut Problems,
+) -> Result<Option<ServerFrame>, String> {
     match receiver.recv_timeout(CONN_TICK).await {
         Ok(WsEvent::Frame(frame)) => Ok(Some(frame)),
         Ok(WsEvent::Pong(_)) => Ok(None),
-        Ok(WsEvent::Closed { code, reason }) => Err(format!("closed by the server ({code:?}): {reason}")),
+        Ok(WsEvent::Closed { code, reason }) => {
+            Err(format!("closed by the server ({code:?}): {reason}"))
+        }
         Err(ClientError::Timeout { .. }) => Ok(None),
         Err(ClientError::Decode(e)) => {
             problems.unexpected_frames += 1;
@@ -705,12 +818,20 @@ struct ConnResult {
     problems: Problems,
 }
 
-async fn ping_conn(mut conn: Conn, quota: u64, window: usize, wait_max: Duration, phase: Arc<Phase>) -> ConnResult {
+async fn ping_conn(
+    mut conn: Conn,
+    quota: u64,
+    window: usize,
+    wait_max: Duration,
+    phase: Arc<Phase>,
+) -> ConnResult {
     let slots = Semaphore::new(window);
     let in_flight: Mutex<VecDeque<Instant>> = Mutex::new(VecDeque::new());
     let sent = AtomicU64::new(0);
     let sender_done = AtomicBool::new(false);
-    let Conn { sender, receiver, .. } = &mut conn;
+    let Conn {
+        sender, receiver, ..
+    } = &mut conn;
 
     let send = async {
         let mut problem = None;
@@ -743,7 +864,10 @@ async fn ping_conn(mut conn: Conn, quota: u64, window: usize, wait_max: Duration
             }
             if done && last_progress.elapsed() > wait_max {
                 problems.stalls += 1;
-                problems.note(format!("{} pongs missing after --wait-max", sent.load(Ordering::Relaxed) - received));
+                problems.note(format!(
+                    "{} pongs missing after --wait-max",
+                    sent.load(Ordering::Relaxed) - received
+                ));
                 break;
             }
             match next_event(receiver, &mut problems).await {
@@ -779,7 +903,12 @@ async fn ping_conn(mut conn: Conn, quota: u64, window: usize, wait_max: Duration
         problems.stalls += 1;
         problems.note(why);
     }
-    ConnResult { conn, latencies, pushes: Latencies::default(), problems }
+    ConnResult {
+        conn,
+        latencies,
+        pushes: Latencies::default(),
+        problems,
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -812,7 +941,13 @@ fn body(stamp_micros: u64, bytes: usize) -> String {
     body
 }
 
-async fn send_conn(mut conn: Conn, plan: SendPlan, window: usize, wait_max: Duration, phase: Arc<Phase>) -> ConnResult {
+async fn send_conn(
+    mut conn: Conn,
+    plan: SendPlan,
+    window: usize,
+    wait_max: Duration,
+    phase: Arc<Phase>,
+) -> ConnResult {
     let slots = Semaphore::new(window);
     let pending: Mutex<HashMap<String, Pending>> = Mutex::new(HashMap::new());
     let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<String>();
@@ -820,7 +955,9 @@ async fn send_conn(mut conn: Conn, plan: SendPlan, window: usize, wait_max: Dura
     // Sends acknowledged or refused for good, counted by the receiver.
     let answered = AtomicU64::new(0);
     let index = conn.index;
-    let Conn { sender, receiver, .. } = &mut conn;
+    let Conn {
+        sender, receiver, ..
+    } = &mut conn;
     // A user left out of every conversation (a last group of one) has nothing to send.
     let quota = if plan.convs.is_empty() { 0 } else { plan.quota };
 
@@ -832,8 +969,14 @@ async fn send_conn(mut conn: Conn, plan: SendPlan, window: usize, wait_max: Dura
         }
         let mut next: u64 = 0;
         let mut progress = (next, answered.load(Ordering::Relaxed), Instant::now());
-        let paced_from = tokio::time::Instant::now() + plan.pace.map_or(Duration::ZERO, |(_, first_after)| first_after);
-        let due = |next: u64| plan.pace.map_or(paced_from, |(every, _)| paced_from + every * next as u32);
+        let paced_from = tokio::time::Instant::now()
+            + plan
+                .pace
+                .map_or(Duration::ZERO, |(_, first_after)| first_after);
+        let due = |next: u64| {
+            plan.pace
+                .map_or(paced_from, |(every, _)| paced_from + every * next as u32)
+        };
         let problem: Option<String> = loop {
             if phase.ending() || receiver_dead.load(Ordering::Relaxed) {
                 break None;
@@ -845,7 +988,10 @@ async fn send_conn(mut conn: Conn, plan: SendPlan, window: usize, wait_max: Dura
             if (next, now_answered) != (progress.0, progress.1) {
                 progress = (next, now_answered, Instant::now());
             } else if progress.2.elapsed() > wait_max && !lock(&pending).is_empty() {
-                break Some(format!("{} sends unanswered after --wait-max", lock(&pending).len()));
+                break Some(format!(
+                    "{} sends unanswered after --wait-max",
+                    lock(&pending).len()
+                ));
             }
             // New sends while the window has room; resends of refused ones as they come.
             let outcome = tokio::select! {
@@ -905,17 +1051,25 @@ async fn send_conn(mut conn: Conn, plan: SendPlan, window: usize, wait_max: Dura
                     };
                     acks.record(p.first_sent.elapsed());
                     answered.fetch_add(1, Ordering::Relaxed);
-                    phase
-                        .deliveries_expected
-                        .fetch_add(plan.recipients.get(&conv).copied().unwrap_or(0), Ordering::Relaxed);
+                    phase.deliveries_expected.fetch_add(
+                        plan.recipients.get(&conv).copied().unwrap_or(0),
+                        Ordering::Relaxed,
+                    );
                     phase.replied();
                     slots.add_permits(1);
                 }
-                Ok(Some(ServerFrame::Error { code, message, id: Some(id), .. })) => {
+                Ok(Some(ServerFrame::Error {
+                    code,
+                    message,
+                    id: Some(id),
+                    ..
+                })) => {
                     let mut pending = lock(&pending);
                     let Some(p) = pending.get_mut(&id) else {
                         problems.error_frames += 1;
-                        problems.note(format!("error for an unknown send `{id}`: {code:?} {message}"));
+                        problems.note(format!(
+                            "error for an unknown send `{id}`: {code:?} {message}"
+                        ));
                         continue;
                     };
                     if code.is_retryable() && p.retries < SEND_RETRIES_MAX {
@@ -932,10 +1086,13 @@ async fn send_conn(mut conn: Conn, plan: SendPlan, window: usize, wait_max: Dura
                 }
                 Ok(Some(ServerFrame::Message { sender, body, .. })) => {
                     // Only pushes of this run's messages count; the stamp is our own clock.
-                    let stamp = body.get(..BODY_STAMP_BYTES - 1).and_then(|s| s.parse::<u64>().ok());
+                    let stamp = body
+                        .get(..BODY_STAMP_BYTES - 1)
+                        .and_then(|s| s.parse::<u64>().ok());
                     match stamp {
                         Some(stamp) if sender.starts_with(&format!("lg{}_", plan.run)) => {
-                            pushes.record(Duration::from_micros(now_micros().saturating_sub(stamp)));
+                            pushes
+                                .record(Duration::from_micros(now_micros().saturating_sub(stamp)));
                             phase.pushed();
                         }
                         _ => problems.unexpected_frames += 1,
@@ -961,7 +1118,12 @@ async fn send_conn(mut conn: Conn, plan: SendPlan, window: usize, wait_max: Dura
         problems.stalls += 1;
         problems.note(why);
     }
-    ConnResult { conn, latencies: acks, pushes, problems }
+    ConnResult {
+        conn,
+        latencies: acks,
+        pushes,
+        problems,
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -978,7 +1140,9 @@ fn rss_kib(pids: &[u32]) -> Option<u64> {
     if pids.is_empty() {
         return read("/proc/self/status".into());
     }
-    pids.iter().map(|pid| read(format!("/proc/{pid}/status"))).sum()
+    pids.iter()
+        .map(|pid| read(format!("/proc/{pid}/status")))
+        .sum()
 }
 
 struct Reads {
@@ -996,15 +1160,23 @@ struct KeepAlive {
 impl KeepAlive {
     async fn open(base: &chat_client::BaseUrl) -> anyhow::Result<KeepAlive> {
         let authority = base.authority();
-        let stream = tokio::net::TcpStream::connect(&authority).await.with_context(|| format!("connecting to {authority}"))?;
+        let stream = tokio::net::TcpStream::connect(&authority)
+            .await
+            .with_context(|| format!("connecting to {authority}"))?;
         stream.set_nodelay(true)?;
-        let (sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
         tokio::spawn(connection);
         Ok(KeepAlive { sender, authority })
     }
 
     /// GETs `path` as the holder of `token`; the body of a 200 answer.
-    async fn get(&mut self, path: &str, token: &str, wait_max: Duration) -> anyhow::Result<hyper::body::Bytes> {
+    async fn get(
+        &mut self,
+        path: &str,
+        token: &str,
+        wait_max: Duration,
+    ) -> anyhow::Result<hyper::body::Bytes> {
         use http_body_util::BodyExt;
         let request = http::Request::get(path)
             .header(http::header::HOST, &self.authority)
@@ -1019,7 +1191,12 @@ impl KeepAlive {
         })
         .await
         .map_err(|_| anyhow::anyhow!("no answer within --wait-max"))??;
-        ensure!(answer.0 == http::StatusCode::OK, "{path}: {} {}", answer.0, String::from_utf8_lossy(&answer.1));
+        ensure!(
+            answer.0 == http::StatusCode::OK,
+            "{path}: {} {}",
+            answer.0,
+            String::from_utf8_lossy(&answer.1)
+        );
         Ok(answer.1)
     }
 }
@@ -1027,23 +1204,43 @@ impl KeepAlive {
 /// `--readers` REST clients at once, `--reads` in total, each over its own keep-alive
 /// connection: a history page of 50 (at a random depth of a random conversation of a random
 /// user) and that user's inbox of 20, alternately. Every answer is decoded and checked.
-async fn read_phase(args: &Args, base: &str, setup: &Setup, stop: &Arc<AtomicBool>) -> anyhow::Result<Reads> {
+async fn read_phase(
+    args: &Args,
+    base: &str,
+    setup: &Setup,
+    stop: &Arc<AtomicBool>,
+) -> anyhow::Result<Reads> {
     const PAGE: u32 = 50;
     const INBOX: u32 = 20;
     let base = chat_client::BaseUrl::parse(base)?;
     // Messages per conversation, about: pages start at a random depth within it.
     let depth = (args.messages / setup.convs.len().max(1) as u64).max(1);
-    let tokens: Arc<Vec<String>> =
-        Arc::new(setup.clients.iter().map(|c| c.token().unwrap_or_default().to_owned()).collect());
+    let tokens: Arc<Vec<String>> = Arc::new(
+        setup
+            .clients
+            .iter()
+            .map(|c| c.token().unwrap_or_default().to_owned())
+            .collect(),
+    );
     let convs_of = Arc::new(setup.convs_of.clone());
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(args.readers);
     for r in 0..args.readers {
         let quota = share(args.reads, args.readers, r);
-        let (tokens, convs_of, stop, wait_max, base) = (tokens.clone(), convs_of.clone(), stop.clone(), args.wait_max, base.clone());
+        let (tokens, convs_of, stop, wait_max, base) = (
+            tokens.clone(),
+            convs_of.clone(),
+            stop.clone(),
+            args.wait_max,
+            base.clone(),
+        );
         let mut conn = KeepAlive::open(&base).await?;
         tasks.push(tokio::spawn(async move {
-            let (mut history, mut inbox, mut problems) = (Latencies::default(), Latencies::default(), Problems::default());
+            let (mut history, mut inbox, mut problems) = (
+                Latencies::default(),
+                Latencies::default(),
+                Problems::default(),
+            );
             for n in 0..quota {
                 if stop.load(Ordering::Relaxed) {
                     break;
@@ -1054,20 +1251,36 @@ async fn read_phase(args: &Args, base: &str, setup: &Setup, stop: &Arc<AtomicBoo
                     convs if n % 2 == 0 && !convs.is_empty() => {
                         let conv = convs[rand::random_range(0..convs.len())];
                         let before = rand::random_range(1..=depth + 1);
-                        let path = format!("/v1/conversations/{conv}/messages?before={before}&limit={PAGE}");
-                        conn.get(&path, &tokens[user], wait_max).await.and_then(|body| {
-                            let page: chat_proto::rest::HistoryPage = serde_json::from_slice(&body)?;
-                            history.record(begun.elapsed());
-                            ensure!(page.messages.len() <= PAGE as usize, "a page of {} messages", page.messages.len());
-                            Ok(())
-                        })
+                        let path = format!(
+                            "/v1/conversations/{conv}/messages?before={before}&limit={PAGE}"
+                        );
+                        conn.get(&path, &tokens[user], wait_max)
+                            .await
+                            .and_then(|body| {
+                                let page: chat_proto::rest::HistoryPage =
+                                    serde_json::from_slice(&body)?;
+                                history.record(begun.elapsed());
+                                ensure!(
+                                    page.messages.len() <= PAGE as usize,
+                                    "a page of {} messages",
+                                    page.messages.len()
+                                );
+                                Ok(())
+                            })
                     }
-                    _ => conn.get(&format!("/v1/inbox?limit={INBOX}"), &tokens[user], wait_max).await.and_then(|body| {
-                        let page: chat_proto::rest::Inbox = serde_json::from_slice(&body)?;
-                        inbox.record(begun.elapsed());
-                        ensure!(page.conversations.len() <= INBOX as usize, "an inbox of {}", page.conversations.len());
-                        Ok(())
-                    }),
+                    _ => conn
+                        .get(&format!("/v1/inbox?limit={INBOX}"), &tokens[user], wait_max)
+                        .await
+                        .and_then(|body| {
+                            let page: chat_proto::rest::Inbox = serde_json::from_slice(&body)?;
+                            inbox.record(begun.elapsed());
+                            ensure!(
+                                page.conversations.len() <= INBOX as usize,
+                                "an inbox of {}",
+                                page.conversations.len()
+                            );
+                            Ok(())
+                        }),
                 };
                 if let Err(e) = outcome {
                     problems.error_frames += 1;
@@ -1085,7 +1298,11 @@ async fn read_phase(args: &Args, base: &str, setup: &Setup, stop: &Arc<AtomicBoo
             (history, inbox, problems)
         }));
     }
-    let (mut history, mut inbox, mut problems) = (Latencies::default(), Latencies::default(), Problems::default());
+    let (mut history, mut inbox, mut problems) = (
+        Latencies::default(),
+        Latencies::default(),
+        Problems::default(),
+    );
     for task in tasks {
         match task.await {
             Ok((h, i, p)) => {
@@ -1155,8 +1372,11 @@ async fn run(args: Args) -> anyhow::Result<String> {
         (None, Some(server)) => server.base.clone(),
         (None, None) => unreachable!("a server is started when none is given"),
     };
-    let result =
-        tokio::time::timeout(args.duration_max + args.wait_max, load(&args, &base, &stop, in_process.as_ref())).await;
+    let result = tokio::time::timeout(
+        args.duration_max + args.wait_max,
+        load(&args, &base, &stop, in_process.as_ref()),
+    )
+    .await;
     watchdog.abort();
     if let Some(server) = in_process {
         server.stop(args.wait_max).await;
@@ -1165,11 +1385,19 @@ async fn run(args: Args) -> anyhow::Result<String> {
         Ok(report) => report?,
         Err(_) => bail!("the run did not end within --duration-max + --wait-max"),
     };
-    report.push_str(&format!("\ntotal run time {:.1} s", deadline_started.elapsed().as_secs_f64()));
+    report.push_str(&format!(
+        "\ntotal run time {:.1} s",
+        deadline_started.elapsed().as_secs_f64()
+    ));
     Ok(report)
 }
 
-async fn load(args: &Args, base: &str, stop: &Arc<AtomicBool>, server: Option<&InProcess>) -> anyhow::Result<String> {
+async fn load(
+    args: &Args,
+    base: &str,
+    stop: &Arc<AtomicBool>,
+    server: Option<&InProcess>,
+) -> anyhow::Result<String> {
     let started = Instant::now();
     let setup = setup(args, base).await?;
     // Memory per WebSocket is the growth from half the connections to all of them: the
@@ -1187,7 +1415,13 @@ async fn load(args: &Args, base: &str, stop: &Arc<AtomicBool>, server: Option<&I
         .drain(..)
         .enumerate()
         .map(|(i, conn)| {
-            tokio::spawn(ping_conn(conn, share(args.pings, conns_len, i), args.window, args.wait_max, phase.clone()))
+            tokio::spawn(ping_conn(
+                conn,
+                share(args.pings, conns_len, i),
+                args.window,
+                args.wait_max,
+                phase.clone(),
+            ))
         })
         .collect();
     phase.coordinate(conns_len, args.wait_max).await;
@@ -1199,10 +1433,17 @@ async fn load(args: &Args, base: &str, stop: &Arc<AtomicBool>, server: Option<&I
     // 2. SENDS: each connection starts once every generator of a multi-process run is ready
     // (`--go-file`), reading meanwhile (the server closes connections that answer no pings).
     if let Some(go) = &args.go_file {
-        eprintln!("loadgen: {conns_len} WebSockets open; sends start when {} exists", go.display());
+        eprintln!(
+            "loadgen: {conns_len} WebSockets open; sends start when {} exists",
+            go.display()
+        );
     }
     let recipients: Arc<HashMap<ConvId, u64>> = Arc::new(
-        setup.members_of.iter().map(|(&conv, &members)| (conv, (members * args.conns_per_user) as u64 - 1)).collect(),
+        setup
+            .members_of
+            .iter()
+            .map(|(&conv, &members)| (conv, (members * args.conns_per_user) as u64 - 1))
+            .collect(),
     );
     let store_before = server.map(|s| (s.kv.txs_committed(), s.kv.batches_committed()));
     let senders = args.senders.unwrap_or(conns_len).min(conns_len);
@@ -1223,11 +1464,20 @@ async fn load(args: &Args, base: &str, stop: &Arc<AtomicBool>, server: Option<&I
                 // Senders start spread over one interval, not all at once.
                 pace: args.send_rate.map(|rate| {
                     let every = Duration::from_secs_f64(senders as f64 / rate);
-                    (every, every.mul_f64(rank.unwrap_or(0) as f64 / senders.max(1) as f64))
+                    (
+                        every,
+                        every.mul_f64(rank.unwrap_or(0) as f64 / senders.max(1) as f64),
+                    )
                 }),
                 go_file: args.go_file.clone(),
             };
-            tokio::spawn(send_conn(conn, plan, args.window, args.wait_max, phase.clone()))
+            tokio::spawn(send_conn(
+                conn,
+                plan,
+                args.window,
+                args.wait_max,
+                phase.clone(),
+            ))
         })
         .collect();
     phase.coordinate(conns_len, args.wait_max).await;
@@ -1265,7 +1515,9 @@ async fn load(args: &Args, base: &str, stop: &Arc<AtomicBool>, server: Option<&I
     let groups = setup.convs.len() - directs;
     let mut out = String::new();
     let target = match server {
-        Some(_) => "in-process chat::serve::run over RedbKv (tempdir), TESTING password cost".to_string(),
+        Some(_) => {
+            "in-process chat::serve::run over RedbKv (tempdir), TESTING password cost".to_string()
+        }
         None => base.to_string(),
     };
     out.push_str(&format!("loadgen: server {target}\n"));
@@ -1283,7 +1535,9 @@ async fn load(args: &Args, base: &str, stop: &Arc<AtomicBool>, server: Option<&I
         args.body_bytes,
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
     ));
-    out.push_str(&format!("  setup (register, login, create, connect) {setup_secs:.1} s\n"));
+    out.push_str(&format!(
+        "  setup (register, login, create, connect) {setup_secs:.1} s\n"
+    ));
     out.push_str(&format!(
         "BASELINE pings : {pongs}/{} round trips in {ping_secs:.2} s = {pings_per_sec:.0}/s; rtt {}{}\n",
         args.pings,
@@ -1300,8 +1554,14 @@ async fn load(args: &Args, base: &str, stop: &Arc<AtomicBool>, server: Option<&I
         "PUSHES         : {delivered}/{expected} delivered in {push_secs:.2} s = {pushes_per_sec:.0}/s; end-to-end {}\n",
         sends.pushes.summary()
     ));
-    let ratio = if pings_per_sec > 0.0 { sends_per_sec / pings_per_sec } else { 0.0 };
-    out.push_str(&format!("RATIO          : sends/s / pings/s = {ratio:.3}\n"));
+    let ratio = if pings_per_sec > 0.0 {
+        sends_per_sec / pings_per_sec
+    } else {
+        0.0
+    };
+    out.push_str(&format!(
+        "RATIO          : sends/s / pings/s = {ratio:.3}\n"
+    ));
     if let (Some((txs0, batches0)), Some((txs1, batches1))) = (store_before, store_after) {
         let (txs, batches) = (txs1 - txs0, batches1 - batches0);
         out.push_str(&format!(
@@ -1311,7 +1571,11 @@ async fn load(args: &Args, base: &str, stop: &Arc<AtomicBool>, server: Option<&I
         ));
     }
     if let (false, Some(half), Some(held)) = (args.hold.is_zero(), rss_half, rss_held) {
-        let whose = if args.server_pid.is_empty() { "generator and in-process server together" } else { "server" };
+        let whose = if args.server_pid.is_empty() {
+            "generator and in-process server together"
+        } else {
+            "server"
+        };
         let added = conns_len - conns_len / 2;
         out.push_str(&format!(
             "MEMORY         : {whose} RSS {:.1} MiB with {} WebSockets open, {:.1} MiB with {conns_len} after {:?}: {:.1} KiB per WebSocket\n",
@@ -1366,38 +1630,87 @@ mod tests {
     fn bodies_carry_their_stamp() {
         let b = body(1_767_139_200_123_456, 200);
         assert_eq!(b.len(), 200);
-        assert_eq!(b[..BODY_STAMP_BYTES - 1].parse::<u64>(), Ok(1_767_139_200_123_456));
+        assert_eq!(
+            b[..BODY_STAMP_BYTES - 1].parse::<u64>(),
+            Ok(1_767_139_200_123_456)
+        );
     }
 
     #[test]
     fn each_sender_is_one_connection_spread_evenly() {
-        for (senders, conns) in [(0, 5), (1, 1), (1, 7), (4, 1000), (200, 1000), (7, 10), (999, 1000), (1000, 1000)] {
-            let ranks: Vec<usize> = (0..conns).filter_map(|i| sender_rank(i, senders, conns)).collect();
-            assert_eq!(ranks, (0..senders).collect::<Vec<_>>(), "{senders} of {conns}");
+        for (senders, conns) in [
+            (0, 5),
+            (1, 1),
+            (1, 7),
+            (4, 1000),
+            (200, 1000),
+            (7, 10),
+            (999, 1000),
+            (1000, 1000),
+        ] {
+            let ranks: Vec<usize> = (0..conns)
+                .filter_map(|i| sender_rank(i, senders, conns))
+                .collect();
+            assert_eq!(
+                ranks,
+                (0..senders).collect::<Vec<_>>(),
+                "{senders} of {conns}"
+            );
             for k in 0..senders {
-                assert_eq!(sender_rank(k * conns / senders, senders, conns), Some(k), "{senders} of {conns}");
+                assert_eq!(
+                    sender_rank(k * conns / senders, senders, conns),
+                    Some(k),
+                    "{senders} of {conns}"
+                );
             }
         }
     }
 
     #[test]
     fn presets_fill_flags_the_command_line_does_not_give() {
-        let args = Args::parse_with_preset(["loadgen", "--preset", "one-to-one", "--messages", "7"]).unwrap();
-        assert_eq!((args.users, args.convs, args.directs_per_user, args.senders), (1000, Convs::Direct, 20, Some(200)));
+        let args =
+            Args::parse_with_preset(["loadgen", "--preset", "one-to-one", "--messages", "7"])
+                .unwrap();
+        assert_eq!(
+            (args.users, args.convs, args.directs_per_user, args.senders),
+            (1000, Convs::Direct, 20, Some(200))
+        );
         assert_eq!(args.messages, 7);
         assert!(validate(&args).is_ok());
-        let args = Args::parse_with_preset(["loadgen", "--preset", "fanout", "--members", "1000"]).unwrap();
-        assert_eq!((args.users, args.group_size, args.senders), (1000, 250, Some(4)));
+        let args = Args::parse_with_preset(["loadgen", "--preset", "fanout", "--members", "1000"])
+            .unwrap();
+        assert_eq!(
+            (args.users, args.group_size, args.senders),
+            (1000, 250, Some(4))
+        );
         assert!(validate(&args).is_ok());
-        let args = Args::parse_with_preset(["loadgen", "--preset", "idle", "--connections", "3000", "--server", "http://127.0.0.1:1"]).unwrap();
-        assert_eq!((args.users, args.messages, args.pings, args.hold), (3000, 0, 3000, Duration::from_secs(10)));
+        let args = Args::parse_with_preset([
+            "loadgen",
+            "--preset",
+            "idle",
+            "--connections",
+            "3000",
+            "--server",
+            "http://127.0.0.1:1",
+        ])
+        .unwrap();
+        assert_eq!(
+            (args.users, args.messages, args.pings, args.hold),
+            (3000, 0, 3000, Duration::from_secs(10))
+        );
         assert!(validate(&args).is_ok());
         let args = Args::parse_with_preset(["loadgen", "--preset", "reads"]).unwrap();
         assert_eq!((args.messages, args.readers), (1_000_000, 64));
         // Without a preset nothing changes.
         assert_eq!(Args::parse_with_preset(["loadgen"]).unwrap().users, 50);
         // A room over the member limit needs the fan-out preset.
-        assert!(validate(&Args::parse_with_preset(["loadgen", "--convs", "group", "--group-size", "1000"]).unwrap()).is_err());
+        assert!(
+            validate(
+                &Args::parse_with_preset(["loadgen", "--convs", "group", "--group-size", "1000"])
+                    .unwrap()
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -89,10 +89,18 @@ fn main() -> std::process::ExitCode {
     if args.single {
         config.cluster = chat_sim::cluster::ClusterConfig::single();
     }
-    let children = Children { quick: args.quick, calm: args.calm, single: args.single, scale: args.scale, scale_devices: args.scale_devices, jobs: args.jobs.max(1) };
+    let children = Children {
+        quick: args.quick,
+        calm: args.calm,
+        single: args.single,
+        scale: args.scale,
+        scale_devices: args.scale_devices,
+        jobs: args.jobs.max(1),
+    };
 
     if let (Some(seed), true) = (args.seed, args.show_schedule) {
-        let (swarm, schedule) = Schedule::generate(seed, &config.cluster, config.devices, config.chaos);
+        let (swarm, schedule) =
+            Schedule::generate(seed, &config.cluster, config.devices, config.chaos);
         println!("seed {seed}\n{swarm}\n{}", schedule.to_text());
         return ExitCode::SUCCESS;
     }
@@ -100,10 +108,16 @@ fn main() -> std::process::ExitCode {
     if let Some(seed) = args.seed {
         let schedule = match &args.schedule {
             None => None,
-            Some(path) => match std::fs::read_to_string(path).map_err(|e| e.to_string()).and_then(|text| Schedule::parse(&text)) {
+            Some(path) => match std::fs::read_to_string(path)
+                .map_err(|e| e.to_string())
+                .and_then(|text| Schedule::parse(&text))
+            {
                 Ok(schedule) => Some(schedule),
                 Err(err) => {
-                    eprintln!("chat-sim: cannot read the schedule {}: {err}", path.display());
+                    eprintln!(
+                        "chat-sim: cannot read the schedule {}: {err}",
+                        path.display()
+                    );
                     return ExitCode::from(2);
                 }
             },
@@ -120,7 +134,9 @@ fn main() -> std::process::ExitCode {
             let replay = match &args.schedule {
                 Some(path) => format!("{} --schedule {}", replay_command(seed), path.display()),
                 None if args.scale => match args.scale_devices {
-                    Some(devices) => format!("{} --scale --scale-devices {devices}", replay_command(seed)),
+                    Some(devices) => {
+                        format!("{} --scale --scale-devices {devices}", replay_command(seed))
+                    }
                     None => format!("{} --scale", replay_command(seed)),
                 },
                 None => replay_command(seed),
@@ -133,8 +149,15 @@ fn main() -> std::process::ExitCode {
             }
         }
         // For a parent process: the simulated time of this run.
-        println!("sim-stats simulated_secs={:.3}", run.simulated.as_secs_f64());
-        return if run.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+        println!(
+            "sim-stats simulated_secs={:.3}",
+            run.simulated.as_secs_f64()
+        );
+        return if run.passed() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
     }
 
     if let Some(seed) = args.shrink {
@@ -144,8 +167,16 @@ fn main() -> std::process::ExitCode {
     if let Some(count) = args.determinism {
         let seeds: Vec<u64> = (1..=count).collect();
         let dir = trace_dir().join("determinism");
-        let first = children.run(&seeds, |seed| Some(dir.join(format!("seed-{seed}.first.trace"))), None);
-        let second = children.run(&seeds, |seed| Some(dir.join(format!("seed-{seed}.second.trace"))), None);
+        let first = children.run(
+            &seeds,
+            |seed| Some(dir.join(format!("seed-{seed}.first.trace"))),
+            None,
+        );
+        let second = children.run(
+            &seeds,
+            |seed| Some(dir.join(format!("seed-{seed}.second.trace"))),
+            None,
+        );
         let mut failed = false;
         for (a, b) in first.iter().zip(&second) {
             if a.hash == b.hash && !a.hash.is_empty() {
@@ -153,16 +184,29 @@ fn main() -> std::process::ExitCode {
                 continue;
             }
             failed = true;
-            println!("seed {}: NONDETERMINISTIC trace-hash {} then {}", a.seed, a.hash, b.hash);
-            let read = |name: &str| std::fs::read_to_string(dir.join(format!("seed-{}.{name}.trace", a.seed))).unwrap_or_default();
+            println!(
+                "seed {}: NONDETERMINISTIC trace-hash {} then {}",
+                a.seed, a.hash, b.hash
+            );
+            let read = |name: &str| {
+                std::fs::read_to_string(dir.join(format!("seed-{}.{name}.trace", a.seed)))
+                    .unwrap_or_default()
+            };
             let (x, y) = (read("first"), read("second"));
             let lines = |t: &str| t.lines().map(str::to_owned).collect::<Vec<_>>();
             match chat_sim::seeds::first_difference(&lines(&x), &lines(&y)) {
-                Some((line, one, two)) => println!("  first difference at trace line {}:\n    first:  {one}\n    second: {two}", line + 1),
+                Some((line, one, two)) => println!(
+                    "  first difference at trace line {}:\n    first:  {one}\n    second: {two}",
+                    line + 1
+                ),
                 None => println!("  the traces are equal; a run crashed"),
             }
         }
-        return if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS };
+        return if failed {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        };
     }
 
     let Some(n) = args.seeds else {
@@ -173,14 +217,22 @@ fn main() -> std::process::ExitCode {
     let wall = Instant::now();
     let results = children.run(&seeds, |_| None, None);
     let wall = wall.elapsed().as_secs_f64().max(1e-9);
-    let failed: Vec<u64> = results.iter().filter(|r| !r.passed).map(|r| r.seed).collect();
+    let failed: Vec<u64> = results
+        .iter()
+        .filter(|r| !r.passed)
+        .map(|r| r.seed)
+        .collect();
     let simulated: f64 = results.iter().map(|r| r.simulated_secs).sum();
     let messages: u64 = results.iter().map(|r| r.messages).sum();
     println!(
         "{} seeds, {} failed{}; {:.0} simulated s in {:.1} wall s with {} processes: {:.0}x real time, {:.0} messages per wall s, {:.1} seeds/min",
         seeds.len(),
         failed.len(),
-        if failed.is_empty() { String::new() } else { format!(" ({failed:?})") },
+        if failed.is_empty() {
+            String::new()
+        } else {
+            format!(" ({failed:?})")
+        },
         simulated,
         wall,
         children.jobs,
@@ -188,19 +240,33 @@ fn main() -> std::process::ExitCode {
         messages as f64 / wall,
         seeds.len() as f64 / wall * 60.0
     );
-    println!("seeds: {} passed, {} failed", seeds.len() - failed.len(), failed.len());
-    if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    println!(
+        "seeds: {} passed, {} failed",
+        seeds.len() - failed.len(),
+        failed.len()
+    );
+    if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 #[cfg(madsim)]
 fn trace_dir() -> PathBuf {
-    std::env::var_os("SIM_TRACE_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("target/sim-traces"))
+    std::env::var_os("SIM_TRACE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target/sim-traces"))
 }
 
 /// Shrinks seed `seed`'s schedule, each candidate in a fresh process; writes the minimal
 /// schedule next to the traces and prints how to replay it.
 #[cfg(madsim)]
-fn shrink(seed: u64, config: &chat_sim::scenario::ScenarioConfig, children: &Children) -> std::process::ExitCode {
+fn shrink(
+    seed: u64,
+    config: &chat_sim::scenario::ScenarioConfig,
+    children: &Children,
+) -> std::process::ExitCode {
     use chat_sim::faults::Schedule;
     let (_, schedule) = Schedule::generate(seed, &config.cluster, config.devices, config.chaos);
     let first = children.run(&[seed], |_| None, None);
@@ -214,23 +280,34 @@ fn shrink(seed: u64, config: &chat_sim::scenario::ScenarioConfig, children: &Chi
         return std::process::ExitCode::from(2);
     }
     let candidate = dir.join(format!("seed-{seed}.candidate.schedule"));
-    let minimal = chat_sim::shrink::shrink(&schedule, |schedule| {
-        if std::fs::write(&candidate, schedule.to_text()).is_err() {
-            return false;
-        }
-        let run = children.run(&[seed], |_| None, Some(&candidate));
-        run.first().is_some_and(|r| r.checkers.contains(&checker))
-    }, |line| println!("  shrink: {line}"));
+    let minimal = chat_sim::shrink::shrink(
+        &schedule,
+        |schedule| {
+            if std::fs::write(&candidate, schedule.to_text()).is_err() {
+                return false;
+            }
+            let run = children.run(&[seed], |_| None, Some(&candidate));
+            run.first().is_some_and(|r| r.checkers.contains(&checker))
+        },
+        |line| println!("  shrink: {line}"),
+    );
     let path = dir.join(format!("seed-{seed}.min.schedule"));
     let _ = std::fs::remove_file(&candidate);
     if let Err(err) = std::fs::write(&path, minimal.to_text()) {
         eprintln!("chat-sim: cannot write {}: {err}", path.display());
     }
-    println!("minimal schedule for seed {seed} ({} of {} episodes), still failing {checker}:", minimal.episodes.len(), schedule.episodes.len());
+    println!(
+        "minimal schedule for seed {seed} ({} of {} episodes), still failing {checker}:",
+        minimal.episodes.len(),
+        schedule.episodes.len()
+    );
     for episode in &minimal.episodes {
         println!("  {episode}");
     }
-    println!("  replay: ci/sim --seed {seed} --schedule {}", path.display());
+    println!(
+        "  replay: ci/sim --seed {seed} --schedule {}",
+        path.display()
+    );
     std::process::ExitCode::FAILURE
 }
 
@@ -260,9 +337,21 @@ struct Children {
 impl Children {
     /// Runs each seed as `<this binary> --seed N`, `jobs` at a time, echoing their reports
     /// in seed order.
-    fn run(&self, seeds: &[u64], trace_out: impl Fn(u64) -> Option<PathBuf>, schedule: Option<&std::path::Path>) -> Vec<ChildResult> {
+    fn run(
+        &self,
+        seeds: &[u64],
+        trace_out: impl Fn(u64) -> Option<PathBuf>,
+        schedule: Option<&std::path::Path>,
+    ) -> Vec<ChildResult> {
         use std::process::{Command, Stdio};
-        let failed = |seed| ChildResult { seed, passed: false, hash: String::new(), checkers: vec!["crashed".into()], simulated_secs: 0.0, messages: 0 };
+        let failed = |seed| ChildResult {
+            seed,
+            passed: false,
+            hash: String::new(),
+            checkers: vec!["crashed".into()],
+            simulated_secs: 0.0,
+            messages: 0,
+        };
         let exe = match std::env::current_exe() {
             Ok(exe) => exe,
             Err(err) => {
@@ -276,7 +365,11 @@ impl Children {
                 .iter()
                 .map(|&seed| {
                     let mut command = Command::new(&exe);
-                    command.arg("--seed").arg(seed.to_string()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+                    command
+                        .arg("--seed")
+                        .arg(seed.to_string())
+                        .stdout(Stdio::piped())
+                        .stderr(Stdio::inherit());
                     if self.quick {
                         command.arg("--quick");
                     }
@@ -306,7 +399,10 @@ impl Children {
                 .collect();
             for (seed, child) in running {
                 let output = child.and_then(|c| c.wait_with_output());
-                let text = output.as_ref().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+                let text = output
+                    .as_ref()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
                 let mut result = failed(seed);
                 result.checkers.clear();
                 for line in text.lines() {
@@ -319,8 +415,17 @@ impl Children {
                     }
                     if line.starts_with(&format!("seed {seed}: ")) {
                         result.passed = line.contains(": pass ");
-                        result.hash = line.split("trace-hash ").nth(1).and_then(|rest| rest.split_whitespace().next()).unwrap_or("").to_owned();
-                        result.messages = line.rsplit_once(", ").and_then(|(_, tail)| tail.strip_suffix(" messages")).and_then(|n| n.parse().ok()).unwrap_or(0);
+                        result.hash = line
+                            .split("trace-hash ")
+                            .nth(1)
+                            .and_then(|rest| rest.split_whitespace().next())
+                            .unwrap_or("")
+                            .to_owned();
+                        result.messages = line
+                            .rsplit_once(", ")
+                            .and_then(|(_, tail)| tail.strip_suffix(" messages"))
+                            .and_then(|n| n.parse().ok())
+                            .unwrap_or(0);
                     }
                     println!("{line}");
                 }

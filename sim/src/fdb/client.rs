@@ -227,7 +227,10 @@ impl Pool {
     fn take(&self) -> Option<Conn> {
         let now = Instant::now();
         let mut idle = lock(&self.idle);
-        while idle.front().is_some_and(|(_, since)| now.saturating_duration_since(*since) >= POOLED_IDLE_MAX) {
+        while idle
+            .front()
+            .is_some_and(|(_, since)| now.saturating_duration_since(*since) >= POOLED_IDLE_MAX)
+        {
             idle.pop_front();
         }
         while let Some((conn, _)) = idle.pop_back() {

@@ -50,7 +50,11 @@ pub struct SimFdbServer {
 impl SimFdbServer {
     /// A server over `kv` (a clone sharing the harness's data) injecting `faults`.
     pub fn new(kv: MemoryKv, faults: SimFdbFaults) -> SimFdbServer {
-        SimFdbServer { kv, faults, connections_max: CONNECTIONS_PER_CLIENT_MAX }
+        SimFdbServer {
+            kv,
+            faults,
+            connections_max: CONNECTIONS_PER_CLIENT_MAX,
+        }
     }
 
     /// Serves [`CONNECTIONS_PER_CLIENT_MAX`] connections at once for each of `clients`.

@@ -32,7 +32,10 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, ProtocolError> {
         return Ok(None);
     };
     if *first != b'*' {
-        return Err(ProtocolError(format!("expected '*', got '{}'", printable(*first))));
+        return Err(ProtocolError(format!(
+            "expected '*', got '{}'",
+            printable(*first)
+        )));
     }
     let Some(count) = header(buf, &mut at, "multibulk")? else {
         return Ok(None);
@@ -48,7 +51,10 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, ProtocolError> {
             return Ok(None);
         };
         if kind != b'$' {
-            return Err(ProtocolError(format!("expected '$', got '{}'", printable(kind))));
+            return Err(ProtocolError(format!(
+                "expected '$', got '{}'",
+                printable(kind)
+            )));
         }
         let Some(len) = header(buf, &mut at, "bulk")? else {
             return Ok(None);
@@ -64,7 +70,9 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, ProtocolError> {
             return Ok(None);
         }
         if &buf[at + len..at + len + 2] != b"\r\n" {
-            return Err(ProtocolError("bulk string not terminated by CRLF".to_owned()));
+            return Err(ProtocolError(
+                "bulk string not terminated by CRLF".to_owned(),
+            ));
         }
         spans.push((at, len));
         at += len + 2;
@@ -72,7 +80,10 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, ProtocolError> {
     if at > REQUEST_BYTES_MAX {
         return Err(ProtocolError("request too big".to_owned()));
     }
-    let args = spans.into_iter().map(|(start, len)| buf[start..start + len].to_vec()).collect();
+    let args = spans
+        .into_iter()
+        .map(|(start, len)| buf[start..start + len].to_vec())
+        .collect();
     Ok(Some((args, at)))
 }
 
@@ -88,8 +99,13 @@ fn header(buf: &[u8], at: &mut usize, what: &str) -> Result<Option<i64>, Protoco
     };
     let digits = &window[..end];
     let valid = !digits.is_empty()
-        && digits.iter().enumerate().all(|(i, b)| b.is_ascii_digit() || (i == 0 && *b == b'-' && digits.len() > 1));
-    let value = valid.then(|| std::str::from_utf8(digits).ok()?.parse::<i64>().ok()).flatten();
+        && digits
+            .iter()
+            .enumerate()
+            .all(|(i, b)| b.is_ascii_digit() || (i == 0 && *b == b'-' && digits.len() > 1));
+    let value = valid
+        .then(|| std::str::from_utf8(digits).ok()?.parse::<i64>().ok())
+        .flatten();
     let Some(value) = value else {
         return Err(ProtocolError(format!("invalid {what} length")));
     };
@@ -98,7 +114,11 @@ fn header(buf: &[u8], at: &mut usize, what: &str) -> Result<Option<i64>, Protoco
 }
 
 fn printable(b: u8) -> char {
-    if b.is_ascii_graphic() || b == b' ' { b as char } else { '?' }
+    if b.is_ascii_graphic() || b == b' ' {
+        b as char
+    } else {
+        '?'
+    }
 }
 
 /// Appends RESP2 replies to a connection's output buffer.
@@ -123,7 +143,10 @@ impl Replies {
     pub fn error(&mut self, text: &str) {
         self.out.push(b'-');
         // A reply line cannot hold a line break.
-        self.out.extend(text.bytes().map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }));
+        self.out.extend(
+            text.bytes()
+                .map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
+        );
         self.out.extend_from_slice(b"\r\n");
     }
 
@@ -132,7 +155,8 @@ impl Replies {
     }
 
     pub fn bulk(&mut self, bytes: &[u8]) {
-        self.out.extend_from_slice(format!("${}\r\n", bytes.len()).as_bytes());
+        self.out
+            .extend_from_slice(format!("${}\r\n", bytes.len()).as_bytes());
         self.out.extend_from_slice(bytes);
         self.out.extend_from_slice(b"\r\n");
     }
@@ -161,10 +185,17 @@ mod tests {
         let whole = buf.len();
         buf.extend_from_slice(&req(&["PING"]));
         let (args, used) = parse_request(&buf).unwrap().unwrap();
-        assert_eq!(args, vec![b"HSET".to_vec(), b"k".to_vec(), b"f".to_vec(), b"".to_vec()]);
+        assert_eq!(
+            args,
+            vec![b"HSET".to_vec(), b"k".to_vec(), b"f".to_vec(), b"".to_vec()]
+        );
         assert_eq!(used, whole);
         for cut in 0..whole {
-            assert_eq!(parse_request(&buf[..cut]), Ok(None), "prefix of {cut} bytes");
+            assert_eq!(
+                parse_request(&buf[..cut]),
+                Ok(None),
+                "prefix of {cut} bytes"
+            );
         }
         assert_eq!(parse_request(b"*0\r\n"), Ok(Some((vec![], 4))));
         assert_eq!(parse_request(b"*-1\r\n"), Ok(Some((vec![], 5))));
@@ -185,7 +216,11 @@ mod tests {
             b"*111111111111111111111111111111111111111111",
             b"*99999999999999999999999\r\n",
         ] {
-            assert!(parse_request(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                parse_request(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         // Many bulks that would exceed the request cap are refused before they arrive.
         let mut big = b"*5\r\n".to_vec();

@@ -89,7 +89,9 @@ async fn serve_connection(mut stream: TcpStream, state: &RespState) -> std::io::
         }
         if buf.len() > REQUEST_BYTES_MAX {
             // parse_request refuses requests over the cap before this; kept as a backstop.
-            stream.write_all(b"-ERR Protocol error: request too big\r\n").await?;
+            stream
+                .write_all(b"-ERR Protocol error: request too big\r\n")
+                .await?;
             stream.flush().await?;
             return Ok(());
         }

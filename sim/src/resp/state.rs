@@ -60,13 +60,21 @@ impl RespState {
     /// Puts a string at `key` (no command of the model creates strings): to check how the
     /// registry and the model treat a key of the wrong type.
     pub fn insert_string(&self, key: &[u8], value: &[u8]) {
-        self.lock().insert(key.to_vec(), Entry { value: Value::String(value.to_vec()), expires_at: None });
+        self.lock().insert(
+            key.to_vec(),
+            Entry {
+                value: Value::String(value.to_vec()),
+                expires_at: None,
+            },
+        );
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<Vec<u8>, Entry>> {
         // Commands check their arguments before changing anything, so a panic cannot leave
         // a half-applied command behind.
-        self.keys.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.keys
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Runs one request and appends its reply.
@@ -229,7 +237,10 @@ impl RespState {
         let wants = |name: &str| {
             sections.is_empty()
                 || sections.iter().any(|s| {
-                    s.eq_ignore_ascii_case(name.as_bytes()) || s.eq_ignore_ascii_case(b"all") || s.eq_ignore_ascii_case(b"default") || s.eq_ignore_ascii_case(b"everything")
+                    s.eq_ignore_ascii_case(name.as_bytes())
+                        || s.eq_ignore_ascii_case(b"all")
+                        || s.eq_ignore_ascii_case(b"default")
+                        || s.eq_ignore_ascii_case(b"everything")
                 })
         };
         let (keys, expires, used_memory) = {
@@ -240,16 +251,25 @@ impl RespState {
                 .map(|(k, e)| {
                     64 + k.len()
                         + match &e.value {
-                            Value::Hash(fields) => fields.iter().map(|(f, v)| 16 + f.len() + v.len()).sum(),
+                            Value::Hash(fields) => {
+                                fields.iter().map(|(f, v)| 16 + f.len() + v.len()).sum()
+                            }
                             Value::String(s) => s.len(),
                         }
                 })
                 .sum();
-            (keys.len(), keys.values().filter(|e| e.expires_at.is_some()).count(), used)
+            (
+                keys.len(),
+                keys.values().filter(|e| e.expires_at.is_some()).count(),
+                used,
+            )
         };
         let mut out = String::new();
         if wants("clients") {
-            out.push_str(&format!("# Clients\r\nconnected_clients:{}\r\n\r\n", self.clients.load(Ordering::Relaxed)));
+            out.push_str(&format!(
+                "# Clients\r\nconnected_clients:{}\r\n\r\n",
+                self.clients.load(Ordering::Relaxed)
+            ));
         }
         if wants("memory") {
             out.push_str(&format!("# Memory\r\nused_memory:{used_memory}\r\n\r\n"));
@@ -265,8 +285,15 @@ impl RespState {
 }
 
 /// The entry at `key` unless it has expired; an expired one is removed.
-fn live<'a>(keys: &'a mut HashMap<Vec<u8>, Entry>, key: &[u8], now: Instant) -> Option<&'a mut Entry> {
-    if keys.get(key).is_some_and(|e| e.expires_at.is_some_and(|at| now > at)) {
+fn live<'a>(
+    keys: &'a mut HashMap<Vec<u8>, Entry>,
+    key: &[u8],
+    now: Instant,
+) -> Option<&'a mut Entry> {
+    if keys
+        .get(key)
+        .is_some_and(|e| e.expires_at.is_some_and(|at| now > at))
+    {
         keys.remove(key);
         return None;
     }
@@ -278,7 +305,9 @@ fn sweep(keys: &mut HashMap<Vec<u8>, Entry>, now: Instant) {
 }
 
 fn wrong_arity(replies: &mut Replies, name: &str) {
-    replies.error(&format!("ERR wrong number of arguments for '{name}' command"));
+    replies.error(&format!(
+        "ERR wrong number of arguments for '{name}' command"
+    ));
 }
 
 /// A decimal integer as Redis reads one (optional `-`, no spaces, no `+`).
@@ -306,19 +335,32 @@ mod tests {
         let s = RespState::new();
         assert_eq!(run(&s, &["HSET", "k", "a", "1", "b", "2"]), ":2\r\n");
         assert_eq!(run(&s, &["hset", "k", "a", "3", "c", "4"]), ":1\r\n");
-        assert_eq!(run(&s, &["HGETALL", "k"]), "*6\r\n$1\r\na\r\n$1\r\n3\r\n$1\r\nb\r\n$1\r\n2\r\n$1\r\nc\r\n$1\r\n4\r\n");
+        assert_eq!(
+            run(&s, &["HGETALL", "k"]),
+            "*6\r\n$1\r\na\r\n$1\r\n3\r\n$1\r\nb\r\n$1\r\n2\r\n$1\r\nc\r\n$1\r\n4\r\n"
+        );
         assert_eq!(run(&s, &["HLEN", "k"]), ":3\r\n");
         assert_eq!(run(&s, &["HDEL", "k", "a", "zz", "b"]), ":2\r\n");
         assert_eq!(run(&s, &["HDEL", "k", "c"]), ":1\r\n");
         assert_eq!(run(&s, &["DBSIZE"]), ":0\r\n", "an emptied hash is deleted");
         assert_eq!(run(&s, &["HGETALL", "k"]), "*0\r\n");
-        assert_eq!(run(&s, &["HSET", "k", "a"]), "-ERR wrong number of arguments for 'hset' command\r\n");
+        assert_eq!(
+            run(&s, &["HSET", "k", "a"]),
+            "-ERR wrong number of arguments for 'hset' command\r\n"
+        );
         s.insert_string(b"str", b"x");
         assert_eq!(run(&s, &["HLEN", "str"]), format!("-{WRONGTYPE}\r\n"));
         assert_eq!(run(&s, &["PEXPIRE", "k", "10"]), ":0\r\n");
-        assert_eq!(run(&s, &["PEXPIRE", "str", "x"]), format!("-{NOT_AN_INTEGER}\r\n"));
+        assert_eq!(
+            run(&s, &["PEXPIRE", "str", "x"]),
+            format!("-{NOT_AN_INTEGER}\r\n")
+        );
         assert_eq!(run(&s, &["PEXPIRE", "str", "0"]), ":1\r\n");
-        assert_eq!(run(&s, &["DBSIZE"]), ":0\r\n", "a deadline in the past deletes");
+        assert_eq!(
+            run(&s, &["DBSIZE"]),
+            ":0\r\n",
+            "a deadline in the past deletes"
+        );
     }
 
     #[test]
@@ -336,7 +378,11 @@ mod tests {
         assert_eq!(run(&s, &["PEXPIRE", "k", "30"]), ":1\r\n");
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(run(&s, &["HLEN", "k"]), ":0\r\n");
-        assert_eq!(run(&s, &["HSET", "k", "a", "1"]), ":1\r\n", "a new key, without the old deadline");
+        assert_eq!(
+            run(&s, &["HSET", "k", "a", "1"]),
+            ":1\r\n",
+            "a new key, without the old deadline"
+        );
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(run(&s, &["HLEN", "k"]), ":1\r\n");
     }

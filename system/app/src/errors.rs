@@ -7,7 +7,9 @@ use chat_store::StoreError;
 pub fn store_error(err: StoreError) -> ApiError {
     match err {
         StoreError::UsernameTaken => ApiError::new(ErrorCode::UsernameTaken, "username is taken"),
-        StoreError::UnknownUser(name) => ApiError::new(ErrorCode::UnknownUser, format!("no user `{name}`")),
+        StoreError::UnknownUser(name) => {
+            ApiError::new(ErrorCode::UnknownUser, format!("no user `{name}`"))
+        }
         StoreError::UnknownConversation => ApiError::unknown_conversation(),
         other if other.is_retryable() => {
             tracing::warn!(error = %other, "store unavailable");

@@ -80,7 +80,9 @@ impl AppServer {
         config: AppConfig,
     ) -> Arc<AppServer> {
         let router = routing::Router::new(registry, delivery, config.registry_timeout);
-        let hash_permits = Arc::new(tokio::sync::Semaphore::new(config.password_hashes_in_flight_max.max(1)));
+        let hash_permits = Arc::new(tokio::sync::Semaphore::new(
+            config.password_hashes_in_flight_max.max(1),
+        ));
         Arc::new(AppServer {
             hash_permits,
             sequencers: sequencer::Sequencers::new(store.clone(), router, config),
@@ -98,8 +100,16 @@ impl AppServer {
     /// tens of milliseconds of CPU), and at most `password_hashes_in_flight_max` at once.
     /// (madsim deprecates `spawn_blocking` but runs it as an ordinary task, which is right there.)
     #[allow(deprecated)]
-    async fn hashing<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
-        let permit = self.hash_permits.clone().acquire_owned().await.map_err(|_| ApiError::unavailable("the server is shutting down"))?;
+    async fn hashing<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let permit = self
+            .hash_permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::unavailable("the server is shutting down"))?;
         tokio::task::spawn_blocking(move || {
             let result = f();
             drop(permit);
@@ -121,50 +131,91 @@ impl AppApi for AppServer {
             .hashing(move || passwords.hash(&password))
             .await?
             .map_err(|e| ApiError::internal(e.to_string()))?;
-        self.store.create_user(&credentials.username, &hash, now_ms()).await.map_err(store_error)?;
+        self.store
+            .create_user(&credentials.username, &hash, now_ms())
+            .await
+            .map_err(store_error)?;
         tracing::info!(user = %credentials.username, "registered");
-        Ok(UserCreated { username: credentials.username })
+        Ok(UserCreated {
+            username: credentials.username,
+        })
     }
 
     async fn login(&self, credentials: Credentials) -> Result<Session, ApiError> {
-        let invalid = || ApiError::new(chat_proto::ErrorCode::InvalidCredentials, "wrong username or password");
+        let invalid = || {
+            ApiError::new(
+                chat_proto::ErrorCode::InvalidCredentials,
+                "wrong username or password",
+            )
+        };
         // Malformed usernames cannot exist; answer them like unknown ones, without a store read.
         let stored = if validate_username(&credentials.username).is_ok() {
-            self.store.get_user(&credentials.username).await.map_err(store_error)?.map(|u| u.password_hash)
+            self.store
+                .get_user(&credentials.username)
+                .await
+                .map_err(store_error)?
+                .map(|u| u.password_hash)
         } else {
             None
         };
         let passwords = self.passwords.clone();
         let password = credentials.password;
-        let ok = self.hashing(move || passwords.verify(&password, stored.as_deref())).await?;
+        let ok = self
+            .hashing(move || passwords.verify(&password, stored.as_deref()))
+            .await?;
         if !ok {
             return Err(invalid());
         }
-        let issued = self.tokens.issue(&credentials.username).map_err(|e| ApiError::internal(e.to_string()))?;
-        Ok(Session { token: issued.token, username: credentials.username, expires_at: issued.expires_at })
+        let issued = self
+            .tokens
+            .issue(&credentials.username)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        Ok(Session {
+            token: issued.token,
+            username: credentials.username,
+            expires_at: issued.expires_at,
+        })
     }
 
-    async fn create_conversation(&self, caller: &str, request: CreateConversation) -> Result<(ConversationView, bool), ApiError> {
+    async fn create_conversation(
+        &self,
+        caller: &str,
+        request: CreateConversation,
+    ) -> Result<(ConversationView, bool), ApiError> {
         if request.members.is_empty() {
-            return Err(ApiError::bad_request("`members` must name at least one other user"));
+            return Err(ApiError::bad_request(
+                "`members` must name at least one other user",
+            ));
         }
         // The caller is added by the store; count distinct others plus the caller.
-        let mut others: Vec<String> = request.members.into_iter().filter(|m| m != caller).collect();
+        let mut others: Vec<String> = request
+            .members
+            .into_iter()
+            .filter(|m| m != caller)
+            .collect();
         others.sort();
         others.dedup();
         for member in &others {
-            validate_username(member).map_err(|_| ApiError::bad_request(format!("`{member}` is not a valid username")))?;
+            validate_username(member).map_err(|_| {
+                ApiError::bad_request(format!("`{member}` is not a valid username"))
+            })?;
         }
         if others.is_empty() {
-            return Err(ApiError::bad_request("`members` must name at least one other user"));
+            return Err(ApiError::bad_request(
+                "`members` must name at least one other user",
+            ));
         }
         if others.len() + 1 > CONV_MEMBERS_MAX {
-            return Err(ApiError::bad_request(format!("a conversation has at most {CONV_MEMBERS_MAX} members")));
+            return Err(ApiError::bad_request(format!(
+                "a conversation has at most {CONV_MEMBERS_MAX} members"
+            )));
         }
         if let Some(title) = &request.title
             && (title.is_empty() || title.len() > TITLE_BYTES_MAX)
         {
-            return Err(ApiError::bad_request(format!("`title` must be 1-{TITLE_BYTES_MAX} bytes")));
+            return Err(ApiError::bad_request(format!(
+                "`title` must be 1-{TITLE_BYTES_MAX} bytes"
+            )));
         }
         let (conv, created) = self
             .store
@@ -172,24 +223,45 @@ impl AppApi for AppServer {
             .await
             .map_err(store_error)?;
         if created {
-            tracing::info!(conv = conv.conv_id, kind = conv.kind.as_str(), members = conv.members.len(), "conversation created");
+            tracing::info!(
+                conv = conv.conv_id,
+                kind = conv.kind.as_str(),
+                members = conv.members.len(),
+                "conversation created"
+            );
         }
         Ok((ConversationView::from(&conv), created))
     }
 
-    async fn history(&self, caller: &str, conv: ConvId, query: HistoryQuery) -> Result<HistoryPage, ApiError> {
+    async fn history(
+        &self,
+        caller: &str,
+        conv: ConvId,
+        query: HistoryQuery,
+    ) -> Result<HistoryPage, ApiError> {
         let limit = query.limit.unwrap_or(HISTORY_LIMIT_DEFAULT);
         if !(1..=HISTORY_LIMIT_MAX).contains(&limit) {
-            return Err(ApiError::bad_request(format!("`limit` must be 1-{HISTORY_LIMIT_MAX}")));
+            return Err(ApiError::bad_request(format!(
+                "`limit` must be 1-{HISTORY_LIMIT_MAX}"
+            )));
         }
-        let (messages, next_before) = self.store.history(caller, conv, query.before, limit).await.map_err(store_error)?;
-        Ok(HistoryPage { messages: messages.iter().map(MessageView::from).collect(), next_before })
+        let (messages, next_before) = self
+            .store
+            .history(caller, conv, query.before, limit)
+            .await
+            .map_err(store_error)?;
+        Ok(HistoryPage {
+            messages: messages.iter().map(MessageView::from).collect(),
+            next_before,
+        })
     }
 
     async fn inbox(&self, caller: &str, query: InboxQuery) -> Result<Inbox, ApiError> {
         let limit = query.limit.unwrap_or(INBOX_LIMIT_DEFAULT);
         if !(1..=INBOX_LIMIT_MAX).contains(&limit) {
-            return Err(ApiError::bad_request(format!("`limit` must be 1-{INBOX_LIMIT_MAX}")));
+            return Err(ApiError::bad_request(format!(
+                "`limit` must be 1-{INBOX_LIMIT_MAX}"
+            )));
         }
         let items = self.store.inbox(caller, limit).await.map_err(store_error)?;
         let conversations = items
@@ -212,12 +284,25 @@ impl AppApi for AppServer {
     }
 
     async fn read(&self, user: &str, conv: ConvId, seq: Seq) -> Result<(), ApiError> {
-        self.store.mark_read(user, conv, seq).await.map_err(store_error)
+        self.store
+            .mark_read(user, conv, seq)
+            .await
+            .map_err(store_error)
     }
 
-    async fn sync(&self, user: &str, conv: ConvId, after: Seq, limit: u32) -> Result<SyncPage, ApiError> {
+    async fn sync(
+        &self,
+        user: &str,
+        conv: ConvId,
+        after: Seq,
+        limit: u32,
+    ) -> Result<SyncPage, ApiError> {
         let limit = limit.clamp(1, SYNC_PAGE_MESSAGES_MAX);
-        let (messages, last_seq) = self.store.messages_after(user, conv, after, limit).await.map_err(store_error)?;
+        let (messages, last_seq) = self
+            .store
+            .messages_after(user, conv, after, limit)
+            .await
+            .map_err(store_error)?;
         Ok(SyncPage { messages, last_seq })
     }
 }
@@ -238,9 +323,22 @@ mod tests {
     fn server(password_hashes_in_flight_max: usize) -> Arc<AppServer> {
         let store = ChatStore::new(Arc::new(chat_store::MemoryKv::new()));
         let passwords = Passwords::new(chat_auth::PasswordCost::TESTING).expect("passwords");
-        let tokens = Tokens::new(b"a test secret of at least 32 bytes!!", Duration::from_secs(60));
-        let config = AppConfig { password_hashes_in_flight_max, ..AppConfig::default() };
-        AppServer::new(store, Arc::new(chat_registry::LocalRegistry::new()), Arc::new(Nowhere), passwords, tokens, config)
+        let tokens = Tokens::new(
+            b"a test secret of at least 32 bytes!!",
+            Duration::from_secs(60),
+        );
+        let config = AppConfig {
+            password_hashes_in_flight_max,
+            ..AppConfig::default()
+        };
+        AppServer::new(
+            store,
+            Arc::new(chat_registry::LocalRegistry::new()),
+            Arc::new(Nowhere),
+            passwords,
+            tokens,
+            config,
+        )
     }
 
     /// Each hash holds megabytes while it runs: however many logins arrive, at most

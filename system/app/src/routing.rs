@@ -14,15 +14,24 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(registry: Arc<dyn Registry>, delivery: Arc<dyn Delivery>, registry_timeout: Duration) -> Router {
-        Router { registry, delivery, registry_timeout }
+    pub fn new(
+        registry: Arc<dyn Registry>,
+        delivery: Arc<dyn Delivery>,
+        registry_timeout: Duration,
+    ) -> Router {
+        Router {
+            registry,
+            delivery,
+            registry_timeout,
+        }
     }
 
     /// Delivers `messages` (one conversation, ascending `seq`) to every connection of
     /// `members` except each message's origin. One registry lookup for the whole batch.
     /// Failures only cost latency: the messages are durable and clients `sync`.
     pub async fn route(&self, members: &[String], messages: &[(Arc<Message>, ConnAddr)]) {
-        let lookup = tokio::time::timeout(self.registry_timeout, self.registry.lookup(members)).await;
+        let lookup =
+            tokio::time::timeout(self.registry_timeout, self.registry.lookup(members)).await;
         let connections = match lookup {
             Ok(Ok(connections)) => connections,
             Ok(Err(err)) => {
@@ -36,18 +45,30 @@ impl Router {
         };
         // Fault point: recipients move between the lookup and the delivery.
         if chat_proto::sim::buggify(0.03) {
-            tokio::time::sleep(std::time::Duration::from_millis(rand::random::<u64>() % 2000)).await;
+            tokio::time::sleep(std::time::Duration::from_millis(
+                rand::random::<u64>() % 2000,
+            ))
+            .await;
         }
         let targets: Vec<Target> = members
             .iter()
             .zip(connections)
-            .flat_map(|(user, addrs)| addrs.into_iter().map(move |addr| Target { user: user.clone(), addr }))
+            .flat_map(|(user, addrs)| {
+                addrs.into_iter().map(move |addr| Target {
+                    user: user.clone(),
+                    addr,
+                })
+            })
             .collect();
         if targets.is_empty() {
             return;
         }
         for (message, origin) in messages {
-            let these: Vec<Target> = targets.iter().filter(|t| t.addr != *origin).cloned().collect();
+            let these: Vec<Target> = targets
+                .iter()
+                .filter(|t| t.addr != *origin)
+                .cloned()
+                .collect();
             if !these.is_empty() {
                 self.delivery.deliver(&these, message.clone());
             }

@@ -36,7 +36,11 @@ struct Pending {
 
 impl Pending {
     fn key(&self) -> Key {
-        (self.request.conv, self.request.sender.clone(), self.request.client_msg_id.clone())
+        (
+            self.request.conv,
+            self.request.sender.clone(),
+            self.request.client_msg_id.clone(),
+        )
     }
 }
 
@@ -89,7 +93,10 @@ impl Shared {
     /// from now on queue anew.
     fn waiters(&self, pending: Pending) -> Waiters {
         let joined = self.joined().remove(&pending.key()).unwrap_or_default();
-        Waiters { reply: pending.reply, joined }
+        Waiters {
+            reply: pending.reply,
+            joined,
+        }
     }
 
     /// Answers `pending` and every resend that joined it.
@@ -102,7 +109,10 @@ impl Shared {
     fn abandoned(&self, pending: &Pending) -> bool {
         let mut joined = self.joined();
         let key = pending.key();
-        let nobody = pending.reply.is_closed() && joined.get(&key).is_none_or(|w| w.iter().all(|r| r.is_closed()));
+        let nobody = pending.reply.is_closed()
+            && joined
+                .get(&key)
+                .is_none_or(|w| w.iter().all(|r| r.is_closed()));
         if nobody {
             joined.remove(&key);
         }
@@ -112,7 +122,15 @@ impl Shared {
 
 impl Sequencers {
     pub fn new(store: ChatStore, router: Router, config: AppConfig) -> Sequencers {
-        Sequencers { shared: Arc::new(Shared { store, router, config, queues: Mutex::new(HashMap::new()), joined: Mutex::new(HashMap::new()) }) }
+        Sequencers {
+            shared: Arc::new(Shared {
+                store,
+                router,
+                config,
+                queues: Mutex::new(HashMap::new()),
+                joined: Mutex::new(HashMap::new()),
+            }),
+        }
     }
 
     /// Queues the send now; the returned future resolves once it is durable (or refused).
@@ -138,9 +156,12 @@ impl Sequencers {
                     let active = queues.len();
                     let result = match queues.get(&conv) {
                         Some(queue) => queue.try_send(pending),
-                        None if active >= self.shared.config.convs_active_max => Err(mpsc::error::TrySendError::Full(pending)),
+                        None if active >= self.shared.config.convs_active_max => {
+                            Err(mpsc::error::TrySendError::Full(pending))
+                        }
                         None => {
-                            let (queue, receiver) = mpsc::channel(self.shared.config.conv_queue_len_max);
+                            let (queue, receiver) =
+                                mpsc::channel(self.shared.config.conv_queue_len_max);
                             let result = queue.try_send(pending);
                             queues.insert(conv, queue);
                             tokio::spawn(run(self.shared.clone(), conv, receiver));
@@ -160,11 +181,18 @@ impl Sequencers {
             let pending = match err {
                 mpsc::error::TrySendError::Full(p) | mpsc::error::TrySendError::Closed(p) => p,
             };
-            let _ = pending.reply.send(Err(ApiError::new(ErrorCode::Overloaded, "too many sends in flight; retry")));
+            let _ = pending.reply.send(Err(ApiError::new(
+                ErrorCode::Overloaded,
+                "too many sends in flight; retry",
+            )));
         }
         async move {
             // The task went away (its server is shutting down): maybe stored, maybe not.
-            answer.await.unwrap_or_else(|_| Err(ApiError::unavailable("the send was interrupted; resend with the same id")))
+            answer.await.unwrap_or_else(|_| {
+                Err(ApiError::unavailable(
+                    "the send was interrupted; resend with the same id",
+                ))
+            })
         }
         .boxed()
     }
@@ -172,13 +200,22 @@ impl Sequencers {
 
 fn validate(request: &SendRequest) -> Result<(), ApiError> {
     if !is_valid_client_msg_id(&request.client_msg_id) {
-        return Err(ApiError::new(ErrorCode::BadFrame, "`id` must be 1-64 characters of A-Za-z0-9_-"));
+        return Err(ApiError::new(
+            ErrorCode::BadFrame,
+            "`id` must be 1-64 characters of A-Za-z0-9_-",
+        ));
     }
     if request.body.is_empty() {
-        return Err(ApiError::new(ErrorCode::BadFrame, "`body` must not be empty"));
+        return Err(ApiError::new(
+            ErrorCode::BadFrame,
+            "`body` must not be empty",
+        ));
     }
     if request.body.len() > chat_proto::limits::BODY_BYTES_MAX {
-        return Err(ApiError::new(ErrorCode::BodyTooLarge, "`body` is too large"));
+        return Err(ApiError::new(
+            ErrorCode::BodyTooLarge,
+            "`body` is too large",
+        ));
     }
     Ok(())
 }
@@ -189,7 +226,10 @@ async fn run(shared: Arc<Shared>, conv: ConvId, mut receiver: mpsc::Receiver<Pen
     // One timer for the whole loop rather than one per batch.
     let mut idle = Deadline::new(tokio::time::Instant::now, tokio::time::sleep_until);
     loop {
-        let first = match idle.within(shared.config.sequencer_idle_timeout, receiver.recv()).await {
+        let first = match idle
+            .within(shared.config.sequencer_idle_timeout, receiver.recv())
+            .await
+        {
             Ok(Some(pending)) => pending,
             Ok(None) => return,
             Err(_idle) => {
@@ -224,7 +264,12 @@ async fn run(shared: Arc<Shared>, conv: ConvId, mut receiver: mpsc::Receiver<Pen
     }
 }
 
-async fn commit(shared: &Arc<Shared>, conv: ConvId, batch: Vec<Pending>, members: &mut Option<Arc<[String]>>) {
+async fn commit(
+    shared: &Arc<Shared>,
+    conv: ConvId,
+    batch: Vec<Pending>,
+    members: &mut Option<Arc<[String]>>,
+) {
     let items = batch
         .iter()
         .map(|p| NewMessage {
@@ -246,7 +291,10 @@ async fn commit(shared: &Arc<Shared>, conv: ConvId, batch: Vec<Pending>, members
     // Fault point: the commit is durable, the acks are late or lost. Clients time out and
     // resend the same ids, which must answer the same seqs.
     if buggify(0.03) {
-        tokio::time::sleep(std::time::Duration::from_millis(rand::random::<u64>() % 3000)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(
+            rand::random::<u64>() % 3000,
+        ))
+        .await;
     }
     // Fault point: acks held past the connection server's timeout, as if lost.
     let mut lost_acks = buggify(0.02).then(Vec::new);
@@ -254,7 +302,11 @@ async fn commit(shared: &Arc<Shared>, conv: ConvId, batch: Vec<Pending>, members
     for (pending, result) in batch.into_iter().zip(results) {
         let answer = match result {
             Ok(appended) => {
-                let ack = SendAck { conv: appended.message.conv, seq: appended.seq, ts: appended.ts };
+                let ack = SendAck {
+                    conv: appended.message.conv,
+                    seq: appended.seq,
+                    ts: appended.ts,
+                };
                 if appended.fresh {
                     fresh.push((Arc::new(appended.message), pending.request.origin));
                 }

@@ -38,9 +38,17 @@ pub struct PasswordCost {
 
 impl PasswordCost {
     /// OWASP's recommended minimum for Argon2id: 19 MiB, 2 iterations, 1 lane.
-    pub const DEFAULT: PasswordCost = PasswordCost { memory_kib: 19 * 1024, iterations: 2, parallelism: 1 };
+    pub const DEFAULT: PasswordCost = PasswordCost {
+        memory_kib: 19 * 1024,
+        iterations: 2,
+        parallelism: 1,
+    };
     /// Cheap hashing for simulations and tests that register hundreds of users. Never for deploys.
-    pub const TESTING: PasswordCost = PasswordCost { memory_kib: 64, iterations: 1, parallelism: 1 };
+    pub const TESTING: PasswordCost = PasswordCost {
+        memory_kib: 64,
+        iterations: 1,
+        parallelism: 1,
+    };
 }
 
 /// Hashes and verifies passwords. Verification reads the cost from the stored hash, so
@@ -58,7 +66,10 @@ impl Passwords {
         let params = Params::new(cost.memory_kib, cost.iterations, cost.parallelism, None)
             .map_err(|e| AuthError::Hash(e.to_string()))?;
         let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
-        let mut passwords = Passwords { argon2, dummy_hash: String::new() };
+        let mut passwords = Passwords {
+            argon2,
+            dummy_hash: String::new(),
+        };
         passwords.dummy_hash = passwords.hash("not a real password")?;
         Ok(passwords)
     }
@@ -66,8 +77,12 @@ impl Passwords {
     pub fn hash(&self, password: &str) -> Result<String, AuthError> {
         let mut salt_bytes = [0u8; 16];
         rand::rng().fill(&mut salt_bytes);
-        let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| AuthError::Hash(e.to_string()))?;
-        let hash = self.argon2.hash_password(password.as_bytes(), &salt).map_err(|e| AuthError::Hash(e.to_string()))?;
+        let salt =
+            SaltString::encode_b64(&salt_bytes).map_err(|e| AuthError::Hash(e.to_string()))?;
+        let hash = self
+            .argon2
+            .hash_password(password.as_bytes(), &salt)
+            .map_err(|e| AuthError::Hash(e.to_string()))?;
         Ok(hash.to_string())
     }
 
@@ -77,8 +92,13 @@ impl Passwords {
             Some(s) => (s, true),
             None => (self.dummy_hash.as_str(), false),
         };
-        let Ok(parsed) = PasswordHash::new(stored) else { return false };
-        self.argon2.verify_password(password.as_bytes(), &parsed).is_ok() && exists
+        let Ok(parsed) = PasswordHash::new(stored) else {
+            return false;
+        };
+        self.argon2
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok()
+            && exists
     }
 }
 
@@ -116,7 +136,12 @@ impl Tokens {
         // The gateway and app servers share one clock source; a leeway would let expired tokens in.
         validation.leeway = 0;
         validation.set_required_spec_claims(&["exp", "sub"]);
-        Tokens { encoding: EncodingKey::from_secret(secret), decoding: DecodingKey::from_secret(secret), validation, ttl }
+        Tokens {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+            ttl,
+        }
     }
 
     pub fn issue(&self, username: &str) -> Result<IssuedToken, AuthError> {
@@ -125,11 +150,27 @@ impl Tokens {
     }
 
     /// Issues a token with explicit times; tests use it to forge expired tokens.
-    pub fn issue_with_expiry(&self, username: &str, iat: u64, exp: u64) -> Result<IssuedToken, AuthError> {
-        let claims = Claims { sub: username.to_owned(), exp, iat };
-        let token = jsonwebtoken::encode(&Header::new(jsonwebtoken::Algorithm::HS256), &claims, &self.encoding)
-            .map_err(|e| AuthError::Sign(e.to_string()))?;
-        Ok(IssuedToken { token, expires_at: exp })
+    pub fn issue_with_expiry(
+        &self,
+        username: &str,
+        iat: u64,
+        exp: u64,
+    ) -> Result<IssuedToken, AuthError> {
+        let claims = Claims {
+            sub: username.to_owned(),
+            exp,
+            iat,
+        };
+        let token = jsonwebtoken::encode(
+            &Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &self.encoding,
+        )
+        .map_err(|e| AuthError::Sign(e.to_string()))?;
+        Ok(IssuedToken {
+            token,
+            expires_at: exp,
+        })
     }
 
     /// Returns the username a valid, unexpired token was issued to.
@@ -164,7 +205,10 @@ mod tests {
         assert_eq!(t.verify(&issued.token).unwrap(), "alice");
 
         let other = Tokens::new(b"secret-two", Tokens::TTL_DEFAULT);
-        assert!(other.verify(&issued.token).is_err(), "signed with another secret");
+        assert!(
+            other.verify(&issued.token).is_err(),
+            "signed with another secret"
+        );
 
         let now = chat_proto::model::now_ms() / 1000;
         let expired = t.issue_with_expiry("alice", now - 100, now - 1).unwrap();

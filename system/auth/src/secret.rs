@@ -16,16 +16,21 @@ pub fn load_or_create(dir: &Path) -> Result<Vec<u8>, AuthError> {
     let path = dir.join(FILE_NAME);
     match std::fs::read_to_string(&path) {
         Ok(text) => {
-            let secret = hex::decode(text.trim()).map_err(|e| AuthError::Secret(format!("{}: not hex: {e}", path.display())))?;
+            let secret = hex::decode(text.trim())
+                .map_err(|e| AuthError::Secret(format!("{}: not hex: {e}", path.display())))?;
             if secret.len() < SECRET_BYTES {
-                return Err(AuthError::Secret(format!("{}: shorter than {SECRET_BYTES} bytes", path.display())));
+                return Err(AuthError::Secret(format!(
+                    "{}: shorter than {SECRET_BYTES} bytes",
+                    path.display()
+                )));
             }
             Ok(secret)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut secret = vec![0u8; SECRET_BYTES];
             rand::rng().fill(&mut secret[..]);
-            write_private(&path, &hex::encode(&secret)).map_err(|e| AuthError::Secret(format!("{}: {e}", path.display())))?;
+            write_private(&path, &hex::encode(&secret))
+                .map_err(|e| AuthError::Secret(format!("{}: {e}", path.display())))?;
             Ok(secret)
         }
         Err(e) => Err(AuthError::Secret(format!("{}: {e}", path.display()))),

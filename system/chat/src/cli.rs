@@ -28,7 +28,10 @@ pub struct CommonArgs {
 impl CommonArgs {
     pub fn common(&self) -> anyhow::Result<Common> {
         let secret = hex::decode(self.token_secret.trim()).context("--token-secret must be hex")?;
-        anyhow::ensure!(secret.len() >= chat_auth::secret::SECRET_BYTES, "--token-secret must be at least 32 bytes");
+        anyhow::ensure!(
+            secret.len() >= chat_auth::secret::SECRET_BYTES,
+            "--token-secret must be at least 32 bytes"
+        );
         let mut common = Common::new(secret);
         common.token_ttl = Duration::from_secs(self.token_ttl_secs);
         common.link.heartbeat_interval = Duration::from_millis(self.link_heartbeat_ms.max(10));
@@ -79,7 +82,12 @@ pub struct AppArgs {
 
 impl AppArgs {
     pub fn options(&self) -> anyhow::Result<AppOptions> {
-        Ok(AppOptions { common: self.common.common()?, password_cost: self.passwords.cost(), app: AppConfig::default(), link_connections_max: 4096 })
+        Ok(AppOptions {
+            common: self.common.common()?,
+            password_cost: self.passwords.cost(),
+            app: AppConfig::default(),
+            link_connections_max: 4096,
+        })
     }
 }
 
@@ -109,9 +117,18 @@ pub struct ConnArgs {
 
 impl ConnArgs {
     pub fn options(&self) -> anyhow::Result<ConnOptions> {
-        let mut conn = ConnConfig { connections_max: self.connections_max, ..ConnConfig::default() };
+        let mut conn = ConnConfig {
+            connections_max: self.connections_max,
+            ..ConnConfig::default()
+        };
         conn.registry_refresh_interval = Duration::from_millis(self.registry_refresh_ms.max(100));
-        Ok(ConnOptions { common: self.common.common()?, server_id: self.id, apps: self.app.clone(), conn, http: HttpConfig::default() })
+        Ok(ConnOptions {
+            common: self.common.common()?,
+            server_id: self.id,
+            apps: self.app.clone(),
+            conn,
+            http: HttpConfig::default(),
+        })
     }
 }
 
@@ -153,8 +170,16 @@ pub struct RateArgs {
 
 impl RateArgs {
     pub fn config(&self) -> RateConfig {
-        let rate = |per_second: u32, burst: u32| (per_second > 0).then_some(Rate { per_second, burst: burst.max(1) });
-        RateConfig { user: rate(self.rate_user_per_sec, self.rate_user_burst), ip: rate(self.rate_ip_per_sec, self.rate_ip_burst) }
+        let rate = |per_second: u32, burst: u32| {
+            (per_second > 0).then_some(Rate {
+                per_second,
+                burst: burst.max(1),
+            })
+        };
+        RateConfig {
+            user: rate(self.rate_user_per_sec, self.rate_user_burst),
+            ip: rate(self.rate_ip_per_sec, self.rate_ip_burst),
+        }
     }
 }
 
@@ -169,7 +194,10 @@ pub struct PasswordArgs {
 
 impl PasswordArgs {
     pub fn cost(&self) -> PasswordCost {
-        PasswordCost { memory_kib: self.password_memory_kib, ..PasswordCost::DEFAULT }
+        PasswordCost {
+            memory_kib: self.password_memory_kib,
+            ..PasswordCost::DEFAULT
+        }
     }
 }
 

@@ -61,14 +61,32 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
     };
     let anon = Client::new(&args.server)?;
     if args.register {
-        anon.register(&args.user, &password).await.context("registering")?;
+        anon.register(&args.user, &password)
+            .await
+            .context("registering")?;
         println!("registered {}", args.user);
     }
-    let session = anon.login(&args.user, &password).await.context("logging in")?;
-    let live = LiveSession::connect(anon.clone().with_token(session.token)).await.context("connecting the WebSocket")?;
-    println!("logged in as {} on {}; /help for commands", session.username, anon.base_url());
+    let session = anon
+        .login(&args.user, &password)
+        .await
+        .context("logging in")?;
+    let live = LiveSession::connect(anon.clone().with_token(session.token))
+        .await
+        .context("connecting the WebSocket")?;
+    println!(
+        "logged in as {} on {}; /help for commands",
+        session.username,
+        anon.base_url()
+    );
 
-    let mut ui = Ui { anon, user: args.user, password, live, current: None, backoff: RECONNECT_BACKOFF_MIN };
+    let mut ui = Ui {
+        anon,
+        user: args.user,
+        password,
+        live,
+        current: None,
+        backoff: RECONNECT_BACKOFF_MIN,
+    };
     loop {
         tokio::select! {
             line = input.recv() => {
@@ -162,13 +180,30 @@ impl Ui {
             ["help"] => println!("{HELP}"),
             ["inbox"] => self.inbox().await?,
             ["dm", user] => {
-                let (conv, created) = self.live.client().create_conversation([*user], None).await?;
-                println!("{} direct conversation #{} with {user}", if created { "created" } else { "opened" }, conv.conv_id);
+                let (conv, created) = self
+                    .live
+                    .client()
+                    .create_conversation([*user], None)
+                    .await?;
+                println!(
+                    "{} direct conversation #{} with {user}",
+                    if created { "created" } else { "opened" },
+                    conv.conv_id
+                );
                 self.open(conv.conv_id).await?;
             }
             ["group", title, users @ ..] if !users.is_empty() => {
-                let (conv, _) = self.live.client().create_conversation(users, Some(title)).await?;
-                println!("created group #{} \"{}\" with {}", conv.conv_id, clean(title), conv.members.join(", "));
+                let (conv, _) = self
+                    .live
+                    .client()
+                    .create_conversation(users, Some(title))
+                    .await?;
+                println!(
+                    "created group #{} \"{}\" with {}",
+                    conv.conv_id,
+                    clean(title),
+                    conv.members.join(", ")
+                );
                 self.open(conv.conv_id).await?;
             }
             ["open", conv] => {
@@ -177,8 +212,14 @@ impl Ui {
             }
             ["history"] => self.history(HISTORY_MESSAGES_DEFAULT).await?,
             ["history", n] => {
-                let n = n.parse::<u32>().ok().filter(|n| (1..=HISTORY_LIMIT_MAX).contains(n));
-                self.history(n.with_context(|| format!("usage: /history [1-{HISTORY_LIMIT_MAX}]"))?).await?;
+                let n = n
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=HISTORY_LIMIT_MAX).contains(n));
+                self.history(
+                    n.with_context(|| format!("usage: /history [1-{HISTORY_LIMIT_MAX}]"))?,
+                )
+                .await?;
             }
             ["read"] => {
                 let conv = self.current()?;
@@ -191,13 +232,17 @@ impl Ui {
     }
 
     fn current(&self) -> anyhow::Result<ConvId> {
-        self.current.context("no current conversation: /dm, /group or /open one first")
+        self.current
+            .context("no current conversation: /dm, /group or /open one first")
     }
 
     async fn say(&mut self, body: &str) -> anyhow::Result<()> {
         let conv = self.current()?;
         if body.len() > BODY_BYTES_MAX {
-            bail!("message is {} bytes; at most {BODY_BYTES_MAX} are allowed", body.len());
+            bail!(
+                "message is {} bytes; at most {BODY_BYTES_MAX} are allowed",
+                body.len()
+            );
         }
         if let Err(e) = self.live.send_message(conv, body).await {
             // The send stays pending and goes again, same id, once reconnected.
@@ -208,7 +253,11 @@ impl Ui {
 
     /// Shows the last messages of `conv` and makes it current; its gaps are synced from now on.
     async fn open(&mut self, conv: ConvId) -> anyhow::Result<()> {
-        let page = self.live.client().history(conv, None, Some(OPEN_HISTORY_MESSAGES)).await?;
+        let page = self
+            .live
+            .client()
+            .history(conv, None, Some(OPEN_HISTORY_MESSAGES))
+            .await?;
         page.messages.iter().for_each(show_message_view);
         let last = page.messages.last().map_or(0, |m| m.seq);
         self.live.follow(conv, last);
@@ -235,10 +284,23 @@ impl Ui {
         for entry in &inbox.conversations {
             let name = match &entry.title {
                 Some(title) => format!("\"{}\"", clean(title)),
-                None => entry.members.iter().filter(|m| **m != self.user).cloned().collect::<Vec<_>>().join(", "),
+                None => entry
+                    .members
+                    .iter()
+                    .filter(|m| **m != self.user)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
             };
-            let last = entry.last_message.as_ref().map_or(String::new(), |m| format!(" | {}: {}", m.sender, clean(&m.body)));
-            println!("#{} {} {name} | {} unread{last}", entry.conv_id, entry.kind.as_str(), entry.unread);
+            let last = entry.last_message.as_ref().map_or(String::new(), |m| {
+                format!(" | {}: {}", m.sender, clean(&m.body))
+            });
+            println!(
+                "#{} {} {name} | {} unread{last}",
+                entry.conv_id,
+                entry.kind.as_str(),
+                entry.unread
+            );
         }
         Ok(())
     }
@@ -246,24 +308,47 @@ impl Ui {
 
 fn show_event(event: &LiveEvent) {
     match event {
-        LiveEvent::Message(m) => println!("[#{} {}] {}: {}", m.conv, m.seq, m.sender, clean(&m.body)),
+        LiveEvent::Message(m) => {
+            println!("[#{} {}] {}: {}", m.conv, m.seq, m.sender, clean(&m.body))
+        }
         LiveEvent::Acked { conv, seq, .. } => println!("  (sent #{conv} {seq})"),
         LiveEvent::SendFailed { error, conv, .. } if error.code.is_retryable() => {
-            println!("! #{conv}: not sent yet ({}); it will be sent after reconnecting", error.code)
+            println!(
+                "! #{conv}: not sent yet ({}); it will be sent after reconnecting",
+                error.code
+            )
         }
-        LiveEvent::SendFailed { error, conv, .. } => println!("! #{conv}: not sent: {}: {}", error.code, clean(&error.message)),
+        LiveEvent::SendFailed { error, conv, .. } => println!(
+            "! #{conv}: not sent: {}: {}",
+            error.code,
+            clean(&error.message)
+        ),
         LiveEvent::Error(error) => println!("! server: {}: {}", error.code, clean(&error.message)),
         LiveEvent::Synced { .. } | LiveEvent::Pong => {}
     }
 }
 
 fn show_message_view(m: &MessageView) {
-    println!("[#{} {}] {}: {}", m.conv_id, m.seq, m.sender, clean(&m.body));
+    println!(
+        "[#{} {}] {}: {}",
+        m.conv_id,
+        m.seq,
+        m.sender,
+        clean(&m.body)
+    );
 }
 
 /// Escapes control characters so a message cannot drive the terminal.
 fn clean(text: &str) -> String {
-    text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

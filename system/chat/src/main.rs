@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser, Debug)]
-#[command(name = "chat", version, about = "A horizontally scalable WebSocket chat system")]
+#[command(
+    name = "chat",
+    version,
+    about = "A horizontally scalable WebSocket chat system"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -38,7 +42,8 @@ async fn main() -> anyhow::Result<()> {
     };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -54,7 +59,9 @@ async fn main() -> anyhow::Result<()> {
 #[cfg(not(madsim))]
 async fn bind(addr: std::net::SocketAddr, role: &str) -> anyhow::Result<tokio::net::TcpListener> {
     use anyhow::Context;
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
     // Scripts read this line to find the port.
     println!("chat {role}: listening on {}", listener.local_addr()?);
     Ok(listener)
@@ -64,11 +71,20 @@ async fn bind(addr: std::net::SocketAddr, role: &str) -> anyhow::Result<tokio::n
 async fn run_app(args: chat::cli::AppArgs) -> anyhow::Result<()> {
     use anyhow::Context;
     let options = args.options()?;
-    std::fs::create_dir_all(&args.data).with_context(|| format!("creating {}", args.data.display()))?;
-    let kv = chat_store::RedbKv::open(args.data.join("messages.redb")).context("opening the store")?;
+    std::fs::create_dir_all(&args.data)
+        .with_context(|| format!("creating {}", args.data.display()))?;
+    let kv =
+        chat_store::RedbKv::open(args.data.join("messages.redb")).context("opening the store")?;
     let listener = bind(args.listen, "app").await?;
     let registry = std::sync::Arc::new(args.redis.registry());
-    chat::roles::run_app(listener, std::sync::Arc::new(kv), registry, options, chat::serve::shutdown_signal()).await
+    chat::roles::run_app(
+        listener,
+        std::sync::Arc::new(kv),
+        registry,
+        options,
+        chat::serve::shutdown_signal(),
+    )
+    .await
 }
 
 #[cfg(not(madsim))]

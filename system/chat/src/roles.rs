@@ -34,7 +34,11 @@ pub struct Common {
 
 impl Common {
     pub fn new(token_secret: Vec<u8>) -> Common {
-        Common { token_secret, token_ttl: Tokens::TTL_DEFAULT, link: LinkConfig::default() }
+        Common {
+            token_secret,
+            token_ttl: Tokens::TTL_DEFAULT,
+            link: LinkConfig::default(),
+        }
     }
 
     fn tokens(&self) -> Tokens {
@@ -52,10 +56,23 @@ pub struct AppOptions {
     pub link_connections_max: usize,
 }
 
-pub async fn run_app(listener: TcpListener, kv: Arc<dyn Kv>, registry: Arc<dyn Registry>, options: AppOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run_app(
+    listener: TcpListener,
+    kv: Arc<dyn Kv>,
+    registry: Arc<dyn Registry>,
+    options: AppOptions,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let passwords = Passwords::new(options.password_cost)?;
     let routes = LinkRoutes::new();
-    let app = AppServer::new(ChatStore::new(kv), registry, routes.clone(), passwords, options.common.tokens(), options.app);
+    let app = AppServer::new(
+        ChatStore::new(kv),
+        registry,
+        routes.clone(),
+        passwords,
+        options.common.tokens(),
+        options.app,
+    );
     tokio::select! {
         _ = chat_link::server::serve(listener, app, routes, options.common.link.clone(), options.link_connections_max) => {}
         _ = shutdown => {}
@@ -73,20 +90,40 @@ pub struct ConnOptions {
     pub http: HttpConfig,
 }
 
-pub async fn run_conn(listener: impl Listener, registry: Arc<dyn Registry>, options: ConnOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    anyhow::ensure!(!options.apps.is_empty(), "a connection server needs at least one app server address");
+pub async fn run_conn(
+    listener: impl Listener,
+    registry: Arc<dyn Registry>,
+    options: ConnOptions,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !options.apps.is_empty(),
+        "a connection server needs at least one app server address"
+    );
     let hub = ConnHub::new(options.server_id);
     let links = options
         .apps
         .iter()
-        .map(|addr| LinkClient::new(*addr, Peer::Conn(options.server_id), Some(hub.clone()), options.common.link.clone()))
+        .map(|addr| {
+            LinkClient::new(
+                *addr,
+                Peer::Conn(options.server_id),
+                Some(hub.clone()),
+                options.common.link.clone(),
+            )
+        })
         .collect();
     let app = Arc::new(AppPool::new(links));
     let conn = ConnServer::new(hub, app.clone(), registry, options.conn);
     let heartbeat = tokio::spawn(conn.clone().run_heartbeat());
     // Rate limits are the gateway's job; here the token is checked again, since this
     // listener is reachable by whoever can reach the gateway's network.
-    let gateway = Gateway::new(app, options.common.tokens(), WsBackend::Local(conn), Arc::new(RateLimits::new(RateConfig::unlimited())));
+    let gateway = Gateway::new(
+        app,
+        options.common.tokens(),
+        WsBackend::Local(conn),
+        Arc::new(RateLimits::new(RateConfig::unlimited())),
+    );
     chat_gateway::http::serve(listener, gateway.websocket_router(), options.http, shutdown).await;
     heartbeat.abort();
     Ok(())
@@ -104,16 +141,40 @@ pub struct GatewayOptions {
     pub health_check_interval: Duration,
 }
 
-pub async fn run_gateway(listener: impl Listener, options: GatewayOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    anyhow::ensure!(!options.apps.is_empty(), "a gateway needs at least one app server address");
-    anyhow::ensure!(!options.conns.is_empty(), "a gateway needs at least one connection server address");
-    let links = options.apps.iter().map(|addr| LinkClient::new(*addr, Peer::Gateway, None, options.common.link.clone())).collect();
+pub async fn run_gateway(
+    listener: impl Listener,
+    options: GatewayOptions,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !options.apps.is_empty(),
+        "a gateway needs at least one app server address"
+    );
+    anyhow::ensure!(
+        !options.conns.is_empty(),
+        "a gateway needs at least one connection server address"
+    );
+    let links = options
+        .apps
+        .iter()
+        .map(|addr| LinkClient::new(*addr, Peer::Gateway, None, options.common.link.clone()))
+        .collect();
     let app = Arc::new(AppPool::new(links));
-    let placement = Arc::new(Placement::new(options.conns.clone(), options.health_check_interval, options.common.link.connect_timeout, options.http.write_timeout));
+    let placement = Arc::new(Placement::new(
+        options.conns.clone(),
+        options.health_check_interval,
+        options.common.link.connect_timeout,
+        options.http.write_timeout,
+    ));
     let health = tokio::spawn(placement.clone().run_health_checks());
     let limits = Arc::new(RateLimits::new(options.rates));
     let cleanup = tokio::spawn(limits.clone().run_cleanup(Duration::from_secs(60)));
-    let gateway = Gateway::new(app, options.common.tokens(), WsBackend::Splice(placement), limits);
+    let gateway = Gateway::new(
+        app,
+        options.common.tokens(),
+        WsBackend::Splice(placement),
+        limits,
+    );
     chat_gateway::http::serve(listener, gateway.router(), options.http, shutdown).await;
     health.abort();
     cleanup.abort();

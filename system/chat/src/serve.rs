@@ -71,13 +71,25 @@ impl Options {
 }
 
 /// Runs the whole system on `listener` over `kv` until `shutdown` completes.
-pub async fn run(listener: impl Listener, kv: Arc<dyn Kv>, options: Options, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    listener: impl Listener,
+    kv: Arc<dyn Kv>,
+    options: Options,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let tokens = Tokens::new(&options.token_secret, options.token_ttl);
     let passwords = Passwords::new(options.password_cost)?;
     let registry = Arc::new(LocalRegistry::new());
     // One connection server, id 0: the registry names it in every entry.
     let hub = ConnHub::new(0);
-    let app = AppServer::new(ChatStore::new(kv), registry.clone(), hub.clone(), passwords, tokens.clone(), options.app);
+    let app = AppServer::new(
+        ChatStore::new(kv),
+        registry.clone(),
+        hub.clone(),
+        passwords,
+        tokens.clone(),
+        options.app,
+    );
     let conn = ConnServer::new(hub, app.clone(), registry, options.conn);
     let heartbeat = tokio::spawn(conn.clone().run_heartbeat());
     let limits = Arc::new(RateLimits::new(options.rates));
@@ -91,18 +103,25 @@ pub async fn run(listener: impl Listener, kv: Arc<dyn Kv>, options: Options, shu
 #[cfg(not(madsim))]
 pub async fn main(args: ServeArgs) -> anyhow::Result<()> {
     use anyhow::Context;
-    std::fs::create_dir_all(&args.data).with_context(|| format!("creating {}", args.data.display()))?;
+    std::fs::create_dir_all(&args.data)
+        .with_context(|| format!("creating {}", args.data.display()))?;
     let token_secret = match &args.token_secret {
         Some(hex_secret) => {
             let secret = hex::decode(hex_secret.trim()).context("--token-secret must be hex")?;
-            anyhow::ensure!(secret.len() >= chat_auth::secret::SECRET_BYTES, "--token-secret must be at least 32 bytes");
+            anyhow::ensure!(
+                secret.len() >= chat_auth::secret::SECRET_BYTES,
+                "--token-secret must be at least 32 bytes"
+            );
             secret
         }
         None => chat_auth::secret::load_or_create(&args.data)?,
     };
     let store_path = args.data.join("messages.redb");
-    let kv = chat_store::RedbKv::open(&store_path).with_context(|| format!("opening {}", store_path.display()))?;
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    let kv = chat_store::RedbKv::open(&store_path)
+        .with_context(|| format!("opening {}", store_path.display()))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
     let mut options = Options::new(token_secret);
     options.token_ttl = Duration::from_secs(args.token_ttl_secs);
@@ -122,10 +141,11 @@ pub async fn main(args: ServeArgs) -> anyhow::Result<()> {
 pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => return std::future::pending().await,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => return std::future::pending().await,
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

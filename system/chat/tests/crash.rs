@@ -26,13 +26,23 @@ impl ServerProcess {
             .expect("start chat serve");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
-        let base = line.trim().strip_prefix("chat: listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_owned();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the listening line");
+        let base = line
+            .trim()
+            .strip_prefix("chat: listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
         ServerProcess { child, base }
     }
 
     fn sigkill(mut self) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGKILL).expect("kill");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill");
         self.child.wait().expect("reap");
     }
 }
@@ -51,7 +61,9 @@ async fn acked_messages_survive_sigkill_mid_burst() {
     let anon = Client::new(&server.base).unwrap();
     anon.register("alice", PASSWORD).await.unwrap();
     anon.register("bob", PASSWORD).await.unwrap();
-    let alice = anon.clone().with_token(anon.login("alice", PASSWORD).await.unwrap().token);
+    let alice = anon
+        .clone()
+        .with_token(anon.login("alice", PASSWORD).await.unwrap().token);
     let (conv, _) = alice.create_conversation(["bob"], None).await.unwrap();
     let conv = conv.conv_id;
 
@@ -62,7 +74,11 @@ async fn acked_messages_survive_sigkill_mid_burst() {
     let (mut tx, mut rx) = ws.split();
     let sender = tokio::spawn(async move {
         for i in 0..burst {
-            let frame = ClientFrame::Send { id: format!("k{i}"), conv, body: format!("burst {i}") };
+            let frame = ClientFrame::Send {
+                id: format!("k{i}"),
+                conv,
+                body: format!("burst {i}"),
+            };
             if tx.send(&frame).await.is_err() {
                 return i;
             }
@@ -86,18 +102,30 @@ async fn acked_messages_survive_sigkill_mid_burst() {
             Ok(WsEvent::Closed { .. }) | Err(_) => break,
         }
     }
-    assert!(server.is_none(), "the burst finished before the kill; make it longer");
+    assert!(
+        server.is_none(),
+        "the burst finished before the kill; make it longer"
+    );
     let attempted = sender.await.unwrap();
     assert!(acked.len() >= kill_after_acks);
     assert!(acked.len() < burst, "the kill landed mid-burst");
-    eprintln!("sent {attempted} frames, {} acked before SIGKILL", acked.len());
+    eprintln!(
+        "sent {attempted} frames, {} acked before SIGKILL",
+        acked.len()
+    );
 
     // Restart on the same data directory; the old token still works (the secret persisted).
     let server = ServerProcess::start(dir.path());
-    let alice = Client::new(&server.base).unwrap().with_token(alice.token().unwrap().to_owned());
+    let alice = Client::new(&server.base)
+        .unwrap()
+        .with_token(alice.token().unwrap().to_owned());
     let history = all_history(&alice, conv).await;
     let seqs: Vec<u64> = history.iter().map(|(seq, _)| *seq).collect();
-    assert_eq!(seqs, (1..=history.len() as u64).collect::<Vec<_>>(), "gapless from 1");
+    assert_eq!(
+        seqs,
+        (1..=history.len() as u64).collect::<Vec<_>>(),
+        "gapless from 1"
+    );
     let ids: HashSet<&String> = history.iter().map(|(_, id)| id).collect();
     assert_eq!(ids.len(), history.len(), "no duplicate client ids");
     let stored: HashMap<&String, u64> = history.iter().map(|(seq, id)| (id, *seq)).collect();
@@ -105,7 +133,10 @@ async fn acked_messages_survive_sigkill_mid_burst() {
         assert_eq!(stored.get(id), Some(seq), "acked {id} kept its seq");
     }
     // Durable order is send order.
-    let mut by_seq: Vec<usize> = history.iter().map(|(_, id)| id[1..].parse().unwrap()).collect();
+    let mut by_seq: Vec<usize> = history
+        .iter()
+        .map(|(_, id)| id[1..].parse().unwrap())
+        .collect();
     let sorted = {
         let mut s = by_seq.clone();
         s.sort();
@@ -118,7 +149,13 @@ async fn acked_messages_survive_sigkill_mid_burst() {
     // One past the last written frame: a write that failed may still have reached the server.
     let resend = (attempted + 1).min(burst);
     for i in 0..resend {
-        ws.send(&ClientFrame::Send { id: format!("k{i}"), conv, body: format!("burst {i}") }).await.unwrap();
+        ws.send(&ClientFrame::Send {
+            id: format!("k{i}"),
+            conv,
+            body: format!("burst {i}"),
+        })
+        .await
+        .unwrap();
     }
     let mut answers = HashMap::new();
     while answers.len() < resend {
@@ -131,11 +168,22 @@ async fn acked_messages_survive_sigkill_mid_burst() {
         }
     }
     for (id, seq) in &stored {
-        assert_eq!(answers.get(*id), Some(seq), "resent {id} answered its stored seq");
+        assert_eq!(
+            answers.get(*id),
+            Some(seq),
+            "resent {id} answered its stored seq"
+        );
     }
     let after = all_history(&alice, conv).await;
-    assert_eq!(after.len(), resend, "every attempted send stored exactly once");
-    by_seq = after.iter().map(|(_, id)| id[1..].parse().unwrap()).collect();
+    assert_eq!(
+        after.len(),
+        resend,
+        "every attempted send stored exactly once"
+    );
+    by_seq = after
+        .iter()
+        .map(|(_, id)| id[1..].parse().unwrap())
+        .collect();
     assert_eq!(by_seq, (0..resend).collect::<Vec<_>>());
 }
 
@@ -144,7 +192,10 @@ async fn all_history(client: &Client, conv: u64) -> Vec<(u64, String)> {
     let mut before = None;
     loop {
         let page = client.history(conv, before, Some(200)).await.unwrap();
-        all.splice(0..0, page.messages.into_iter().map(|m| (m.seq, m.client_msg_id)));
+        all.splice(
+            0..0,
+            page.messages.into_iter().map(|m| (m.seq, m.client_msg_id)),
+        );
         match page.next_before {
             Some(next) => before = Some(next),
             None => return all,

@@ -7,11 +7,17 @@ use common::*;
 use serde_json::{Value, json};
 
 fn code_of(err: ClientError) -> (u16, ErrorCode) {
-    (err.status().expect("an HTTP status"), err.code().expect("a protocol error body"))
+    (
+        err.status().expect("an HTTP status"),
+        err.code().expect("a protocol error body"),
+    )
 }
 
 async fn post(client: &chat_client::Client, path: &str, body: Value) -> chat_client::RawResponse {
-    client.raw("POST", path, &[], serde_json::to_vec(&body).unwrap()).await.expect("request")
+    client
+        .raw("POST", path, &[], serde_json::to_vec(&body).unwrap())
+        .await
+        .expect("request")
 }
 
 #[tokio::test]
@@ -19,39 +25,86 @@ async fn register_creates_users_once_and_validates_input() {
     let server = TestServer::start().await;
     let anon = server.anonymous();
 
-    let created = post(&anon, "/v1/users", json!({"username":"alice","password":PASSWORD})).await;
+    let created = post(
+        &anon,
+        "/v1/users",
+        json!({"username":"alice","password":PASSWORD}),
+    )
+    .await;
     assert_eq!(created.status, 201);
-    assert_eq!(created.json::<Value>().unwrap(), json!({"username":"alice"}));
+    assert_eq!(
+        created.json::<Value>().unwrap(),
+        json!({"username":"alice"})
+    );
 
-    let again = anon.register("alice", "another password").await.unwrap_err();
+    let again = anon
+        .register("alice", "another password")
+        .await
+        .unwrap_err();
     assert_eq!(code_of(again), (409, ErrorCode::UsernameTaken));
 
     for bad in ["al", "Alice", "al ice", "alicé", &"a".repeat(33), ""] {
         let err = anon.register(bad, PASSWORD).await.unwrap_err();
-        assert_eq!(code_of(err), (400, ErrorCode::BadRequest), "username {bad:?}");
+        assert_eq!(
+            code_of(err),
+            (400, ErrorCode::BadRequest),
+            "username {bad:?}"
+        );
     }
     assert!(anon.register(&"a".repeat(32), PASSWORD).await.is_ok());
     for bad in ["1234567".to_owned(), "p".repeat(129)] {
         let err = anon.register("bob", &bad).await.unwrap_err();
-        assert_eq!(code_of(err), (400, ErrorCode::BadRequest), "password of {} bytes", bad.len());
+        assert_eq!(
+            code_of(err),
+            (400, ErrorCode::BadRequest),
+            "password of {} bytes",
+            bad.len()
+        );
     }
     assert!(anon.register("bob", &"p".repeat(128)).await.is_ok());
     assert!(anon.register("carol", "12345678").await.is_ok());
 
     // Missing, malformed and incomplete bodies.
-    for body in [&b""[..], b"{", b"[]", b"{\"username\":\"dave\"}", b"{\"username\":5,\"password\":\"12345678\"}"] {
-        let response = anon.raw("POST", "/v1/users", &[], body.to_vec()).await.unwrap();
-        assert_eq!(response.status, 400, "body {:?}", String::from_utf8_lossy(body));
+    for body in [
+        &b""[..],
+        b"{",
+        b"[]",
+        b"{\"username\":\"dave\"}",
+        b"{\"username\":5,\"password\":\"12345678\"}",
+    ] {
+        let response = anon
+            .raw("POST", "/v1/users", &[], body.to_vec())
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status,
+            400,
+            "body {:?}",
+            String::from_utf8_lossy(body)
+        );
         let err: Value = response.json().unwrap();
         assert_eq!(err["error"]["code"], "bad_request");
-        assert!(err["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
     }
 
     // Oversized bodies are refused before they are parsed.
-    let huge = format!("{{\"username\":\"erin\",\"password\":\"{}\"}}", "x".repeat(100_000));
-    let response = anon.raw("POST", "/v1/users", &[], huge.into_bytes()).await.unwrap();
+    let huge = format!(
+        "{{\"username\":\"erin\",\"password\":\"{}\"}}",
+        "x".repeat(100_000)
+    );
+    let response = anon
+        .raw("POST", "/v1/users", &[], huge.into_bytes())
+        .await
+        .unwrap();
     assert_eq!(response.status, 413);
-    assert_eq!(response.json::<Value>().unwrap()["error"]["code"], "payload_too_large");
+    assert_eq!(
+        response.json::<Value>().unwrap()["error"]["code"],
+        "payload_too_large"
+    );
 }
 
 #[tokio::test]
@@ -60,7 +113,12 @@ async fn login_issues_tokens_and_refuses_bad_credentials() {
     let anon = server.anonymous();
     anon.register("alice", PASSWORD).await.unwrap();
 
-    let response = post(&anon, "/v1/sessions", json!({"username":"alice","password":PASSWORD})).await;
+    let response = post(
+        &anon,
+        "/v1/sessions",
+        json!({"username":"alice","password":PASSWORD}),
+    )
+    .await;
     assert_eq!(response.status, 200);
     let session: Value = response.json().unwrap();
     assert_eq!(session["username"], "alice");
@@ -70,11 +128,22 @@ async fn login_issues_tokens_and_refuses_bad_credentials() {
     let expires_at = session["expires_at"].as_u64().expect("expires_at");
     assert!(expires_at > now_secs && expires_at <= now_secs + 24 * 3600 + 5);
 
-    for (user, password) in [("alice", "wrong password"), ("nobody", PASSWORD), ("NOT VALID", PASSWORD)] {
+    for (user, password) in [
+        ("alice", "wrong password"),
+        ("nobody", PASSWORD),
+        ("NOT VALID", PASSWORD),
+    ] {
         let err = anon.login(user, password).await.unwrap_err();
-        assert_eq!(code_of(err), (401, ErrorCode::InvalidCredentials), "{user}/{password}");
+        assert_eq!(
+            code_of(err),
+            (401, ErrorCode::InvalidCredentials),
+            "{user}/{password}"
+        );
     }
-    let response = anon.raw("POST", "/v1/sessions", &[], b"not json".to_vec()).await.unwrap();
+    let response = anon
+        .raw("POST", "/v1/sessions", &[], b"not json".to_vec())
+        .await
+        .unwrap();
     assert_eq!(response.status, 400);
 }
 
@@ -83,12 +152,19 @@ async fn every_authenticated_route_refuses_missing_forged_and_expired_tokens() {
     let server = TestServer::start().await;
     let alice = server.user("alice").await;
     let anon = server.anonymous();
-    let forged = chat_auth::Tokens::new(b"some-other-secret-0123456789abcdef", chat_auth::Tokens::TTL_DEFAULT)
-        .issue("alice")
+    let forged = chat_auth::Tokens::new(
+        b"some-other-secret-0123456789abcdef",
+        chat_auth::Tokens::TTL_DEFAULT,
+    )
+    .issue("alice")
+    .unwrap()
+    .token;
+    let now = chat_proto::model::now_ms() / 1000;
+    let expired = server
+        .tokens
+        .issue_with_expiry("alice", now - 7200, now - 1)
         .unwrap()
         .token;
-    let now = chat_proto::model::now_ms() / 1000;
-    let expired = server.tokens.issue_with_expiry("alice", now - 7200, now - 1).unwrap().token;
     let bearer = |t: &str| format!("Bearer {t}");
     let bad_headers = [
         None,
@@ -100,18 +176,38 @@ async fn every_authenticated_route_refuses_missing_forged_and_expired_tokens() {
     let routes = [
         ("GET", "/v1/inbox", Vec::new()),
         ("GET", "/v1/conversations/1/messages", Vec::new()),
-        ("POST", "/v1/conversations", br#"{"members":["alice"]}"#.to_vec()),
+        (
+            "POST",
+            "/v1/conversations",
+            br#"{"members":["alice"]}"#.to_vec(),
+        ),
     ];
     for (method, path, body) in &routes {
         for header in &bad_headers {
-            let headers: Vec<(&str, &str)> = header.iter().map(|h| ("authorization", h.as_str())).collect();
-            let response = anon.raw(method, path, &headers, body.clone()).await.unwrap();
+            let headers: Vec<(&str, &str)> = header
+                .iter()
+                .map(|h| ("authorization", h.as_str()))
+                .collect();
+            let response = anon
+                .raw(method, path, &headers, body.clone())
+                .await
+                .unwrap();
             assert_eq!(response.status, 401, "{method} {path} with {header:?}");
-            assert_eq!(response.json::<Value>().unwrap()["error"]["code"], "unauthorized");
+            assert_eq!(
+                response.json::<Value>().unwrap()["error"]["code"],
+                "unauthorized"
+            );
         }
     }
     // The real token works on the same routes.
-    assert_eq!(alice.raw("GET", "/v1/inbox", &[], Vec::new()).await.unwrap().status, 200);
+    assert_eq!(
+        alice
+            .raw("GET", "/v1/inbox", &[], Vec::new())
+            .await
+            .unwrap()
+            .status,
+        200
+    );
 }
 
 #[tokio::test]
@@ -128,28 +224,47 @@ async fn conversations_direct_is_unique_per_pair_and_groups_are_new() {
     let conv_id = direct["conv_id"].as_u64().expect("conv_id");
 
     // Again, from either side, even naming oneself: the same conversation, 200.
-    for (client, members) in [(&alice, json!(["bob"])), (&bob, json!(["alice"])), (&bob, json!(["alice", "bob"]))] {
+    for (client, members) in [
+        (&alice, json!(["bob"])),
+        (&bob, json!(["alice"])),
+        (&bob, json!(["alice", "bob"])),
+    ] {
         let response = post(client, "/v1/conversations", json!({"members": members})).await;
         assert_eq!(response.status, 200);
-        assert_eq!(response.json::<Value>().unwrap()["conv_id"].as_u64(), Some(conv_id));
+        assert_eq!(
+            response.json::<Value>().unwrap()["conv_id"].as_u64(),
+            Some(conv_id)
+        );
     }
 
     // Two others, or a title, make a new group every time.
-    let (g1, created) = alice.create_conversation(["bob", "carol"], None).await.unwrap();
+    let (g1, created) = alice
+        .create_conversation(["bob", "carol"], None)
+        .await
+        .unwrap();
     assert!(created);
     assert_eq!(g1.kind, chat_proto::ConvKind::Group);
     assert_eq!(g1.members, vec!["alice", "bob", "carol"]);
-    let (g2, created) = alice.create_conversation(["bob", "carol"], None).await.unwrap();
+    let (g2, created) = alice
+        .create_conversation(["bob", "carol"], None)
+        .await
+        .unwrap();
     assert!(created);
     assert_ne!(g1.conv_id, g2.conv_id);
-    let (titled, created) = alice.create_conversation(["bob"], Some("plans")).await.unwrap();
+    let (titled, created) = alice
+        .create_conversation(["bob"], Some("plans"))
+        .await
+        .unwrap();
     assert!(created);
     assert_eq!(titled.kind, chat_proto::ConvKind::Group);
     assert_eq!(titled.title.as_deref(), Some("plans"));
     assert_ne!(titled.conv_id, conv_id);
 
     // Unknown members, nobody else, too many members, bad names, bad titles.
-    let err = alice.create_conversation(["bob", "zed"], None).await.unwrap_err();
+    let err = alice
+        .create_conversation(["bob", "zed"], None)
+        .await
+        .unwrap_err();
     assert_eq!(code_of(err), (404, ErrorCode::UnknownUser));
     for members in [vec![], vec!["alice".to_owned()]] {
         let err = alice.create_conversation(members, None).await.unwrap_err();
@@ -157,10 +272,20 @@ async fn conversations_direct_is_unique_per_pair_and_groups_are_new() {
     }
     let crowd: Vec<String> = (0..256).map(|i| format!("user{i}")).collect();
     let err = alice.create_conversation(&crowd, None).await.unwrap_err();
-    assert_eq!(code_of(err), (400, ErrorCode::BadRequest), "257 members with the caller");
-    let err = alice.create_conversation(["Not Valid"], None).await.unwrap_err();
+    assert_eq!(
+        code_of(err),
+        (400, ErrorCode::BadRequest),
+        "257 members with the caller"
+    );
+    let err = alice
+        .create_conversation(["Not Valid"], None)
+        .await
+        .unwrap_err();
     assert_eq!(code_of(err), (400, ErrorCode::BadRequest));
-    let err = alice.create_conversation(["bob"], Some(&"t".repeat(257))).await.unwrap_err();
+    let err = alice
+        .create_conversation(["bob"], Some(&"t".repeat(257)))
+        .await
+        .unwrap_err();
     assert_eq!(code_of(err), (400, ErrorCode::BadRequest));
     let response = post(&alice, "/v1/conversations", json!({"members":"bob"})).await;
     assert_eq!(response.status, 400);
@@ -175,7 +300,10 @@ async fn group_of_256_members_is_allowed() {
     for name in &others {
         anon.register(name, PASSWORD).await.unwrap();
     }
-    let (group, created) = alice.create_conversation(&others, Some("everyone")).await.unwrap();
+    let (group, created) = alice
+        .create_conversation(&others, Some("everyone"))
+        .await
+        .unwrap();
     assert!(created);
     assert_eq!(group.members.len(), 256);
 }
@@ -185,7 +313,11 @@ async fn group_of_256_members_is_allowed() {
 async fn send_n(client: &chat_client::Client, conv: u64, n: usize, prefix: &str) -> Vec<u64> {
     let mut ws = client.connect_ws().await.unwrap();
     for i in 0..n {
-        let frame = chat_client::ClientFrame::Send { id: format!("{prefix}{i}"), conv, body: format!("message {i}") };
+        let frame = chat_client::ClientFrame::Send {
+            id: format!("{prefix}{i}"),
+            conv,
+            body: format!("message {i}"),
+        };
         ws.send(&frame).await.unwrap();
     }
     let mut acks = std::collections::HashMap::new();
@@ -215,10 +347,21 @@ async fn history_pages_backwards_in_ascending_order() {
 
     // Default limit 50: the newest 50, ascending, with a cursor.
     let page = bob.history(conv, None, None).await.unwrap();
-    assert_eq!(page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), (71..=120).collect::<Vec<_>>());
+    assert_eq!(
+        page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        (71..=120).collect::<Vec<_>>()
+    );
     assert_eq!(page.next_before, Some(71));
     let m = &page.messages[0];
-    assert_eq!((m.conv_id, m.sender.as_str(), m.body.as_str(), m.client_msg_id.as_str()), (conv, "alice", "message 70", "h70"));
+    assert_eq!(
+        (
+            m.conv_id,
+            m.sender.as_str(),
+            m.body.as_str(),
+            m.client_msg_id.as_str()
+        ),
+        (conv, "alice", "message 70", "h70")
+    );
     assert!(m.ts > 0);
 
     // Walk back with the cursor until it runs out.
@@ -235,26 +378,65 @@ async fn history_pages_backwards_in_ascending_order() {
     }
     assert_eq!(all, (1..=120).collect::<Vec<_>>());
     let page = bob.history(conv, Some(3), Some(200)).await.unwrap();
-    assert_eq!(page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(
+        page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
     assert_eq!(page.next_before, None);
     let page = bob.history(conv, Some(1), None).await.unwrap();
     assert!(page.messages.is_empty());
 
     // Limits.
     for query in ["limit=0", "limit=201", "limit=abc", "before=x", "limit=-1"] {
-        let response = alice.raw("GET", &format!("/v1/conversations/{conv}/messages?{query}"), &[], Vec::new()).await.unwrap();
+        let response = alice
+            .raw(
+                "GET",
+                &format!("/v1/conversations/{conv}/messages?{query}"),
+                &[],
+                Vec::new(),
+            )
+            .await
+            .unwrap();
         assert_eq!(response.status, 400, "{query}");
-        assert_eq!(response.json::<Value>().unwrap()["error"]["code"], "bad_request");
+        assert_eq!(
+            response.json::<Value>().unwrap()["error"]["code"],
+            "bad_request"
+        );
     }
-    assert_eq!(alice.history(conv, None, Some(200)).await.unwrap().messages.len(), 120);
+    assert_eq!(
+        alice
+            .history(conv, None, Some(200))
+            .await
+            .unwrap()
+            .messages
+            .len(),
+        120
+    );
 
     // A non-member sees exactly what a missing conversation looks like.
-    let not_member = carol.raw("GET", &format!("/v1/conversations/{conv}/messages"), &[], Vec::new()).await.unwrap();
-    let missing = carol.raw("GET", "/v1/conversations/999999/messages", &[], Vec::new()).await.unwrap();
-    let not_a_number = carol.raw("GET", "/v1/conversations/abc/messages", &[], Vec::new()).await.unwrap();
+    let not_member = carol
+        .raw(
+            "GET",
+            &format!("/v1/conversations/{conv}/messages"),
+            &[],
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    let missing = carol
+        .raw("GET", "/v1/conversations/999999/messages", &[], Vec::new())
+        .await
+        .unwrap();
+    let not_a_number = carol
+        .raw("GET", "/v1/conversations/abc/messages", &[], Vec::new())
+        .await
+        .unwrap();
     for response in [&not_member, &missing, &not_a_number] {
         assert_eq!(response.status, 404);
-        assert_eq!(response.json::<Value>().unwrap()["error"]["code"], "unknown_conversation");
+        assert_eq!(
+            response.json::<Value>().unwrap()["error"]["code"],
+            "unknown_conversation"
+        );
     }
     assert_eq!(not_member.body, missing.body);
 }
@@ -275,12 +457,27 @@ async fn inbox_orders_by_recent_activity_and_counts_unread() {
     let [alice, bob, carol] = server.users(["alice", "bob", "carol"]).await;
     let ab = direct(&alice, "bob").await.conv_id;
     let ac = direct(&alice, "carol").await.conv_id;
-    let (group, _) = alice.create_conversation(["bob", "carol"], Some("trio")).await.unwrap();
+    let (group, _) = alice
+        .create_conversation(["bob", "carol"], Some("trio"))
+        .await
+        .unwrap();
 
     // New conversations are listed before any message, newest first, with no last message.
     let inbox = alice.inbox(None).await.unwrap();
-    assert_eq!(inbox.conversations.iter().map(|c| c.conv_id).collect::<Vec<_>>(), vec![group.conv_id, ac, ab]);
-    assert!(inbox.conversations.iter().all(|c| c.last_seq == 0 && c.last_message.is_none() && c.unread == 0));
+    assert_eq!(
+        inbox
+            .conversations
+            .iter()
+            .map(|c| c.conv_id)
+            .collect::<Vec<_>>(),
+        vec![group.conv_id, ac, ab]
+    );
+    assert!(
+        inbox
+            .conversations
+            .iter()
+            .all(|c| c.last_seq == 0 && c.last_message.is_none() && c.unread == 0)
+    );
 
     // On a fast machine the sends below can land in the millisecond the group was created
     // in; the tie would then put the group (a higher id) first.
@@ -293,7 +490,10 @@ async fn inbox_orders_by_recent_activity_and_counts_unread() {
     assert_eq!(first.members, vec!["alice", "bob"]);
     assert_eq!((first.last_seq, first.unread), (3, 3));
     let last = first.last_message.as_ref().expect("last message");
-    assert_eq!((last.seq, last.sender.as_str(), last.body.as_str()), (3, "bob", "message 2"));
+    assert_eq!(
+        (last.seq, last.sender.as_str(), last.body.as_str()),
+        (3, "bob", "message 2")
+    );
     // The sender's cursor moved with their sends.
     let bob_inbox = bob.inbox(None).await.unwrap();
     assert_eq!(bob_inbox.conversations[0].conv_id, ab);
@@ -301,21 +501,43 @@ async fn inbox_orders_by_recent_activity_and_counts_unread() {
 
     send_n(&carol, group.conv_id, 2, "c").await;
     let inbox = alice.inbox(None).await.unwrap();
-    assert_eq!(inbox.conversations.iter().map(|c| c.conv_id).collect::<Vec<_>>(), vec![group.conv_id, ab, ac]);
+    assert_eq!(
+        inbox
+            .conversations
+            .iter()
+            .map(|c| c.conv_id)
+            .collect::<Vec<_>>(),
+        vec![group.conv_id, ab, ac]
+    );
     assert_eq!(inbox.conversations[0].title.as_deref(), Some("trio"));
     assert_eq!(inbox.conversations[0].unread, 2);
 
     // `read` moves the cursor, never past the newest message and never backwards.
     let mut ws = alice.connect_ws().await.unwrap();
-    ws.send(&chat_client::ClientFrame::Read { conv: ab, seq: 2 }).await.unwrap();
-    ws.send(&chat_client::ClientFrame::Read { conv: group.conv_id, seq: 99 }).await.unwrap();
+    ws.send(&chat_client::ClientFrame::Read { conv: ab, seq: 2 })
+        .await
+        .unwrap();
+    ws.send(&chat_client::ClientFrame::Read {
+        conv: group.conv_id,
+        seq: 99,
+    })
+    .await
+    .unwrap();
     ws.send(&chat_client::ClientFrame::Ping).await.unwrap();
     assert_eq!(next_frame(&mut ws).await, chat_client::ServerFrame::Pong);
-    ws.send(&chat_client::ClientFrame::Read { conv: ab, seq: 1 }).await.unwrap();
+    ws.send(&chat_client::ClientFrame::Read { conv: ab, seq: 1 })
+        .await
+        .unwrap();
     ws.send(&chat_client::ClientFrame::Ping).await.unwrap();
     assert_eq!(next_frame(&mut ws).await, chat_client::ServerFrame::Pong);
     let inbox = alice.inbox(None).await.unwrap();
-    let unread = |conv| inbox.conversations.iter().find(|c| c.conv_id == conv).map(|c| c.unread);
+    let unread = |conv| {
+        inbox
+            .conversations
+            .iter()
+            .find(|c| c.conv_id == conv)
+            .map(|c| c.unread)
+    };
     assert_eq!(unread(ab), Some(1));
     assert_eq!(unread(group.conv_id), Some(0));
     send_n(&bob, group.conv_id, 1, "late").await;
@@ -326,24 +548,42 @@ async fn inbox_orders_by_recent_activity_and_counts_unread() {
     // Limits: default 20, 1-100.
     assert_eq!(alice.inbox(Some(2)).await.unwrap().conversations.len(), 2);
     for query in ["limit=0", "limit=101", "limit=x"] {
-        let response = alice.raw("GET", &format!("/v1/inbox?{query}"), &[], Vec::new()).await.unwrap();
+        let response = alice
+            .raw("GET", &format!("/v1/inbox?{query}"), &[], Vec::new())
+            .await
+            .unwrap();
         assert_eq!(response.status, 400, "{query}");
     }
     for i in 0..22 {
-        alice.create_conversation(["bob"], Some(&format!("group {i}"))).await.unwrap();
+        alice
+            .create_conversation(["bob"], Some(&format!("group {i}")))
+            .await
+            .unwrap();
     }
     assert_eq!(alice.inbox(None).await.unwrap().conversations.len(), 20);
-    assert_eq!(alice.inbox(Some(100)).await.unwrap().conversations.len(), 25);
+    assert_eq!(
+        alice.inbox(Some(100)).await.unwrap().conversations.len(),
+        25
+    );
 }
 
 #[tokio::test]
 async fn unknown_routes_answer_json_errors() {
     let server = TestServer::start().await;
     let anon = server.anonymous();
-    let response = anon.raw("GET", "/v1/nothing", &[], Vec::new()).await.unwrap();
+    let response = anon
+        .raw("GET", "/v1/nothing", &[], Vec::new())
+        .await
+        .unwrap();
     assert_eq!(response.status, 404);
-    assert_eq!(response.json::<Value>().unwrap()["error"]["code"], "not_found");
-    let response = anon.raw("DELETE", "/v1/users", &[], Vec::new()).await.unwrap();
+    assert_eq!(
+        response.json::<Value>().unwrap()["error"]["code"],
+        "not_found"
+    );
+    let response = anon
+        .raw("DELETE", "/v1/users", &[], Vec::new())
+        .await
+        .unwrap();
     assert_eq!(response.status, 405);
     let page = anon.raw("GET", "/", &[], Vec::new()).await.unwrap();
     assert_eq!(page.status, 200);

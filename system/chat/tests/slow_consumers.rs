@@ -21,7 +21,14 @@ async fn flood(alice: &Client, conv: ConvId) {
     let (mut sent, mut acked) = (0, 0);
     while acked < PUSHES {
         while sent < PUSHES && sent - acked < 128 {
-            writer.send(&ClientFrame::Send { id: format!("m{sent}"), conv, body: body.clone() }).await.unwrap();
+            writer
+                .send(&ClientFrame::Send {
+                    id: format!("m{sent}"),
+                    conv,
+                    body: body.clone(),
+                })
+                .await
+                .unwrap();
             sent += 1;
         }
         match next_frame(&mut writer).await {
@@ -37,12 +44,17 @@ async fn read_to_end(sleeper: &mut WsConnection) -> (Option<u16>, usize) {
     let started = Instant::now();
     let mut messages = 0;
     loop {
-        assert!(started.elapsed() < Duration::from_secs(60), "the connection never ends");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the connection never ends"
+        );
         match sleeper.recv_timeout(Duration::from_secs(5)).await {
             Ok(WsEvent::Frame(ServerFrame::Message { .. })) => messages += 1,
             Ok(WsEvent::Frame(_) | WsEvent::Pong(_)) => {}
             Ok(WsEvent::Closed { code, .. }) => return (code, messages),
-            Err(chat_client::ClientError::Timeout { .. }) => panic!("the connection of a client that stopped reading is still open"),
+            Err(chat_client::ClientError::Timeout { .. }) => {
+                panic!("the connection of a client that stopped reading is still open")
+            }
             // Reset, or a frame cut short: dropped.
             Err(_) => return (None, messages),
         }
@@ -52,7 +64,9 @@ async fn read_to_end(sleeper: &mut WsConnection) -> (Option<u16>, usize) {
 /// Bob comes back and catches up on everything with `sync`.
 async fn catch_up(bob: &Client, conv: ConvId) {
     let mut back = bob.connect_ws().await.unwrap();
-    back.send(&ClientFrame::Sync { conv, after: 0 }).await.unwrap();
+    back.send(&ClientFrame::Sync { conv, after: 0 })
+        .await
+        .unwrap();
     let mut last = 0;
     loop {
         match next_frame(&mut back).await {
@@ -69,7 +83,8 @@ async fn catch_up(bob: &Client, conv: ConvId) {
 
 #[tokio::test]
 async fn a_client_that_falls_behind_is_closed_with_1013() {
-    let server = TestServer::start_in_process_with(|options| options.conn.outbound_queue_len_max = 64).await;
+    let server =
+        TestServer::start_in_process_with(|options| options.conn.outbound_queue_len_max = 64).await;
     let [alice, bob] = server.users(["alice", "bob"]).await;
     let conv = direct(&alice, "bob").await.conv_id;
     let mut sleeper = bob.connect_ws().await.unwrap();
@@ -78,7 +93,10 @@ async fn a_client_that_falls_behind_is_closed_with_1013() {
     flood(&alice, conv).await;
     let (code, messages) = read_to_end(&mut sleeper).await;
     assert_eq!(code, Some(1013));
-    assert!(messages < PUSHES, "every push arrived: the queue never overflowed");
+    assert!(
+        messages < PUSHES,
+        "every push arrived: the queue never overflowed"
+    );
     catch_up(&bob, conv).await;
 }
 
@@ -103,6 +121,9 @@ async fn a_client_that_never_reads_is_dropped() {
     // for the client to read again.
     let (code, messages) = read_to_end(&mut sleeper).await;
     assert_eq!(code, None);
-    assert!(messages < PUSHES, "every push arrived: the sockets never filled ({messages} of {PUSHES})");
+    assert!(
+        messages < PUSHES,
+        "every push arrived: the sockets never filled ({messages} of {PUSHES})"
+    );
     catch_up(&bob, conv).await;
 }

@@ -20,5 +20,9 @@ async fn a_connection_span_is_not_left_entered_while_its_task_waits() {
     wait_ready(&mut second).await;
     // Both connection tasks ran on this thread and now wait for frames.
     let current = tracing::Span::current();
-    assert!(current.is_none(), "a span is still entered while its task waits: {:?}", current.metadata().map(|m| m.name()));
+    assert!(
+        current.is_none(),
+        "a span is still entered while its task waits: {:?}",
+        current.metadata().map(|m| m.name())
+    );
 }

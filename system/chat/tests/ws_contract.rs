@@ -7,12 +7,21 @@ use common::*;
 use std::collections::HashMap;
 
 fn send(id: &str, conv: u64, body: &str) -> ClientFrame {
-    ClientFrame::Send { id: id.into(), conv, body: body.into() }
+    ClientFrame::Send {
+        id: id.into(),
+        conv,
+        body: body.into(),
+    }
 }
 
 async fn expect_error(ws: &mut WsConnection, code: ErrorCode, id: Option<&str>) {
     match next_frame(ws).await {
-        ServerFrame::Error { code: got, message, id: got_id, .. } => {
+        ServerFrame::Error {
+            code: got,
+            message,
+            id: got_id,
+            ..
+        } => {
             assert_eq!(got, code, "message: {message}");
             assert!(!message.is_empty());
             assert_eq!(got_id.as_deref(), id);
@@ -35,17 +44,32 @@ async fn upgrade_requires_a_valid_token() {
 
     let err = anon.connect_ws().await.err().expect("no token");
     assert_eq!(err.status(), Some(401));
-    let forged = chat_auth::Tokens::new(b"another-secret-0123456789abcdef-xyz", chat_auth::Tokens::TTL_DEFAULT).issue("alice").unwrap();
+    let forged = chat_auth::Tokens::new(
+        b"another-secret-0123456789abcdef-xyz",
+        chat_auth::Tokens::TTL_DEFAULT,
+    )
+    .issue("alice")
+    .unwrap();
     let now = chat_proto::model::now_ms() / 1000;
-    let expired = server.tokens.issue_with_expiry("alice", now - 100, now - 1).unwrap();
+    let expired = server
+        .tokens
+        .issue_with_expiry("alice", now - 100, now - 1)
+        .unwrap();
     for token in [forged.token.as_str(), expired.token.as_str(), "garbage"] {
-        let err = anon.connect_ws_with(&format!("/v1/ws?token={token}"), &[]).await.err().expect("bad token");
+        let err = anon
+            .connect_ws_with(&format!("/v1/ws?token={token}"), &[])
+            .await
+            .err()
+            .expect("bad token");
         assert_eq!(err.status(), Some(401), "{token}");
         assert_eq!(err.code(), Some(ErrorCode::Unauthorized));
     }
     // The token may come in the Authorization header instead of the query.
     let header = format!("Bearer {}", alice.token().unwrap());
-    let mut ws = anon.connect_ws_with("/v1/ws", &[("authorization", &header)]).await.unwrap();
+    let mut ws = anon
+        .connect_ws_with("/v1/ws", &[("authorization", &header)])
+        .await
+        .unwrap();
     assert_open(&mut ws).await;
     let mut ws = alice.connect_ws().await.unwrap();
     assert_open(&mut ws).await;
@@ -55,7 +79,10 @@ async fn upgrade_requires_a_valid_token() {
 async fn messages_are_acked_and_pushed_to_every_other_device() {
     let server = TestServer::start().await;
     let [alice, bob, carol] = server.users(["alice", "bob", "carol"]).await;
-    let (group, _) = alice.create_conversation(["bob"], Some("two")).await.unwrap();
+    let (group, _) = alice
+        .create_conversation(["bob"], Some("two"))
+        .await
+        .unwrap();
     let conv = group.conv_id;
 
     let mut alice_phone = alice.connect_ws().await.unwrap();
@@ -64,19 +91,39 @@ async fn messages_are_acked_and_pushed_to_every_other_device() {
     let mut bob_laptop = bob.connect_ws().await.unwrap();
     let mut carol_ws = carol.connect_ws().await.unwrap();
     // Registered for pushes before the send, or the pushes below may be missed.
-    for ws in [&mut alice_laptop, &mut bob_phone, &mut bob_laptop, &mut carol_ws] {
+    for ws in [
+        &mut alice_laptop,
+        &mut bob_phone,
+        &mut bob_laptop,
+        &mut carol_ws,
+    ] {
         wait_ready(ws).await;
     }
 
-    alice_phone.send(&send("m1", conv, "hello bob")).await.unwrap();
+    alice_phone
+        .send(&send("m1", conv, "hello bob"))
+        .await
+        .unwrap();
     let ts = match next_frame(&mut alice_phone).await {
-        ServerFrame::Sent { id, conv: c, seq, ts } => {
+        ServerFrame::Sent {
+            id,
+            conv: c,
+            seq,
+            ts,
+        } => {
             assert_eq!((id.as_str(), c, seq), ("m1", conv, 1));
             ts
         }
         other => panic!("expected sent, got {other:?}"),
     };
-    let expected = ServerFrame::Message { conv, seq: 1, sender: "alice".into(), body: "hello bob".into(), id: "m1".into(), ts };
+    let expected = ServerFrame::Message {
+        conv,
+        seq: 1,
+        sender: "alice".into(),
+        body: "hello bob".into(),
+        id: "m1".into(),
+        ts,
+    };
     for ws in [&mut alice_laptop, &mut bob_phone, &mut bob_laptop] {
         assert_eq!(next_frame(ws).await, expected);
     }
@@ -87,7 +134,10 @@ async fn messages_are_acked_and_pushed_to_every_other_device() {
     // Stored as pushed.
     let page = bob.history(conv, None, None).await.unwrap();
     assert_eq!(page.messages.len(), 1);
-    assert_eq!((page.messages[0].ts, page.messages[0].body.as_str()), (ts, "hello bob"));
+    assert_eq!(
+        (page.messages[0].ts, page.messages[0].body.as_str()),
+        (ts, "hello bob")
+    );
 }
 
 #[tokio::test]
@@ -102,25 +152,49 @@ async fn resending_an_id_answers_the_same_seq_and_stores_nothing() {
     ws.send(&send("same-id", conv, "once")).await.unwrap();
     let first = next_frame(&mut ws).await;
     ws.send(&send("other", conv, "twice")).await.unwrap();
-    assert!(matches!(next_frame(&mut ws).await, ServerFrame::Sent { seq: 2, .. }));
+    assert!(matches!(
+        next_frame(&mut ws).await,
+        ServerFrame::Sent { seq: 2, .. }
+    ));
     // Again on the same connection, and from another connection of the same user.
     ws.send(&send("same-id", conv, "once")).await.unwrap();
     assert_eq!(next_frame(&mut ws).await, first);
     let mut again = alice.connect_ws().await.unwrap();
-    again.send(&send("same-id", conv, "different body, same id")).await.unwrap();
+    again
+        .send(&send("same-id", conv, "different body, same id"))
+        .await
+        .unwrap();
     assert_eq!(next_frame(&mut again).await, first);
 
     // Bob saw each message once.
-    assert!(matches!(next_frame(&mut bob_ws).await, ServerFrame::Message { seq: 1, .. }));
-    assert!(matches!(next_frame(&mut bob_ws).await, ServerFrame::Message { seq: 2, .. }));
+    assert!(matches!(
+        next_frame(&mut bob_ws).await,
+        ServerFrame::Message { seq: 1, .. }
+    ));
+    assert!(matches!(
+        next_frame(&mut bob_ws).await,
+        ServerFrame::Message { seq: 2, .. }
+    ));
     assert_quiet(&mut bob_ws).await;
     let page = alice.history(conv, None, None).await.unwrap();
-    assert_eq!(page.messages.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(), vec!["once", "twice"]);
+    assert_eq!(
+        page.messages
+            .iter()
+            .map(|m| m.body.as_str())
+            .collect::<Vec<_>>(),
+        vec!["once", "twice"]
+    );
 
     // Another sender may use the same id: ids are per sender.
     let mut bob_send = bob.connect_ws().await.unwrap();
-    bob_send.send(&send("same-id", conv, "bob's")).await.unwrap();
-    assert!(matches!(next_frame(&mut bob_send).await, ServerFrame::Sent { seq: 3, .. }));
+    bob_send
+        .send(&send("same-id", conv, "bob's"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        next_frame(&mut bob_send).await,
+        ServerFrame::Sent { seq: 3, .. }
+    ));
 }
 
 #[tokio::test]
@@ -133,7 +207,9 @@ async fn pipelined_sends_are_sequenced_in_send_order() {
     let n = 300;
     for i in 0..n {
         let target = if i % 3 == 0 { group.conv_id } else { conv };
-        ws.send(&send(&format!("p{i}"), target, &format!("{i}"))).await.unwrap();
+        ws.send(&send(&format!("p{i}"), target, &format!("{i}")))
+            .await
+            .unwrap();
     }
     let mut acks = HashMap::new();
     while acks.len() < n {
@@ -153,15 +229,28 @@ async fn pipelined_sends_are_sequenced_in_send_order() {
         *expected += 1;
     }
     let history = bob.history(conv, None, Some(200)).await.unwrap();
-    assert!(history.messages.iter().all(|m| m.body.parse::<usize>().unwrap() % 3 != 0));
-    assert!(history.messages.windows(2).all(|w| w[0].body.parse::<usize>().unwrap() < w[1].body.parse::<usize>().unwrap()));
+    assert!(
+        history
+            .messages
+            .iter()
+            .all(|m| m.body.parse::<usize>().unwrap() % 3 != 0)
+    );
+    assert!(
+        history
+            .messages
+            .windows(2)
+            .all(|w| w[0].body.parse::<usize>().unwrap() < w[1].body.parse::<usize>().unwrap())
+    );
 }
 
 #[tokio::test]
 async fn concurrent_senders_are_pushed_in_seq_order() {
     let server = TestServer::start().await;
     let [alice, bob, carol, dave] = server.users(["alice", "bob", "carol", "dave"]).await;
-    let (group, _) = alice.create_conversation(["bob", "carol", "dave"], None).await.unwrap();
+    let (group, _) = alice
+        .create_conversation(["bob", "carol", "dave"], None)
+        .await
+        .unwrap();
     let conv = group.conv_id;
     let mut watcher = dave.connect_ws().await.unwrap();
     // Registered before the first send, or it may miss the first pushes.
@@ -172,7 +261,9 @@ async fn concurrent_senders_are_pushed_in_seq_order() {
         tasks.push(tokio::spawn(async move {
             let mut ws = client.connect_ws().await.unwrap();
             for i in 0..per_sender {
-                ws.send(&send(&format!("{name}{i}"), conv, "x")).await.unwrap();
+                ws.send(&send(&format!("{name}{i}"), conv, "x"))
+                    .await
+                    .unwrap();
             }
             let mut acked = 0;
             while acked < per_sender {
@@ -202,17 +293,31 @@ async fn sync_replays_everything_after_a_seq() {
     let conv = direct(&alice, "bob").await.conv_id;
     let mut ws = alice.connect_ws().await.unwrap();
     for i in 0..250 {
-        ws.send(&send(&format!("s{i}"), conv, &format!("body {i}"))).await.unwrap();
+        ws.send(&send(&format!("s{i}"), conv, &format!("body {i}")))
+            .await
+            .unwrap();
     }
     for _ in 0..250 {
-        assert!(matches!(next_frame(&mut ws).await, ServerFrame::Sent { .. }));
+        assert!(matches!(
+            next_frame(&mut ws).await,
+            ServerFrame::Sent { .. }
+        ));
     }
     let mut bob_ws = bob.connect_ws().await.unwrap();
     // Crosses a page boundary (200) of the server's sync.
-    bob_ws.send(&ClientFrame::Sync { conv, after: 7 }).await.unwrap();
+    bob_ws
+        .send(&ClientFrame::Sync { conv, after: 7 })
+        .await
+        .unwrap();
     for seq in 8..=250u64 {
         match next_frame(&mut bob_ws).await {
-            ServerFrame::Message { seq: got, sender, body, id, .. } => {
+            ServerFrame::Message {
+                seq: got,
+                sender,
+                body,
+                id,
+                ..
+            } => {
                 assert_eq!(got, seq);
                 assert_eq!(sender, "alice");
                 assert_eq!(body, format!("body {}", seq - 1));
@@ -221,15 +326,33 @@ async fn sync_replays_everything_after_a_seq() {
             other => panic!("expected message {seq}, got {other:?}"),
         }
     }
-    assert_eq!(next_frame(&mut bob_ws).await, ServerFrame::Synced { conv, seq: 250 });
+    assert_eq!(
+        next_frame(&mut bob_ws).await,
+        ServerFrame::Synced { conv, seq: 250 }
+    );
     // Caught up: nothing to send, just the marker.
-    bob_ws.send(&ClientFrame::Sync { conv, after: 250 }).await.unwrap();
-    assert_eq!(next_frame(&mut bob_ws).await, ServerFrame::Synced { conv, seq: 250 });
+    bob_ws
+        .send(&ClientFrame::Sync { conv, after: 250 })
+        .await
+        .unwrap();
+    assert_eq!(
+        next_frame(&mut bob_ws).await,
+        ServerFrame::Synced { conv, seq: 250 }
+    );
     // Non-members and unknown conversations.
     let mut carol_ws = carol.connect_ws().await.unwrap();
-    carol_ws.send(&ClientFrame::Sync { conv, after: 0 }).await.unwrap();
+    carol_ws
+        .send(&ClientFrame::Sync { conv, after: 0 })
+        .await
+        .unwrap();
     expect_error(&mut carol_ws, ErrorCode::UnknownConversation, None).await;
-    carol_ws.send(&ClientFrame::Sync { conv: 424242, after: 0 }).await.unwrap();
+    carol_ws
+        .send(&ClientFrame::Sync {
+            conv: 424242,
+            after: 0,
+        })
+        .await
+        .unwrap();
     expect_error(&mut carol_ws, ErrorCode::UnknownConversation, None).await;
     assert_open(&mut carol_ws).await;
 }
@@ -259,24 +382,79 @@ async fn bad_frames_get_errors_and_keep_the_connection() {
     let cases: Vec<(String, ErrorCode, Option<&str>)> = vec![
         ("not json".into(), ErrorCode::BadFrame, None),
         ("[]".into(), ErrorCode::BadFrame, None),
-        (r#"{"type":"shout","id":"x1"}"#.into(), ErrorCode::BadFrame, Some("x1")),
+        (
+            r#"{"type":"shout","id":"x1"}"#.into(),
+            ErrorCode::BadFrame,
+            Some("x1"),
+        ),
         (r#"{"id":"x2"}"#.into(), ErrorCode::BadFrame, Some("x2")),
-        (r#"{"type":"send","id":"x3","conv":1}"#.into(), ErrorCode::BadFrame, Some("x3")),
-        (r#"{"type":"send","id":"x4","body":"hi"}"#.into(), ErrorCode::BadFrame, Some("x4")),
-        (r#"{"type":"send","id":"bad id!","conv":1,"body":"hi"}"#.into(), ErrorCode::BadFrame, Some("bad id!")),
-        (format!(r#"{{"type":"send","id":"{long_id}","conv":1,"body":"hi"}}"#), ErrorCode::BadFrame, Some(&long_id)),
-        (r#"{"type":"send","id":"x5","conv":1,"body":""}"#.into(), ErrorCode::BadFrame, Some("x5")),
-        (r#"{"type":"read","conv":"one","seq":1}"#.into(), ErrorCode::BadFrame, None),
-        (r#"{"type":"sync","conv":1}"#.into(), ErrorCode::BadFrame, None),
-        (format!(r#"{{"type":"send","id":"big","conv":{conv},"body":"{}"}}"#, "b".repeat(4097)), ErrorCode::BodyTooLarge, Some("big")),
-        (format!(r#"{{"type":"send","id":"nm","conv":{conv},"body":"let me in"}}"#), ErrorCode::UnknownConversation, Some("nm")),
-        (r#"{"type":"send","id":"nc","conv":987654,"body":"hello?"}"#.into(), ErrorCode::UnknownConversation, Some("nc")),
-        (format!(r#"{{"type":"read","conv":{conv},"seq":1}}"#), ErrorCode::UnknownConversation, None),
+        (
+            r#"{"type":"send","id":"x3","conv":1}"#.into(),
+            ErrorCode::BadFrame,
+            Some("x3"),
+        ),
+        (
+            r#"{"type":"send","id":"x4","body":"hi"}"#.into(),
+            ErrorCode::BadFrame,
+            Some("x4"),
+        ),
+        (
+            r#"{"type":"send","id":"bad id!","conv":1,"body":"hi"}"#.into(),
+            ErrorCode::BadFrame,
+            Some("bad id!"),
+        ),
+        (
+            format!(r#"{{"type":"send","id":"{long_id}","conv":1,"body":"hi"}}"#),
+            ErrorCode::BadFrame,
+            Some(&long_id),
+        ),
+        (
+            r#"{"type":"send","id":"x5","conv":1,"body":""}"#.into(),
+            ErrorCode::BadFrame,
+            Some("x5"),
+        ),
+        (
+            r#"{"type":"read","conv":"one","seq":1}"#.into(),
+            ErrorCode::BadFrame,
+            None,
+        ),
+        (
+            r#"{"type":"sync","conv":1}"#.into(),
+            ErrorCode::BadFrame,
+            None,
+        ),
+        (
+            format!(
+                r#"{{"type":"send","id":"big","conv":{conv},"body":"{}"}}"#,
+                "b".repeat(4097)
+            ),
+            ErrorCode::BodyTooLarge,
+            Some("big"),
+        ),
+        (
+            format!(r#"{{"type":"send","id":"nm","conv":{conv},"body":"let me in"}}"#),
+            ErrorCode::UnknownConversation,
+            Some("nm"),
+        ),
+        (
+            r#"{"type":"send","id":"nc","conv":987654,"body":"hello?"}"#.into(),
+            ErrorCode::UnknownConversation,
+            Some("nc"),
+        ),
+        (
+            format!(r#"{{"type":"read","conv":{conv},"seq":1}}"#),
+            ErrorCode::UnknownConversation,
+            None,
+        ),
     ];
     for (text, code, id) in cases {
         ws.send_text(text.clone()).await.unwrap();
         match next_frame(&mut ws).await {
-            ServerFrame::Error { code: got, id: got_id, .. } => {
+            ServerFrame::Error {
+                code: got,
+                id: got_id,
+                ..
+            } => {
                 assert_eq!(got, code, "frame {text}");
                 assert_eq!(got_id.as_deref(), id, "frame {text}");
             }
@@ -287,11 +465,24 @@ async fn bad_frames_get_errors_and_keep_the_connection() {
     expect_error(&mut ws, ErrorCode::BadFrame, None).await;
     assert_open(&mut ws).await;
     // Nothing was stored by any of it.
-    assert!(alice.history(conv, None, None).await.unwrap().messages.is_empty());
+    assert!(
+        alice
+            .history(conv, None, None)
+            .await
+            .unwrap()
+            .messages
+            .is_empty()
+    );
     // A body of exactly 4096 bytes is fine.
     let mut alice_ws = alice.connect_ws().await.unwrap();
-    alice_ws.send(&send("max", conv, &"b".repeat(4096))).await.unwrap();
-    assert!(matches!(next_frame(&mut alice_ws).await, ServerFrame::Sent { seq: 1, .. }));
+    alice_ws
+        .send(&send("max", conv, &"b".repeat(4096)))
+        .await
+        .unwrap();
+    assert!(matches!(
+        next_frame(&mut alice_ws).await,
+        ServerFrame::Sent { seq: 1, .. }
+    ));
 }
 
 #[tokio::test]

@@ -51,7 +51,9 @@ impl ClientError {
     /// The HTTP status of a rejected REST call or WebSocket upgrade.
     pub fn status(&self) -> Option<u16> {
         match self {
-            ClientError::Api { status, .. } | ClientError::UnexpectedStatus { status, .. } => Some(*status),
+            ClientError::Api { status, .. } | ClientError::UnexpectedStatus { status, .. } => {
+                Some(*status)
+            }
             _ => None,
         }
     }
@@ -86,9 +88,15 @@ const UNEXPECTED_BODY_CHARS_MAX: usize = 512;
 /// else the status with (the start of) the body as text.
 pub(crate) fn error_from_answer(status: u16, body: &[u8]) -> ClientError {
     match serde_json::from_slice::<chat_proto::error::ErrorBody>(body) {
-        Ok(parsed) => ClientError::Api { status, error: parsed.error },
+        Ok(parsed) => ClientError::Api {
+            status,
+            error: parsed.error,
+        },
         Err(_) => {
-            let text: String = String::from_utf8_lossy(body).chars().take(UNEXPECTED_BODY_CHARS_MAX).collect();
+            let text: String = String::from_utf8_lossy(body)
+                .chars()
+                .take(UNEXPECTED_BODY_CHARS_MAX)
+                .collect();
             ClientError::UnexpectedStatus { status, body: text }
         }
     }
@@ -100,7 +108,10 @@ mod tests {
 
     #[test]
     fn decodes_the_protocol_error_body() {
-        let err = error_from_answer(409, br#"{"error":{"code":"username_taken","message":"taken"}}"#);
+        let err = error_from_answer(
+            409,
+            br#"{"error":{"code":"username_taken","message":"taken"}}"#,
+        );
         assert_eq!(err.status(), Some(409));
         assert_eq!(err.code(), Some(ErrorCode::UsernameTaken));
         assert!(!err.is_retryable());
@@ -112,21 +123,35 @@ mod tests {
 
     #[test]
     fn retryable_codes_are_retryable() {
-        let err = error_from_answer(503, br#"{"error":{"code":"unavailable","message":"store down"}}"#);
+        let err = error_from_answer(
+            503,
+            br#"{"error":{"code":"unavailable","message":"store down"}}"#,
+        );
         assert!(err.is_retryable());
     }
 
     #[test]
     fn keeps_status_of_other_bodies() {
-        for body in [&b""[..], b"<html>oops</html>", b"{\"error\":\"nope\"}", b"\xff\xfe", br#"{"error":{"code":"made_up","message":"x"}}"#] {
+        for body in [
+            &b""[..],
+            b"<html>oops</html>",
+            b"{\"error\":\"nope\"}",
+            b"\xff\xfe",
+            br#"{"error":{"code":"made_up","message":"x"}}"#,
+        ] {
             let err = error_from_answer(502, body);
-            assert!(matches!(err, ClientError::UnexpectedStatus { status: 502, .. }), "{err:?}");
+            assert!(
+                matches!(err, ClientError::UnexpectedStatus { status: 502, .. }),
+                "{err:?}"
+            );
             assert_eq!(err.code(), None);
             assert!(err.is_retryable());
         }
         let long = vec![b'x'; 10_000];
         match error_from_answer(500, &long) {
-            ClientError::UnexpectedStatus { body, .. } => assert_eq!(body.len(), UNEXPECTED_BODY_CHARS_MAX),
+            ClientError::UnexpectedStatus { body, .. } => {
+                assert_eq!(body.len(), UNEXPECTED_BODY_CHARS_MAX)
+            }
             other => panic!("unexpected {other:?}"),
         }
     }

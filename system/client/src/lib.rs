@@ -42,7 +42,9 @@ pub mod url;
 pub mod ws;
 
 pub use chat_proto::frame::{ClientFrame, ServerFrame};
-pub use chat_proto::rest::{ConversationView, HistoryPage, Inbox, InboxEntry, MessageView, Session, UserCreated};
+pub use chat_proto::rest::{
+    ConversationView, HistoryPage, Inbox, InboxEntry, MessageView, Session, UserCreated,
+};
 pub use chat_proto::{ApiError, ConvId, ConvKind, ErrorCode, Message, Seq};
 pub use error::ClientError;
 pub use live::LiveSession;

@@ -36,7 +36,10 @@ impl LiveSession {
 
     /// Connects with a given tracker (e.g. one with a fixed id prefix, or kept from before).
     /// The tracker's followed conversations are synced and its pending sends resent.
-    pub async fn connect_with(client: Client, tracker: Tracker) -> Result<LiveSession, ClientError> {
+    pub async fn connect_with(
+        client: Client,
+        tracker: Tracker,
+    ) -> Result<LiveSession, ClientError> {
         let heartbeat_interval = client.timeout() / 2;
         let mut session = LiveSession {
             client,
@@ -88,9 +91,15 @@ impl LiveSession {
     /// Sends `body` to `conv` under a fresh id and returns the id; the ack comes later as
     /// [`LiveEvent::Acked`]. On error the send stays pending and [`LiveSession::reconnect`]
     /// resends it with the same id.
-    pub async fn send_message(&mut self, conv: ConvId, body: impl Into<String>) -> Result<String, ClientError> {
+    pub async fn send_message(
+        &mut self,
+        conv: ConvId,
+        body: impl Into<String>,
+    ) -> Result<String, ClientError> {
         let frame = self.tracker.send(conv, body);
-        let ClientFrame::Send { id, .. } = &frame else { unreachable!("Tracker::send makes send frames") };
+        let ClientFrame::Send { id, .. } = &frame else {
+            unreachable!("Tracker::send makes send frames")
+        };
         let id = id.clone();
         self.outbox.push_back(frame);
         self.flush().await?;
@@ -122,8 +131,15 @@ impl LiveSession {
         }
         loop {
             self.flush().await?;
-            let ws = self.ws.as_mut().ok_or_else(|| ClientError::Closed { code: None, reason: "not connected".into() })?;
-            let wait = if self.awaiting_pong { self.client.timeout() } else { self.heartbeat_interval };
+            let ws = self.ws.as_mut().ok_or_else(|| ClientError::Closed {
+                code: None,
+                reason: "not connected".into(),
+            })?;
+            let wait = if self.awaiting_pong {
+                self.client.timeout()
+            } else {
+                self.heartbeat_interval
+            };
             let event = match ws.recv_timeout(wait).await {
                 Ok(event) => event,
                 Err(ClientError::Timeout { .. }) if !self.awaiting_pong => {
@@ -133,7 +149,10 @@ impl LiveSession {
                 }
                 Err(ClientError::Timeout { after, .. }) => {
                     self.ws = None;
-                    return Err(ClientError::Timeout { op: "heartbeat", after });
+                    return Err(ClientError::Timeout {
+                        op: "heartbeat",
+                        after,
+                    });
                 }
                 Err(e @ ClientError::Decode(_)) => return Err(e),
                 Err(e) => {
@@ -152,7 +171,11 @@ impl LiveSession {
             };
             let step = self.tracker.on_frame(frame);
             self.outbox.extend(step.outgoing);
-            let events: Vec<LiveEvent> = step.events.into_iter().filter(|e| *e != LiveEvent::Pong).collect();
+            let events: Vec<LiveEvent> = step
+                .events
+                .into_iter()
+                .filter(|e| *e != LiveEvent::Pong)
+                .collect();
             if !events.is_empty() {
                 if let Err(e) = self.flush().await {
                     self.deferred_error = Some(e);
@@ -188,7 +211,14 @@ impl LiveSession {
     /// Writes the outbox; a frame leaves it only once written.
     async fn flush(&mut self) -> Result<(), ClientError> {
         let Some(ws) = self.ws.as_mut() else {
-            return if self.outbox.is_empty() { Ok(()) } else { Err(ClientError::Closed { code: None, reason: "not connected".into() }) };
+            return if self.outbox.is_empty() {
+                Ok(())
+            } else {
+                Err(ClientError::Closed {
+                    code: None,
+                    reason: "not connected".into(),
+                })
+            };
         };
         while let Some(frame) = self.outbox.front() {
             if let Err(e) = ws.send(frame).await {

@@ -7,7 +7,9 @@ use crate::error::{ClientError, error_from_answer};
 use crate::io::QuietFlush;
 use crate::url::{BaseUrl, encode_query_value};
 use crate::ws::WsConnection;
-use chat_proto::rest::{ConversationView, CreateConversation, Credentials, HistoryPage, Inbox, Session, UserCreated};
+use chat_proto::rest::{
+    ConversationView, CreateConversation, Credentials, HistoryPage, Inbox, Session, UserCreated,
+};
 use chat_proto::{ConvId, Seq};
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request};
@@ -49,7 +51,8 @@ impl RawResponse {
 
     /// The body decoded as JSON.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, ClientError> {
-        serde_json::from_slice(&self.body).map_err(|e| ClientError::Decode(format!("{e}: {}", self.text())))
+        serde_json::from_slice(&self.body)
+            .map_err(|e| ClientError::Decode(format!("{e}: {}", self.text())))
     }
 
     /// A header's value, when present and visible ASCII.
@@ -59,7 +62,11 @@ impl RawResponse {
 
     /// `Ok(self)` for 2xx answers, else the [`ClientError`] the typed calls would return.
     pub fn error_for_status(self) -> Result<RawResponse, ClientError> {
-        if (200..300).contains(&self.status) { Ok(self) } else { Err(error_from_answer(self.status, &self.body)) }
+        if (200..300).contains(&self.status) {
+            Ok(self)
+        } else {
+            Err(error_from_answer(self.status, &self.body))
+        }
     }
 }
 
@@ -67,7 +74,11 @@ impl Client {
     /// A client for the server at `base_url` (`http://127.0.0.1:8080`; see [`BaseUrl::parse`]),
     /// without a token and with [`TIMEOUT_DEFAULT`].
     pub fn new(base_url: &str) -> Result<Client, ClientError> {
-        Ok(Client { base: BaseUrl::parse(base_url)?, token: None, timeout: TIMEOUT_DEFAULT })
+        Ok(Client {
+            base: BaseUrl::parse(base_url)?,
+            token: None,
+            timeout: TIMEOUT_DEFAULT,
+        })
     }
 
     /// The same client, sending `Authorization: Bearer <token>` (and `?token=` on the WebSocket).
@@ -104,16 +115,32 @@ impl Client {
 
     /// `POST /v1/users`: creates an account. 409 `username_taken`, 400 for a bad username or
     /// password.
-    pub async fn register(&self, username: &str, password: &str) -> Result<UserCreated, ClientError> {
-        let body = Credentials { username: username.into(), password: password.into() };
-        Ok(self.call_json(Method::POST, "/v1/users", Some(&body)).await?.1)
+    pub async fn register(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<UserCreated, ClientError> {
+        let body = Credentials {
+            username: username.into(),
+            password: password.into(),
+        };
+        Ok(self
+            .call_json(Method::POST, "/v1/users", Some(&body))
+            .await?
+            .1)
     }
 
     /// `POST /v1/sessions`: logs in. 401 `invalid_credentials`. Use the returned token with
     /// [`Client::with_token`].
     pub async fn login(&self, username: &str, password: &str) -> Result<Session, ClientError> {
-        let body = Credentials { username: username.into(), password: password.into() };
-        Ok(self.call_json(Method::POST, "/v1/sessions", Some(&body)).await?.1)
+        let body = Credentials {
+            username: username.into(),
+            password: password.into(),
+        };
+        Ok(self
+            .call_json(Method::POST, "/v1/sessions", Some(&body))
+            .await?
+            .1)
     }
 
     /// `POST /v1/conversations`: one other member and no title opens the pair's direct
@@ -128,13 +155,20 @@ impl Client {
             members: members.into_iter().map(|m| m.as_ref().to_owned()).collect(),
             title: title.map(str::to_owned),
         };
-        let (status, view) = self.call_json(Method::POST, "/v1/conversations", Some(&body)).await?;
+        let (status, view) = self
+            .call_json(Method::POST, "/v1/conversations", Some(&body))
+            .await?;
         Ok((view, status == 201))
     }
 
     /// `GET /v1/conversations/{conv}/messages`: the newest `limit` (default 50, 1-200)
     /// messages with `seq < before`, ascending.
-    pub async fn history(&self, conv: ConvId, before: Option<Seq>, limit: Option<u32>) -> Result<HistoryPage, ClientError> {
+    pub async fn history(
+        &self,
+        conv: ConvId,
+        before: Option<Seq>,
+        limit: Option<u32>,
+    ) -> Result<HistoryPage, ClientError> {
         let mut query = Vec::new();
         if let Some(before) = before {
             query.push(format!("before={before}"));
@@ -163,13 +197,22 @@ impl Client {
     /// Sends any request and returns any answer, for contract tests. Adds `Host`, the token
     /// (unless `headers` has `Authorization`) and `Content-Type: application/json` for a
     /// non-empty body (unless `headers` has `Content-Type`). `headers` replace those defaults.
-    pub async fn raw(&self, method: &str, path_and_query: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Result<RawResponse, ClientError> {
-        let method = Method::from_bytes(method.as_bytes()).map_err(|e| ClientError::Http(format!("bad method `{method}`: {e}")))?;
+    pub async fn raw(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<RawResponse, ClientError> {
+        let method = Method::from_bytes(method.as_bytes())
+            .map_err(|e| ClientError::Http(format!("bad method `{method}`: {e}")))?;
         let mut request = Request::builder()
             .method(method)
             .uri(path_and_query)
             .body(())
-            .map_err(|e| ClientError::Http(format!("bad request target `{path_and_query}`: {e}")))?;
+            .map_err(|e| {
+                ClientError::Http(format!("bad request target `{path_and_query}`: {e}"))
+            })?;
         let defaults = request.headers_mut();
         defaults.insert(HOST, header_value(&self.base.authority())?);
         if let Some(token) = &self.token {
@@ -179,7 +222,8 @@ impl Client {
             defaults.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
         for (name, value) in headers {
-            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| ClientError::Http(format!("bad header name `{name}`: {e}")))?;
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|e| ClientError::Http(format!("bad header name `{name}`: {e}")))?;
             request.headers_mut().insert(name, header_value(value)?);
         }
         let (parts, ()) = request.into_parts();
@@ -199,7 +243,11 @@ impl Client {
 
     /// Upgrades any path to a WebSocket with extra headers (they replace the handshake's own),
     /// for contract tests: e.g. the token in `Authorization` instead of the query.
-    pub async fn connect_ws_with(&self, path_and_query: &str, headers: &[(&str, &str)]) -> Result<WsConnection, ClientError> {
+    pub async fn connect_ws_with(
+        &self,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<WsConnection, ClientError> {
         let stream = self.within("connect", self.connect()).await??;
         WsConnection::handshake(stream, &self.base, path_and_query, headers, self.timeout).await
     }
@@ -216,12 +264,21 @@ impl Client {
     }
 
     /// A JSON call: the decoded 2xx body and its status, or the error the server answered.
-    async fn call_json<B: Serialize, T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&B>) -> Result<(u16, T), ClientError> {
+    async fn call_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<(u16, T), ClientError> {
         let body = match body {
-            Some(body) => serde_json::to_vec(body).map_err(|e| ClientError::Http(format!("cannot encode request: {e}")))?,
+            Some(body) => serde_json::to_vec(body)
+                .map_err(|e| ClientError::Http(format!("cannot encode request: {e}")))?,
             None => Vec::new(),
         };
-        let response = self.raw(method.as_str(), path, &[], body).await?.error_for_status()?;
+        let response = self
+            .raw(method.as_str(), path, &[], body)
+            .await?
+            .error_for_status()?;
         let value = response.json()?;
         Ok((response.status, value))
     }
@@ -230,7 +287,9 @@ impl Client {
     async fn send(&self, request: Request<Full<Bytes>>) -> Result<RawResponse, ClientError> {
         let stream = self.connect().await?;
         let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(QuietFlush::new(stream))).await.map_err(|e| ClientError::Http(error_chain(&e)))?;
+            hyper::client::conn::http1::handshake(TokioIo::new(QuietFlush::new(stream)))
+                .await
+                .map_err(|e| ClientError::Http(error_chain(&e)))?;
         // The driver ends by itself once `sender` is dropped after the answer; aborting it on
         // drop also ends it when this request times out (a partition raises no TCP error).
         let _driver = AbortOnDrop(tokio::spawn(async move {
@@ -238,18 +297,34 @@ impl Client {
                 tracing::debug!(error = %e, "http connection ended with an error");
             }
         }));
-        let response = sender.send_request(request).await.map_err(|e| ClientError::Http(error_chain(&e)))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| ClientError::Http(error_chain(&e)))?;
         let (parts, body) = response.into_parts();
         let body = Limited::new(body, RESPONSE_BYTES_MAX)
             .collect()
             .await
             .map_err(|e| ClientError::Http(format!("reading the answer: {}", error_chain(&*e))))?
             .to_bytes();
-        Ok(RawResponse { status: parts.status.as_u16(), headers: parts.headers, body: body.to_vec() })
+        Ok(RawResponse {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body: body.to_vec(),
+        })
     }
 
-    async fn within<T>(&self, op: &'static str, future: impl Future<Output = T>) -> Result<T, ClientError> {
-        tokio::time::timeout(self.timeout, future).await.map_err(|_| ClientError::Timeout { op, after: self.timeout })
+    async fn within<T>(
+        &self,
+        op: &'static str,
+        future: impl Future<Output = T>,
+    ) -> Result<T, ClientError> {
+        tokio::time::timeout(self.timeout, future)
+            .await
+            .map_err(|_| ClientError::Timeout {
+                op,
+                after: self.timeout,
+            })
     }
 }
 

@@ -20,10 +20,19 @@ pub enum LiveEvent {
     /// without gaps after the first one (unless the server lost messages).
     Message(Message),
     /// The server stored our send `id` as `seq` (also for a repeated id: the first `seq`).
-    Acked { id: String, conv: ConvId, seq: Seq, ts: u64 },
+    Acked {
+        id: String,
+        conv: ConvId,
+        seq: Seq,
+        ts: u64,
+    },
     /// The server refused our send `id`. A retryable error (`overloaded`, `unavailable`) keeps
     /// the send pending: [`Tracker::resend`] it later, or it goes again on reconnect.
-    SendFailed { id: String, conv: ConvId, error: ApiError },
+    SendFailed {
+        id: String,
+        conv: ConvId,
+        error: ApiError,
+    },
     /// A `sync` finished; the conversation's newest `seq` was `seq`.
     Synced { conv: ConvId, seq: Seq },
     /// The JSON `pong` answer to a `ping` frame.
@@ -83,7 +92,13 @@ impl Tracker {
     /// A tracker whose message ids are `<prefix>-<n>` (the prefix must be `A-Za-z0-9_-` and at
     /// most 40 characters for ids to stay valid).
     pub fn with_id_prefix(prefix: &str) -> Tracker {
-        Tracker { convs: BTreeMap::new(), pending: BTreeMap::new(), id_prefix: prefix.to_owned(), ids_issued: 0, sends_recorded: 0 }
+        Tracker {
+            convs: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            id_prefix: prefix.to_owned(),
+            ids_issued: 0,
+            sends_recorded: 0,
+        }
     }
 
     /// Follows `conv` from `last_seen`: the next message expected is `last_seen + 1`, and a push
@@ -119,29 +134,55 @@ impl Tracker {
     }
 
     /// Records a send under a caller-chosen id (e.g. one persisted across restarts).
-    pub fn send_with_id(&mut self, id: String, conv: ConvId, body: impl Into<String>) -> ClientFrame {
+    pub fn send_with_id(
+        &mut self,
+        id: String,
+        conv: ConvId,
+        body: impl Into<String>,
+    ) -> ClientFrame {
         let body = body.into();
         self.sends_recorded += 1;
-        let order = self.pending.get(&id).map_or(self.sends_recorded, |p| p.order);
-        self.pending.insert(id.clone(), PendingSend { order, conv, body: body.clone() });
+        let order = self
+            .pending
+            .get(&id)
+            .map_or(self.sends_recorded, |p| p.order);
+        self.pending.insert(
+            id.clone(),
+            PendingSend {
+                order,
+                conv,
+                body: body.clone(),
+            },
+        );
         ClientFrame::Send { id, conv, body }
     }
 
     /// The frame to send a pending send again (same id: the server stores it once).
     pub fn resend(&self, id: &str) -> Option<ClientFrame> {
-        self.pending.get(id).map(|p| ClientFrame::Send { id: id.to_owned(), conv: p.conv, body: p.body.clone() })
+        self.pending.get(id).map(|p| ClientFrame::Send {
+            id: id.to_owned(),
+            conv: p.conv,
+            body: p.body.clone(),
+        })
     }
 
     /// Ids of sends not acknowledged yet, oldest first.
     pub fn pending_ids(&self) -> Vec<String> {
-        let mut ids: Vec<_> = self.pending.iter().map(|(id, p)| (p.order, id.clone())).collect();
+        let mut ids: Vec<_> = self
+            .pending
+            .iter()
+            .map(|(id, p)| (p.order, id.clone()))
+            .collect();
         ids.sort();
         ids.into_iter().map(|(_, id)| id).collect()
     }
 
     /// A `read` frame moving the read cursor of `conv` to the last seen `seq`.
     pub fn read_frame(&self, conv: ConvId) -> Option<ClientFrame> {
-        self.convs.get(&conv).filter(|s| s.last > 0).map(|s| ClientFrame::Read { conv, seq: s.last })
+        self.convs
+            .get(&conv)
+            .filter(|s| s.last > 0)
+            .map(|s| ClientFrame::Read { conv, seq: s.last })
     }
 
     /// The frames to send on a new connection: a `sync` of every followed conversation from
@@ -150,7 +191,10 @@ impl Tracker {
         let mut frames = Vec::new();
         for (conv, state) in &mut self.convs {
             state.syncing_from = Some(state.last);
-            frames.push(ClientFrame::Sync { conv: *conv, after: state.last });
+            frames.push(ClientFrame::Sync {
+                conv: *conv,
+                after: state.last,
+            });
         }
         frames.extend(self.pending_ids().iter().filter_map(|id| self.resend(id)));
         frames
@@ -160,8 +204,22 @@ impl Tracker {
     pub fn on_frame(&mut self, frame: ServerFrame) -> Step {
         let mut step = Step::default();
         match frame {
-            ServerFrame::Message { conv, seq, sender, body, id, ts } => {
-                let message = Message { conv, seq, sender, body, client_msg_id: id, ts };
+            ServerFrame::Message {
+                conv,
+                seq,
+                sender,
+                body,
+                id,
+                ts,
+            } => {
+                let message = Message {
+                    conv,
+                    seq,
+                    sender,
+                    body,
+                    client_msg_id: id,
+                    ts,
+                };
                 self.arrive(conv, seq, Some(message), &mut step);
             }
             ServerFrame::Sent { id, conv, seq, ts } => {
@@ -179,12 +237,21 @@ impl Tracker {
                     let progressed = from.is_some_and(|from| state.last > from);
                     if behind && progressed {
                         state.syncing_from = Some(state.last);
-                        step.outgoing.push(ClientFrame::Sync { conv, after: state.last });
+                        step.outgoing.push(ClientFrame::Sync {
+                            conv,
+                            after: state.last,
+                        });
                     }
                 }
             }
             ServerFrame::Pong => step.events.push(LiveEvent::Pong),
-            ServerFrame::Error { code, message, id, op, conv } => {
+            ServerFrame::Error {
+                code,
+                message,
+                id,
+                op,
+                conv,
+            } => {
                 let error = ApiError { code, message };
                 if let (Some(FrameOp::Sync), Some(conv)) = (op, conv) {
                     // That sync's `synced` will never come: the next gap asks again.
@@ -208,7 +275,10 @@ impl Tracker {
 
     /// A message (or, with `None`, our own acknowledged send) at `seq` in `conv`.
     fn arrive(&mut self, conv: ConvId, seq: Seq, message: Option<Message>, step: &mut Step) {
-        let state = self.convs.entry(conv).or_insert_with(|| ConvState { last: seq.saturating_sub(1), ..ConvState::default() });
+        let state = self.convs.entry(conv).or_insert_with(|| ConvState {
+            last: seq.saturating_sub(1),
+            ..ConvState::default()
+        });
         if seq <= state.last {
             return; // Seen already (a sync overlapping pushes, or a repeated ack).
         }
@@ -226,7 +296,10 @@ impl Tracker {
             // the pushes before it are still on their way: they get no sync of their own.
             if is_push && state.syncing_from.is_none() {
                 state.syncing_from = Some(state.last);
-                step.outgoing.push(ClientFrame::Sync { conv, after: state.last });
+                step.outgoing.push(ClientFrame::Sync {
+                    conv,
+                    after: state.last,
+                });
             }
             return;
         }
@@ -251,7 +324,14 @@ mod tests {
     use chat_proto::ErrorCode;
 
     fn push(conv: ConvId, seq: Seq) -> ServerFrame {
-        ServerFrame::Message { conv, seq, sender: "bob".into(), body: format!("m{seq}"), id: format!("b{seq}"), ts: seq }
+        ServerFrame::Message {
+            conv,
+            seq,
+            sender: "bob".into(),
+            body: format!("m{seq}"),
+            id: format!("b{seq}"),
+            ts: seq,
+        }
     }
 
     fn delivered(step: &Step) -> Vec<Seq> {
@@ -299,11 +379,23 @@ mod tests {
     fn a_failed_sync_does_not_stop_the_next_gap_from_asking_again() {
         let mut t = Tracker::with_id_prefix("t");
         t.follow(1, 2);
-        assert_eq!(t.on_frame(push(1, 5)).outgoing, [ClientFrame::Sync { conv: 1, after: 2 }]);
+        assert_eq!(
+            t.on_frame(push(1, 5)).outgoing,
+            [ClientFrame::Sync { conv: 1, after: 2 }]
+        );
         // The sync fails: its `synced` never comes.
-        let failed = t.on_frame(ServerFrame::error_for(&ApiError::unavailable("store"), FrameOp::Sync, 1));
-        assert!(matches!(failed.events.as_slice(), [LiveEvent::Error(e)] if e.code == ErrorCode::Unavailable));
-        assert_eq!(t.on_frame(push(1, 6)).outgoing, [ClientFrame::Sync { conv: 1, after: 2 }]);
+        let failed = t.on_frame(ServerFrame::error_for(
+            &ApiError::unavailable("store"),
+            FrameOp::Sync,
+            1,
+        ));
+        assert!(
+            matches!(failed.events.as_slice(), [LiveEvent::Error(e)] if e.code == ErrorCode::Unavailable)
+        );
+        assert_eq!(
+            t.on_frame(push(1, 6)).outgoing,
+            [ClientFrame::Sync { conv: 1, after: 2 }]
+        );
     }
 
     #[test]
@@ -316,9 +408,16 @@ mod tests {
         let step = t.on_frame(ServerFrame::Synced { conv: 1, seq: 5 });
         assert_eq!(step.outgoing, [ClientFrame::Sync { conv: 1, after: 1 }]);
         // No progress this time: do not loop.
-        assert!(t.on_frame(ServerFrame::Synced { conv: 1, seq: 5 }).outgoing.is_empty());
+        assert!(
+            t.on_frame(ServerFrame::Synced { conv: 1, seq: 5 })
+                .outgoing
+                .is_empty()
+        );
         // The next gap asks again.
-        assert_eq!(t.on_frame(push(1, 7)).outgoing, [ClientFrame::Sync { conv: 1, after: 1 }]);
+        assert_eq!(
+            t.on_frame(push(1, 7)).outgoing,
+            [ClientFrame::Sync { conv: 1, after: 1 }]
+        );
     }
 
     #[test]
@@ -328,18 +427,36 @@ mod tests {
         assert_eq!(delivered(&step), [40]);
         assert!(step.outgoing.is_empty());
         assert_eq!(t.last_seen(9), Some(40));
-        assert_eq!(t.on_frame(push(9, 42)).outgoing, [ClientFrame::Sync { conv: 9, after: 40 }]);
+        assert_eq!(
+            t.on_frame(push(9, 42)).outgoing,
+            [ClientFrame::Sync { conv: 9, after: 40 }]
+        );
     }
 
     #[test]
     fn own_sends_fill_the_sequence_without_a_sync() {
         let mut t = Tracker::with_id_prefix("me");
         t.follow(1, 3);
-        let ClientFrame::Send { id, .. } = t.send(1, "hello") else { panic!() };
+        let ClientFrame::Send { id, .. } = t.send(1, "hello") else {
+            panic!()
+        };
         assert_eq!(t.pending_ids(), std::slice::from_ref(&id));
         // Our message got seq 5; the push of 4 (someone else's) is still on its way.
-        let step = t.on_frame(ServerFrame::Sent { id: id.clone(), conv: 1, seq: 5, ts: 0 });
-        assert_eq!(step.events, [LiveEvent::Acked { id, conv: 1, seq: 5, ts: 0 }]);
+        let step = t.on_frame(ServerFrame::Sent {
+            id: id.clone(),
+            conv: 1,
+            seq: 5,
+            ts: 0,
+        });
+        assert_eq!(
+            step.events,
+            [LiveEvent::Acked {
+                id,
+                conv: 1,
+                seq: 5,
+                ts: 0
+            }]
+        );
         assert!(step.outgoing.is_empty());
         assert!(t.pending_ids().is_empty());
         assert_eq!(t.last_seen(1), Some(3));
@@ -357,25 +474,60 @@ mod tests {
         let b = t.send(2, "b");
         let c = t.send(1, "c");
         if let ClientFrame::Send { id, .. } = &b {
-            t.on_frame(ServerFrame::Sent { id: id.clone(), conv: 2, seq: 8, ts: 0 });
+            t.on_frame(ServerFrame::Sent {
+                id: id.clone(),
+                conv: 2,
+                seq: 8,
+                ts: 0,
+            });
         }
         let frames = t.on_connect();
-        assert_eq!(frames, [ClientFrame::Sync { conv: 1, after: 3 }, ClientFrame::Sync { conv: 2, after: 8 }, a, c]);
+        assert_eq!(
+            frames,
+            [
+                ClientFrame::Sync { conv: 1, after: 3 },
+                ClientFrame::Sync { conv: 2, after: 8 },
+                a,
+                c
+            ]
+        );
     }
 
     #[test]
     fn send_errors_are_matched_by_id() {
         let mut t = Tracker::with_id_prefix("me");
-        let ClientFrame::Send { id: busy, .. } = t.send(1, "x") else { panic!() };
-        let ClientFrame::Send { id: bad, .. } = t.send(1, "y") else { panic!() };
-        let step = t.on_frame(ServerFrame::error(&ApiError::new(ErrorCode::Overloaded, "busy"), Some(busy.clone())));
-        assert!(matches!(&step.events[..], [LiveEvent::SendFailed { id, conv: 1, .. }] if *id == busy));
-        let step = t.on_frame(ServerFrame::error(&ApiError::new(ErrorCode::UnknownConversation, "no"), Some(bad.clone())));
+        let ClientFrame::Send { id: busy, .. } = t.send(1, "x") else {
+            panic!()
+        };
+        let ClientFrame::Send { id: bad, .. } = t.send(1, "y") else {
+            panic!()
+        };
+        let step = t.on_frame(ServerFrame::error(
+            &ApiError::new(ErrorCode::Overloaded, "busy"),
+            Some(busy.clone()),
+        ));
+        assert!(
+            matches!(&step.events[..], [LiveEvent::SendFailed { id, conv: 1, .. }] if *id == busy)
+        );
+        let step = t.on_frame(ServerFrame::error(
+            &ApiError::new(ErrorCode::UnknownConversation, "no"),
+            Some(bad.clone()),
+        ));
         assert!(matches!(&step.events[..], [LiveEvent::SendFailed { id, .. }] if *id == bad));
         // The retryable one stays pending; the other is gone.
         assert_eq!(t.pending_ids(), std::slice::from_ref(&busy));
-        assert_eq!(t.resend(&busy), Some(ClientFrame::Send { id: busy, conv: 1, body: "x".into() }));
-        let step = t.on_frame(ServerFrame::error(&ApiError::new(ErrorCode::BadFrame, "?"), None));
+        assert_eq!(
+            t.resend(&busy),
+            Some(ClientFrame::Send {
+                id: busy,
+                conv: 1,
+                body: "x".into()
+            })
+        );
+        let step = t.on_frame(ServerFrame::error(
+            &ApiError::new(ErrorCode::BadFrame, "?"),
+            None,
+        ));
         assert!(matches!(&step.events[..], [LiveEvent::Error(e)] if e.code == ErrorCode::BadFrame));
     }
 
@@ -407,6 +559,9 @@ mod tests {
             t.on_frame(push(1, seq));
         }
         // Only the buffered ones come out; the rest waits for the sync.
-        assert_eq!(delivered(&t.on_frame(push(1, 1))).len(), EARLY_MESSAGES_MAX + 1);
+        assert_eq!(
+            delivered(&t.on_frame(push(1, 1))).len(),
+            EARLY_MESSAGES_MAX + 1
+        );
     }
 }

@@ -21,14 +21,20 @@ impl BaseUrl {
         let invalid = |why: &str| ClientError::InvalidUrl(format!("{why}: `{url}`"));
         let trimmed = url.trim();
         let rest = match trimmed.split_once("://") {
-            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("ws") => rest,
+            Some((scheme, rest))
+                if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("ws") =>
+            {
+                rest
+            }
             Some(_) => return Err(invalid("only http:// is supported")),
             None => trimmed,
         };
         let authority = match rest.find(['/', '?', '#']) {
             Some(i) => {
                 if rest[i..] != *"/" {
-                    return Err(invalid("the base URL must not have a path, query or fragment"));
+                    return Err(invalid(
+                        "the base URL must not have a path, query or fragment",
+                    ));
                 }
                 &rest[..i]
             }
@@ -38,18 +44,25 @@ impl BaseUrl {
             return Err(invalid("user info is not supported"));
         }
         let (host, port) = if let Some(after_bracket) = authority.strip_prefix('[') {
-            let (host, tail) = after_bracket.split_once(']').ok_or_else(|| invalid("unclosed `[`"))?;
+            let (host, tail) = after_bracket
+                .split_once(']')
+                .ok_or_else(|| invalid("unclosed `[`"))?;
             if host.parse::<std::net::Ipv6Addr>().is_err() {
                 return Err(invalid("not an IPv6 address between `[` and `]`"));
             }
             let port = match tail {
                 "" => None,
-                _ => Some(tail.strip_prefix(':').ok_or_else(|| invalid("expected `:port` after `]`"))?),
+                _ => Some(
+                    tail.strip_prefix(':')
+                        .ok_or_else(|| invalid("expected `:port` after `]`"))?,
+                ),
             };
             (host, port)
         } else {
             match authority.rsplit_once(':') {
-                Some((host, _)) if host.contains(':') => return Err(invalid("IPv6 addresses need brackets")),
+                Some((host, _)) if host.contains(':') => {
+                    return Err(invalid("IPv6 addresses need brackets"));
+                }
                 Some((host, port)) => (host, Some(port)),
                 None => (authority, None),
             }
@@ -57,14 +70,24 @@ impl BaseUrl {
         if host.is_empty() {
             return Err(invalid("missing host"));
         }
-        if !host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':')) {
+        if !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'))
+        {
             return Err(invalid("bad character in host"));
         }
         let port = match port {
             None => 80,
-            Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| invalid("bad port"))?,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| invalid("bad port"))?,
         };
-        Ok(BaseUrl { host: host.to_ascii_lowercase(), port })
+        Ok(BaseUrl {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
     }
 
     /// The value of the `Host` header: `host:port`, with brackets around IPv6 addresses.
@@ -117,7 +140,10 @@ mod tests {
         assert_eq!(parsed("HTTP://10.0.0.1"), ("10.0.0.1".into(), 80));
         assert_eq!(parsed("127.0.0.1:9000"), ("127.0.0.1".into(), 9000));
         assert_eq!(parsed("  http://localhost:1 "), ("localhost".into(), 1));
-        assert_eq!(parsed("http://Chat.Example:8080"), ("chat.example".into(), 8080));
+        assert_eq!(
+            parsed("http://Chat.Example:8080"),
+            ("chat.example".into(), 8080)
+        );
         assert_eq!(parsed("http://[::1]:8080"), ("::1".into(), 8080));
         assert_eq!(parsed("[::1]"), ("::1".into(), 80));
         assert_eq!(parsed("ws://10.1.2.3:7"), ("10.1.2.3".into(), 7));
@@ -143,17 +169,34 @@ mod tests {
             "http://[::1]x",
             "http://ho st",
         ] {
-            assert!(matches!(BaseUrl::parse(url), Err(ClientError::InvalidUrl(_))), "{url}");
+            assert!(
+                matches!(BaseUrl::parse(url), Err(ClientError::InvalidUrl(_))),
+                "{url}"
+            );
         }
     }
 
     #[test]
     fn authority_brackets_ipv6() {
-        assert_eq!(BaseUrl::parse("http://[::1]:8080").unwrap().authority(), "[::1]:8080");
-        assert_eq!(BaseUrl::parse("http://10.0.0.1").unwrap().authority(), "10.0.0.1:80");
-        assert_eq!(BaseUrl::parse("http://10.0.0.1:8080").unwrap().to_string(), "http://10.0.0.1:8080");
+        assert_eq!(
+            BaseUrl::parse("http://[::1]:8080").unwrap().authority(),
+            "[::1]:8080"
+        );
+        assert_eq!(
+            BaseUrl::parse("http://10.0.0.1").unwrap().authority(),
+            "10.0.0.1:80"
+        );
+        assert_eq!(
+            BaseUrl::parse("http://10.0.0.1:8080").unwrap().to_string(),
+            "http://10.0.0.1:8080"
+        );
         assert!(BaseUrl::parse("http://[::1]:8080").unwrap().ip().is_some());
-        assert!(BaseUrl::parse("http://localhost:8080").unwrap().ip().is_none());
+        assert!(
+            BaseUrl::parse("http://localhost:8080")
+                .unwrap()
+                .ip()
+                .is_none()
+        );
     }
 
     #[test]

@@ -85,26 +85,51 @@ impl WsConnection {
     ) -> Result<WsConnection, ClientError> {
         let local_addr = stream.local_addr().ok();
         let uri = format!("ws://{}{}", base.authority(), path_and_query);
-        let mut request = uri.into_client_request().map_err(|e| ClientError::Http(format!("bad WebSocket request: {e}")))?;
+        let mut request = uri
+            .into_client_request()
+            .map_err(|e| ClientError::Http(format!("bad WebSocket request: {e}")))?;
         for (name, value) in headers {
-            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| ClientError::Http(format!("bad header name `{name}`: {e}")))?;
-            let value = HeaderValue::from_str(value).map_err(|e| ClientError::Http(format!("bad header value: {e}")))?;
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|e| ClientError::Http(format!("bad header name `{name}`: {e}")))?;
+            let value = HeaderValue::from_str(value)
+                .map_err(|e| ClientError::Http(format!("bad header value: {e}")))?;
             request.headers_mut().insert(name, value);
         }
-        let handshake = tokio_tungstenite::client_async_with_config(request, QuietFlush::new(stream), Some(ws_config()));
+        let handshake = tokio_tungstenite::client_async_with_config(
+            request,
+            QuietFlush::new(stream),
+            Some(ws_config()),
+        );
         let (stream, _response) = match tokio::time::timeout(timeout, handshake).await {
-            Err(_) => return Err(ClientError::Timeout { op: "websocket handshake", after: timeout }),
+            Err(_) => {
+                return Err(ClientError::Timeout {
+                    op: "websocket handshake",
+                    after: timeout,
+                });
+            }
             Ok(Err(WsError::Http(response))) => {
                 let status = response.status().as_u16();
-                return Err(error_from_answer(status, response.body().as_deref().unwrap_or_default()));
+                return Err(error_from_answer(
+                    status,
+                    response.body().as_deref().unwrap_or_default(),
+                ));
             }
             Ok(Err(e)) => return Err(ws_error(e)),
             Ok(Ok(done)) => done,
         };
         let (sink, stream) = stream.split();
         Ok(WsConnection {
-            sender: WsSender { sink, timeout, closed: false },
-            receiver: WsReceiver { stream, timeout, deadline: Deadline::new(tokio::time::Instant::now, tokio::time::sleep_until), closed: None },
+            sender: WsSender {
+                sink,
+                timeout,
+                closed: false,
+            },
+            receiver: WsReceiver {
+                stream,
+                timeout,
+                deadline: Deadline::new(tokio::time::Instant::now, tokio::time::sleep_until),
+                closed: None,
+            },
             local_addr,
         })
     }
@@ -157,7 +182,12 @@ impl WsConnection {
                 }
             }
         };
-        tokio::time::timeout(deadline, drain).await.map_err(|_| ClientError::Timeout { op: "websocket close", after: deadline })
+        tokio::time::timeout(deadline, drain)
+            .await
+            .map_err(|_| ClientError::Timeout {
+                op: "websocket close",
+                after: deadline,
+            })
     }
 
     /// Splits into halves that can be used from different tasks.
@@ -192,7 +222,10 @@ impl WsSender {
         if self.closed {
             return Ok(());
         }
-        let frame = CloseFrame { code: CloseCode::Normal, reason: "bye".into() };
+        let frame = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        };
         let result = self.send_message(Message::Close(Some(frame))).await;
         self.closed = true;
         result
@@ -200,11 +233,17 @@ impl WsSender {
 
     async fn send_message(&mut self, message: Message) -> Result<(), ClientError> {
         if self.closed {
-            return Err(ClientError::Closed { code: None, reason: "closed by the client".into() });
+            return Err(ClientError::Closed {
+                code: None,
+                reason: "closed by the client".into(),
+            });
         }
         // `send` writes and flushes: under the simulator bytes leave only on flush.
         match tokio::time::timeout(self.timeout, self.sink.send(message)).await {
-            Err(_) => Err(ClientError::Timeout { op: "websocket send", after: self.timeout }),
+            Err(_) => Err(ClientError::Timeout {
+                op: "websocket send",
+                after: self.timeout,
+            }),
             Ok(result) => result.map_err(ws_error),
         }
     }
@@ -219,10 +258,20 @@ impl WsReceiver {
     /// The next event, waiting at most `timeout`. Cancel-safe.
     pub async fn recv_timeout(&mut self, timeout: Duration) -> Result<WsEvent, ClientError> {
         if let Some((code, reason)) = &self.closed {
-            return Err(ClientError::Closed { code: *code, reason: reason.clone() });
+            return Err(ClientError::Closed {
+                code: *code,
+                reason: reason.clone(),
+            });
         }
-        match self.deadline.within(timeout, Self::next_event(&mut self.stream)).await {
-            Err(_) => Err(ClientError::Timeout { op: "websocket recv", after: timeout }),
+        match self
+            .deadline
+            .within(timeout, Self::next_event(&mut self.stream))
+            .await
+        {
+            Err(_) => Err(ClientError::Timeout {
+                op: "websocket recv",
+                after: timeout,
+            }),
             Ok(Ok(WsEvent::Closed { code, reason })) => {
                 self.closed = Some((code, reason.clone()));
                 Ok(WsEvent::Closed { code, reason })
@@ -245,14 +294,23 @@ impl WsReceiver {
                 Some(Ok(message)) => message,
             };
             return match message {
-                Message::Text(text) => {
-                    serde_json::from_str::<ServerFrame>(text.as_str()).map(WsEvent::Frame).map_err(|e| ClientError::Decode(format!("{e}: {}", truncate(text.as_str()))))
-                }
-                Message::Binary(bytes) => Err(ClientError::Decode(format!("unexpected binary message of {} bytes", bytes.len()))),
+                Message::Text(text) => serde_json::from_str::<ServerFrame>(text.as_str())
+                    .map(WsEvent::Frame)
+                    .map_err(|e| ClientError::Decode(format!("{e}: {}", truncate(text.as_str())))),
+                Message::Binary(bytes) => Err(ClientError::Decode(format!(
+                    "unexpected binary message of {} bytes",
+                    bytes.len()
+                ))),
                 Message::Pong(payload) => Ok(WsEvent::Pong(payload.to_vec())),
                 Message::Close(frame) => Ok(match frame {
-                    Some(frame) => WsEvent::Closed { code: Some(u16::from(frame.code)), reason: frame.reason.to_string() },
-                    None => WsEvent::Closed { code: None, reason: String::new() },
+                    Some(frame) => WsEvent::Closed {
+                        code: Some(u16::from(frame.code)),
+                        reason: frame.reason.to_string(),
+                    },
+                    None => WsEvent::Closed {
+                        code: None,
+                        reason: String::new(),
+                    },
                 }),
                 // tungstenite answers pings by itself; raw frames are never returned by reads.
                 Message::Ping(_) | Message::Frame(_) => continue,
@@ -264,7 +322,10 @@ impl WsReceiver {
 fn ws_error(e: WsError) -> ClientError {
     match e {
         WsError::Io(e) => ClientError::Io(e),
-        WsError::ConnectionClosed | WsError::AlreadyClosed => ClientError::Closed { code: None, reason: e.to_string() },
+        WsError::ConnectionClosed | WsError::AlreadyClosed => ClientError::Closed {
+            code: None,
+            reason: e.to_string(),
+        },
         e => ClientError::WebSocket(e.to_string()),
     }
 }

@@ -46,11 +46,16 @@ impl CloseReason {
     fn frame(self) -> CloseFrame {
         let (code, reason) = match self {
             CloseReason::TooBig => (CloseCode::Size, "frame too large"),
-            CloseReason::TryAgainLater => (CloseCode::Again, "try again later; sync after reconnecting"),
+            CloseReason::TryAgainLater => {
+                (CloseCode::Again, "try again later; sync after reconnecting")
+            }
             CloseReason::Policy => (CloseCode::Policy, "too many connections for this user"),
             CloseReason::Idle => (CloseCode::Away, "idle timeout"),
         };
-        CloseFrame { code, reason: reason.into() }
+        CloseFrame {
+            code,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -62,7 +67,8 @@ where
     // across an await: a guard held across one stays entered on the worker thread while
     // other tasks run there, and every span they open becomes its child. Thousands of
     // connections then chain into one tree whose recursive close overflows the stack.
-    let span = tracing::info_span!(parent: None, "conn", conn_id = tracing::field::Empty, user = %user);
+    let span =
+        tracing::info_span!(parent: None, "conn", conn_id = tracing::field::Empty, user = %user);
     serve(server, user, ws).instrument(span).await
 }
 
@@ -87,13 +93,30 @@ where
         last_sent: HashMap::new(),
         syncing: HashMap::new(),
     };
-    let writer = tokio::spawn(writer.run(outbound_rx, overflow, close_rx, done_tx, config.heartbeat_interval).in_current_span());
+    let writer = tokio::spawn(
+        writer
+            .run(
+                outbound_rx,
+                overflow,
+                close_rx,
+                done_tx,
+                config.heartbeat_interval,
+            )
+            .in_current_span(),
+    );
 
     // Fault point: a slow registration, so pushes race a reconnecting client's sync.
     if chat_proto::sim::buggify(0.05) {
-        tokio::time::sleep(std::time::Duration::from_millis(rand::random::<u64>() % 3000)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(
+            rand::random::<u64>() % 3000,
+        ))
+        .await;
     }
-    let registered = tokio::time::timeout(config.request_timeout, server.registry.register(&user, addr)).await;
+    let registered = tokio::time::timeout(
+        config.request_timeout,
+        server.registry.register(&user, addr),
+    )
+    .await;
     let refused = match registered {
         Ok(Ok(())) => None,
         Ok(Err(chat_registry::RegistryError::TooManyConnections)) => Some(CloseReason::Policy),
@@ -112,7 +135,13 @@ where
     let reason = match refused {
         Some(reason) => Some(reason),
         None => {
-            let reader = Reader { server: server.clone(), user: user.clone(), addr, outbound, sends: Arc::new(Semaphore::new(config.sends_in_flight_max)) };
+            let reader = Reader {
+                server: server.clone(),
+                user: user.clone(),
+                addr,
+                outbound,
+                sends: Arc::new(Semaphore::new(config.sends_in_flight_max)),
+            };
             reader.run(&mut stream, done_rx).await
         }
     };
@@ -123,7 +152,10 @@ where
     }
     server.hub.remove(addr.conn);
     let unregister = server.registry.unregister(&user, addr);
-    if !matches!(tokio::time::timeout(config.request_timeout, unregister).await, Ok(Ok(()))) {
+    if !matches!(
+        tokio::time::timeout(config.request_timeout, unregister).await,
+        Ok(Ok(()))
+    ) {
         // The entry is stale now; deliveries to it are dropped, and it expires or is
         // overwritten by the next refresh of whichever server holds the id.
         tracing::warn!("could not unregister the connection");
@@ -139,8 +171,10 @@ where
 /// nothing more, while the rest of that frame is still in the socket. So once the writer
 /// has sent the close frame, the raw socket is shut down for writing (the client sees the
 /// end after our close frame) and read to its end, bounded by [`CLOSE_LINGER`].
-async fn linger<S>(mut stream: SplitStream<WebSocketStream<S>>, writer: tokio::task::JoinHandle<SplitSink<WebSocketStream<S>, WsMessage>>)
-where
+async fn linger<S>(
+    mut stream: SplitStream<WebSocketStream<S>>,
+    writer: tokio::task::JoinHandle<SplitSink<WebSocketStream<S>, WsMessage>>,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -153,9 +187,14 @@ where
         // The writer is stuck on a client that does not read: nothing more to save.
         _ => return,
     };
-    let Ok(mut ws) = stream.reunite(sink) else { return };
+    let Ok(mut ws) = stream.reunite(sink) else {
+        return;
+    };
     let socket = ws.get_mut();
-    if tokio::time::timeout(left(), socket.shutdown()).await.is_err() {
+    if tokio::time::timeout(left(), socket.shutdown())
+        .await
+        .is_err()
+    {
         return;
     }
     let mut scratch = [0u8; 4096];
@@ -177,7 +216,11 @@ struct Reader {
 impl Reader {
     /// Reads frames until the client leaves or the connection must close; returns why the
     /// server closes it, if it does.
-    async fn run<S>(&self, stream: &mut SplitStream<WebSocketStream<S>>, mut writer_done: watch::Receiver<bool>) -> Option<CloseReason>
+    async fn run<S>(
+        &self,
+        stream: &mut SplitStream<WebSocketStream<S>>,
+        mut writer_done: watch::Receiver<bool>,
+    ) -> Option<CloseReason>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -198,7 +241,9 @@ impl Reader {
             let message = match next {
                 Err(_) => return Some(CloseReason::Idle),
                 Ok(None) => return None,
-                Ok(Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. })))) => return Some(CloseReason::TooBig),
+                Ok(Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. })))) => {
+                    return Some(CloseReason::TooBig);
+                }
                 Ok(Some(Err(err))) => {
                     tracing::debug!(error = %err, "read failed");
                     return None;
@@ -215,7 +260,10 @@ impl Reader {
                     }
                 }
                 WsMessage::Binary(_) => {
-                    let err = ApiError::new(ErrorCode::BadFrame, "binary frames are not part of the protocol; send JSON text");
+                    let err = ApiError::new(
+                        ErrorCode::BadFrame,
+                        "binary frames are not part of the protocol; send JSON text",
+                    );
                     if !self.reply(ServerFrame::error(&err, None)).await {
                         return None;
                     }
@@ -240,7 +288,10 @@ impl Reader {
                 let read = self.server.app.read(&self.user, conv, seq);
                 match self.with_timeout(read).await {
                     Ok(()) => true,
-                    Err(err) => self.reply(ServerFrame::error_for(&err, FrameOp::Read, conv)).await,
+                    Err(err) => {
+                        self.reply(ServerFrame::error_for(&err, FrameOp::Read, conv))
+                            .await
+                    }
                 }
             }
             ClientFrame::Sync { conv, after } => self.sync(conv, after).await,
@@ -249,18 +300,34 @@ impl Reader {
 
     async fn send(&self, id: String, conv: ConvId, body: String) -> bool {
         // Waiting here stops reading the socket: backpressure on a client that outruns the store.
-        let Ok(permit) = self.sends.clone().acquire_owned().await else { return false };
-        let request = SendRequest { sender: self.user.clone(), origin: self.addr, conv, client_msg_id: id.clone(), body };
+        let Ok(permit) = self.sends.clone().acquire_owned().await else {
+            return false;
+        };
+        let request = SendRequest {
+            sender: self.user.clone(),
+            origin: self.addr,
+            conv,
+            client_msg_id: id.clone(),
+            body,
+        };
         // Submitted now, in read order; only the ack is awaited off the read loop.
         let ack = self.server.app.send(request);
         let timeout = self.server.config.request_timeout;
         let outbound = self.outbound.clone();
         tokio::spawn(async move {
             let frame = match tokio::time::timeout(timeout, ack).await {
-                Ok(Ok(ack)) => ServerFrame::Sent { id, conv: ack.conv, seq: ack.seq, ts: ack.ts },
+                Ok(Ok(ack)) => ServerFrame::Sent {
+                    id,
+                    conv: ack.conv,
+                    seq: ack.seq,
+                    ts: ack.ts,
+                },
                 Ok(Err(err)) => ServerFrame::error(&err, Some(id)),
                 // Maybe durable, maybe not: a resend with the same id answers the same seq.
-                Err(_) => ServerFrame::error(&ApiError::unavailable("no answer in time; resend with the same id"), Some(id)),
+                Err(_) => ServerFrame::error(
+                    &ApiError::unavailable("no answer in time; resend with the same id"),
+                    Some(id),
+                ),
             };
             let _ = outbound.send(Outbound::Frame(Box::new(frame))).await;
             drop(permit);
@@ -276,12 +343,19 @@ impl Reader {
         }
         let mut after = after;
         loop {
-            let page = self.server.app.sync(&self.user, conv, after, self.server.config.sync_page_messages_max);
+            let page = self.server.app.sync(
+                &self.user,
+                conv,
+                after,
+                self.server.config.sync_page_messages_max,
+            );
             let page = match self.with_timeout(page).await {
                 Ok(page) => page,
                 Err(err) => {
                     return self.outbound.send(Outbound::SyncAbort(conv)).await.is_ok()
-                        && self.reply(ServerFrame::error_for(&err, FrameOp::Sync, conv)).await;
+                        && self
+                            .reply(ServerFrame::error_for(&err, FrameOp::Sync, conv))
+                            .await;
                 }
             };
             let last_seq = page.last_seq;
@@ -289,7 +363,13 @@ impl Reader {
             if let Some(last) = page.messages.last() {
                 after = last.seq;
             }
-            if !page.messages.is_empty() && self.outbound.send(Outbound::SyncPage(page.messages)).await.is_err() {
+            if !page.messages.is_empty()
+                && self
+                    .outbound
+                    .send(Outbound::SyncPage(page.messages))
+                    .await
+                    .is_err()
+            {
                 return false;
             }
             // Fault point: the connection drops in the middle of a sync.
@@ -297,19 +377,29 @@ impl Reader {
                 return false;
             }
             if caught_up {
-                return self.outbound.send(Outbound::SyncEnd { conv, last_seq }).await.is_ok();
+                return self
+                    .outbound
+                    .send(Outbound::SyncEnd { conv, last_seq })
+                    .await
+                    .is_ok();
             }
         }
     }
 
-    async fn with_timeout<T>(&self, call: impl Future<Output = Result<T, ApiError>>) -> Result<T, ApiError> {
+    async fn with_timeout<T>(
+        &self,
+        call: impl Future<Output = Result<T, ApiError>>,
+    ) -> Result<T, ApiError> {
         tokio::time::timeout(self.server.config.request_timeout, call)
             .await
             .unwrap_or_else(|_| Err(ApiError::unavailable("no answer in time; retry")))
     }
 
     async fn reply(&self, frame: ServerFrame) -> bool {
-        self.outbound.send(Outbound::Frame(Box::new(frame))).await.is_ok()
+        self.outbound
+            .send(Outbound::Frame(Box::new(frame)))
+            .await
+            .is_ok()
     }
 }
 
@@ -370,7 +460,9 @@ where
             }
         };
         if let Some(reason) = reason {
-            let _ = self.bounded(|sink| sink.send(WsMessage::Close(Some(reason.frame())))).await;
+            let _ = self
+                .bounded(|sink| sink.send(WsMessage::Close(Some(reason.frame()))))
+                .await;
         }
         let _ = self.bounded(|sink| sink.close()).await;
         let _ = done.send(true);
@@ -379,13 +471,19 @@ where
 
     /// One socket operation, bounded by the write timeout: a client that stops reading
     /// fills the socket's buffers, and then every write would wait for it forever.
-    async fn bounded<'a, F>(&'a mut self, op: impl FnOnce(&'a mut SplitSink<WebSocketStream<S>, WsMessage>) -> F) -> Result<(), WsError>
+    async fn bounded<'a, F>(
+        &'a mut self,
+        op: impl FnOnce(&'a mut SplitSink<WebSocketStream<S>, WsMessage>) -> F,
+    ) -> Result<(), WsError>
     where
         F: Future<Output = Result<(), WsError>> + 'a,
     {
         match tokio::time::timeout(self.write_timeout, op(&mut self.sink)).await {
             Ok(done) => done,
-            Err(_) => Err(WsError::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "the client stopped reading"))),
+            Err(_) => Err(WsError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client stopped reading",
+            ))),
         }
     }
 

@@ -22,7 +22,10 @@ pub enum Outbound {
     /// Messages of a `sync`, in order: `Start`, `Page`s, then `End` or `Abort`.
     SyncStart(chat_proto::ConvId),
     SyncPage(Vec<Message>),
-    SyncEnd { conv: chat_proto::ConvId, last_seq: chat_proto::Seq },
+    SyncEnd {
+        conv: chat_proto::ConvId,
+        last_seq: chat_proto::Seq,
+    },
     SyncAbort(chat_proto::ConvId),
 }
 
@@ -38,7 +41,11 @@ pub struct Push {
 
 impl Push {
     pub fn new(message: &Message) -> Push {
-        Push { conv: message.conv, seq: message.seq, text: ServerFrame::message(message).to_json().into() }
+        Push {
+            conv: message.conv,
+            seq: message.seq,
+            text: ServerFrame::message(message).to_json().into(),
+        }
     }
 }
 
@@ -62,7 +69,12 @@ pub struct ConnHub {
 impl ConnHub {
     pub fn new(server: ServerId) -> Arc<ConnHub> {
         let epoch = u64::from(rand::random::<u32>()) << 32;
-        Arc::new(ConnHub { server, epoch, next: AtomicU64::new(1), conns: Mutex::new(HashMap::new()) })
+        Arc::new(ConnHub {
+            server,
+            epoch,
+            next: AtomicU64::new(1),
+            conns: Mutex::new(HashMap::new()),
+        })
     }
 
     pub fn server_id(&self) -> ServerId {
@@ -81,14 +93,37 @@ impl ConnHub {
     pub fn entries(&self) -> Vec<(String, ConnAddr)> {
         self.lock()
             .iter()
-            .map(|(conn, handle)| (handle.user.clone(), ConnAddr { server: self.server, conn: *conn }))
+            .map(|(conn, handle)| {
+                (
+                    handle.user.clone(),
+                    ConnAddr {
+                        server: self.server,
+                        conn: *conn,
+                    },
+                )
+            })
             .collect()
     }
 
-    pub(crate) fn add(&self, user: &str, outbound: mpsc::Sender<Outbound>, overflow: Arc<Notify>) -> ConnAddr {
+    pub(crate) fn add(
+        &self,
+        user: &str,
+        outbound: mpsc::Sender<Outbound>,
+        overflow: Arc<Notify>,
+    ) -> ConnAddr {
         let conn = self.epoch | (self.next.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff);
-        self.lock().insert(conn, ConnHandle { user: user.to_owned(), outbound, overflow });
-        ConnAddr { server: self.server, conn }
+        self.lock().insert(
+            conn,
+            ConnHandle {
+                user: user.to_owned(),
+                outbound,
+                overflow,
+            },
+        );
+        ConnAddr {
+            server: self.server,
+            conn,
+        }
     }
 
     pub(crate) fn remove(&self, conn: ConnId) {
@@ -113,12 +148,18 @@ impl Delivery for ConnHub {
             if target.addr.server != self.server {
                 continue;
             }
-            let Some(handle) = conns.get(&target.addr.conn) else { continue };
+            let Some(handle) = conns.get(&target.addr.conn) else {
+                continue;
+            };
             if handle.user != target.user {
                 // A stale registry entry: that id is someone else's connection now.
                 continue;
             }
-            if handle.outbound.try_send(Outbound::Push(push.clone())).is_err() {
+            if handle
+                .outbound
+                .try_send(Outbound::Push(push.clone()))
+                .is_err()
+            {
                 // Full (or closing): the client cannot keep up. Closing it is the only way to
                 // keep per-connection order without unbounded memory; it syncs on reconnect.
                 handle.overflow.notify_one();
@@ -132,6 +173,10 @@ mod tests {
     /// The queue of every connection, idle or not, holds a block of 32 of these.
     #[test]
     fn an_outbound_item_stays_small() {
-        assert!(std::mem::size_of::<super::Outbound>() <= 32, "{}", std::mem::size_of::<super::Outbound>());
+        assert!(
+            std::mem::size_of::<super::Outbound>() <= 32,
+            "{}",
+            std::mem::size_of::<super::Outbound>()
+        );
     }
 }

@@ -16,8 +16,8 @@
 pub mod connection;
 pub mod hub;
 
-use chat_proto::link::AppApi;
 use chat_proto::limits::FRAME_BYTES_MAX;
+use chat_proto::link::AppApi;
 use chat_registry::Registry;
 use hub::ConnHub;
 use std::sync::Arc;
@@ -78,8 +78,18 @@ pub struct ConnServer {
 }
 
 impl ConnServer {
-    pub fn new(hub: Arc<ConnHub>, app: Arc<dyn AppApi>, registry: Arc<dyn Registry>, config: ConnConfig) -> Arc<ConnServer> {
-        Arc::new(ConnServer { hub, app, registry, config })
+    pub fn new(
+        hub: Arc<ConnHub>,
+        app: Arc<dyn AppApi>,
+        registry: Arc<dyn Registry>,
+        config: ConnConfig,
+    ) -> Arc<ConnServer> {
+        Arc::new(ConnServer {
+            hub,
+            app,
+            registry,
+            config,
+        })
     }
 
     pub fn hub(&self) -> &Arc<ConnHub> {

@@ -30,10 +30,14 @@ impl From<ApiError> for HttpError {
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = StatusCode::from_u16(self.0.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut response = (status, axum::Json(ErrorBody { error: self.0 })).into_response();
         if let Some(seconds) = self.1 {
-            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(seconds));
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(seconds),
+            );
         }
         response
     }
@@ -51,13 +55,21 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = HttpError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = axum::body::Bytes::from_request(request, state).await.map_err(|rejection: BytesRejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                error(ErrorCode::PayloadTooLarge, format!("body over {} bytes", chat_proto::limits::REST_BODY_BYTES_MAX))
-            } else {
-                error(ErrorCode::BadRequest, rejection.body_text())
-            }
-        })?;
+        let bytes = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection: BytesRejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    error(
+                        ErrorCode::PayloadTooLarge,
+                        format!(
+                            "body over {} bytes",
+                            chat_proto::limits::REST_BODY_BYTES_MAX
+                        ),
+                    )
+                } else {
+                    error(ErrorCode::BadRequest, rejection.body_text())
+                }
+            })?;
         if bytes.is_empty() {
             return Err(error(ErrorCode::BadRequest, "missing JSON body"));
         }
@@ -77,7 +89,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T>
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| QueryParams(q.0))
-            .map_err(|rejection: QueryRejection| error(ErrorCode::BadRequest, rejection.body_text()))
+            .map_err(|rejection: QueryRejection| {
+                error(ErrorCode::BadRequest, rejection.body_text())
+            })
     }
 }
 

@@ -35,7 +35,11 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { connections_max: 10_000, header_read_timeout: Duration::from_secs(10), write_timeout: Duration::from_secs(10) }
+        HttpConfig {
+            connections_max: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -58,12 +62,19 @@ impl Listener for TcpListener {
 }
 
 /// Serves `router` on `listener` until `shutdown` completes.
-pub async fn serve(mut listener: impl Listener, router: axum::Router, config: HttpConfig, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    mut listener: impl Listener,
+    router: axum::Router,
+    config: HttpConfig,
+    shutdown: impl Future<Output = ()>,
+) {
     let permits = Arc::new(Semaphore::new(config.connections_max));
     let accept_loop = async {
         let mut backoff = Duration::from_millis(10);
         loop {
-            let Ok(permit) = permits.clone().acquire_owned().await else { return };
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
             let (stream, peer) = match listener.accept().await {
                 Ok(accepted) => {
                     backoff = Duration::from_millis(10);
@@ -80,12 +91,14 @@ pub async fn serve(mut listener: impl Listener, router: axum::Router, config: Ht
             let router = router.clone();
             let header_read_timeout = config.header_read_timeout;
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                    let mut request = request.map(axum::body::Body::new);
-                    // For per-IP rate limits and logs.
-                    request.extensions_mut().insert(PeerAddr(peer));
-                    router.clone().oneshot(request)
-                });
+                let service = hyper::service::service_fn(
+                    move |request: hyper::Request<hyper::body::Incoming>| {
+                        let mut request = request.map(axum::body::Body::new);
+                        // For per-IP rate limits and logs.
+                        request.extensions_mut().insert(PeerAddr(peer));
+                        router.clone().oneshot(request)
+                    },
+                );
                 let served = hyper::server::conn::http1::Builder::new()
                     .timer(AliasTimer)
                     .header_read_timeout(header_read_timeout)
@@ -126,6 +139,8 @@ impl Timer for AliasTimer {
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Sleep>> {
-        Box::pin(AliasSleep(Box::pin(tokio::time::sleep_until(deadline.into()))))
+        Box::pin(AliasSleep(Box::pin(tokio::time::sleep_until(
+            deadline.into(),
+        ))))
     }
 }

@@ -49,8 +49,18 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(app: Arc<dyn AppApi>, tokens: Tokens, ws: WsBackend, limits: Arc<RateLimits>) -> Gateway {
-        Gateway { app, tokens, ws, limits }
+    pub fn new(
+        app: Arc<dyn AppApi>,
+        tokens: Tokens,
+        ws: WsBackend,
+        limits: Arc<RateLimits>,
+    ) -> Gateway {
+        Gateway {
+            app,
+            tokens,
+            ws,
+            limits,
+        }
     }
 
     /// Every route of the v1 protocol.

@@ -26,9 +26,25 @@ struct Server {
 impl Placement {
     /// `write_timeout` bounds every write of a spliced connection, either way: a client (or
     /// server) that stops reading for that long loses its connection.
-    pub fn new(addrs: Vec<SocketAddr>, check_interval: Duration, connect_timeout: Duration, write_timeout: Duration) -> Placement {
-        let servers = addrs.into_iter().map(|addr| Server { addr, healthy: AtomicBool::new(true) }).collect();
-        Placement { servers, check_interval, connect_timeout, write_timeout }
+    pub fn new(
+        addrs: Vec<SocketAddr>,
+        check_interval: Duration,
+        connect_timeout: Duration,
+        write_timeout: Duration,
+    ) -> Placement {
+        let servers = addrs
+            .into_iter()
+            .map(|addr| Server {
+                addr,
+                healthy: AtomicBool::new(true),
+            })
+            .collect();
+        Placement {
+            servers,
+            check_interval,
+            connect_timeout,
+            write_timeout,
+        }
     }
 
     pub fn connect_timeout(&self) -> Duration {
@@ -44,7 +60,13 @@ impl Placement {
         let mut ranked: Vec<(bool, u64, SocketAddr)> = self
             .servers
             .iter()
-            .map(|s| (s.healthy.load(Ordering::Relaxed), fnv1a(fnv1a(0, user.as_bytes()), s.addr.to_string().as_bytes()), s.addr))
+            .map(|s| {
+                (
+                    s.healthy.load(Ordering::Relaxed),
+                    fnv1a(fnv1a(0, user.as_bytes()), s.addr.to_string().as_bytes()),
+                    s.addr,
+                )
+            })
             .collect();
         ranked.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)));
         ranked.into_iter().map(|(_, _, addr)| addr).collect()
@@ -59,14 +81,24 @@ impl Placement {
     }
 
     pub fn healthy_count(&self) -> usize {
-        self.servers.iter().filter(|s| s.healthy.load(Ordering::Relaxed)).count()
+        self.servers
+            .iter()
+            .filter(|s| s.healthy.load(Ordering::Relaxed))
+            .count()
     }
 
     /// Checks every server every `check_interval`, forever.
     pub async fn run_health_checks(self: std::sync::Arc<Self>) {
         loop {
             for server in &self.servers {
-                let up = matches!(tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(server.addr)).await, Ok(Ok(_)));
+                let up = matches!(
+                    tokio::time::timeout(
+                        self.connect_timeout,
+                        tokio::net::TcpStream::connect(server.addr)
+                    )
+                    .await,
+                    Ok(Ok(_))
+                );
                 self.mark(server.addr, up);
             }
             tokio::time::sleep(self.check_interval).await;
@@ -80,17 +112,34 @@ mod tests {
 
     #[test]
     fn sticky_with_fallback() {
-        let addrs: Vec<SocketAddr> = (1..=3).map(|i| format!("127.0.0.1:900{i}").parse().unwrap()).collect();
-        let placement = Placement::new(addrs.clone(), Duration::from_secs(1), Duration::from_secs(1), Duration::from_secs(10));
+        let addrs: Vec<SocketAddr> = (1..=3)
+            .map(|i| format!("127.0.0.1:900{i}").parse().unwrap())
+            .collect();
+        let placement = Placement::new(
+            addrs.clone(),
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            Duration::from_secs(10),
+        );
         let first = placement.candidates("alice")[0];
         assert_eq!(placement.candidates("alice")[0], first, "sticky");
-        let spread: std::collections::HashSet<SocketAddr> = (0..100).map(|i| placement.candidates(&format!("user{i}"))[0]).collect();
+        let spread: std::collections::HashSet<SocketAddr> = (0..100)
+            .map(|i| placement.candidates(&format!("user{i}"))[0])
+            .collect();
         assert_eq!(spread.len(), 3, "users spread over every server");
         placement.mark(first, false);
         let fallback = placement.candidates("alice");
         assert_ne!(fallback[0], first);
-        assert_eq!(*fallback.last().unwrap(), first, "an unhealthy server is tried last");
+        assert_eq!(
+            *fallback.last().unwrap(),
+            first,
+            "an unhealthy server is tried last"
+        );
         placement.mark(first, true);
-        assert_eq!(placement.candidates("alice")[0], first, "and returns when healthy");
+        assert_eq!(
+            placement.candidates("alice")[0],
+            first,
+            "and returns when healthy"
+        );
     }
 }

@@ -31,13 +31,25 @@ pub struct RateConfig {
 impl Default for RateConfig {
     fn default() -> Self {
         // Generous for people, tight enough to stop a runaway script.
-        RateConfig { user: Some(Rate { per_second: 20, burst: 100 }), ip: Some(Rate { per_second: 200, burst: 1000 }) }
+        RateConfig {
+            user: Some(Rate {
+                per_second: 20,
+                burst: 100,
+            }),
+            ip: Some(Rate {
+                per_second: 200,
+                burst: 1000,
+            }),
+        }
     }
 }
 
 impl RateConfig {
     pub fn unlimited() -> RateConfig {
-        RateConfig { user: None, ip: None }
+        RateConfig {
+            user: None,
+            ip: None,
+        }
     }
 }
 
@@ -55,21 +67,33 @@ impl RateLimits {
             Quota::per_second(per_second).allow_burst(burst)
         };
         RateLimits {
-            user: config.user.map(|r| RateLimiter::hashmap_with_clock(quota(r), MonotonicClock)),
-            ip: config.ip.map(|r| RateLimiter::hashmap_with_clock(quota(r), MonotonicClock)),
+            user: config
+                .user
+                .map(|r| RateLimiter::hashmap_with_clock(quota(r), MonotonicClock)),
+            ip: config
+                .ip
+                .map(|r| RateLimiter::hashmap_with_clock(quota(r), MonotonicClock)),
             clock: MonotonicClock,
         }
     }
 
     /// Ok, or how long to wait before retrying.
     pub fn check_user(&self, user: &str) -> Result<(), Duration> {
-        let Some(limiter) = &self.user else { return Ok(()) };
-        limiter.check_key(&user.to_owned()).map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+        let Some(limiter) = &self.user else {
+            return Ok(());
+        };
+        limiter
+            .check_key(&user.to_owned())
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
     }
 
     pub fn check_ip(&self, ip: IpAddr) -> Result<(), Duration> {
-        let Some(limiter) = &self.ip else { return Ok(()) };
-        limiter.check_key(&ip).map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+        let Some(limiter) = &self.ip else {
+            return Ok(());
+        };
+        limiter
+            .check_key(&ip)
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
     }
 
     /// Forgets keys whose buckets are full again, so memory follows active clients only.
@@ -99,13 +123,25 @@ mod tests {
 
     #[test]
     fn limits_per_key_with_a_wait_time() {
-        let limits = RateLimits::new(RateConfig { user: Some(Rate { per_second: 1, burst: 3 }), ip: None });
+        let limits = RateLimits::new(RateConfig {
+            user: Some(Rate {
+                per_second: 1,
+                burst: 3,
+            }),
+            ip: None,
+        });
         for _ in 0..3 {
             assert!(limits.check_user("alice").is_ok());
         }
         let wait = limits.check_user("alice").unwrap_err();
         assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1));
-        assert!(limits.check_user("bob").is_ok(), "other users have their own bucket");
-        assert!(limits.check_ip("127.0.0.1".parse().unwrap()).is_ok(), "no IP limit configured");
+        assert!(
+            limits.check_user("bob").is_ok(),
+            "other users have their own bucket"
+        );
+        assert!(
+            limits.check_ip("127.0.0.1".parse().unwrap()).is_ok(),
+            "no IP limit configured"
+        );
     }
 }

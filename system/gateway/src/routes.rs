@@ -2,8 +2,8 @@
 
 use crate::Gateway;
 use crate::error::{ConvPath, HttpError, JsonBody, QueryParams, error};
-use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
 use crate::http::PeerAddr;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{Html, IntoResponse, Response};
@@ -29,14 +29,20 @@ pub fn router(gateway: Gateway) -> Router {
 }
 
 pub fn websocket_router(gateway: Gateway) -> Router {
-    with_fallbacks(Router::new().route("/healthz", get(|| async { "ok" })).route("/v1/ws", get(crate::ws::upgrade))).with_state(gateway)
+    with_fallbacks(
+        Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/v1/ws", get(crate::ws::upgrade)),
+    )
+    .with_state(gateway)
 }
 
 fn with_fallbacks(router: Router<Gateway>) -> Router<Gateway> {
     router
         .fallback(|| async { error(ErrorCode::NotFound, "no such route") })
         .method_not_allowed_fallback(|| async {
-            let mut response = error(ErrorCode::BadRequest, "method not allowed on this route").into_response();
+            let mut response =
+                error(ErrorCode::BadRequest, "method not allowed on this route").into_response();
             *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
             response
         })
@@ -50,9 +56,16 @@ pub struct Caller(pub String);
 impl FromRequestParts<Gateway> for Caller {
     type Rejection = HttpError;
 
-    async fn from_request_parts(parts: &mut Parts, gateway: &Gateway) -> Result<Self, Self::Rejection> {
-        let token = bearer_token(parts).ok_or_else(|| error(ErrorCode::Unauthorized, "missing bearer token"))?;
-        let user = gateway.tokens.verify(token).map_err(|_| error(ErrorCode::Unauthorized, "invalid or expired token"))?;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        gateway: &Gateway,
+    ) -> Result<Self, Self::Rejection> {
+        let token = bearer_token(parts)
+            .ok_or_else(|| error(ErrorCode::Unauthorized, "missing bearer token"))?;
+        let user = gateway
+            .tokens
+            .verify(token)
+            .map_err(|_| error(ErrorCode::Unauthorized, "invalid or expired token"))?;
         gateway.limits.check_user(&user).map_err(rate_limited)?;
         Ok(Caller(user))
     }
@@ -64,7 +77,10 @@ pub struct WithinIpLimit;
 impl FromRequestParts<Gateway> for WithinIpLimit {
     type Rejection = HttpError;
 
-    async fn from_request_parts(parts: &mut Parts, gateway: &Gateway) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        gateway: &Gateway,
+    ) -> Result<Self, Self::Rejection> {
         if let Some(PeerAddr(peer)) = parts.extensions.get::<PeerAddr>() {
             gateway.limits.check_ip(peer.ip()).map_err(rate_limited)?;
         }
@@ -74,11 +90,18 @@ impl FromRequestParts<Gateway> for WithinIpLimit {
 
 pub fn rate_limited(wait: std::time::Duration) -> HttpError {
     let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    HttpError::with_retry_after(error(ErrorCode::RateLimited, "too many requests; retry later").0, seconds.max(1))
+    HttpError::with_retry_after(
+        error(ErrorCode::RateLimited, "too many requests; retry later").0,
+        seconds.max(1),
+    )
 }
 
 pub fn bearer_token(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let value = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
@@ -87,12 +110,20 @@ async fn index() -> Html<&'static str> {
     Html(include_str!("../assets/index.html"))
 }
 
-async fn register(State(gw): State<Gateway>, _: WithinIpLimit, JsonBody(body): JsonBody<Credentials>) -> Result<Response, HttpError> {
+async fn register(
+    State(gw): State<Gateway>,
+    _: WithinIpLimit,
+    JsonBody(body): JsonBody<Credentials>,
+) -> Result<Response, HttpError> {
     let created = gw.app.register(body).await?;
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
-async fn login(State(gw): State<Gateway>, _: WithinIpLimit, JsonBody(body): JsonBody<Credentials>) -> Result<Response, HttpError> {
+async fn login(
+    State(gw): State<Gateway>,
+    _: WithinIpLimit,
+    JsonBody(body): JsonBody<Credentials>,
+) -> Result<Response, HttpError> {
     Ok(Json(gw.app.login(body).await?).into_response())
 }
 
@@ -102,7 +133,11 @@ async fn create_conversation(
     JsonBody(body): JsonBody<CreateConversation>,
 ) -> Result<Response, HttpError> {
     let (conversation, created) = gw.app.create_conversation(&caller, body).await?;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(conversation)).into_response())
 }
 
@@ -115,6 +150,10 @@ async fn history(
     Ok(Json(gw.app.history(&caller, conv, query).await?).into_response())
 }
 
-async fn inbox(State(gw): State<Gateway>, Caller(caller): Caller, QueryParams(query): QueryParams<InboxQuery>) -> Result<Response, HttpError> {
+async fn inbox(
+    State(gw): State<Gateway>,
+    Caller(caller): Caller,
+    QueryParams(query): QueryParams<InboxQuery>,
+) -> Result<Response, HttpError> {
     Ok(Json(gw.app.inbox(&caller, query).await?).into_response())
 }

@@ -13,10 +13,10 @@
 //!   gateway; a client able to connect to connection servers directly could skip it.
 
 use crate::error::{HttpError, QueryParams, error};
+use crate::http::PeerAddr;
 use crate::routes::{bearer_token, rate_limited};
 use crate::{Gateway, WsBackend};
 use axum::body::Body;
-use crate::http::PeerAddr;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -38,13 +38,24 @@ pub struct WsQuery {
 /// Bytes of a connection server's refusal passed back to the client.
 const REFUSAL_BYTES_MAX: usize = 16 * 1024;
 
-pub async fn upgrade(State(gw): State<Gateway>, QueryParams(query): QueryParams<WsQuery>, request: Request) -> Result<Response, HttpError> {
+pub async fn upgrade(
+    State(gw): State<Gateway>,
+    QueryParams(query): QueryParams<WsQuery>,
+    request: Request,
+) -> Result<Response, HttpError> {
     let (parts, body) = request.into_parts();
-    let token = query.token.as_deref().or_else(|| bearer_token(&parts)).map(str::to_owned);
+    let token = query
+        .token
+        .as_deref()
+        .or_else(|| bearer_token(&parts))
+        .map(str::to_owned);
     let peer = parts.extensions.get::<PeerAddr>().map(|p| p.0);
     let mut request = Request::from_parts(parts, body);
     let token = token.ok_or_else(|| error(ErrorCode::Unauthorized, "missing token"))?;
-    let user = gw.tokens.verify(&token).map_err(|_| error(ErrorCode::Unauthorized, "invalid or expired token"))?;
+    let user = gw
+        .tokens
+        .verify(&token)
+        .map_err(|_| error(ErrorCode::Unauthorized, "invalid or expired token"))?;
     if let Some(peer) = peer {
         gw.limits.check_ip(peer.ip()).map_err(rate_limited)?;
     }
@@ -54,14 +65,22 @@ pub async fn upgrade(State(gw): State<Gateway>, QueryParams(query): QueryParams<
     match &gw.ws {
         WsBackend::Local(conn) => {
             if !conn.has_capacity() {
-                return Err(error(ErrorCode::Unavailable, "no connection capacity; retry later"));
+                return Err(error(
+                    ErrorCode::Unavailable,
+                    "no connection capacity; retry later",
+                ));
             }
             let on_upgrade = hyper::upgrade::on(&mut request);
             let conn = conn.clone();
             tokio::spawn(async move {
                 match on_upgrade.await {
                     Ok(upgraded) => {
-                        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ConnServer::websocket_config())).await;
+                        let ws = WebSocketStream::from_raw_socket(
+                            TokioIo::new(upgraded),
+                            Role::Server,
+                            Some(ConnServer::websocket_config()),
+                        )
+                        .await;
                         conn.serve(user, ws).await;
                     }
                     Err(err) => tracing::debug!(error = %err, "upgrade failed"),
@@ -71,7 +90,17 @@ pub async fn upgrade(State(gw): State<Gateway>, QueryParams(query): QueryParams<
         }
         WsBackend::Splice(placement) => {
             for addr in placement.candidates(&user) {
-                match splice(&mut request, addr, &key, &token, peer, placement.connect_timeout(), placement.write_timeout()).await {
+                match splice(
+                    &mut request,
+                    addr,
+                    &key,
+                    &token,
+                    peer,
+                    placement.connect_timeout(),
+                    placement.write_timeout(),
+                )
+                .await
+                {
                     Ok(response) => return Ok(response),
                     Err(err) => {
                         tracing::warn!(%addr, %err, "connection server unreachable; trying the next");
@@ -79,7 +108,10 @@ pub async fn upgrade(State(gw): State<Gateway>, QueryParams(query): QueryParams<
                     }
                 }
             }
-            Err(error(ErrorCode::Unavailable, "no connection server is available; retry later"))
+            Err(error(
+                ErrorCode::Unavailable,
+                "no connection server is available; retry later",
+            ))
         }
     }
 }
@@ -95,10 +127,20 @@ fn check_handshake(headers: &HeaderMap) -> Result<String, HttpError> {
             .any(|t| t.trim().eq_ignore_ascii_case(wanted))
     };
     if !has_token(header::UPGRADE, "websocket") || !has_token(header::CONNECTION, "upgrade") {
-        return Err(error(ErrorCode::BadRequest, "expected a WebSocket upgrade request"));
+        return Err(error(
+            ErrorCode::BadRequest,
+            "expected a WebSocket upgrade request",
+        ));
     }
-    if headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
-        return Err(error(ErrorCode::BadRequest, "Sec-WebSocket-Version must be 13"));
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        return Err(error(
+            ErrorCode::BadRequest,
+            "Sec-WebSocket-Version must be 13",
+        ));
     }
     headers
         .get(header::SEC_WEBSOCKET_KEY)
@@ -143,10 +185,13 @@ async fn splice(
         Err(_) => return Err(SpliceError::Connect("timed out".into())),
     };
     let _ = stream.set_nodelay(true);
-    let (mut sender, connection) = tokio::time::timeout(timeout, hyper::client::conn::http1::handshake(TokioIo::new(stream)))
-        .await
-        .map_err(|_| SpliceError::Handshake("timed out".into()))?
-        .map_err(|e| SpliceError::Handshake(e.to_string()))?;
+    let (mut sender, connection) = tokio::time::timeout(
+        timeout,
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)),
+    )
+    .await
+    .map_err(|_| SpliceError::Handshake("timed out".into()))?
+    .map_err(|e| SpliceError::Handshake(e.to_string()))?;
     tokio::spawn(async move {
         let _ = connection.with_upgrades().await;
     });
@@ -160,7 +205,9 @@ async fn splice(
     if let Some(peer) = peer {
         forward = forward.header("x-forwarded-for", peer.ip().to_string());
     }
-    let forward = forward.body(Empty::<bytes::Bytes>::new()).map_err(|e| SpliceError::Handshake(e.to_string()))?;
+    let forward = forward
+        .body(Empty::<bytes::Bytes>::new())
+        .map_err(|e| SpliceError::Handshake(e.to_string()))?;
     let mut answer = tokio::time::timeout(timeout, sender.send_request(forward))
         .await
         .map_err(|_| SpliceError::Handshake("no answer in time".into()))?
@@ -169,20 +216,30 @@ async fn splice(
     if answer.status() != StatusCode::SWITCHING_PROTOCOLS {
         let status = answer.status();
         let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
-        let body = tokio::time::timeout(timeout, Limited::new(answer.into_body(), REFUSAL_BYTES_MAX).collect())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .map(|c| c.to_bytes())
-            .unwrap_or_default();
+        let body = tokio::time::timeout(
+            timeout,
+            Limited::new(answer.into_body(), REFUSAL_BYTES_MAX).collect(),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
         let mut response = Response::new(Body::from(body));
         *response.status_mut() = status;
         if let Some(content_type) = content_type {
-            response.headers_mut().insert(header::CONTENT_TYPE, content_type);
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, content_type);
         }
         return Ok(response);
     }
-    let accept = answer.headers().get(header::SEC_WEBSOCKET_ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let accept = answer
+        .headers()
+        .get(header::SEC_WEBSOCKET_ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     let server_side = hyper::upgrade::on(&mut answer);
     let client_side = hyper::upgrade::on(request);
     tokio::spawn(async move {
@@ -224,7 +281,11 @@ where
 }
 
 /// Copies until `from` ends, then shuts `to` down. Err: a read failed or a write stalled.
-async fn copy_one_way<R, W>(mut from: R, mut to: W, write_timeout: std::time::Duration) -> std::io::Result<()>
+async fn copy_one_way<R, W>(
+    mut from: R,
+    mut to: W,
+    write_timeout: std::time::Duration,
+) -> std::io::Result<()>
 where
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
@@ -242,6 +303,8 @@ where
             to.write_all(&chunk[..n]).await?;
             to.flush().await
         };
-        tokio::time::timeout(write_timeout, written).await.map_err(|_| stalled())??;
+        tokio::time::timeout(write_timeout, written)
+            .await
+            .map_err(|_| stalled())??;
     }
 }

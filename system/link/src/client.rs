@@ -62,10 +62,23 @@ impl Drop for AbortOnDrop {
 impl LinkClient {
     /// Starts connecting to the app server at `addr` in the background. `delivery`, for a
     /// connection server, receives the messages the app server routes to it.
-    pub fn new(addr: SocketAddr, peer: Peer, delivery: Option<Arc<dyn Delivery>>, config: LinkConfig) -> LinkClient {
-        let shared = Arc::new(Shared { addr, config, next_id: AtomicU64::new(1), state: Mutex::new(State::default()) });
+    pub fn new(
+        addr: SocketAddr,
+        peer: Peer,
+        delivery: Option<Arc<dyn Delivery>>,
+        config: LinkConfig,
+    ) -> LinkClient {
+        let shared = Arc::new(Shared {
+            addr,
+            config,
+            next_id: AtomicU64::new(1),
+            state: Mutex::new(State::default()),
+        });
         let supervisor = tokio::spawn(supervise(shared.clone(), peer, delivery));
-        LinkClient { shared, _supervisor: Arc::new(AbortOnDrop(supervisor)) }
+        LinkClient {
+            shared,
+            _supervisor: Arc::new(AbortOnDrop(supervisor)),
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -84,15 +97,23 @@ impl LinkClient {
         {
             let mut state = self.shared.lock();
             let Some(outbound) = state.outbound.clone() else {
-                return futures::future::ready(Err(ApiError::unavailable("app server not connected; retry"))).boxed();
+                return futures::future::ready(Err(ApiError::unavailable(
+                    "app server not connected; retry",
+                )))
+                .boxed();
             };
             // Registered before it is queued, so an answer cannot overtake its waiter.
             state.pending.insert(id, reply);
             if let Err(err) = outbound.try_send(LinkFrame::Request { id, request }) {
                 state.pending.remove(&id);
                 let error = match err {
-                    mpsc::error::TrySendError::Full(_) => ApiError::new(ErrorCode::Overloaded, "link to the app server is full; retry"),
-                    mpsc::error::TrySendError::Closed(_) => ApiError::unavailable("app server connection lost; retry"),
+                    mpsc::error::TrySendError::Full(_) => ApiError::new(
+                        ErrorCode::Overloaded,
+                        "link to the app server is full; retry",
+                    ),
+                    mpsc::error::TrySendError::Closed(_) => {
+                        ApiError::unavailable("app server connection lost; retry")
+                    }
                 };
                 return futures::future::ready(Err(error)).boxed();
             }
@@ -105,7 +126,9 @@ impl LinkClient {
                 Ok(Err(_)) => Err(ApiError::unavailable("app server connection lost; retry")),
                 Err(_) => {
                     shared.lock().pending.remove(&id);
-                    Err(ApiError::unavailable("app server did not answer in time; retry"))
+                    Err(ApiError::unavailable(
+                        "app server did not answer in time; retry",
+                    ))
                 }
             }
         }
@@ -126,7 +149,9 @@ impl Shared {
             std::mem::take(&mut state.pending)
         };
         for (_, reply) in pending {
-            let _ = reply.send(Err(ApiError::unavailable("app server connection lost; retry")));
+            let _ = reply.send(Err(ApiError::unavailable(
+                "app server connection lost; retry",
+            )));
         }
     }
 }
@@ -144,7 +169,9 @@ async fn supervise(shared: Arc<Shared>, peer: Peer, delivery: Option<Arc<dyn Del
                 shared.disconnected();
                 tracing::warn!(addr = %shared.addr, "link lost");
             }
-            Ok(Err(err)) => tracing::debug!(addr = %shared.addr, error = %err, "link connect failed"),
+            Ok(Err(err)) => {
+                tracing::debug!(addr = %shared.addr, error = %err, "link connect failed")
+            }
             Err(_) => tracing::debug!(addr = %shared.addr, "link connect timed out"),
         }
         // Jitter keeps a fleet of connection servers from reconnecting in lockstep.
@@ -154,10 +181,18 @@ async fn supervise(shared: Arc<Shared>, peer: Peer, delivery: Option<Arc<dyn Del
     }
 }
 
-async fn run_connection(shared: &Arc<Shared>, stream: TcpStream, peer: Peer, delivery: Option<&Arc<dyn Delivery>>) {
+async fn run_connection(
+    shared: &Arc<Shared>,
+    stream: TcpStream,
+    peer: Peer,
+    delivery: Option<&Arc<dyn Delivery>>,
+) {
     let config = &shared.config;
     let (mut reader, mut writer) = tokio::io::split(stream);
-    let hello = LinkFrame::Hello { version: LINK_VERSION, peer };
+    let hello = LinkFrame::Hello {
+        version: LINK_VERSION,
+        peer,
+    };
     if write_frame(&mut writer, &hello).await.is_err() || writer.flush().await.is_err() {
         return;
     }
@@ -167,7 +202,10 @@ async fn run_connection(shared: &Arc<Shared>, stream: TcpStream, peer: Peer, del
     // One timer for the whole loop rather than one per frame.
     let mut idle = Deadline::new(tokio::time::Instant::now, tokio::time::sleep_until);
     loop {
-        let frame = match idle.within(config.idle_timeout, read_frame(&mut reader)).await {
+        let frame = match idle
+            .within(config.idle_timeout, read_frame(&mut reader))
+            .await
+        {
             Ok(Ok(frame)) => frame,
             Ok(Err(err)) => {
                 tracing::debug!(addr = %shared.addr, error = %err, "link read failed");
@@ -199,7 +237,11 @@ async fn run_connection(shared: &Arc<Shared>, stream: TcpStream, peer: Peer, del
     writer_task.abort();
 }
 
-pub(crate) async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(mut writer: W, mut queue: mpsc::Receiver<LinkFrame>, heartbeat_interval: Duration) {
+pub(crate) async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(
+    mut writer: W,
+    mut queue: mpsc::Receiver<LinkFrame>,
+    heartbeat_interval: Duration,
+) {
     let mut heartbeat = tokio::time::interval(heartbeat_interval);
     loop {
         let frame = tokio::select! {
@@ -223,7 +265,10 @@ pub(crate) async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(mut writer: W, 
 
 /// Maps an answer of the wrong kind (a bug on the other side) to an internal error.
 pub(crate) fn unexpected(response: Response) -> ApiError {
-    tracing::error!(?response, "app server answered with the wrong kind of response");
+    tracing::error!(
+        ?response,
+        "app server answered with the wrong kind of response"
+    );
     ApiError::internal("unexpected answer from the app server")
 }
 
@@ -243,22 +288,53 @@ impl AppApi for LinkClient {
         }
     }
 
-    async fn create_conversation(&self, caller: &str, request: CreateConversation) -> Result<(ConversationView, bool), ApiError> {
-        match self.request(Request::CreateConversation { caller: caller.to_owned(), request }).await? {
-            Response::Conversation { conversation, created } => Ok((conversation, created)),
+    async fn create_conversation(
+        &self,
+        caller: &str,
+        request: CreateConversation,
+    ) -> Result<(ConversationView, bool), ApiError> {
+        match self
+            .request(Request::CreateConversation {
+                caller: caller.to_owned(),
+                request,
+            })
+            .await?
+        {
+            Response::Conversation {
+                conversation,
+                created,
+            } => Ok((conversation, created)),
             other => Err(unexpected(other)),
         }
     }
 
-    async fn history(&self, caller: &str, conv: ConvId, query: HistoryQuery) -> Result<HistoryPage, ApiError> {
-        match self.request(Request::History { caller: caller.to_owned(), conv, query }).await? {
+    async fn history(
+        &self,
+        caller: &str,
+        conv: ConvId,
+        query: HistoryQuery,
+    ) -> Result<HistoryPage, ApiError> {
+        match self
+            .request(Request::History {
+                caller: caller.to_owned(),
+                conv,
+                query,
+            })
+            .await?
+        {
             Response::History { page } => Ok(page),
             other => Err(unexpected(other)),
         }
     }
 
     async fn inbox(&self, caller: &str, query: InboxQuery) -> Result<Inbox, ApiError> {
-        match self.request(Request::Inbox { caller: caller.to_owned(), query }).await? {
+        match self
+            .request(Request::Inbox {
+                caller: caller.to_owned(),
+                query,
+            })
+            .await?
+        {
             Response::Inbox { inbox } => Ok(inbox),
             other => Err(unexpected(other)),
         }
@@ -276,14 +352,35 @@ impl AppApi for LinkClient {
     }
 
     async fn read(&self, user: &str, conv: ConvId, seq: Seq) -> Result<(), ApiError> {
-        match self.request(Request::Read { user: user.to_owned(), conv, seq }).await? {
+        match self
+            .request(Request::Read {
+                user: user.to_owned(),
+                conv,
+                seq,
+            })
+            .await?
+        {
             Response::Done => Ok(()),
             other => Err(unexpected(other)),
         }
     }
 
-    async fn sync(&self, user: &str, conv: ConvId, after: Seq, limit: u32) -> Result<SyncPage, ApiError> {
-        match self.request(Request::Sync { user: user.to_owned(), conv, after, limit }).await? {
+    async fn sync(
+        &self,
+        user: &str,
+        conv: ConvId,
+        after: Seq,
+        limit: u32,
+    ) -> Result<SyncPage, ApiError> {
+        match self
+            .request(Request::Sync {
+                user: user.to_owned(),
+                conv,
+                after,
+                limit,
+            })
+            .await?
+        {
             Response::Synced { page } => Ok(page),
             other => Err(unexpected(other)),
         }

@@ -4,7 +4,10 @@
 //! link debuggable with a packet capture; the cost is small next to a durable write.
 
 use chat_proto::link::{SendAck, SendRequest, SyncPage, Target};
-use chat_proto::rest::{ConversationView, CreateConversation, Credentials, HistoryPage, HistoryQuery, Inbox, InboxQuery, Session, UserCreated};
+use chat_proto::rest::{
+    ConversationView, CreateConversation, Credentials, HistoryPage, HistoryQuery, Inbox,
+    InboxQuery, Session, UserCreated,
+};
 use chat_proto::{ApiError, ConvId, Message, Seq, ServerId};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -27,36 +30,88 @@ pub enum Peer {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    Register { credentials: Credentials },
-    Login { credentials: Credentials },
-    CreateConversation { caller: String, request: CreateConversation },
-    History { caller: String, conv: ConvId, query: HistoryQuery },
-    Inbox { caller: String, query: InboxQuery },
-    Send { request: SendRequest },
-    Read { user: String, conv: ConvId, seq: Seq },
-    Sync { user: String, conv: ConvId, after: Seq, limit: u32 },
+    Register {
+        credentials: Credentials,
+    },
+    Login {
+        credentials: Credentials,
+    },
+    CreateConversation {
+        caller: String,
+        request: CreateConversation,
+    },
+    History {
+        caller: String,
+        conv: ConvId,
+        query: HistoryQuery,
+    },
+    Inbox {
+        caller: String,
+        query: InboxQuery,
+    },
+    Send {
+        request: SendRequest,
+    },
+    Read {
+        user: String,
+        conv: ConvId,
+        seq: Seq,
+    },
+    Sync {
+        user: String,
+        conv: ConvId,
+        after: Seq,
+        limit: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Response {
-    UserCreated { user: UserCreated },
-    Session { session: Session },
-    Conversation { conversation: ConversationView, created: bool },
-    History { page: HistoryPage },
-    Inbox { inbox: Inbox },
-    Sent { ack: SendAck },
+    UserCreated {
+        user: UserCreated,
+    },
+    Session {
+        session: Session,
+    },
+    Conversation {
+        conversation: ConversationView,
+        created: bool,
+    },
+    History {
+        page: HistoryPage,
+    },
+    Inbox {
+        inbox: Inbox,
+    },
+    Sent {
+        ack: SendAck,
+    },
     Done,
-    Synced { page: SyncPage },
+    Synced {
+        page: SyncPage,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 pub enum LinkFrame {
-    Hello { version: u32, peer: Peer },
-    Request { id: u64, request: Request },
-    Response { id: u64, result: Result<Response, ApiError> },
-    Deliver { targets: Vec<Target>, message: Message },
+    Hello {
+        version: u32,
+        peer: Peer,
+    },
+    Request {
+        id: u64,
+        request: Request,
+    },
+    Response {
+        id: u64,
+        result: Result<Response, ApiError>,
+    },
+    Deliver {
+        targets: Vec<Target>,
+        message: Message,
+    },
     Ping,
     Pong,
 }
@@ -82,7 +137,10 @@ pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<LinkFram
 }
 
 /// Buffers one frame; the caller flushes (madsim's streams send nothing before a flush).
-pub async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, frame: &LinkFrame) -> Result<(), CodecError> {
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    frame: &LinkFrame,
+) -> Result<(), CodecError> {
     let bytes = serde_json::to_vec(frame).map_err(|e| CodecError::Malformed(e.to_string()))?;
     if bytes.len() > FRAME_BYTES_MAX {
         return Err(CodecError::TooLarge(bytes.len()));
@@ -99,10 +157,26 @@ mod tests {
     #[tokio::test]
     async fn frames_round_trip_and_limits_hold() {
         let frames = vec![
-            LinkFrame::Hello { version: LINK_VERSION, peer: Peer::Conn(3) },
-            LinkFrame::Request { id: 7, request: Request::Read { user: "bob".into(), conv: 1, seq: 2 } },
-            LinkFrame::Response { id: 7, result: Err(ApiError::unknown_conversation()) },
-            LinkFrame::Response { id: 8, result: Ok(Response::Done) },
+            LinkFrame::Hello {
+                version: LINK_VERSION,
+                peer: Peer::Conn(3),
+            },
+            LinkFrame::Request {
+                id: 7,
+                request: Request::Read {
+                    user: "bob".into(),
+                    conv: 1,
+                    seq: 2,
+                },
+            },
+            LinkFrame::Response {
+                id: 7,
+                result: Err(ApiError::unknown_conversation()),
+            },
+            LinkFrame::Response {
+                id: 8,
+                result: Ok(Response::Done),
+            },
             LinkFrame::Ping,
         ];
         let mut buf = Vec::new();
@@ -115,10 +189,16 @@ mod tests {
         }
         let mut huge = Vec::new();
         huge.extend_from_slice(&(FRAME_BYTES_MAX as u32 + 1).to_be_bytes());
-        assert!(matches!(read_frame(&mut &huge[..]).await, Err(CodecError::TooLarge(_))));
+        assert!(matches!(
+            read_frame(&mut &huge[..]).await,
+            Err(CodecError::TooLarge(_))
+        ));
         let mut garbage = Vec::new();
         garbage.extend_from_slice(&3u32.to_be_bytes());
         garbage.extend_from_slice(b"{{{");
-        assert!(matches!(read_frame(&mut &garbage[..]).await, Err(CodecError::Malformed(_))));
+        assert!(matches!(
+            read_frame(&mut &garbage[..]).await,
+            Err(CodecError::Malformed(_))
+        ));
     }
 }

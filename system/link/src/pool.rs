@@ -49,7 +49,10 @@ struct Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(entry) = map.get_mut(&self.conv).filter(|e| e.generation == self.generation) {
+        if let Some(entry) = map
+            .get_mut(&self.conv)
+            .filter(|e| e.generation == self.generation)
+        {
             entry.count = entry.count.saturating_sub(1);
             if entry.count == 0 {
                 map.remove(&self.conv);
@@ -60,8 +63,14 @@ impl Drop for Ticket {
 
 impl AppPool {
     pub fn new(clients: Vec<LinkClient>) -> AppPool {
-        assert!(!clients.is_empty(), "an app pool needs at least one app server");
-        AppPool { clients, in_flight: Arc::new(Mutex::new(HashMap::new())) }
+        assert!(
+            !clients.is_empty(),
+            "an app pool needs at least one app server"
+        );
+        AppPool {
+            clients,
+            in_flight: Arc::new(Mutex::new(HashMap::new())),
+        }
     }
 
     fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<ConvId, InFlight>> {
@@ -76,7 +85,10 @@ impl AppPool {
     fn pick(&self, key: u64) -> usize {
         let weight = |i: &usize| fnv1a(key, self.clients[*i].addr().to_string().as_bytes());
         let all = 0..self.clients.len();
-        let connected = all.clone().filter(|i| self.clients[*i].is_connected()).max_by_key(weight);
+        let connected = all
+            .clone()
+            .filter(|i| self.clients[*i].is_connected())
+            .max_by_key(weight);
         // None connected: ask the first choice anyway; it answers `unavailable` at once.
         connected.or_else(|| all.max_by_key(weight)).unwrap_or(0)
     }
@@ -104,18 +116,35 @@ pub fn fnv1a(seed: u64, bytes: &[u8]) -> u64 {
 #[async_trait::async_trait]
 impl AppApi for AppPool {
     async fn register(&self, credentials: Credentials) -> Result<UserCreated, ApiError> {
-        self.for_user(&credentials.username).clone().register(credentials).await
+        self.for_user(&credentials.username)
+            .clone()
+            .register(credentials)
+            .await
     }
 
     async fn login(&self, credentials: Credentials) -> Result<Session, ApiError> {
-        self.for_user(&credentials.username).clone().login(credentials).await
+        self.for_user(&credentials.username)
+            .clone()
+            .login(credentials)
+            .await
     }
 
-    async fn create_conversation(&self, caller: &str, request: CreateConversation) -> Result<(ConversationView, bool), ApiError> {
-        self.for_user(caller).create_conversation(caller, request).await
+    async fn create_conversation(
+        &self,
+        caller: &str,
+        request: CreateConversation,
+    ) -> Result<(ConversationView, bool), ApiError> {
+        self.for_user(caller)
+            .create_conversation(caller, request)
+            .await
     }
 
-    async fn history(&self, caller: &str, conv: ConvId, query: HistoryQuery) -> Result<HistoryPage, ApiError> {
+    async fn history(
+        &self,
+        caller: &str,
+        conv: ConvId,
+        query: HistoryQuery,
+    ) -> Result<HistoryPage, ApiError> {
         self.for_user(caller).history(caller, conv, query).await
     }
 
@@ -131,7 +160,11 @@ impl AppApi for AppPool {
                 Some(f) if f.count > 0 && self.clients[f.client].is_connected() => f.client,
                 _ => self.for_conv(conv),
             };
-            let entry = in_flight.entry(conv).or_insert(InFlight { client: chosen, generation: 0, count: 0 });
+            let entry = in_flight.entry(conv).or_insert(InFlight {
+                client: chosen,
+                generation: 0,
+                count: 0,
+            });
             if entry.client != chosen {
                 entry.client = chosen;
                 entry.generation += 1;
@@ -143,7 +176,11 @@ impl AppApi for AppPool {
         // Submitted now (in the caller's order); only the answer is awaited.
         let answer = self.clients[client].send(request);
         // Counted down when answered, or when the caller stops waiting (dropped).
-        let ticket = Ticket { in_flight: self.in_flight.clone(), conv, generation };
+        let ticket = Ticket {
+            in_flight: self.in_flight.clone(),
+            conv,
+            generation,
+        };
         async move {
             let result = answer.await;
             drop(ticket);
@@ -156,7 +193,13 @@ impl AppApi for AppPool {
         self.for_user(user).read(user, conv, seq).await
     }
 
-    async fn sync(&self, user: &str, conv: ConvId, after: Seq, limit: u32) -> Result<SyncPage, ApiError> {
+    async fn sync(
+        &self,
+        user: &str,
+        conv: ConvId,
+        after: Seq,
+        limit: u32,
+    ) -> Result<SyncPage, ApiError> {
         self.for_user(user).sync(user, conv, after, limit).await
     }
 }

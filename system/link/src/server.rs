@@ -40,17 +40,30 @@ impl Delivery for LinkRoutes {
     fn deliver(&self, targets: &[Target], message: Arc<Message>) {
         let mut by_server: HashMap<ServerId, Vec<Target>> = HashMap::new();
         for target in targets {
-            by_server.entry(target.addr.server).or_default().push(target.clone());
+            by_server
+                .entry(target.addr.server)
+                .or_default()
+                .push(target.clone());
         }
         let routes = self.lock();
         for (server, targets) in by_server {
             let sent = routes.get(&server).is_some_and(|(_, queue)| {
-                queue.try_send(LinkFrame::Deliver { targets, message: (*message).clone() }).is_ok()
+                queue
+                    .try_send(LinkFrame::Deliver {
+                        targets,
+                        message: (*message).clone(),
+                    })
+                    .is_ok()
             });
             if !sent {
                 // The message is durable; the recipients catch up with `sync`.
                 self.dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(server, conv = message.conv, seq = message.seq, "delivery dropped");
+                tracing::debug!(
+                    server,
+                    conv = message.conv,
+                    seq = message.seq,
+                    "delivery dropped"
+                );
             }
         }
     }
@@ -58,10 +71,18 @@ impl Delivery for LinkRoutes {
 
 /// Serves link connections on `listener` with `app`, forever. Each connection serves up to
 /// `requests_in_flight_max` requests at once and answers more with `overloaded`.
-pub async fn serve(listener: TcpListener, app: Arc<dyn AppApi>, routes: Arc<LinkRoutes>, config: LinkConfig, connections_max: usize) {
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<dyn AppApi>,
+    routes: Arc<LinkRoutes>,
+    config: LinkConfig,
+    connections_max: usize,
+) {
     let permits = Arc::new(Semaphore::new(connections_max));
     loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else { return };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
@@ -80,10 +101,18 @@ pub async fn serve(listener: TcpListener, app: Arc<dyn AppApi>, routes: Arc<Link
     }
 }
 
-async fn serve_connection(stream: TcpStream, app: Arc<dyn AppApi>, routes: Arc<LinkRoutes>, config: LinkConfig) {
+async fn serve_connection(
+    stream: TcpStream,
+    app: Arc<dyn AppApi>,
+    routes: Arc<LinkRoutes>,
+    config: LinkConfig,
+) {
     let (mut reader, writer) = tokio::io::split(stream);
     let peer = match tokio::time::timeout(config.idle_timeout, read_frame(&mut reader)).await {
-        Ok(Ok(LinkFrame::Hello { version: LINK_VERSION, peer })) => peer,
+        Ok(Ok(LinkFrame::Hello {
+            version: LINK_VERSION,
+            peer,
+        })) => peer,
         Ok(Ok(LinkFrame::Hello { version, .. })) => {
             tracing::warn!(version, "link peer speaks another version");
             return;
@@ -101,7 +130,10 @@ async fn serve_connection(stream: TcpStream, app: Arc<dyn AppApi>, routes: Arc<L
     // One timer for the whole loop rather than one per frame.
     let mut idle = Deadline::new(tokio::time::Instant::now, tokio::time::sleep_until);
     loop {
-        let frame = match idle.within(config.idle_timeout, read_frame(&mut reader)).await {
+        let frame = match idle
+            .within(config.idle_timeout, read_frame(&mut reader))
+            .await
+        {
             Ok(Ok(frame)) => frame,
             Ok(Err(err)) => {
                 tracing::debug!(error = %err, "link read failed");
@@ -117,8 +149,15 @@ async fn serve_connection(stream: TcpStream, app: Arc<dyn AppApi>, routes: Arc<L
                 // Full: refuse at once rather than stop reading, so heartbeats and other
                 // requests still flow and the caller gets a clear, retryable answer.
                 let Ok(permit) = in_flight.clone().try_acquire_owned() else {
-                    let refusal = ApiError::new(chat_proto::ErrorCode::Overloaded, "app server busy; retry");
-                    if outbound.try_send(LinkFrame::Response { id, result: Err(refusal) }).is_err() {
+                    let refusal =
+                        ApiError::new(chat_proto::ErrorCode::Overloaded, "app server busy; retry");
+                    if outbound
+                        .try_send(LinkFrame::Response {
+                            id,
+                            result: Err(refusal),
+                        })
+                        .is_err()
+                    {
                         tracing::warn!(?peer, "link outbound queue full; dropping a refusal");
                     }
                     continue;
@@ -158,7 +197,10 @@ async fn serve_connection(stream: TcpStream, app: Arc<dyn AppApi>, routes: Arc<L
 
 /// Starts serving one request. A send is submitted before this returns, so sends keep the
 /// order in which they arrived on the connection.
-fn dispatch(app: &Arc<dyn AppApi>, request: Request) -> futures::future::BoxFuture<'static, Result<Response, ApiError>> {
+fn dispatch(
+    app: &Arc<dyn AppApi>,
+    request: Request,
+) -> futures::future::BoxFuture<'static, Result<Response, ApiError>> {
     use futures::FutureExt;
     if let Request::Send { request } = request {
         let ack = app.send(request);
@@ -167,16 +209,45 @@ fn dispatch(app: &Arc<dyn AppApi>, request: Request) -> futures::future::BoxFutu
     let app = app.clone();
     async move {
         match request {
-            Request::Register { credentials } => app.register(credentials).await.map(|user| Response::UserCreated { user }),
-            Request::Login { credentials } => app.login(credentials).await.map(|session| Response::Session { session }),
+            Request::Register { credentials } => app
+                .register(credentials)
+                .await
+                .map(|user| Response::UserCreated { user }),
+            Request::Login { credentials } => app
+                .login(credentials)
+                .await
+                .map(|session| Response::Session { session }),
             Request::CreateConversation { caller, request } => app
                 .create_conversation(&caller, request)
                 .await
-                .map(|(conversation, created)| Response::Conversation { conversation, created }),
-            Request::History { caller, conv, query } => app.history(&caller, conv, query).await.map(|page| Response::History { page }),
-            Request::Inbox { caller, query } => app.inbox(&caller, query).await.map(|inbox| Response::Inbox { inbox }),
-            Request::Read { user, conv, seq } => app.read(&user, conv, seq).await.map(|()| Response::Done),
-            Request::Sync { user, conv, after, limit } => app.sync(&user, conv, after, limit).await.map(|page| Response::Synced { page }),
+                .map(|(conversation, created)| Response::Conversation {
+                    conversation,
+                    created,
+                }),
+            Request::History {
+                caller,
+                conv,
+                query,
+            } => app
+                .history(&caller, conv, query)
+                .await
+                .map(|page| Response::History { page }),
+            Request::Inbox { caller, query } => app
+                .inbox(&caller, query)
+                .await
+                .map(|inbox| Response::Inbox { inbox }),
+            Request::Read { user, conv, seq } => {
+                app.read(&user, conv, seq).await.map(|()| Response::Done)
+            }
+            Request::Sync {
+                user,
+                conv,
+                after,
+                limit,
+            } => app
+                .sync(&user, conv, after, limit)
+                .await
+                .map(|page| Response::Synced { page }),
             Request::Send { .. } => unreachable!("handled above"),
         }
     }

@@ -52,11 +52,20 @@ where
 {
     /// A deadline on the runtime whose clock is `now` and whose timers are `sleep_until`.
     pub fn new(now: fn() -> I, sleep_until: fn(I) -> S) -> Deadline<I, S> {
-        Deadline { now, sleep_until, sleep: None, waker: None }
+        Deadline {
+            now,
+            sleep_until,
+            sleep: None,
+            waker: None,
+        }
     }
 
     /// `future`, or [`Elapsed`] if it does not complete within `limit` from now.
-    pub async fn within<F: Future>(&mut self, limit: Duration, future: F) -> Result<F::Output, Elapsed> {
+    pub async fn within<F: Future>(
+        &mut self,
+        limit: Duration,
+        future: F,
+    ) -> Result<F::Output, Elapsed> {
         let at = (self.now)() + limit;
         let mut future = pin!(future);
         poll_fn(|cx| {
@@ -75,7 +84,9 @@ where
             return Poll::Ready(());
         }
         let armed = match (&self.sleep, &self.waker) {
-            (Some((_, armed_at)), Some(waker)) => *armed_at <= at && now < *armed_at && waker.will_wake(cx.waker()),
+            (Some((_, armed_at)), Some(waker)) => {
+                *armed_at <= at && now < *armed_at && waker.will_wake(cx.waker())
+            }
             _ => false,
         };
         if armed {
@@ -93,7 +104,12 @@ where
 
 /// `future`, or [`Elapsed`] if it does not complete within `limit`: a one-off
 /// [`Deadline::within`], whose timer is polled only when it must be.
-pub async fn timeout<I, S, F>(now: fn() -> I, sleep_until: fn(I) -> S, limit: Duration, future: F) -> Result<F::Output, Elapsed>
+pub async fn timeout<I, S, F>(
+    now: fn() -> I,
+    sleep_until: fn(I) -> S,
+    limit: Duration,
+    future: F,
+) -> Result<F::Output, Elapsed>
 where
     I: Copy + Ord + Add<Duration, Output = I>,
     S: Future<Output = ()>,
@@ -139,7 +155,11 @@ mod tests {
         type Output = ();
         fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
             POLLS.with(|p| p.set(p.get() + 1));
-            if now() >= self.0 { Poll::Ready(()) } else { Poll::Pending }
+            if now() >= self.0 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
         }
     }
 
@@ -163,7 +183,11 @@ mod tests {
     impl Future for Gate<'_> {
         type Output = ();
         fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
-            if self.0.get() { Poll::Ready(()) } else { Poll::Pending }
+            if self.0.get() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
         }
     }
 
@@ -211,7 +235,11 @@ mod tests {
         {
             let mut wait = pin!(deadline.within(Duration::from_millis(100), Gate(&ready)));
             assert_eq!(poll_once(wait.as_mut(), &waker), Poll::Pending);
-            assert_eq!(polls() - start, 1, "the timer armed for 100 ms still wakes us first");
+            assert_eq!(
+                polls() - start,
+                1,
+                "the timer armed for 100 ms still wakes us first"
+            );
             advance(50);
             assert_eq!(poll_once(wait.as_mut(), &waker), Poll::Pending);
             assert_eq!(polls() - start, 2, "re-armed for 150 ms");
@@ -237,7 +265,8 @@ mod tests {
     #[test]
     fn a_ready_future_never_arms_the_timer() {
         let start = polls();
-        let result = futures::executor::block_on(timeout(now, timer, Duration::from_millis(5), async { 7 }));
+        let result =
+            futures::executor::block_on(timeout(now, timer, Duration::from_millis(5), async { 7 }));
         assert_eq!(result, Ok(7));
         assert_eq!(polls(), start);
     }

@@ -72,7 +72,10 @@ impl ErrorCode {
 
     /// Whether the same request may succeed if sent again later.
     pub fn is_retryable(self) -> bool {
-        matches!(self, ErrorCode::Overloaded | ErrorCode::RateLimited | ErrorCode::Unavailable)
+        matches!(
+            self,
+            ErrorCode::Overloaded | ErrorCode::RateLimited | ErrorCode::Unavailable
+        )
     }
 }
 
@@ -92,7 +95,10 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError { code, message: message.into() }
+        ApiError {
+            code,
+            message: message.into(),
+        }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::BadRequest, message)

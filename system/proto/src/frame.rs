@@ -13,9 +13,19 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame {
-    Send { id: String, conv: ConvId, body: String },
-    Read { conv: ConvId, seq: Seq },
-    Sync { conv: ConvId, after: Seq },
+    Send {
+        id: String,
+        conv: ConvId,
+        body: String,
+    },
+    Read {
+        conv: ConvId,
+        seq: Seq,
+    },
+    Sync {
+        conv: ConvId,
+        after: Seq,
+    },
     Ping,
 }
 
@@ -77,12 +87,24 @@ impl ServerFrame {
     }
 
     pub fn error(err: &ApiError, id: Option<String>) -> Self {
-        ServerFrame::Error { code: err.code, message: err.message.clone(), id, op: None, conv: None }
+        ServerFrame::Error {
+            code: err.code,
+            message: err.message.clone(),
+            id,
+            op: None,
+            conv: None,
+        }
     }
 
     /// The error answering a `sync` or a `read` of `conv`.
     pub fn error_for(err: &ApiError, op: FrameOp, conv: ConvId) -> Self {
-        ServerFrame::Error { code: err.code, message: err.message.clone(), id: None, op: Some(op), conv: Some(conv) }
+        ServerFrame::Error {
+            code: err.code,
+            message: err.message.clone(),
+            id: None,
+            op: Some(op),
+            conv: Some(conv),
+        }
     }
 
     pub fn to_json(&self) -> String {
@@ -103,20 +125,32 @@ pub struct FrameError {
 
 impl FrameError {
     fn bad(message: impl Into<String>, id: Option<String>) -> Self {
-        FrameError { code: ErrorCode::BadFrame, message: message.into(), id }
+        FrameError {
+            code: ErrorCode::BadFrame,
+            message: message.into(),
+            id,
+        }
     }
 
     pub fn to_frame(&self) -> ServerFrame {
-        ServerFrame::Error { code: self.code, message: self.message.clone(), id: self.id.clone(), op: None, conv: None }
+        ServerFrame::Error {
+            code: self.code,
+            message: self.message.clone(),
+            id: self.id.clone(),
+            op: None,
+            conv: None,
+        }
     }
 }
 
 impl ClientFrame {
     /// Parses and validates one text frame.
     pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
-        let value: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| FrameError::bad(format!("not JSON: {e}"), None))?;
-        let object = value.as_object().ok_or_else(|| FrameError::bad("frame must be a JSON object", None))?;
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| FrameError::bad(format!("not JSON: {e}"), None))?;
+        let object = value
+            .as_object()
+            .ok_or_else(|| FrameError::bad("frame must be a JSON object", None))?;
         let id = object.get("id").and_then(|v| v.as_str()).map(str::to_owned);
         let Some(kind) = object.get("type").and_then(|v| v.as_str()) else {
             return Err(FrameError::bad("missing string field `type`", id));
@@ -125,16 +159,22 @@ impl ClientFrame {
             return Err(FrameError::bad(format!("unknown frame type `{kind}`"), id));
         }
         let kind = kind.to_owned();
-        let frame: ClientFrame =
-            serde_json::from_value(value).map_err(|e| FrameError::bad(format!("invalid `{kind}` frame: {e}"), id.clone()))?;
+        let frame: ClientFrame = serde_json::from_value(value)
+            .map_err(|e| FrameError::bad(format!("invalid `{kind}` frame: {e}"), id.clone()))?;
         frame.validate(id)?;
         Ok(frame)
     }
 
     fn validate(&self, id: Option<String>) -> Result<(), FrameError> {
-        if let ClientFrame::Send { id: msg_id, body, .. } = self {
+        if let ClientFrame::Send {
+            id: msg_id, body, ..
+        } = self
+        {
             if !is_valid_client_msg_id(msg_id) {
-                return Err(FrameError::bad("`id` must be 1-64 characters of A-Za-z0-9_-", id));
+                return Err(FrameError::bad(
+                    "`id` must be 1-64 characters of A-Za-z0-9_-",
+                    id,
+                ));
             }
             if body.is_empty() {
                 return Err(FrameError::bad("`body` must not be empty", id));
@@ -142,7 +182,10 @@ impl ClientFrame {
             if body.len() > BODY_BYTES_MAX {
                 return Err(FrameError {
                     code: ErrorCode::BodyTooLarge,
-                    message: format!("`body` is {} bytes, at most {BODY_BYTES_MAX} are allowed", body.len()),
+                    message: format!(
+                        "`body` is {} bytes, at most {BODY_BYTES_MAX} are allowed",
+                        body.len()
+                    ),
                     id,
                 });
             }
@@ -163,11 +206,24 @@ mod tests {
     fn parses_every_client_frame() {
         assert_eq!(
             ClientFrame::parse(r#"{"type":"send","id":"m1","conv":7,"body":"hi"}"#),
-            Ok(ClientFrame::Send { id: "m1".into(), conv: 7, body: "hi".into() })
+            Ok(ClientFrame::Send {
+                id: "m1".into(),
+                conv: 7,
+                body: "hi".into()
+            })
         );
-        assert_eq!(ClientFrame::parse(r#"{"type":"read","conv":7,"seq":3}"#), Ok(ClientFrame::Read { conv: 7, seq: 3 }));
-        assert_eq!(ClientFrame::parse(r#"{"type":"sync","conv":7,"after":0}"#), Ok(ClientFrame::Sync { conv: 7, after: 0 }));
-        assert_eq!(ClientFrame::parse(r#"{"type":"ping"}"#), Ok(ClientFrame::Ping));
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"read","conv":7,"seq":3}"#),
+            Ok(ClientFrame::Read { conv: 7, seq: 3 })
+        );
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"sync","conv":7,"after":0}"#),
+            Ok(ClientFrame::Sync { conv: 7, after: 0 })
+        );
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"ping"}"#),
+            Ok(ClientFrame::Ping)
+        );
     }
 
     #[test]
@@ -178,8 +234,14 @@ mod tests {
             (r#"{"id":"a"}"#, Some("a")),
             (r#"{"type":"shout","id":"a"}"#, Some("a")),
             (r#"{"type":"send","id":"a","conv":1}"#, Some("a")),
-            (r#"{"type":"send","id":"a","conv":-1,"body":"x"}"#, Some("a")),
-            (r#"{"type":"send","id":"a b","conv":1,"body":"x"}"#, Some("a b")),
+            (
+                r#"{"type":"send","id":"a","conv":-1,"body":"x"}"#,
+                Some("a"),
+            ),
+            (
+                r#"{"type":"send","id":"a b","conv":1,"body":"x"}"#,
+                Some("a b"),
+            ),
             (r#"{"type":"send","id":"a","conv":1,"body":""}"#, Some("a")),
             (r#"{"type":7}"#, None),
         ];
@@ -192,9 +254,15 @@ mod tests {
 
     #[test]
     fn body_limit_is_in_bytes() {
-        let ok = format!(r#"{{"type":"send","id":"a","conv":1,"body":"{}"}}"#, "é".repeat(BODY_BYTES_MAX / 2));
+        let ok = format!(
+            r#"{{"type":"send","id":"a","conv":1,"body":"{}"}}"#,
+            "é".repeat(BODY_BYTES_MAX / 2)
+        );
         assert!(ClientFrame::parse(&ok).is_ok());
-        let big = format!(r#"{{"type":"send","id":"a","conv":1,"body":"{}x"}}"#, "é".repeat(BODY_BYTES_MAX / 2));
+        let big = format!(
+            r#"{{"type":"send","id":"a","conv":1,"body":"{}x"}}"#,
+            "é".repeat(BODY_BYTES_MAX / 2)
+        );
         let err = ClientFrame::parse(&big).unwrap_err();
         assert_eq!(err.code, ErrorCode::BodyTooLarge);
         assert_eq!(err.id.as_deref(), Some("a"));
@@ -202,12 +270,26 @@ mod tests {
 
     #[test]
     fn server_frames_match_the_contract() {
-        let f = ServerFrame::Sent { id: "m1".into(), conv: 1, seq: 2, ts: 3 };
-        assert_eq!(f.to_json(), r#"{"type":"sent","id":"m1","conv":1,"seq":2,"ts":3}"#);
+        let f = ServerFrame::Sent {
+            id: "m1".into(),
+            conv: 1,
+            seq: 2,
+            ts: 3,
+        };
+        assert_eq!(
+            f.to_json(),
+            r#"{"type":"sent","id":"m1","conv":1,"seq":2,"ts":3}"#
+        );
         let e = ServerFrame::error(&ApiError::new(ErrorCode::BadFrame, "x"), None);
-        assert_eq!(e.to_json(), r#"{"type":"error","code":"bad_frame","message":"x"}"#);
+        assert_eq!(
+            e.to_json(),
+            r#"{"type":"error","code":"bad_frame","message":"x"}"#
+        );
         let e = ServerFrame::error_for(&ApiError::unavailable("store"), FrameOp::Sync, 7);
-        assert_eq!(e.to_json(), r#"{"type":"error","code":"unavailable","message":"store","op":"sync","conv":7}"#);
+        assert_eq!(
+            e.to_json(),
+            r#"{"type":"error","code":"unavailable","message":"store","op":"sync","conv":7}"#
+        );
         assert_eq!(ServerFrame::Pong.to_json(), r#"{"type":"pong"}"#);
     }
 }

@@ -7,7 +7,10 @@
 
 use crate::error::ApiError;
 use crate::model::{ConnAddr, ConvId, Message, Seq};
-use crate::rest::{ConversationView, CreateConversation, Credentials, HistoryPage, HistoryQuery, Inbox, InboxQuery, Session, UserCreated};
+use crate::rest::{
+    ConversationView, CreateConversation, Credentials, HistoryPage, HistoryQuery, Inbox,
+    InboxQuery, Session, UserCreated,
+};
 use futures::future::BoxFuture;
 use std::sync::Arc;
 
@@ -44,8 +47,17 @@ pub trait AppApi: Send + Sync + 'static {
     async fn register(&self, credentials: Credentials) -> Result<UserCreated, ApiError>;
     async fn login(&self, credentials: Credentials) -> Result<Session, ApiError>;
     /// Returns the conversation and whether this call created it.
-    async fn create_conversation(&self, caller: &str, request: CreateConversation) -> Result<(ConversationView, bool), ApiError>;
-    async fn history(&self, caller: &str, conv: ConvId, query: HistoryQuery) -> Result<HistoryPage, ApiError>;
+    async fn create_conversation(
+        &self,
+        caller: &str,
+        request: CreateConversation,
+    ) -> Result<(ConversationView, bool), ApiError>;
+    async fn history(
+        &self,
+        caller: &str,
+        conv: ConvId,
+        query: HistoryQuery,
+    ) -> Result<HistoryPage, ApiError>;
     async fn inbox(&self, caller: &str, query: InboxQuery) -> Result<Inbox, ApiError>;
 
     /// Sends a message. Not `async`: the request is ordered when this is called, before the
@@ -55,7 +67,13 @@ pub trait AppApi: Send + Sync + 'static {
     /// Moves the caller's read cursor forward to `seq` (capped at the newest message).
     async fn read(&self, user: &str, conv: ConvId, seq: Seq) -> Result<(), ApiError>;
     /// Reads up to `limit` messages with `seq > after`.
-    async fn sync(&self, user: &str, conv: ConvId, after: Seq, limit: u32) -> Result<SyncPage, ApiError>;
+    async fn sync(
+        &self,
+        user: &str,
+        conv: ConvId,
+        after: Seq,
+        limit: u32,
+    ) -> Result<SyncPage, ApiError>;
 }
 
 /// A connection a message is for, and the user it must belong to.

@@ -67,14 +67,18 @@ pub struct Conversation {
 
 impl Conversation {
     pub fn is_member(&self, user: &str) -> bool {
-        self.members.binary_search_by(|m| m.as_str().cmp(user)).is_ok()
+        self.members
+            .binary_search_by(|m| m.as_str().cmp(user))
+            .is_ok()
     }
 }
 
 /// `a-z0-9_`, 3 to 32 characters.
 pub fn validate_username(name: &str) -> Result<(), ApiError> {
     let ok_len = (USERNAME_LEN_MIN..=USERNAME_LEN_MAX).contains(&name.len());
-    let ok_chars = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
     if ok_len && ok_chars {
         Ok(())
     } else {
@@ -97,7 +101,9 @@ pub fn validate_password(password: &str) -> Result<(), ApiError> {
 /// `A-Za-z0-9_-`, 1 to 64 characters.
 pub fn is_valid_client_msg_id(id: &str) -> bool {
     (1..=CLIENT_MSG_ID_LEN_MAX).contains(&id.len())
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Milliseconds since the Unix epoch. Under madsim `SystemTime` is simulated, so this is

@@ -39,7 +39,12 @@ pub struct ConversationView {
 
 impl From<&Conversation> for ConversationView {
     fn from(c: &Conversation) -> Self {
-        ConversationView { conv_id: c.conv_id, kind: c.kind, members: c.members.clone(), title: c.title.clone() }
+        ConversationView {
+            conv_id: c.conv_id,
+            kind: c.kind,
+            members: c.members.clone(),
+            title: c.title.clone(),
+        }
     }
 }
 
@@ -69,7 +74,14 @@ impl From<&Message> for MessageView {
 
 impl From<MessageView> for Message {
     fn from(m: MessageView) -> Self {
-        Message { conv: m.conv_id, seq: m.seq, sender: m.sender, body: m.body, client_msg_id: m.client_msg_id, ts: m.ts }
+        Message {
+            conv: m.conv_id,
+            seq: m.seq,
+            sender: m.sender,
+            body: m.body,
+            client_msg_id: m.client_msg_id,
+            ts: m.ts,
+        }
     }
 }
 

@@ -25,15 +25,32 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { entries: 1_000_000, servers: 200 };
+    let mut args = Args {
+        entries: 1_000_000,
+        servers: 200,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
         match flag.as_str() {
-            "--entries" => args.entries = value("--entries")?.parse().map_err(|e| format!("--entries: {e}"))?,
-            "--servers" => args.servers = value("--servers")?.parse().map_err(|e| format!("--servers: {e}"))?,
-            "-h" | "--help" => return Err("usage: redis_memory [--entries N] [--servers S]".to_owned()),
-            other => return Err(format!("unknown argument {other:?}; usage: redis_memory [--entries N] [--servers S]")),
+            "--entries" => {
+                args.entries = value("--entries")?
+                    .parse()
+                    .map_err(|e| format!("--entries: {e}"))?
+            }
+            "--servers" => {
+                args.servers = value("--servers")?
+                    .parse()
+                    .map_err(|e| format!("--servers: {e}"))?
+            }
+            "-h" | "--help" => {
+                return Err("usage: redis_memory [--entries N] [--servers S]".to_owned());
+            }
+            other => {
+                return Err(format!(
+                    "unknown argument {other:?}; usage: redis_memory [--entries N] [--servers S]"
+                ));
+            }
         }
     }
     if args.entries == 0 || args.servers == 0 {
@@ -83,11 +100,13 @@ async fn main() -> Result<(), String> {
     let width = width.max(4);
 
     let server = RedisServer::start()?;
-    let version = std::process::Command::new(std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_owned()))
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
+    let version = std::process::Command::new(
+        std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_owned()),
+    )
+    .arg("--version")
+    .output()
+    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    .unwrap_or_default();
     println!("{version}");
     println!("redis-server on {} (no persistence)", server.addr());
 
@@ -96,7 +115,10 @@ async fn main() -> Result<(), String> {
     config.entry_ttl = Duration::from_secs(3600);
     config.request_timeout = Duration::from_secs(10);
     let registry = RedisRegistry::new(config.clone());
-    let before = registry.used_memory_bytes().await.map_err(|e| e.to_string())?;
+    let before = registry
+        .used_memory_bytes()
+        .await
+        .map_err(|e| e.to_string())?;
 
     // The entries each server holds, as its heartbeat would re-assert them.
     let mut by_server: Vec<Vec<(String, ConnAddr)>> = vec![Vec::new(); args.servers as usize];
@@ -108,25 +130,49 @@ async fn main() -> Result<(), String> {
         let conn = mix(i.wrapping_add(1) << 1);
         by_server[server as usize].push((user, ConnAddr { server, conn }));
     }
-    let example = by_server.iter().flatten().next().map(|(u, a)| format!("{}u:{u} -> {a}", config.key_prefix)).unwrap_or_default();
+    let example = by_server
+        .iter()
+        .flatten()
+        .next()
+        .map(|(u, a)| format!("{}u:{u} -> {a}", config.key_prefix))
+        .unwrap_or_default();
 
     let started = Instant::now();
     for (server, entries) in by_server.iter().enumerate() {
-        registry.refresh(server as u32, entries).await.map_err(|e| format!("refresh of server {server}: {e}"))?;
+        registry
+            .refresh(server as u32, entries)
+            .await
+            .map_err(|e| format!("refresh of server {server}: {e}"))?;
     }
     let took = started.elapsed();
 
     let keys = registry.dbsize().await.map_err(|e| e.to_string())?;
-    let after = registry.used_memory_bytes().await.map_err(|e| e.to_string())?;
+    let after = registry
+        .used_memory_bytes()
+        .await
+        .map_err(|e| e.to_string())?;
     let per_entry = after.saturating_sub(before) as f64 / args.entries as f64;
-    println!("entries:          {} ({} users x 1 connection, {} servers)", args.entries, args.entries, args.servers);
+    println!(
+        "entries:          {} ({} users x 1 connection, {} servers)",
+        args.entries, args.entries, args.servers
+    );
     println!("example:          {example}");
-    println!("mean username:    {:.1} chars", name_bytes as f64 / args.entries as f64);
+    println!(
+        "mean username:    {:.1} chars",
+        name_bytes as f64 / args.entries as f64
+    );
     println!("keys in redis:    {keys}");
-    println!("refresh:          {:.2} s ({:.0} entries/s)", took.as_secs_f64(), args.entries as f64 / took.as_secs_f64());
+    println!(
+        "refresh:          {:.2} s ({:.0} entries/s)",
+        took.as_secs_f64(),
+        args.entries as f64 / took.as_secs_f64()
+    );
     println!("used_memory:      {before} -> {after} bytes");
     println!("bytes per entry:  {per_entry:.1}");
-    println!("vs assumption:    {:.2}x the {ASSUMED_BYTES_PER_ENTRY} bytes/entry seed assumption", per_entry / ASSUMED_BYTES_PER_ENTRY);
+    println!(
+        "vs assumption:    {:.2}x the {ASSUMED_BYTES_PER_ENTRY} bytes/entry seed assumption",
+        per_entry / ASSUMED_BYTES_PER_ENTRY
+    );
     if keys != args.entries {
         return Err(format!("expected {} keys, found {keys}", args.entries));
     }

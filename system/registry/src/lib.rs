@@ -51,7 +51,11 @@ pub trait Registry: Send + Sync + 'static {
     async fn lookup(&self, users: &[String]) -> Result<Vec<Vec<ConnAddr>>, RegistryError>;
     /// Re-asserts every connection `server` holds (its heartbeat): extends their lifetime
     /// where entries expire, and restores entries the registry lost.
-    async fn refresh(&self, server: ServerId, entries: &[(String, ConnAddr)]) -> Result<(), RegistryError>;
+    async fn refresh(
+        &self,
+        server: ServerId,
+        entries: &[(String, ConnAddr)],
+    ) -> Result<(), RegistryError>;
 }
 
 /// A registry in this process's memory. Entries never expire: the process that holds the
@@ -79,7 +83,9 @@ impl LocalRegistry {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<ConnAddr>>> {
         // A panic while holding the lock cannot leave the map half-updated (each operation
         // is one push or retain), so a poisoned lock is still consistent.
-        self.users.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.users
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -111,10 +117,17 @@ impl Registry for LocalRegistry {
 
     async fn lookup(&self, users: &[String]) -> Result<Vec<Vec<ConnAddr>>, RegistryError> {
         let map = self.lock();
-        Ok(users.iter().map(|u| map.get(u).cloned().unwrap_or_default()).collect())
+        Ok(users
+            .iter()
+            .map(|u| map.get(u).cloned().unwrap_or_default())
+            .collect())
     }
 
-    async fn refresh(&self, _server: ServerId, entries: &[(String, ConnAddr)]) -> Result<(), RegistryError> {
+    async fn refresh(
+        &self,
+        _server: ServerId,
+        entries: &[(String, ConnAddr)],
+    ) -> Result<(), RegistryError> {
         let mut users = self.lock();
         for (user, addr) in entries {
             let conns = users.entry(user.clone()).or_default();
@@ -146,13 +159,22 @@ mod tests {
         r.register("alice", addr(2, 7)).await.unwrap();
         r.register("alice", addr(2, 7)).await.unwrap();
         r.register("bob", addr(1, 2)).await.unwrap();
-        let found = r.lookup(&["alice".into(), "carol".into(), "bob".into()]).await.unwrap();
-        assert_eq!(found, vec![vec![addr(1, 1), addr(2, 7)], vec![], vec![addr(1, 2)]]);
+        let found = r
+            .lookup(&["alice".into(), "carol".into(), "bob".into()])
+            .await
+            .unwrap();
+        assert_eq!(
+            found,
+            vec![vec![addr(1, 1), addr(2, 7)], vec![], vec![addr(1, 2)]]
+        );
 
         // A stale unregister of a connection that is gone leaves the others alone.
         r.unregister("alice", addr(9, 9)).await.unwrap();
         r.unregister("alice", addr(1, 1)).await.unwrap();
-        assert_eq!(r.lookup(&["alice".into()]).await.unwrap(), vec![vec![addr(2, 7)]]);
+        assert_eq!(
+            r.lookup(&["alice".into()]).await.unwrap(),
+            vec![vec![addr(2, 7)]]
+        );
         r.unregister("alice", addr(2, 7)).await.unwrap();
         assert_eq!(r.len(), 1);
     }
@@ -160,11 +182,22 @@ mod tests {
     #[tokio::test]
     async fn refresh_restores_and_caps() {
         let r = LocalRegistry::new();
-        r.refresh(1, &[("alice".into(), addr(1, 1)), ("alice".into(), addr(1, 1))]).await.unwrap();
-        assert_eq!(r.lookup(&["alice".into()]).await.unwrap(), vec![vec![addr(1, 1)]]);
+        r.refresh(
+            1,
+            &[("alice".into(), addr(1, 1)), ("alice".into(), addr(1, 1))],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            r.lookup(&["alice".into()]).await.unwrap(),
+            vec![vec![addr(1, 1)]]
+        );
         for i in 0..CONNS_PER_USER_MAX as u64 {
             r.register("bob", addr(1, 100 + i)).await.unwrap();
         }
-        assert_eq!(r.register("bob", addr(1, 1000)).await, Err(RegistryError::TooManyConnections));
+        assert_eq!(
+            r.register("bob", addr(1, 1000)).await,
+            Err(RegistryError::TooManyConnections)
+        );
     }
 }

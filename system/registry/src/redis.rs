@@ -50,12 +50,12 @@
 //! the first failure (the next heartbeat re-sends everything).
 
 use crate::{CONNS_PER_USER_MAX, Registry, RegistryError};
+use ::redis::aio::MultiplexedConnection;
+use ::redis::{AsyncConnectionConfig, RedisConnectionInfo, Value};
 use chat_proto::model::now_ms;
 use chat_proto::{ConnAddr, ServerId};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use ::redis::aio::MultiplexedConnection;
-use ::redis::{AsyncConnectionConfig, RedisConnectionInfo, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -149,20 +149,30 @@ struct Live {
 
 impl std::fmt::Debug for RedisRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisRegistry").field("config", &self.inner.config).finish_non_exhaustive()
+        f.debug_struct("RedisRegistry")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
     }
 }
 
 impl RedisRegistry {
     /// A registry that connects on first use.
     pub fn new(config: RedisConfig) -> RedisRegistry {
-        let ttl_ms = u64::try_from(config.entry_ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let ttl_ms = u64::try_from(config.entry_ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
         let backoff = config.reconnect_backoff_min;
         RedisRegistry {
             inner: Arc::new(Inner {
                 config,
                 ttl_ms,
-                slot: Mutex::new(Slot { live: None, generation: 0, retry_at: None, backoff, last_error: String::new() }),
+                slot: Mutex::new(Slot {
+                    live: None,
+                    generation: 0,
+                    retry_at: None,
+                    backoff,
+                    last_error: String::new(),
+                }),
                 connecting: tokio::sync::Mutex::new(()),
                 pruning: AtomicBool::new(false),
             }),
@@ -291,7 +301,10 @@ impl Inner {
             }
             Err(_) => {
                 // A silent peer (a partition raises no TCP error) shows only as a timeout.
-                let reason = format!("redis at {} did not answer within {timeout:?}", self.config.addr);
+                let reason = format!(
+                    "redis at {} did not answer within {timeout:?}",
+                    self.config.addr
+                );
                 self.drop_connection(generation, &reason);
                 Err(RegistryError::Unavailable(reason))
             }
@@ -301,7 +314,10 @@ impl Inner {
     /// Runs a pipeline of writes; a refused write fails it.
     async fn run_writes(self: Arc<Inner>, pipe: ::redis::Pipeline) -> Result<(), RegistryError> {
         let replies = self.run(&pipe).await?;
-        match replies.iter().find(|reply| matches!(reply, Value::ServerError(_))) {
+        match replies
+            .iter()
+            .find(|reply| matches!(reply, Value::ServerError(_)))
+        {
             Some(refused) => Err(unexpected("HSET/PEXPIRE", refused)),
             None => Ok(()),
         }
@@ -309,11 +325,16 @@ impl Inner {
 
     fn lock(&self) -> MutexGuard<'_, Slot> {
         // Every update of the slot is a few field assignments that cannot panic halfway.
-        self.slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.slot
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn current(&self) -> Option<(u64, MultiplexedConnection)> {
-        self.lock().live.as_ref().map(|live| (live.generation, live.conn.clone()))
+        self.lock()
+            .live
+            .as_ref()
+            .map(|live| (live.generation, live.conn.clone()))
     }
 
     /// The live connection, connecting if there is none and the backoff allows.
@@ -341,14 +362,20 @@ impl Inner {
             // Book the backoff before trying: a caller's timeout may cancel this attempt
             // halfway, and the next caller must still wait.
             slot.retry_at = Some(now + slot.backoff);
-            slot.backoff = (slot.backoff * 2).min(self.config.reconnect_backoff_max).max(self.config.reconnect_backoff_min);
+            slot.backoff = (slot.backoff * 2)
+                .min(self.config.reconnect_backoff_max)
+                .max(self.config.reconnect_backoff_min);
         }
         match self.connect().await {
             Ok((conn, stop_driver)) => {
                 let mut slot = self.lock();
                 slot.generation += 1;
                 let generation = slot.generation;
-                slot.live = Some(Live { generation, conn: conn.clone(), _stop_driver: stop_driver });
+                slot.live = Some(Live {
+                    generation,
+                    conn: conn.clone(),
+                    _stop_driver: stop_driver,
+                });
                 slot.retry_at = None;
                 slot.backoff = self.config.reconnect_backoff_min;
                 tracing::info!(addr = %self.config.addr, generation, "registry: connected to redis");
@@ -364,15 +391,20 @@ impl Inner {
 
     async fn connect(&self) -> Result<(MultiplexedConnection, oneshot::Sender<()>), String> {
         let addr = &self.config.addr;
-        let stream = tokio::net::TcpStream::connect(addr.as_str()).await.map_err(|e| format!("connect to redis at {addr}: {e}"))?;
+        let stream = tokio::net::TcpStream::connect(addr.as_str())
+            .await
+            .map_err(|e| format!("connect to redis at {addr}: {e}"))?;
         // Small pipelined requests must not wait for Nagle's algorithm.
         let _ = stream.set_nodelay(true);
         // The library's own timeouts use the real tokio timer, which does not exist under
         // madsim: ours (the alias) bound every call instead.
-        let config = AsyncConnectionConfig::new().set_response_timeout(None).set_connection_timeout(None);
-        let (conn, driver) = MultiplexedConnection::new_with_config(&RedisConnectionInfo::default(), stream, config)
-            .await
-            .map_err(|e| format!("handshake with redis at {addr}: {e}"))?;
+        let config = AsyncConnectionConfig::new()
+            .set_response_timeout(None)
+            .set_connection_timeout(None);
+        let (conn, driver) =
+            MultiplexedConnection::new_with_config(&RedisConnectionInfo::default(), stream, config)
+                .await
+                .map_err(|e| format!("handshake with redis at {addr}: {e}"))?;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         tokio::spawn(async move {
             tokio::select! {
@@ -386,7 +418,11 @@ impl Inner {
     /// Forgets connection `generation` if it is still the live one; the next call reconnects.
     fn drop_connection(&self, generation: u64, reason: &str) {
         let mut slot = self.lock();
-        if slot.live.as_ref().is_some_and(|live| live.generation == generation) {
+        if slot
+            .live
+            .as_ref()
+            .is_some_and(|live| live.generation == generation)
+        {
             slot.live = None;
             slot.last_error = reason.to_owned();
             tracing::warn!(addr = %self.config.addr, generation, %reason, "registry: dropped redis connection");
@@ -404,7 +440,9 @@ fn new_pipe() -> ::redis::Pipeline {
 
 fn unexpected(command: &str, reply: &Value) -> RegistryError {
     match reply {
-        Value::ServerError(error) => RegistryError::Unavailable(format!("redis refused {command}: {error:?}")),
+        Value::ServerError(error) => {
+            RegistryError::Unavailable(format!("redis refused {command}: {error:?}"))
+        }
         other => RegistryError::Unavailable(format!("unexpected reply to {command}: {other:?}")),
     }
 }
@@ -425,7 +463,10 @@ pub fn field_of(addr: ConnAddr) -> String {
 pub fn parse_field(field: &[u8]) -> Option<ConnAddr> {
     let text = std::str::from_utf8(field).ok()?;
     let (server, conn) = text.split_once(':')?;
-    Some(ConnAddr { server: parse_decimal(server)?, conn: parse_decimal(conn)? })
+    Some(ConnAddr {
+        server: parse_decimal(server)?,
+        conn: parse_decimal(conn)?,
+    })
 }
 
 /// A plain decimal (no sign, no spaces) as the registry writes it.
@@ -456,7 +497,10 @@ fn hash_pairs(reply: Value) -> Vec<(Vec<u8>, Vec<u8>)> {
             }
             pairs
         }
-        Value::Map(items) => items.into_iter().filter_map(|(f, v)| Some((bytes(f)?, bytes(v)?))).collect(),
+        Value::Map(items) => items
+            .into_iter()
+            .filter_map(|(f, v)| Some((bytes(f)?, bytes(v)?)))
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -471,7 +515,10 @@ fn live_and_expired(pairs: Vec<(Vec<u8>, Vec<u8>)>, now_ms: u64) -> (Vec<ConnAdd
             tracing::debug!(field = %String::from_utf8_lossy(&field), "registry: skipping a field that is not a connection");
             continue;
         };
-        match std::str::from_utf8(&value).ok().and_then(parse_decimal::<u64>) {
+        match std::str::from_utf8(&value)
+            .ok()
+            .and_then(parse_decimal::<u64>)
+        {
             Some(expiry_ms) if expiry_ms >= now_ms => live.push(addr),
             Some(_) => expired.push(field),
             None => tracing::debug!(%addr, "registry: skipping an entry with an unreadable expiry"),
@@ -488,7 +535,10 @@ impl Registry for RedisRegistry {
         let key = self.user_key(user);
         let field = field_of(addr);
         let mut pipe = new_pipe();
-        pipe.cmd("HSET").arg(&key).arg(&field).arg(self.entry_expiry_ms());
+        pipe.cmd("HSET")
+            .arg(&key)
+            .arg(&field)
+            .arg(self.entry_expiry_ms());
         pipe.cmd("PEXPIRE").arg(&key).arg(self.inner.ttl_ms);
         pipe.cmd("HLEN").arg(&key);
         let replies = self.inner.run(&pipe).await?;
@@ -519,12 +569,18 @@ impl Registry for RedisRegistry {
         if !delete.is_empty() {
             self.inner.run(&delete).await?;
         }
-        if refused { Err(RegistryError::TooManyConnections) } else { Ok(()) }
+        if refused {
+            Err(RegistryError::TooManyConnections)
+        } else {
+            Ok(())
+        }
     }
 
     async fn unregister(&self, user: &str, addr: ConnAddr) -> Result<(), RegistryError> {
         let mut pipe = new_pipe();
-        pipe.cmd("HDEL").arg(self.user_key(user)).arg(field_of(addr));
+        pipe.cmd("HDEL")
+            .arg(self.user_key(user))
+            .arg(field_of(addr));
         let replies = self.inner.run(&pipe).await?;
         int_reply("HDEL", &replies[0])?;
         Ok(())
@@ -555,7 +611,11 @@ impl Registry for RedisRegistry {
         Ok(found)
     }
 
-    async fn refresh(&self, server: ServerId, entries: &[(String, ConnAddr)]) -> Result<(), RegistryError> {
+    async fn refresh(
+        &self,
+        server: ServerId,
+        entries: &[(String, ConnAddr)],
+    ) -> Result<(), RegistryError> {
         let expiry_ms = self.entry_expiry_ms();
         let ttl_ms = self.inner.ttl_ms;
         let mut chunks = entries.chunks(REFRESH_CHUNK_ENTRIES_MAX);
@@ -568,7 +628,10 @@ impl Registry for RedisRegistry {
                 let mut pipe = new_pipe();
                 for (user, addr) in chunk {
                     let key = self.user_key(user);
-                    pipe.cmd("HSET").arg(&key).arg(field_of(*addr)).arg(expiry_ms);
+                    pipe.cmd("HSET")
+                        .arg(&key)
+                        .arg(field_of(*addr))
+                        .arg(expiry_ms);
                     pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms);
                 }
                 in_flight.push(self.inner.clone().run_writes(pipe));
@@ -596,9 +659,24 @@ mod tests {
 
     #[test]
     fn fields_round_trip_and_garbage_is_skipped() {
-        let addr = ConnAddr { server: 199, conn: u64::MAX };
+        let addr = ConnAddr {
+            server: 199,
+            conn: u64::MAX,
+        };
         assert_eq!(parse_field(field_of(addr).as_bytes()), Some(addr));
-        for garbage in ["", ":", "1:", ":2", "1:2:3", "-1:2", "1:+2", "x:1", "4294967296:1", " 1:2", "1:18446744073709551616"] {
+        for garbage in [
+            "",
+            ":",
+            "1:",
+            ":2",
+            "1:2:3",
+            "-1:2",
+            "1:+2",
+            "x:1",
+            "4294967296:1",
+            " 1:2",
+            "1:18446744073709551616",
+        ] {
             assert_eq!(parse_field(garbage.as_bytes()), None, "{garbage:?}");
         }
         assert_eq!(parse_field(&[0xff, b':', b'1']), None);
@@ -614,7 +692,13 @@ mod tests {
             (b"0:7".to_vec(), b"2000".to_vec()),
         ];
         let (live, expired) = live_and_expired(pairs, 1000);
-        assert_eq!(live, vec![ConnAddr { server: 0, conn: 7 }, ConnAddr { server: 1, conn: 1 }]);
+        assert_eq!(
+            live,
+            vec![
+                ConnAddr { server: 0, conn: 7 },
+                ConnAddr { server: 1, conn: 1 }
+            ]
+        );
         assert_eq!(expired, vec![b"1:2".to_vec()]);
     }
 

@@ -91,7 +91,13 @@ pub async fn multi_device_register_and_lookup(r: &dyn Registry) {
     r.register("carol", addr(u32::MAX, u64::MAX)).await.unwrap();
     assert_eq!(
         lookup_sorted(r, &["alice", "dave", "bob", "carol", "alice"]).await,
-        vec![vec![addr(1, 1), addr(2, 7)], vec![], vec![addr(1, 2)], vec![addr(u32::MAX, u64::MAX)], vec![addr(1, 1), addr(2, 7)]],
+        vec![
+            vec![addr(1, 1), addr(2, 7)],
+            vec![],
+            vec![addr(1, 2)],
+            vec![addr(u32::MAX, u64::MAX)],
+            vec![addr(1, 1), addr(2, 7)]
+        ],
         "answers follow the order of the users asked, duplicates included"
     );
 }
@@ -105,31 +111,55 @@ pub async fn unregister_removes_exactly_that_connection(r: &dyn Registry) {
     r.unregister("alice", addr(9, 9)).await.unwrap();
     r.unregister("alice", addr(1, 2)).await.unwrap();
     r.unregister("nobody", addr(1, 1)).await.unwrap();
-    assert_eq!(lookup_sorted(r, &["alice", "bob"]).await, vec![vec![addr(1, 1), addr(2, 1)], vec![addr(1, 1)]]);
+    assert_eq!(
+        lookup_sorted(r, &["alice", "bob"]).await,
+        vec![vec![addr(1, 1), addr(2, 1)], vec![addr(1, 1)]]
+    );
     r.unregister("alice", addr(1, 1)).await.unwrap();
-    assert_eq!(lookup_sorted(r, &["alice", "bob"]).await, vec![vec![addr(2, 1)], vec![addr(1, 1)]]);
+    assert_eq!(
+        lookup_sorted(r, &["alice", "bob"]).await,
+        vec![vec![addr(2, 1)], vec![addr(1, 1)]]
+    );
     r.unregister("alice", addr(2, 1)).await.unwrap();
     r.unregister("alice", addr(2, 1)).await.unwrap();
-    assert_eq!(lookup_sorted(r, &["alice", "bob"]).await, vec![vec![], vec![addr(1, 1)]]);
+    assert_eq!(
+        lookup_sorted(r, &["alice", "bob"]).await,
+        vec![vec![], vec![addr(1, 1)]]
+    );
 }
 
 /// Unknown users have no connections; an empty question has an empty answer.
 pub async fn lookup_of_unknown_users_is_empty(r: &dyn Registry) {
     assert_eq!(r.lookup(&[]).await.unwrap(), Vec::<Vec<ConnAddr>>::new());
-    assert_eq!(lookup_sorted(r, &["ghost", "", "ünïcode ✓", "a:b"]).await, vec![vec![], vec![], vec![], vec![]]);
+    assert_eq!(
+        lookup_sorted(r, &["ghost", "", "ünïcode ✓", "a:b"]).await,
+        vec![vec![], vec![], vec![], vec![]]
+    );
     r.register("ünïcode ✓", addr(3, 3)).await.unwrap();
-    assert_eq!(lookup_sorted(r, &["ghost", "ünïcode ✓"]).await, vec![vec![], vec![addr(3, 3)]]);
+    assert_eq!(
+        lookup_sorted(r, &["ghost", "ünïcode ✓"]).await,
+        vec![vec![], vec![addr(3, 3)]]
+    );
 }
 
 /// `refresh` creates entries the registry does not have, and repeating it changes nothing.
 pub async fn refresh_restores_missing_entries(r: &dyn Registry) {
-    let entries = vec![("alice".to_owned(), addr(4, 1)), ("bob".to_owned(), addr(4, 2)), ("alice".to_owned(), addr(4, 3))];
+    let entries = vec![
+        ("alice".to_owned(), addr(4, 1)),
+        ("bob".to_owned(), addr(4, 2)),
+        ("alice".to_owned(), addr(4, 3)),
+    ];
     r.refresh(4, &entries).await.unwrap();
     r.refresh(4, &entries).await.unwrap();
     r.refresh(4, &[]).await.unwrap();
-    assert_eq!(lookup_sorted(r, &["alice", "bob"]).await, vec![vec![addr(4, 1), addr(4, 3)], vec![addr(4, 2)]]);
+    assert_eq!(
+        lookup_sorted(r, &["alice", "bob"]).await,
+        vec![vec![addr(4, 1), addr(4, 3)], vec![addr(4, 2)]]
+    );
     // More entries than one pipeline holds.
-    let many: Vec<(String, ConnAddr)> = (0..1500u64).map(|i| (format!("user{}", i % 700), addr(5, i))).collect();
+    let many: Vec<(String, ConnAddr)> = (0..1500u64)
+        .map(|i| (format!("user{}", i % 700), addr(5, i)))
+        .collect();
     r.refresh(5, &many).await.unwrap();
     let found = lookup_sorted(r, &["user0", "user699"]).await;
     assert_eq!(found[0], vec![addr(5, 0), addr(5, 700), addr(5, 1400)]);
@@ -143,14 +173,27 @@ pub async fn connections_per_user_are_capped(r: &dyn Registry) {
     for conn in 0..max {
         r.register("bob", addr(1, conn)).await.unwrap();
     }
-    assert_eq!(r.register("bob", addr(2, 1000)).await, Err(RegistryError::TooManyConnections));
-    r.register("bob", addr(1, 0)).await.expect("re-registering at the cap");
+    assert_eq!(
+        r.register("bob", addr(2, 1000)).await,
+        Err(RegistryError::TooManyConnections)
+    );
+    r.register("bob", addr(1, 0))
+        .await
+        .expect("re-registering at the cap");
     let found = lookup_sorted(r, &["bob"]).await;
-    assert_eq!(found[0].len(), CONNS_PER_USER_MAX, "the refused connection is not recorded");
+    assert_eq!(
+        found[0].len(),
+        CONNS_PER_USER_MAX,
+        "the refused connection is not recorded"
+    );
     assert!(!found[0].contains(&addr(2, 1000)));
     r.unregister("bob", addr(1, 5)).await.unwrap();
-    r.register("bob", addr(2, 1000)).await.expect("room after an unregister");
-    r.register("carol", addr(1, 0)).await.expect("the cap is per user");
+    r.register("bob", addr(2, 1000))
+        .await
+        .expect("room after an unregister");
+    r.register("carol", addr(1, 0))
+        .await
+        .expect("the cap is per user");
 }
 
 /// After the backend loses its data, lookups find nothing, and one refresh per server
@@ -158,7 +201,10 @@ pub async fn connections_per_user_are_capped(r: &dyn Registry) {
 /// empty one.
 pub async fn refresh_restores_entries_after_data_loss(backend: &dyn Backend) {
     let r = backend.registry();
-    let server1 = vec![("alice".to_owned(), addr(1, 1)), ("bob".to_owned(), addr(1, 2))];
+    let server1 = vec![
+        ("alice".to_owned(), addr(1, 1)),
+        ("bob".to_owned(), addr(1, 2)),
+    ];
     let server2 = vec![("alice".to_owned(), addr(2, 9))];
     for (user, a) in server1.iter().chain(&server2) {
         r.register(user, *a).await.unwrap();
@@ -167,7 +213,11 @@ pub async fn refresh_restores_entries_after_data_loss(backend: &dyn Backend) {
     assert_eq!(before, vec![vec![addr(1, 1), addr(2, 9)], vec![addr(1, 2)]]);
 
     let r = if backend.lose_data().await {
-        assert_eq!(lookup_sorted(&*r, &["alice", "bob"]).await, vec![vec![], vec![]], "data loss loses every entry");
+        assert_eq!(
+            lookup_sorted(&*r, &["alice", "bob"]).await,
+            vec![vec![], vec![]],
+            "data loss loses every entry"
+        );
         r
     } else {
         backend.registry()
@@ -188,21 +238,34 @@ pub async fn entries_expire_without_refresh(r: &dyn Registry, ttl: Duration) {
 
     sleep_until(registered + ttl / 2).await;
     let refresh_sent = Instant::now();
-    r.refresh(1, &[("alice".to_owned(), addr(1, 1))]).await.unwrap();
+    r.refresh(1, &[("alice".to_owned(), addr(1, 1))])
+        .await
+        .unwrap();
     let refreshed = Instant::now();
 
     sleep_until(registered + ttl + margin).await;
     let found = lookup_sorted(r, &["alice", "bob"]).await;
-    assert!(!found[0].contains(&addr(2, 2)), "alice's unrefreshed connection expired: {found:?}");
+    assert!(
+        !found[0].contains(&addr(2, 2)),
+        "alice's unrefreshed connection expired: {found:?}"
+    );
     assert_eq!(found[1], vec![], "bob expired");
     if Instant::now() < refresh_sent + ttl {
-        assert_eq!(found[0], vec![addr(1, 1)], "alice's refreshed connection lives on");
+        assert_eq!(
+            found[0],
+            vec![addr(1, 1)],
+            "alice's refreshed connection lives on"
+        );
     } else {
         println!("entries_expire_without_refresh: machine too slow to check the refreshed entry");
     }
 
     sleep_until(refreshed + ttl + margin).await;
-    assert_eq!(lookup_sorted(r, &["alice", "bob"]).await, vec![vec![], vec![]], "everything expired");
+    assert_eq!(
+        lookup_sorted(r, &["alice", "bob"]).await,
+        vec![vec![], vec![]],
+        "everything expired"
+    );
 }
 
 /// Expired connections do not count toward the cap, even while the user's other devices
@@ -215,13 +278,18 @@ pub async fn cap_counts_only_live_connections(r: &dyn Registry, ttl: Duration) {
     let registered = Instant::now();
     sleep_until(registered + ttl / 2).await;
     let refresh_sent = Instant::now();
-    r.refresh(1, &[("bob".to_owned(), addr(1, 0))]).await.unwrap();
+    r.refresh(1, &[("bob".to_owned(), addr(1, 0))])
+        .await
+        .unwrap();
     sleep_until(registered + ttl + margin).await;
     // All but one expired: there is room again.
     let result = r.register("bob", addr(2, 1)).await;
     if Instant::now() < refresh_sent + ttl {
         result.expect("expired connections leave room");
-        assert_eq!(lookup_sorted(r, &["bob"]).await, vec![vec![addr(1, 0), addr(2, 1)]]);
+        assert_eq!(
+            lookup_sorted(r, &["bob"]).await,
+            vec![vec![addr(1, 0), addr(2, 1)]]
+        );
     } else {
         println!("cap_counts_only_live_connections: machine too slow to check");
     }
@@ -265,7 +333,10 @@ impl RedisBackend {
     }
 
     pub fn with_config(config: RedisConfig) -> RedisBackend {
-        RedisBackend { config, registries: AtomicU64::new(0) }
+        RedisBackend {
+            config,
+            registries: AtomicU64::new(0),
+        }
     }
 
     /// A registry with its own key prefix.
@@ -345,7 +416,16 @@ impl RedisServer {
         self.kill();
         let program = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_owned());
         let child = std::process::Command::new(&program)
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::inherit())
             .spawn()
@@ -361,13 +441,19 @@ impl RedisServer {
             if let Some(child) = &mut self.child
                 && let Ok(Some(status)) = child.try_wait()
             {
-                return Err(format!("`{program}` on port {} exited at start: {status}", self.port));
+                return Err(format!(
+                    "`{program}` on port {} exited at start: {status}",
+                    self.port
+                ));
             }
             if redis_answers_ping(self.port) {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(format!("`{program}` on port {} did not answer within {REDIS_START_TIMEOUT:?}", self.port));
+                return Err(format!(
+                    "`{program}` on port {} did not answer within {REDIS_START_TIMEOUT:?}",
+                    self.port
+                ));
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -382,8 +468,12 @@ impl Drop for RedisServer {
 
 /// A port that was free a moment ago (the OS picks it).
 pub fn free_port() -> Result<u16, String> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
-    listener.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| e.to_string())
 }
 
 /// Whether a Redis on 127.0.0.1:`port` answers `PING` (plain blocking I/O: no runtime needed).

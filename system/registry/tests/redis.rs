@@ -15,7 +15,10 @@ fn start_redis() -> RedisServer {
 
 /// A plain blocking client for looking at (and corrupting) what the registry wrote.
 fn raw(server: &RedisServer) -> redis::Connection {
-    redis::Client::open(format!("redis://{}/", server.addr())).unwrap().get_connection().unwrap()
+    redis::Client::open(format!("redis://{}/", server.addr()))
+        .unwrap()
+        .get_connection()
+        .unwrap()
 }
 
 fn test_config(server_addr: String) -> RedisConfig {
@@ -27,10 +30,21 @@ fn test_config(server_addr: String) -> RedisConfig {
     config
 }
 
-fn assert_unavailable<T: std::fmt::Debug>(what: &str, result: Result<T, RegistryError>, started: Instant, bound: Duration) {
+fn assert_unavailable<T: std::fmt::Debug>(
+    what: &str,
+    result: Result<T, RegistryError>,
+    started: Instant,
+    bound: Duration,
+) {
     let took = started.elapsed();
-    assert!(matches!(result, Err(RegistryError::Unavailable(_))), "{what}: expected Unavailable, got {result:?}");
-    assert!(took <= bound, "{what}: failed after {took:?}, more than {bound:?}");
+    assert!(
+        matches!(result, Err(RegistryError::Unavailable(_))),
+        "{what}: expected Unavailable, got {result:?}"
+    );
+    assert!(
+        took <= bound,
+        "{what}: failed after {took:?}, more than {bound:?}"
+    );
 }
 
 #[tokio::test]
@@ -57,9 +71,15 @@ async fn keys_follow_the_documented_layout() {
     assert_eq!(fields[0].0, "7:42", "field is {{server}}:{{conn}}");
     let expiry_ms: u64 = fields[0].1.parse().expect("value is the expiry in ms");
     let ttl_ms = config.entry_ttl.as_millis() as u64;
-    assert!(expiry_ms >= before_ms + ttl_ms && expiry_ms <= chat_proto::model::now_ms() + ttl_ms, "expiry {expiry_ms}");
+    assert!(
+        expiry_ms >= before_ms + ttl_ms && expiry_ms <= chat_proto::model::now_ms() + ttl_ms,
+        "expiry {expiry_ms}"
+    );
     let pttl: i64 = redis::cmd("PTTL").arg(key).query(&mut con).unwrap();
-    assert!(pttl > 0 && pttl as u64 <= ttl_ms, "the key expires with the entry: PTTL {pttl}");
+    assert!(
+        pttl > 0 && pttl as u64 <= ttl_ms,
+        "the key expires with the entry: PTTL {pttl}"
+    );
 
     // The last connection's unregister leaves no key behind.
     registry.unregister("alice", addr(7, 42)).await.unwrap();
@@ -88,7 +108,11 @@ async fn lookups_skip_garbage_foreign_keys_and_expired_fields() {
         .query(&mut con)
         .unwrap();
     // A key of another type where a user's hash would be.
-    let _: () = redis::cmd("SET").arg("test:u:mallory").arg("not a hash").query(&mut con).unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("test:u:mallory")
+        .arg("not a hash")
+        .query(&mut con)
+        .unwrap();
 
     let found = lookup_sorted(&registry, &["mallory", "alice", "bob"]).await;
     assert_eq!(found, vec![vec![], vec![addr(1, 1)], vec![]]);
@@ -97,19 +121,35 @@ async fn lookups_skip_garbage_foreign_keys_and_expired_fields() {
     // The deadline only guards against hanging: generous for a loaded machine.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let exists: bool = redis::cmd("HEXISTS").arg("test:u:alice").arg("4:4").query(&mut con).unwrap();
+        let exists: bool = redis::cmd("HEXISTS")
+            .arg("test:u:alice")
+            .arg("4:4")
+            .query(&mut con)
+            .unwrap();
         if !exists {
             break;
         }
-        assert!(Instant::now() < deadline, "expired field 4:4 was not pruned");
+        assert!(
+            Instant::now() < deadline,
+            "expired field 4:4 was not pruned"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let len: i64 = redis::cmd("HLEN").arg("test:u:alice").query(&mut con).unwrap();
+    let len: i64 = redis::cmd("HLEN")
+        .arg("test:u:alice")
+        .query(&mut con)
+        .unwrap();
     assert_eq!(len, 4);
 
     // Writes to a foreign key fail as Unavailable, and do not break the connection.
-    assert!(matches!(registry.register("mallory", addr(1, 2)).await, Err(RegistryError::Unavailable(_))));
-    assert_eq!(lookup_sorted(&registry, &["alice"]).await, vec![vec![addr(1, 1)]]);
+    assert!(matches!(
+        registry.register("mallory", addr(1, 2)).await,
+        Err(RegistryError::Unavailable(_))
+    ));
+    assert_eq!(
+        lookup_sorted(&registry, &["alice"]).await,
+        vec![vec![addr(1, 1)]]
+    );
 }
 
 #[tokio::test]
@@ -126,7 +166,10 @@ async fn concurrent_callers_share_one_connection() {
         call.await.unwrap().unwrap();
     }
     let info = registry.info("clients").await.unwrap();
-    assert!(info.lines().any(|l| l.trim() == "connected_clients:1"), "one connection expected:\n{info}");
+    assert!(
+        info.lines().any(|l| l.trim() == "connected_clients:1"),
+        "one connection expected:\n{info}"
+    );
     assert_eq!(registry.dbsize().await.unwrap(), 64);
 }
 
@@ -136,7 +179,10 @@ async fn redis_crash_gives_unavailable_fast_and_refresh_restores_entries() {
     let config = test_config(server.addr());
     let bound = config.request_timeout + Duration::from_millis(250);
     let registry = RedisRegistry::new(config);
-    let held = vec![("alice".to_owned(), addr(1, 1)), ("bob".to_owned(), addr(1, 2))];
+    let held = vec![
+        ("alice".to_owned(), addr(1, 1)),
+        ("bob".to_owned(), addr(1, 2)),
+    ];
     for (user, a) in &held {
         registry.register(user, *a).await.unwrap();
     }
@@ -146,13 +192,33 @@ async fn redis_crash_gives_unavailable_fast_and_refresh_restores_entries() {
     server.kill();
     for round in 0..5 {
         let started = Instant::now();
-        assert_unavailable(&format!("lookup #{round}"), registry.lookup(&["alice".to_owned()]).await, started, bound);
+        assert_unavailable(
+            &format!("lookup #{round}"),
+            registry.lookup(&["alice".to_owned()]).await,
+            started,
+            bound,
+        );
         let started = Instant::now();
-        assert_unavailable(&format!("register #{round}"), registry.register("carol", addr(1, 3)).await, started, bound);
+        assert_unavailable(
+            &format!("register #{round}"),
+            registry.register("carol", addr(1, 3)).await,
+            started,
+            bound,
+        );
         let started = Instant::now();
-        assert_unavailable(&format!("refresh #{round}"), registry.refresh(1, &held).await, started, bound);
+        assert_unavailable(
+            &format!("refresh #{round}"),
+            registry.refresh(1, &held).await,
+            started,
+            bound,
+        );
         let started = Instant::now();
-        assert_unavailable(&format!("unregister #{round}"), registry.unregister("alice", addr(1, 1)).await, started, bound);
+        assert_unavailable(
+            &format!("unregister #{round}"),
+            registry.unregister("alice", addr(1, 1)).await,
+            started,
+            bound,
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -165,12 +231,18 @@ async fn redis_crash_gives_unavailable_fast_and_refresh_restores_entries() {
             Ok(()) => break,
             Err(e) => {
                 assert!(e.is_retryable());
-                assert!(Instant::now() < deadline, "refresh still failing after restart: {e}");
+                assert!(
+                    Instant::now() < deadline,
+                    "refresh still failing after restart: {e}"
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
-    assert_eq!(lookup_sorted(&registry, &["alice", "bob", "carol"]).await, vec![vec![addr(1, 1)], vec![addr(1, 2)], vec![]]);
+    assert_eq!(
+        lookup_sorted(&registry, &["alice", "bob", "carol"]).await,
+        vec![vec![addr(1, 1)], vec![addr(1, 2)], vec![]]
+    );
 }
 
 #[tokio::test]
@@ -189,9 +261,19 @@ async fn unreachable_redis_gives_unavailable_within_the_timeout() {
         let registry = RedisRegistry::new(config);
         for round in 0..3 {
             let started = Instant::now();
-            assert_unavailable(&format!("{target} lookup #{round}"), registry.lookup(&["alice".to_owned()]).await, started, bound);
+            assert_unavailable(
+                &format!("{target} lookup #{round}"),
+                registry.lookup(&["alice".to_owned()]).await,
+                started,
+                bound,
+            );
             let started = Instant::now();
-            assert_unavailable(&format!("{target} register #{round}"), registry.register("alice", addr(1, 1)).await, started, bound);
+            assert_unavailable(
+                &format!("{target} register #{round}"),
+                registry.register("alice", addr(1, 1)).await,
+                started,
+                bound,
+            );
         }
     }
 }

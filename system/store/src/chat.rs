@@ -97,7 +97,10 @@ pub struct ChatStore {
 
 impl ChatStore {
     pub fn new(kv: Arc<dyn Kv>) -> ChatStore {
-        ChatStore { kv, run_options: RunOptions::default() }
+        ChatStore {
+            kv,
+            run_options: RunOptions::default(),
+        }
     }
 
     pub fn with_run_options(kv: Arc<dyn Kv>, run_options: RunOptions) -> ChatStore {
@@ -118,7 +121,12 @@ impl ChatStore {
 
     /// Creates a user. Idempotent under retry: after an unknown commit result, finding our
     /// own record (same salted hash and timestamp) counts as success.
-    pub async fn create_user(&self, username: &str, password_hash: &str, ts: u64) -> Result<(), StoreError> {
+    pub async fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+        ts: u64,
+    ) -> Result<(), StoreError> {
         let key = &keys::user(username);
         let record = &value::user(password_hash, ts);
         self.run(move |tx, maybe_committed| async move {
@@ -137,9 +145,14 @@ impl ChatStore {
     pub async fn get_user(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
         let key = &keys::user(username);
         self.run(move |tx, _| async move {
-            let Some(raw) = tx.get(key).await? else { return Ok(None) };
+            let Some(raw) = tx.get(key).await? else {
+                return Ok(None);
+            };
             let (password_hash, created_ts) = value::decode_user(&raw)?;
-            Ok(Some(UserRecord { password_hash, created_ts }))
+            Ok(Some(UserRecord {
+                password_hash,
+                created_ts,
+            }))
         })
         .await
     }
@@ -167,7 +180,11 @@ impl ChatStore {
         members.push(creator.to_owned());
         members.sort();
         members.dedup();
-        let kind = if members.len() == 2 && title.is_none() { ConvKind::Direct } else { ConvKind::Group };
+        let kind = if members.len() == 2 && title.is_none() {
+            ConvKind::Direct
+        } else {
+            ConvKind::Group
+        };
         let (members, title) = (&members, &title);
         // What each attempt wrote; after an unknown result one of them may have landed.
         let attempts: &std::sync::Mutex<Vec<Conversation>> = &std::sync::Mutex::new(Vec::new());
@@ -181,7 +198,12 @@ impl ChatStore {
                 }
             }
             let tx_ref = &tx;
-            let found = try_join_all(members.iter().map(|m| async move { tx_ref.get(&keys::user(m)).await })).await?;
+            let found = try_join_all(
+                members
+                    .iter()
+                    .map(|m| async move { tx_ref.get(&keys::user(m)).await }),
+            )
+            .await?;
             if let Some((missing, _)) = members.iter().zip(&found).find(|(_, f)| f.is_none()) {
                 return Err(StoreError::UnknownUser(missing.clone()));
             }
@@ -193,9 +215,11 @@ impl ChatStore {
                 && let Some(raw) = tx.get(direct_key).await?
             {
                 let conv_id = value::decode_int(keys::subspace::DIRECT, &raw)?;
-                let conv = load_conv(&tx, conv_id)
-                    .await?
-                    .ok_or_else(|| corrupt(format!("direct key points to missing conversation {conv_id}")))?;
+                let conv = load_conv(&tx, conv_id).await?.ok_or_else(|| {
+                    corrupt(format!(
+                        "direct key points to missing conversation {conv_id}"
+                    ))
+                })?;
                 return Ok((conv, false));
             }
 
@@ -206,11 +230,22 @@ impl ChatStore {
                 Some(raw) => value::decode_int(keys::subspace::COUNTER, &raw)?,
                 None => 0,
             };
-            let conv_id = last_id.checked_add(1).ok_or_else(|| corrupt("conversation ids exhausted".into()))?;
+            let conv_id = last_id
+                .checked_add(1)
+                .ok_or_else(|| corrupt("conversation ids exhausted".into()))?;
             tx.set(&counter_key, &value::int(conv_id));
 
-            let conv = Conversation { conv_id, kind, members: members.clone(), title: title.clone(), created_ts: ts };
-            attempts.lock().unwrap_or_else(|p| p.into_inner()).push(conv.clone());
+            let conv = Conversation {
+                conv_id,
+                kind,
+                members: members.clone(),
+                title: title.clone(),
+                created_ts: ts,
+            };
+            attempts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(conv.clone());
             tx.set(&keys::conv(conv_id), &value::conv(&conv));
             // The head exists from creation on, with the creation time as last activity, so
             // the recency index always sits at `head.last_ts`.
@@ -227,7 +262,8 @@ impl ChatStore {
     }
 
     pub async fn conversation(&self, conv_id: ConvId) -> Result<Option<Conversation>, StoreError> {
-        self.run(move |tx, _| async move { Ok(load_conv(&tx, conv_id).await?) }).await
+        self.run(move |tx, _| async move { Ok(load_conv(&tx, conv_id).await?) })
+            .await
     }
 
     /// Appends a batch of messages to one conversation in ONE transaction.
@@ -251,7 +287,8 @@ impl ChatStore {
         ts: u64,
     ) -> Result<Vec<Result<Appended, AppendError>>, StoreError> {
         let batch = &batch;
-        self.run(move |tx, _| async move { append_in(&tx, conv_id, batch, ts).await }).await
+        self.run(move |tx, _| async move { append_in(&tx, conv_id, batch, ts).await })
+            .await
     }
 
     /// The newest `limit` messages with `seq < before` (or the newest overall), ascending,
@@ -293,11 +330,16 @@ impl ChatStore {
         self.run(move |tx, _| async move {
             let conv = load_member_conv(&tx, user, conv_id).await?;
             let (last_seq, _) = load_head(&tx, &conv).await?;
-            let Some(first) = after.checked_add(1).filter(|&first| first <= last_seq && limit > 0) else {
+            let Some(first) = after
+                .checked_add(1)
+                .filter(|&first| first <= last_seq && limit > 0)
+            else {
                 return Ok((Vec::new(), last_seq));
             };
             let (_, end) = keys::msgs(conv_id);
-            let pairs = tx.get_range(&keys::msg(conv_id, first), &end, limit as usize, false).await?;
+            let pairs = tx
+                .get_range(&keys::msg(conv_id, first), &end, limit as usize, false)
+                .await?;
             Ok((decode_messages(conv_id, pairs)?, last_seq))
         })
         .await
@@ -318,18 +360,27 @@ impl ChatStore {
                     Key::Recent { conv, .. } => conv,
                     other => return Err(corrupt(format!("{other:?} in the recency index"))),
                 };
-                let conv = load_conv(tx, conv_id)
-                    .await?
-                    .ok_or_else(|| corrupt(format!("recency index names missing conversation {conv_id}")))?;
+                let conv = load_conv(tx, conv_id).await?.ok_or_else(|| {
+                    corrupt(format!(
+                        "recency index names missing conversation {conv_id}"
+                    ))
+                })?;
                 let (last_seq, _) = load_head(tx, &conv).await?;
                 let cursor = load_cursor(tx, user, conv_id).await?;
                 let last_message = match last_seq {
                     0 => None,
                     seq => Some(load_message(tx, conv_id, seq).await?.ok_or_else(|| {
-                        corrupt(format!("conversation {conv_id} head names missing message {seq}"))
+                        corrupt(format!(
+                            "conversation {conv_id} head names missing message {seq}"
+                        ))
                     })?),
                 };
-                Ok::<_, StoreError>(InboxItem { conv, last_seq, last_message, unread: last_seq.saturating_sub(cursor) })
+                Ok::<_, StoreError>(InboxItem {
+                    conv,
+                    last_seq,
+                    last_message,
+                    unread: last_seq.saturating_sub(cursor),
+                })
             }))
             .await
         })
@@ -360,7 +411,10 @@ async fn append_in(
     ts: u64,
 ) -> Result<Vec<Result<Appended, AppendError>>, StoreError> {
     let Some(conv) = load_conv(tx, conv_id).await? else {
-        return Ok(batch.iter().map(|_| Err(AppendError::UnknownConversation)).collect());
+        return Ok(batch
+            .iter()
+            .map(|_| Err(AppendError::UnknownConversation))
+            .collect());
     };
     let (last_seq, last_ts) = load_head(tx, &conv).await?;
     let ts = ts.max(last_ts);
@@ -385,7 +439,10 @@ async fn append_in(
         }
         let id = (item.sender.as_str(), item.client_msg_id.as_str());
         if let Some(first) = answered.get(&id) {
-            results.push(Ok(Appended { fresh: false, ..first.clone() }));
+            results.push(Ok(Appended {
+                fresh: false,
+                ..first.clone()
+            }));
             continue;
         }
         let appended = match stored {
@@ -394,7 +451,12 @@ async fn append_in(
                 let message = load_message(tx, stored_conv, stored_seq).await?.ok_or_else(|| {
                     corrupt(format!("idem key names missing message {stored_seq} of conversation {stored_conv}"))
                 })?;
-                Appended { seq: stored_seq, ts: message.ts, message, fresh: false }
+                Appended {
+                    seq: stored_seq,
+                    ts: message.ts,
+                    message,
+                    fresh: false,
+                }
             }
             None => {
                 seq += 1;
@@ -407,9 +469,17 @@ async fn append_in(
                     ts,
                 };
                 tx.set(&keys::msg(conv_id, seq), &value::msg(&message));
-                tx.set(&keys::idem(&item.sender, &item.client_msg_id), &value::idem(conv_id, seq));
+                tx.set(
+                    &keys::idem(&item.sender, &item.client_msg_id),
+                    &value::idem(conv_id, seq),
+                );
                 newest_by_sender.insert(&item.sender, seq);
-                Appended { seq, ts, message, fresh: true }
+                Appended {
+                    seq,
+                    ts,
+                    message,
+                    fresh: true,
+                }
             }
         };
         answered.insert(id, appended.clone());
@@ -428,7 +498,12 @@ async fn append_in(
         for (sender, newest) in newest_by_sender {
             tx.set(&keys::cursor(sender, conv_id), &value::int(newest));
         }
-        tracing::debug!(conv = conv_id, first_seq = last_seq + 1, last_seq = seq, "appended messages");
+        tracing::debug!(
+            conv = conv_id,
+            first_seq = last_seq + 1,
+            last_seq = seq,
+            "appended messages"
+        );
     }
     Ok(results)
 }
@@ -445,7 +520,11 @@ async fn load_conv(tx: &Tx, conv_id: ConvId) -> Result<Option<Conversation>, KvE
 }
 
 /// The conversation if it exists and `user` is a member.
-async fn load_member_conv(tx: &Tx, user: &str, conv_id: ConvId) -> Result<Conversation, StoreError> {
+async fn load_member_conv(
+    tx: &Tx,
+    user: &str,
+    conv_id: ConvId,
+) -> Result<Conversation, StoreError> {
     match load_conv(tx, conv_id).await? {
         Some(conv) if conv.is_member(user) => Ok(conv),
         _ => Err(StoreError::UnknownConversation),
@@ -474,12 +553,17 @@ async fn load_message(tx: &Tx, conv_id: ConvId, seq: Seq) -> Result<Option<Messa
     }
 }
 
-fn decode_messages(conv_id: ConvId, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Vec<Message>, KvError> {
+fn decode_messages(
+    conv_id: ConvId,
+    pairs: Vec<(Vec<u8>, Vec<u8>)>,
+) -> Result<Vec<Message>, KvError> {
     pairs
         .into_iter()
         .map(|(key, raw)| match Key::decode(&key)? {
             Key::Msg { conv, seq } if conv == conv_id => value::decode_msg(conv, seq, &raw),
-            other => Err(KvError::Corrupt(format!("{other:?} in the messages of conversation {conv_id}"))),
+            other => Err(KvError::Corrupt(format!(
+                "{other:?} in the messages of conversation {conv_id}"
+            ))),
         })
         .collect()
 }

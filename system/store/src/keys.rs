@@ -33,16 +33,40 @@ pub const COUNTER_CONV: &str = "conv";
 /// A decoded key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Key {
-    User { username: String },
-    Conv { conv: ConvId },
-    Head { conv: ConvId },
+    User {
+        username: String,
+    },
+    Conv {
+        conv: ConvId,
+    },
+    Head {
+        conv: ConvId,
+    },
     /// `user_a < user_b`.
-    Direct { user_a: String, user_b: String },
-    Msg { conv: ConvId, seq: Seq },
-    Idem { sender: String, client_msg_id: String },
-    Recent { user: String, ts: u64, conv: ConvId },
-    Cursor { user: String, conv: ConvId },
-    Counter { name: String },
+    Direct {
+        user_a: String,
+        user_b: String,
+    },
+    Msg {
+        conv: ConvId,
+        seq: Seq,
+    },
+    Idem {
+        sender: String,
+        client_msg_id: String,
+    },
+    Recent {
+        user: String,
+        ts: u64,
+        conv: ConvId,
+    },
+    Cursor {
+        user: String,
+        conv: ConvId,
+    },
+    Counter {
+        name: String,
+    },
 }
 
 impl Key {
@@ -53,7 +77,10 @@ impl Key {
             Key::Head { conv } => head(*conv),
             Key::Direct { user_a, user_b } => direct(user_a, user_b),
             Key::Msg { conv, seq } => msg(*conv, *seq),
-            Key::Idem { sender, client_msg_id } => idem(sender, client_msg_id),
+            Key::Idem {
+                sender,
+                client_msg_id,
+            } => idem(sender, client_msg_id),
             Key::Recent { user, ts, conv } => recent(user, *ts, *conv),
             Key::Cursor { user, conv } => cursor(user, *conv),
             Key::Counter { name } => counter(name),
@@ -72,8 +99,12 @@ impl Key {
                 let (username,) = unpack::<(String,)>(rest).map_err(fields)?;
                 Key::User { username }
             }
-            subspace::CONV => Key::Conv { conv: unpack::<(u64,)>(rest).map_err(fields)?.0 },
-            subspace::HEAD => Key::Head { conv: unpack::<(u64,)>(rest).map_err(fields)?.0 },
+            subspace::CONV => Key::Conv {
+                conv: unpack::<(u64,)>(rest).map_err(fields)?.0,
+            },
+            subspace::HEAD => Key::Head {
+                conv: unpack::<(u64,)>(rest).map_err(fields)?.0,
+            },
             subspace::DIRECT => {
                 let (user_a, user_b) = unpack(rest).map_err(fields)?;
                 Key::Direct { user_a, user_b }
@@ -84,7 +115,10 @@ impl Key {
             }
             subspace::IDEM => {
                 let (sender, client_msg_id) = unpack(rest).map_err(fields)?;
-                Key::Idem { sender, client_msg_id }
+                Key::Idem {
+                    sender,
+                    client_msg_id,
+                }
             }
             subspace::RECENT => {
                 let (user, ts, conv) = unpack(rest).map_err(fields)?;
@@ -94,7 +128,9 @@ impl Key {
                 let (user, conv) = unpack(rest).map_err(fields)?;
                 Key::Cursor { user, conv }
             }
-            subspace::COUNTER => Key::Counter { name: unpack::<(String,)>(rest).map_err(fields)?.0 },
+            subspace::COUNTER => Key::Counter {
+                name: unpack::<(String,)>(rest).map_err(fields)?.0,
+            },
             _ => return Err(corrupt("unknown subspace".into())),
         })
     }
@@ -104,7 +140,9 @@ impl Key {
 fn split_subspace(bytes: &[u8]) -> Option<(&'static str, &[u8])> {
     subspace::ALL.into_iter().find_map(|tag| {
         let prefix = pack(&(tag,));
-        bytes.strip_prefix(prefix.as_slice()).map(|rest| (tag, rest))
+        bytes
+            .strip_prefix(prefix.as_slice())
+            .map(|rest| (tag, rest))
     })
 }
 
@@ -187,7 +225,8 @@ pub mod value {
     use super::*;
 
     fn decode<'de, T: TupleUnpack<'de>>(what: &str, bytes: &'de [u8]) -> Result<T, KvError> {
-        unpack(bytes).map_err(|e| KvError::Corrupt(format!("`{what}` value {}: {e}", printable(bytes))))
+        unpack(bytes)
+            .map_err(|e| KvError::Corrupt(format!("`{what}` value {}: {e}", printable(bytes))))
     }
 
     /// `("user", username)` -> `(password_hash, created_ts)`.
@@ -210,12 +249,24 @@ pub mod value {
         let kind = match kind.as_str() {
             "direct" => ConvKind::Direct,
             "group" => ConvKind::Group,
-            other => return Err(KvError::Corrupt(format!("conversation {conv_id} has unknown kind `{other}`"))),
+            other => {
+                return Err(KvError::Corrupt(format!(
+                    "conversation {conv_id} has unknown kind `{other}`"
+                )));
+            }
         };
         if !members.is_sorted() {
-            return Err(KvError::Corrupt(format!("conversation {conv_id} has unsorted members")));
+            return Err(KvError::Corrupt(format!(
+                "conversation {conv_id} has unsorted members"
+            )));
         }
-        Ok(Conversation { conv_id, kind, members, title, created_ts })
+        Ok(Conversation {
+            conv_id,
+            kind,
+            members,
+            title,
+            created_ts,
+        })
     }
 
     /// `("head", conv_id)` -> `(last_seq, last_ts)`.
@@ -234,7 +285,14 @@ pub mod value {
 
     pub fn decode_msg(conv: ConvId, seq: Seq, bytes: &[u8]) -> Result<Message, KvError> {
         let (sender, client_msg_id, body, ts) = decode(subspace::MSG, bytes)?;
-        Ok(Message { conv, seq, sender, body, client_msg_id, ts })
+        Ok(Message {
+            conv,
+            seq,
+            sender,
+            body,
+            client_msg_id,
+            ts,
+        })
     }
 
     /// `("idem", sender, client_msg_id)` -> `(conv_id, seq)`.
@@ -269,15 +327,32 @@ mod tests {
     #[test]
     fn every_key_round_trips() {
         let keys = [
-            Key::User { username: "alice".into() },
+            Key::User {
+                username: "alice".into(),
+            },
             Key::Conv { conv: 7 },
             Key::Head { conv: u64::MAX },
-            Key::Direct { user_a: "alice".into(), user_b: "bob".into() },
+            Key::Direct {
+                user_a: "alice".into(),
+                user_b: "bob".into(),
+            },
             Key::Msg { conv: 7, seq: 300 },
-            Key::Idem { sender: "bob".into(), client_msg_id: "m-1".into() },
-            Key::Recent { user: "bob".into(), ts: 1_700_000_000_000, conv: 9 },
-            Key::Cursor { user: "bob".into(), conv: 9 },
-            Key::Counter { name: COUNTER_CONV.into() },
+            Key::Idem {
+                sender: "bob".into(),
+                client_msg_id: "m-1".into(),
+            },
+            Key::Recent {
+                user: "bob".into(),
+                ts: 1_700_000_000_000,
+                conv: 9,
+            },
+            Key::Cursor {
+                user: "bob".into(),
+                conv: 9,
+            },
+            Key::Counter {
+                name: COUNTER_CONV.into(),
+            },
         ];
         for key in keys {
             assert_eq!(Key::decode(&key.encode()), Ok(key.clone()), "{key:?}");
@@ -303,7 +378,10 @@ mod tests {
             b"\x02user\x00\x02a\x00\x15\x01",
         ];
         for bytes in cases {
-            assert!(matches!(Key::decode(bytes), Err(KvError::Corrupt(_))), "{bytes:?}");
+            assert!(
+                matches!(Key::decode(bytes), Err(KvError::Corrupt(_))),
+                "{bytes:?}"
+            );
         }
     }
 
@@ -336,13 +414,31 @@ mod tests {
             created_ts: 5,
         };
         assert_eq!(value::decode_conv(3, &value::conv(&c)), Ok(c.clone()));
-        let d = Conversation { kind: ConvKind::Direct, title: None, members: vec!["a".into(), "b".into()], ..c };
+        let d = Conversation {
+            kind: ConvKind::Direct,
+            title: None,
+            members: vec!["a".into(), "b".into()],
+            ..c
+        };
         assert_eq!(value::decode_conv(3, &value::conv(&d)), Ok(d));
-        let m = Message { conv: 1, seq: 2, sender: "a".into(), body: "hi\0there".into(), client_msg_id: "x".into(), ts: 9 };
+        let m = Message {
+            conv: 1,
+            seq: 2,
+            sender: "a".into(),
+            body: "hi\0there".into(),
+            client_msg_id: "x".into(),
+            ts: 9,
+        };
         assert_eq!(value::decode_msg(1, 2, &value::msg(&m)), Ok(m));
         assert_eq!(value::decode_head(&value::head(4, 8)), Ok((4, 8)));
         assert_eq!(value::decode_int("cursor", &value::int(12)), Ok(12));
-        assert!(matches!(value::decode_head(b"\x02x\x00"), Err(KvError::Corrupt(_))));
-        assert!(matches!(value::decode_conv(1, &pack(&("weird", None::<String>, 1u64, vec!["a"]))), Err(KvError::Corrupt(_))));
+        assert!(matches!(
+            value::decode_head(b"\x02x\x00"),
+            Err(KvError::Corrupt(_))
+        ));
+        assert!(matches!(
+            value::decode_conv(1, &pack(&("weird", None::<String>, 1u64, vec!["a"]))),
+            Err(KvError::Corrupt(_))
+        ));
     }
 }

@@ -61,7 +61,10 @@ impl KvError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            KvError::NotCommitted | KvError::CommitUnknownResult | KvError::TransactionTooOld | KvError::Unavailable(_)
+            KvError::NotCommitted
+                | KvError::CommitUnknownResult
+                | KvError::TransactionTooOld
+                | KvError::Unavailable(_)
         )
     }
 
@@ -202,7 +205,9 @@ where
             Ok(value) => return Ok(value),
             Err(error) => error,
         };
-        let Some(kv_error) = error.as_kv() else { return Err(error) };
+        let Some(kv_error) = error.as_kv() else {
+            return Err(error);
+        };
         if !kv_error.is_retryable() {
             return Err(error);
         }
@@ -270,7 +275,10 @@ mod tests {
     fn jitter_stays_within_half_to_full_backoff() {
         for _ in 0..100 {
             let d = jittered(Duration::from_millis(10));
-            assert!(d >= Duration::from_millis(5) && d <= Duration::from_millis(10), "{d:?}");
+            assert!(
+                d >= Duration::from_millis(5) && d <= Duration::from_millis(10),
+                "{d:?}"
+            );
         }
         assert_eq!(jittered(Duration::ZERO), Duration::ZERO);
     }

@@ -48,7 +48,11 @@ impl MemoryKv {
     pub fn with_resolver_commits_max(commits_max: usize) -> MemoryKv {
         MemoryKv {
             shared: Arc::new(Shared {
-                state: Mutex::new(State { map: OrdMap::new(), version: 0, resolver: Resolver::new(commits_max) }),
+                state: Mutex::new(State {
+                    map: OrdMap::new(),
+                    version: 0,
+                    resolver: Resolver::new(commits_max),
+                }),
                 live: Arc::default(),
             }),
         }
@@ -74,7 +78,9 @@ impl Shared {
     fn state(&self) -> MutexGuard<'_, State> {
         // Commits apply to the map only after validation succeeded and cannot panic halfway
         // in a way that breaks the map's own invariants, so a poisoned lock is still usable.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -86,7 +92,11 @@ impl Kv for MemoryKv {
             (state.map.clone(), self.shared.live.enter(|| state.version))
         };
         let commit_path: Arc<dyn CommitPath> = self.shared.clone();
-        Ok(Tx::new(Arc::new(OccTx::new(Box::new(MemorySnapshot(map)), commit_path, live))))
+        Ok(Tx::new(Arc::new(OccTx::new(
+            Box::new(MemorySnapshot(map)),
+            commit_path,
+            live,
+        ))))
     }
 }
 
@@ -105,7 +115,10 @@ impl CommitPath for Shared {
         state.resolver.record(version, now, &request.mutations);
         let map = &mut state.map;
         for (begin, end) in &request.mutations.cleared {
-            let doomed: Vec<Bytes> = map.range::<_, [u8]>(bounds(begin, end)).map(|(k, _)| k.clone()).collect();
+            let doomed: Vec<Bytes> = map
+                .range::<_, [u8]>(bounds(begin, end))
+                .map(|(k, _)| k.clone())
+                .collect();
             for key in doomed {
                 map.remove::<[u8]>(&key);
             }
@@ -135,11 +148,21 @@ impl Snapshot for MemorySnapshot {
         Ok(self.0.get(key).map(|value| value.to_vec()))
     }
 
-    fn range(&self, begin: &[u8], end: &[u8], limit: usize, reverse: bool) -> Result<Vec<KeyValue>, KvError> {
+    fn range(
+        &self,
+        begin: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<KeyValue>, KvError> {
         let take = if limit == 0 { usize::MAX } else { limit };
         let range = self.0.range::<_, [u8]>(bounds(begin, end));
         let pairs = |(k, v): (&Bytes, &Bytes)| (k.to_vec(), v.to_vec());
-        Ok(if reverse { range.rev().take(take).map(pairs).collect() } else { range.take(take).map(pairs).collect() })
+        Ok(if reverse {
+            range.rev().take(take).map(pairs).collect()
+        } else {
+            range.take(take).map(pairs).collect()
+        })
     }
 }
 

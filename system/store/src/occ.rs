@@ -38,7 +38,13 @@ pub(crate) fn key_after(key: &[u8]) -> Vec<u8> {
 pub(crate) trait Snapshot: Send + Sync + 'static {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError>;
     /// Like [`KvTx::get_range`]; `begin < end` is guaranteed by the caller.
-    fn range(&self, begin: &[u8], end: &[u8], limit: usize, reverse: bool) -> Result<Vec<KeyValue>, KvError>;
+    fn range(
+        &self,
+        begin: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<KeyValue>, KvError>;
 }
 
 /// A backend's way to validate and apply a transaction.
@@ -116,8 +122,17 @@ impl Resolver {
     pub const COMMITS_MAX_DEFAULT: usize = 16_384;
 
     pub fn new(commits_max: usize) -> Resolver {
-        assert!(commits_max > 0, "the resolver must keep at least one commit");
-        Resolver { points: BTreeMap::new(), ranges: VecDeque::new(), log: VecDeque::new(), floor: 0, commits_max }
+        assert!(
+            commits_max > 0,
+            "the resolver must keep at least one commit"
+        );
+        Resolver {
+            points: BTreeMap::new(),
+            ranges: VecDeque::new(),
+            log: VecDeque::new(),
+            floor: 0,
+            commits_max,
+        }
     }
 
     /// Drops entries no live transaction can conflict with (at or below `oldest_read`, the
@@ -130,7 +145,9 @@ impl Resolver {
             if !unneeded && !expired && self.log.len() <= self.commits_max {
                 break;
             }
-            let Some(dropped) = self.log.pop_front() else { break };
+            let Some(dropped) = self.log.pop_front() else {
+                break;
+            };
             self.floor = dropped.version;
             for key in dropped.points {
                 // A newer write of the key keeps its entry.
@@ -138,7 +155,11 @@ impl Resolver {
                     self.points.remove(&key);
                 }
             }
-            while self.ranges.front().is_some_and(|(v, _)| *v <= dropped.version) {
+            while self
+                .ranges
+                .front()
+                .is_some_and(|(v, _)| *v <= dropped.version)
+            {
                 self.ranges.pop_front();
             }
         }
@@ -152,13 +173,20 @@ impl Resolver {
         for (begin, end) in reads {
             let newer = |(_, version): (&Vec<u8>, &u64)| *version > read_version;
             // A point read (`[key, key\0)`, what `get` records) is one lookup.
-            let point = end.len() == begin.len() + 1 && end.last() == Some(&0) && end.starts_with(begin);
+            let point =
+                end.len() == begin.len() + 1 && end.last() == Some(&0) && end.starts_with(begin);
             let written = if point {
                 self.points.get_key_value(begin).is_some_and(newer)
             } else {
                 self.points.range::<[u8], _>(bounds(begin, end)).any(newer)
             };
-            let cleared = || self.ranges.iter().rev().take_while(|(v, _)| *v > read_version).any(|(_, (b, e))| b < end && begin < e);
+            let cleared = || {
+                self.ranges
+                    .iter()
+                    .rev()
+                    .take_while(|(v, _)| *v > read_version)
+                    .any(|(_, (b, e))| b < end && begin < e)
+            };
             if written || cleared() {
                 return Err(KvError::NotCommitted);
             }
@@ -178,7 +206,11 @@ impl Resolver {
         for range in &mutations.cleared {
             self.ranges.push_back((version, range.clone()));
         }
-        self.log.push_back(Committed { version, at, points });
+        self.log.push_back(Committed {
+            version,
+            at,
+            points,
+        });
     }
 
     /// Commits held for conflict checks.
@@ -200,7 +232,12 @@ impl Resolver {
             self.ranges.pop_back();
         }
         for key in forgotten {
-            let newest = self.log.iter().rev().find(|c| c.points.binary_search(&key).is_ok()).map(|c| c.version);
+            let newest = self
+                .log
+                .iter()
+                .rev()
+                .find(|c| c.points.binary_search(&key).is_ok())
+                .map(|c| c.version);
             match newest {
                 Some(v) => self.points.insert(key, v),
                 None => self.points.remove(&key),
@@ -234,7 +271,9 @@ impl WriteBuffer {
     }
 
     fn in_cleared_range(&self, key: &[u8]) -> bool {
-        self.cleared.iter().any(|(b, e)| b.as_slice() <= key && key < e.as_slice())
+        self.cleared
+            .iter()
+            .any(|(b, e)| b.as_slice() <= key && key < e.as_slice())
     }
 
     /// Whether the snapshot's value of `key` is hidden by this transaction's writes.
@@ -251,7 +290,11 @@ impl WriteBuffer {
     }
 
     fn clear_range(&mut self, begin: &[u8], end: &[u8]) {
-        let covered: Vec<Vec<u8>> = self.points.range::<[u8], _>(bounds(begin, end)).map(|(k, _)| k.clone()).collect();
+        let covered: Vec<Vec<u8>> = self
+            .points
+            .range::<[u8], _>(bounds(begin, end))
+            .map(|(k, _)| k.clone())
+            .collect();
         for key in covered {
             self.points.remove(&key);
         }
@@ -259,12 +302,22 @@ impl WriteBuffer {
     }
 
     /// The transaction's own set values in `[begin, end)`.
-    fn sets_in<'a>(&'a self, begin: &'a [u8], end: &'a [u8]) -> impl Iterator<Item = (&'a Vec<u8>, &'a Vec<u8>)> {
-        self.points.range::<[u8], _>(bounds(begin, end)).filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
+    fn sets_in<'a>(
+        &'a self,
+        begin: &'a [u8],
+        end: &'a [u8],
+    ) -> impl Iterator<Item = (&'a Vec<u8>, &'a Vec<u8>)> {
+        self.points
+            .range::<[u8], _>(bounds(begin, end))
+            .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
     }
 
     fn into_mutations(self) -> Mutations {
-        Mutations { cleared: self.cleared, points: self.points.into_iter().collect(), bytes: self.bytes }
+        Mutations {
+            cleared: self.cleared,
+            points: self.points.into_iter().collect(),
+            bytes: self.bytes,
+        }
     }
 }
 
@@ -288,7 +341,10 @@ impl LiveReads {
         let mut versions = self.lock();
         let version = version();
         *versions.entry(version).or_insert(0) += 1;
-        LiveRead { reads: self.clone(), version }
+        LiveRead {
+            reads: self.clone(),
+            version,
+        }
     }
 
     /// The oldest read version in use; `None` when no transaction is alive, and then every
@@ -298,7 +354,9 @@ impl LiveReads {
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<u64, usize>> {
-        self.versions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.versions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -349,7 +407,11 @@ struct TxState {
 }
 
 impl OccTx {
-    pub fn new(snapshot: Box<dyn Snapshot>, commit_path: Arc<dyn CommitPath>, live: LiveRead) -> OccTx {
+    pub fn new(
+        snapshot: Box<dyn Snapshot>,
+        commit_path: Arc<dyn CommitPath>,
+        live: LiveRead,
+    ) -> OccTx {
         OccTx {
             snapshot,
             commit_path,
@@ -362,7 +424,9 @@ impl OccTx {
 
     fn state(&self) -> MutexGuard<'_, TxState> {
         // A panic while holding this lock leaves plain buffers behind, still usable.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The checks every read and the commit start with.
@@ -409,7 +473,11 @@ impl OccTx {
         let mut kept: Vec<KeyValue> = Vec::new();
         let (mut lo, mut hi) = (begin.to_vec(), end.to_vec());
         loop {
-            let page_len = if limit == 0 { 0 } else { (wanted - kept.len()).max(RANGE_PAGE_LEN_MIN) };
+            let page_len = if limit == 0 {
+                0
+            } else {
+                (wanted - kept.len()).max(RANGE_PAGE_LEN_MIN)
+            };
             let page = self.snapshot.range(&lo, &hi, page_len, reverse)?;
             let page_full = page_len != 0 && page.len() == page_len;
             let last_key = page.last().map(|(k, _)| k.clone());
@@ -438,7 +506,12 @@ impl OccTx {
         // 2. Our own sets in the range. Snapshot pairs beyond the last kept one are never
         // needed: `kept` alone already fills the limit before them.
         let mut merged = kept;
-        merged.extend(state.writes.sets_in(begin, end).map(|(k, v)| (k.clone(), v.clone())));
+        merged.extend(
+            state
+                .writes
+                .sets_in(begin, end)
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
         if reverse {
             merged.sort_by(|a, b| b.0.cmp(&a.0));
         } else {
@@ -496,7 +569,8 @@ impl KvTx for OccTx {
             self.check_usable(&state)?;
             return Ok(Vec::new());
         }
-        self.merged_range(begin, end, limit, reverse).map(|(pairs, _)| pairs)
+        self.merged_range(begin, end, limit, reverse)
+            .map(|(pairs, _)| pairs)
     }
 
     fn set(&self, key: &[u8], value: &[u8]) {
@@ -558,7 +632,10 @@ mod tests {
     fn muts(points: &[&[u8]], cleared: &[(&[u8], &[u8])]) -> Mutations {
         Mutations {
             points: points.iter().map(|k| (k.to_vec(), Some(vec![]))).collect(),
-            cleared: cleared.iter().map(|(b, e)| (b.to_vec(), e.to_vec())).collect(),
+            cleared: cleared
+                .iter()
+                .map(|(b, e)| (b.to_vec(), e.to_vec()))
+                .collect(),
             bytes: 0,
         }
     }
@@ -579,7 +656,10 @@ mod tests {
         assert_eq!(r.check(1, &[read(b"a", b"b")]), Ok(()));
         assert_eq!(r.check(1, &[read(b"l", b"n")]), Err(KvError::NotCommitted));
         assert_eq!(r.check(1, &[read(b"n", b"x")]), Ok(()));
-        assert_eq!(r.check(1, &[read(b"y", b"y\0")]), Err(KvError::NotCommitted));
+        assert_eq!(
+            r.check(1, &[read(b"y", b"y\0")]),
+            Err(KvError::NotCommitted)
+        );
         assert_eq!(r.check(1, &[]), Ok(()));
         r.forget_after(1);
         assert_eq!(r.check(1, &[read(b"l", b"n")]), Ok(()));
@@ -612,7 +692,10 @@ mod tests {
         assert_eq!(r.log.len(), 2);
         assert_eq!(r.points.len(), 2);
         assert_eq!(r.check(1, &[]), Err(KvError::TransactionTooOld));
-        assert_eq!(r.check(2, &[read(b"k3", b"k3\0")]), Err(KvError::NotCommitted));
+        assert_eq!(
+            r.check(2, &[read(b"k3", b"k3\0")]),
+            Err(KvError::NotCommitted)
+        );
         assert_eq!(r.check(2, &[read(b"k1", b"k2\0")]), Ok(()));
         r.prune(now, 4);
         assert!(r.log.is_empty() && r.points.is_empty());
@@ -648,7 +731,10 @@ mod tests {
                 return Err(KvError::TransactionTooOld);
             }
             for (_, points, ranges) in self.log.iter().filter(|(v, _, _)| *v > read_version) {
-                let hit = reads.iter().any(|(b, e)| points.iter().any(|k| b <= k && k < e) || ranges.iter().any(|(rb, re)| rb < e && b < re));
+                let hit = reads.iter().any(|(b, e)| {
+                    points.iter().any(|k| b <= k && k < e)
+                        || ranges.iter().any(|(rb, re)| rb < e && b < re)
+                });
                 if hit {
                     return Err(KvError::NotCommitted);
                 }
@@ -668,17 +754,28 @@ mod tests {
             state ^= state << 17;
             state % n
         };
-        let key = |i: u64| -> Vec<u8> { if i % 3 == 0 { vec![b'a' + (i % 8) as u8] } else { vec![b'a' + (i % 8) as u8, b'0' + (i % 5) as u8] } };
+        let key = |i: u64| -> Vec<u8> {
+            if i % 3 == 0 {
+                vec![b'a' + (i % 8) as u8]
+            } else {
+                vec![b'a' + (i % 8) as u8, b'0' + (i % 5) as u8]
+            }
+        };
         for round in 0..20 {
             let commits_max = 1 + next(30) as usize;
             let mut indexed = Resolver::new(commits_max);
-            let mut naive = NaiveResolver { log: VecDeque::new(), floor: 0, commits_max };
+            let mut naive = NaiveResolver {
+                log: VecDeque::new(),
+                floor: 0,
+                commits_max,
+            };
             let mut version = 0;
             for _ in 0..400 {
                 match next(10) {
                     0..=3 => {
                         version += 1;
-                        let mut points: Vec<Vec<u8>> = (0..1 + next(3)).map(|_| key(next(40))).collect();
+                        let mut points: Vec<Vec<u8>> =
+                            (0..1 + next(3)).map(|_| key(next(40))).collect();
                         points.sort();
                         points.dedup();
                         let cleared: Vec<KeyRange> = if next(8) == 0 {
@@ -687,14 +784,20 @@ mod tests {
                         } else {
                             Vec::new()
                         };
-                        let m = Mutations { points: points.iter().map(|k| (k.clone(), Some(vec![]))).collect(), cleared: cleared.clone(), bytes: 0 };
+                        let m = Mutations {
+                            points: points.iter().map(|k| (k.clone(), Some(vec![]))).collect(),
+                            cleared: cleared.clone(),
+                            bytes: 0,
+                        };
                         indexed.record(version, now, &m);
                         naive.log.push_back((version, points, cleared));
                     }
                     4 => {
                         let oldest_read = version.saturating_sub(next(15));
                         indexed.prune(now, oldest_read);
-                        while naive.log.len() > naive.commits_max || naive.log.front().is_some_and(|(v, _, _)| *v <= oldest_read) {
+                        while naive.log.len() > naive.commits_max
+                            || naive.log.front().is_some_and(|(v, _, _)| *v <= oldest_read)
+                        {
                             if let Some((v, _, _)) = naive.log.pop_front() {
                                 naive.floor = v;
                             }
@@ -716,11 +819,19 @@ mod tests {
                                     (k, end)
                                 } else {
                                     let other = key(next(40));
-                                    if k < other { (k, other) } else { (other, key_after(&k)) }
+                                    if k < other {
+                                        (k, other)
+                                    } else {
+                                        (other, key_after(&k))
+                                    }
                                 }
                             })
                             .collect();
-                        assert_eq!(indexed.check(read_version, &reads), naive.check(read_version, &reads), "round {round}, read version {read_version}, reads {reads:?}");
+                        assert_eq!(
+                            indexed.check(read_version, &reads),
+                            naive.check(read_version, &reads),
+                            "round {round}, read version {read_version}, reads {reads:?}"
+                        );
                     }
                 }
             }

@@ -117,13 +117,21 @@ impl RedbKv {
 
     /// Opens (or creates) the store on `backend`: redb's storage interface, for storage
     /// other than a file (the simulator's disk).
-    pub fn open_with_backend(backend: impl redb::StorageBackend, options: RedbOptions) -> Result<RedbKv, KvError> {
-        let db = redb::Builder::new().create_with_backend(backend).map_err(redb_error)?;
+    pub fn open_with_backend(
+        backend: impl redb::StorageBackend,
+        options: RedbOptions,
+    ) -> Result<RedbKv, KvError> {
+        let db = redb::Builder::new()
+            .create_with_backend(backend)
+            .map_err(redb_error)?;
         RedbKv::start(db, options)
     }
 
     fn start(db: Database, options: RedbOptions) -> Result<RedbKv, KvError> {
-        assert!(options.batch_txs_max > 0 && options.queue_len_max > 0, "RedbOptions bounds must be positive");
+        assert!(
+            options.batch_txs_max > 0 && options.queue_len_max > 0,
+            "RedbOptions bounds must be positive"
+        );
         // Create the table up front so read transactions can always open it.
         let init = db.begin_write().map_err(redb_error)?;
         init.open_table(TABLE).map_err(redb_error)?;
@@ -145,7 +153,16 @@ impl RedbKv {
             options,
         };
         let guard = writer.start(queue)?;
-        Ok(RedbKv { shared: Arc::new(Shared { db, version, live, commits, stats }), _writer: guard })
+        Ok(RedbKv {
+            shared: Arc::new(Shared {
+                db,
+                version,
+                live,
+                commits,
+                stats,
+            }),
+            _writer: guard,
+        })
     }
 
     /// How many redb write transactions (one fsync each) have committed.
@@ -161,7 +178,9 @@ impl RedbKv {
 
 impl std::fmt::Debug for RedbKv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedbKv").field("version", &self.shared.version.load(Ordering::Relaxed)).finish()
+        f.debug_struct("RedbKv")
+            .field("version", &self.shared.version.load(Ordering::Relaxed))
+            .finish()
     }
 }
 
@@ -175,11 +194,19 @@ struct WriterGuard {
 
 impl Drop for WriterGuard {
     fn drop(&mut self) {
-        let Some(exited) = self.exited.as_mut() else { return };
+        let Some(exited) = self.exited.as_mut() else {
+            return;
+        };
         // Bounded: a committer stuck mid-send would otherwise keep the channel open forever.
-        let exited = exited.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = exited.recv_timeout(self.wait_max) {
-            tracing::warn!(wait_ms = self.wait_max.as_millis() as u64, "redb writer still busy after close; detaching it");
+        let exited = exited
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = exited.recv_timeout(self.wait_max)
+        {
+            tracing::warn!(
+                wait_ms = self.wait_max.as_millis() as u64,
+                "redb writer still busy after close; detaching it"
+            );
         }
     }
 }
@@ -194,11 +221,20 @@ impl Kv for RedbKv {
         // unseen, so a read of such a write at worst causes a spurious retry. The other
         // order (snapshot, then version) could name a version newer than the snapshot and
         // miss a real conflict.
-        let live = self.shared.live.enter(|| self.shared.version.load(Ordering::Acquire));
+        let live = self
+            .shared
+            .live
+            .enter(|| self.shared.version.load(Ordering::Acquire));
         let read = self.shared.db.begin_read().map_err(redb_error)?;
         let table = read.open_table(TABLE).map_err(redb_error)?;
-        let commit_path: Arc<dyn CommitPath> = Arc::new(RedbCommitPath { shared: Arc::downgrade(&self.shared) });
-        Ok(Tx::new(Arc::new(OccTx::new(Box::new(RedbSnapshot { table }), commit_path, live))))
+        let commit_path: Arc<dyn CommitPath> = Arc::new(RedbCommitPath {
+            shared: Arc::downgrade(&self.shared),
+        });
+        Ok(Tx::new(Arc::new(OccTx::new(
+            Box::new(RedbSnapshot { table }),
+            commit_path,
+            live,
+        ))))
     }
 }
 
@@ -216,7 +252,10 @@ impl CommitPath for RedbCommitPath {
         // the store is not held up by this commit.
         let commits = self.shared.upgrade().ok_or_else(closed)?.commits.clone();
         let (reply, answer) = oneshot::channel();
-        commits.send(Job { request, reply }).await.map_err(|_| closed())?;
+        commits
+            .send(Job { request, reply })
+            .await
+            .map_err(|_| closed())?;
         drop(commits);
         // A writer that vanished after taking the job may or may not have committed it.
         answer.await.unwrap_or(Err(KvError::CommitUnknownResult))
@@ -231,17 +270,31 @@ struct RedbSnapshot {
 
 impl Snapshot for RedbSnapshot {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
-        Ok(self.table.get(key).map_err(redb_error)?.map(|v| v.value().to_vec()))
+        Ok(self
+            .table
+            .get(key)
+            .map_err(redb_error)?
+            .map(|v| v.value().to_vec()))
     }
 
-    fn range(&self, begin: &[u8], end: &[u8], limit: usize, reverse: bool) -> Result<Vec<KeyValue>, KvError> {
+    fn range(
+        &self,
+        begin: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<KeyValue>, KvError> {
         let take = if limit == 0 { usize::MAX } else { limit };
         let range = self.table.range::<&[u8]>(begin..end).map_err(redb_error)?;
         let pair = |entry: Result<(Guard<'_>, Guard<'_>), redb::StorageError>| {
             let (k, v) = entry.map_err(redb_error)?;
             Ok((k.value().to_vec(), v.value().to_vec()))
         };
-        if reverse { range.rev().take(take).map(pair).collect() } else { range.take(take).map(pair).collect() }
+        if reverse {
+            range.rev().take(take).map(pair).collect()
+        } else {
+            range.take(take).map(pair).collect()
+        }
     }
 }
 
@@ -276,7 +329,10 @@ impl Writer {
                 drop(exited_tx);
             })
             .map_err(|e| KvError::Io(format!("cannot start the redb writer thread: {e}")))?;
-        Ok(WriterGuard { exited: Some(std::sync::Mutex::new(exited)), wait_max })
+        Ok(WriterGuard {
+            exited: Some(std::sync::Mutex::new(exited)),
+            wait_max,
+        })
     }
 
     /// Starts the writer as a simulated task: the simulator runs every task, in an order its
@@ -292,7 +348,10 @@ impl Writer {
                 self.take_batch(first, &mut queue, &mut batch);
             }
         });
-        Ok(WriterGuard { exited: None, wait_max })
+        Ok(WriterGuard {
+            exited: None,
+            wait_max,
+        })
     }
 
     /// Group commit: `first` and everything that queued up while the previous batch was
@@ -321,7 +380,10 @@ impl Writer {
         // Arrival order: accepted transactions enter the resolver at once, so a later one in
         // the same batch that read their writes conflicts, as it would across batches.
         for job in batch.drain(..) {
-            match self.resolver.check(job.request.read_version, &job.request.reads) {
+            match self
+                .resolver
+                .check(job.request.read_version, &job.request.reads)
+            {
                 Ok(()) => {
                     version += 1;
                     self.resolver.record(version, now, &job.request.mutations);
@@ -340,13 +402,21 @@ impl Writer {
         }
     }
 
-    fn apply_and_answer(&mut self, accepted: Vec<Job>, version_before: u64, version: u64, bytes: usize) {
+    fn apply_and_answer(
+        &mut self,
+        accepted: Vec<Job>,
+        version_before: u64,
+        version: u64,
+        bytes: usize,
+    ) {
         match self.apply(&accepted) {
             Ok(()) => {
                 // Published only now that the data is durable and visible to new readers.
                 self.version.store(version, Ordering::Release);
                 self.stats.batches_committed.fetch_add(1, Ordering::Relaxed);
-                self.stats.txs_committed.fetch_add(accepted.len() as u64, Ordering::Relaxed);
+                self.stats
+                    .txs_committed
+                    .fetch_add(accepted.len() as u64, Ordering::Relaxed);
                 tracing::trace!(txs = accepted.len(), bytes, version, "group commit");
                 for job in accepted {
                     let _ = job.reply.send(Ok(()));
@@ -366,18 +436,24 @@ impl Writer {
     /// Applies every accepted transaction in one durable redb write transaction.
     fn apply(&self, accepted: &[Job]) -> Result<(), KvError> {
         let mut write = self.db.begin_write().map_err(redb_io)?;
-        write.set_durability(Durability::Immediate).map_err(redb_io)?;
+        write
+            .set_durability(Durability::Immediate)
+            .map_err(redb_io)?;
         {
             let mut table = write.open_table(TABLE).map_err(redb_io)?;
             for job in accepted {
                 let mutations = &job.request.mutations;
                 for (begin, end) in &mutations.cleared {
-                    table.retain_in::<&[u8], _>(begin.as_slice()..end.as_slice(), |_, _| false).map_err(redb_io)?;
+                    table
+                        .retain_in::<&[u8], _>(begin.as_slice()..end.as_slice(), |_, _| false)
+                        .map_err(redb_io)?;
                 }
                 for (key, value) in &mutations.points {
                     match value {
                         Some(value) => {
-                            table.insert(key.as_slice(), value.as_slice()).map_err(redb_io)?;
+                            table
+                                .insert(key.as_slice(), value.as_slice())
+                                .map_err(redb_io)?;
                         }
                         None => {
                             table.remove(key.as_slice()).map_err(redb_io)?;
@@ -394,7 +470,9 @@ impl Writer {
 fn redb_error(error: impl Into<redb::Error>) -> KvError {
     match error.into() {
         redb::Error::Corrupted(message) => KvError::Corrupt(message),
-        redb::Error::DatabaseAlreadyOpen => KvError::Unavailable("the redb file is already open".into()),
+        redb::Error::DatabaseAlreadyOpen => {
+            KvError::Unavailable("the redb file is already open".into())
+        }
         other => KvError::Io(other.to_string()),
     }
 }

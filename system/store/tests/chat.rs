@@ -3,7 +3,8 @@
 use async_trait::async_trait;
 use chat_proto::{ConvKind, Conversation};
 use chat_store::{
-    AppendError, Appended, ChatStore, Kv, KvError, KvTx, MemoryKv, NewMessage, StoreError, Tx, UserRecord,
+    AppendError, Appended, ChatStore, Kv, KvError, KvTx, MemoryKv, NewMessage, StoreError, Tx,
+    UserRecord,
 };
 use futures::future::join_all;
 use std::sync::Arc;
@@ -16,14 +17,20 @@ struct Fixture {
 }
 
 fn memory() -> Fixture {
-    Fixture { store: ChatStore::new(Arc::new(MemoryKv::new())), _dir: None }
+    Fixture {
+        store: ChatStore::new(Arc::new(MemoryKv::new())),
+        _dir: None,
+    }
 }
 
 #[cfg(not(madsim))]
 fn redb() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let kv = chat_store::RedbKv::open(dir.path().join("chat.redb")).expect("open redb");
-    Fixture { store: ChatStore::new(Arc::new(kv)), _dir: Some(dir) }
+    Fixture {
+        store: ChatStore::new(Arc::new(kv)),
+        _dir: Some(dir),
+    }
 }
 
 /// Runs each scenario against MemoryKv and RedbKv.
@@ -55,24 +62,37 @@ on_every_backend!(
 );
 
 fn msg(sender: &str, id: &str, body: &str) -> NewMessage {
-    NewMessage { sender: sender.into(), client_msg_id: id.into(), body: body.into() }
+    NewMessage {
+        sender: sender.into(),
+        client_msg_id: id.into(),
+        body: body.into(),
+    }
 }
 
 async fn with_users(store: &ChatStore, names: &[&str]) {
     for name in names {
-        store.create_user(name, &format!("hash-of-{name}"), 1).await.expect("create user");
+        store
+            .create_user(name, &format!("hash-of-{name}"), 1)
+            .await
+            .expect("create user");
     }
 }
 
 async fn group(store: &ChatStore, creator: &str, others: &[&str], ts: u64) -> Conversation {
     let others = others.iter().map(|s| s.to_string()).collect();
-    let (conv, created) = store.create_conversation(creator, others, Some("g".into()), ts).await.expect("create group");
+    let (conv, created) = store
+        .create_conversation(creator, others, Some("g".into()), ts)
+        .await
+        .expect("create group");
     assert!(created);
     conv
 }
 
 async fn direct(store: &ChatStore, a: &str, b: &str, ts: u64) -> (Conversation, bool) {
-    store.create_conversation(a, vec![b.into()], None, ts).await.expect("create direct")
+    store
+        .create_conversation(a, vec![b.into()], None, ts)
+        .await
+        .expect("create direct")
 }
 
 fn ok(results: Vec<Result<Appended, AppendError>>) -> Vec<Appended> {
@@ -81,10 +101,16 @@ fn ok(results: Vec<Result<Appended, AppendError>>) -> Vec<Appended> {
 
 async fn users(store: ChatStore) {
     store.create_user("alice", "h1", 10).await.expect("create");
-    assert_eq!(store.create_user("alice", "h2", 11).await, Err(StoreError::UsernameTaken));
+    assert_eq!(
+        store.create_user("alice", "h2", 11).await,
+        Err(StoreError::UsernameTaken)
+    );
     assert_eq!(
         store.get_user("alice").await,
-        Ok(Some(UserRecord { password_hash: "h1".into(), created_ts: 10 }))
+        Ok(Some(UserRecord {
+            password_hash: "h1".into(),
+            created_ts: 10
+        }))
     );
     assert_eq!(store.get_user("nobody").await, Ok(None));
 }
@@ -102,13 +128,22 @@ async fn direct_conversations_are_unique_per_pair(store: ChatStore) {
     let (again, created) = direct(&store, "bob", "alice", 200).await;
     assert!(!created, "the other side finds the same conversation");
     assert_eq!(again, first);
-    let (dup, created) =
-        store.create_conversation("alice", vec!["bob".into(), "alice".into(), "bob".into()], None, 300).await.expect("create");
+    let (dup, created) = store
+        .create_conversation(
+            "alice",
+            vec!["bob".into(), "alice".into(), "bob".into()],
+            None,
+            300,
+        )
+        .await
+        .expect("create");
     assert!(!created, "members are deduplicated before deciding");
     assert_eq!(dup, first);
 
-    let (titled, created) =
-        store.create_conversation("alice", vec!["bob".into()], Some("plans".into()), 400).await.expect("create");
+    let (titled, created) = store
+        .create_conversation("alice", vec!["bob".into()], Some("plans".into()), 400)
+        .await
+        .expect("create");
     assert!(created, "a title makes a group");
     assert_eq!((titled.conv_id, titled.kind), (2, ConvKind::Group));
     let (other, created) = direct(&store, "carol", "alice", 500).await;
@@ -120,9 +155,13 @@ async fn direct_conversations_are_unique_per_pair(store: ChatStore) {
 
 async fn unknown_members_are_rejected(store: ChatStore) {
     with_users(&store, &["alice", "bob"]).await;
-    let result = store.create_conversation("alice", vec!["bob".into(), "zed".into()], None, 1).await;
+    let result = store
+        .create_conversation("alice", vec!["bob".into(), "zed".into()], None, 1)
+        .await;
     assert_eq!(result, Err(StoreError::UnknownUser("zed".into())));
-    let result = store.create_conversation("ghost", vec!["bob".into()], None, 1).await;
+    let result = store
+        .create_conversation("ghost", vec!["bob".into()], None, 1)
+        .await;
     assert_eq!(result, Err(StoreError::UnknownUser("ghost".into())));
     // Nothing was allocated by the failed attempts.
     let (conv, _) = direct(&store, "alice", "bob", 2).await;
@@ -133,36 +172,78 @@ async fn appends_get_gapless_seqs_from_one(store: ChatStore) {
     with_users(&store, &["alice", "bob", "carol"]).await;
     let conv = group(&store, "alice", &["bob", "carol"], 10).await;
     let first = ok(store
-        .append(conv.conv_id, vec![msg("alice", "a1", "hi"), msg("bob", "b1", "hey"), msg("alice", "a2", "sup")], 20)
+        .append(
+            conv.conv_id,
+            vec![
+                msg("alice", "a1", "hi"),
+                msg("bob", "b1", "hey"),
+                msg("alice", "a2", "sup"),
+            ],
+            20,
+        )
         .await
         .expect("append"));
-    assert_eq!(first.iter().map(|a| a.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
-    assert!(first.iter().all(|a| a.fresh && a.ts == 20 && a.message.ts == 20));
+    assert_eq!(
+        first.iter().map(|a| a.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert!(
+        first
+            .iter()
+            .all(|a| a.fresh && a.ts == 20 && a.message.ts == 20)
+    );
     assert_eq!(first[1].message.sender, "bob");
     assert_eq!(first[1].message.body, "hey");
     assert_eq!(first[1].message.conv, conv.conv_id);
-    let second = ok(store.append(conv.conv_id, vec![msg("carol", "c1", "yo")], 30).await.expect("append"));
+    let second = ok(store
+        .append(conv.conv_id, vec![msg("carol", "c1", "yo")], 30)
+        .await
+        .expect("append"));
     assert_eq!(second[0].seq, 4);
-    let (all, next) = store.history("carol", conv.conv_id, None, 50).await.expect("history");
-    assert_eq!(all.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    let (all, next) = store
+        .history("carol", conv.conv_id, None, 50)
+        .await
+        .expect("history");
+    assert_eq!(
+        all.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
     assert_eq!(next, None);
 }
 
 async fn resends_are_idempotent(store: ChatStore) {
     with_users(&store, &["alice", "bob"]).await;
     let (conv, _) = direct(&store, "alice", "bob", 10).await;
-    let first = ok(store.append(conv.conv_id, vec![msg("alice", "m1", "hello")], 20).await.expect("append"));
-    let resent = ok(store.append(conv.conv_id, vec![msg("alice", "m1", "hello again")], 30).await.expect("append"));
+    let first = ok(store
+        .append(conv.conv_id, vec![msg("alice", "m1", "hello")], 20)
+        .await
+        .expect("append"));
+    let resent = ok(store
+        .append(conv.conv_id, vec![msg("alice", "m1", "hello again")], 30)
+        .await
+        .expect("append"));
     assert_eq!(resent[0].seq, first[0].seq);
     assert!(!resent[0].fresh);
     assert_eq!(resent[0].ts, 20, "the stored message's ts");
-    assert_eq!(resent[0].message, first[0].message, "the stored message, not the resent body");
-    let (all, _) = store.history("bob", conv.conv_id, None, 50).await.expect("history");
+    assert_eq!(
+        resent[0].message, first[0].message,
+        "the stored message, not the resent body"
+    );
+    let (all, _) = store
+        .history("bob", conv.conv_id, None, 50)
+        .await
+        .expect("history");
     assert_eq!(all.len(), 1, "nothing new stored");
-    let (_, last_seq) = store.messages_after("bob", conv.conv_id, 0, 10).await.expect("sync");
+    let (_, last_seq) = store
+        .messages_after("bob", conv.conv_id, 0, 10)
+        .await
+        .expect("sync");
     assert_eq!(last_seq, 1);
     // The same id from another sender is another message.
-    let other = ok(store.append(conv.conv_id, vec![msg("bob", "m1", "mine")], 40).await.expect("append"));
+    let other = ok(store
+        .append(conv.conv_id, vec![msg("bob", "m1", "mine")], 40)
+        .await
+        .expect("append"));
     assert_eq!((other[0].seq, other[0].fresh), (2, true));
 }
 
@@ -170,12 +251,26 @@ async fn duplicates_inside_a_batch_share_one_seq(store: ChatStore) {
     with_users(&store, &["alice", "bob"]).await;
     let (conv, _) = direct(&store, "alice", "bob", 10).await;
     let results = ok(store
-        .append(conv.conv_id, vec![msg("alice", "x", "one"), msg("alice", "x", "one"), msg("bob", "x", "two")], 20)
+        .append(
+            conv.conv_id,
+            vec![
+                msg("alice", "x", "one"),
+                msg("alice", "x", "one"),
+                msg("bob", "x", "two"),
+            ],
+            20,
+        )
         .await
         .expect("append"));
-    assert_eq!(results.iter().map(|a| (a.seq, a.fresh)).collect::<Vec<_>>(), vec![(1, true), (1, false), (2, true)]);
+    assert_eq!(
+        results.iter().map(|a| (a.seq, a.fresh)).collect::<Vec<_>>(),
+        vec![(1, true), (1, false), (2, true)]
+    );
     assert_eq!(results[1].message, results[0].message);
-    let (all, _) = store.history("alice", conv.conv_id, None, 50).await.expect("history");
+    let (all, _) = store
+        .history("alice", conv.conv_id, None, 50)
+        .await
+        .expect("history");
     assert_eq!(all.len(), 2);
 }
 
@@ -183,39 +278,96 @@ async fn non_members_are_rejected_per_item(store: ChatStore) {
     with_users(&store, &["alice", "bob", "mallory"]).await;
     let (conv, _) = direct(&store, "alice", "bob", 10).await;
     let results = store
-        .append(conv.conv_id, vec![msg("mallory", "m", "let me in"), msg("alice", "a", "hi")], 20)
+        .append(
+            conv.conv_id,
+            vec![msg("mallory", "m", "let me in"), msg("alice", "a", "hi")],
+            20,
+        )
         .await
         .expect("append");
     assert_eq!(results[0], Err(AppendError::UnknownConversation));
-    assert_eq!(results[1].as_ref().map(|a| a.seq), Ok(1), "the member's message still lands");
-    let results = store.append(404, vec![msg("alice", "a", "hi"), msg("bob", "b", "yo")], 20).await.expect("append");
-    assert_eq!(results, vec![Err(AppendError::UnknownConversation), Err(AppendError::UnknownConversation)]);
-    assert_eq!(store.history("mallory", conv.conv_id, None, 10).await, Err(StoreError::UnknownConversation));
-    assert_eq!(store.history("alice", 404, None, 10).await, Err(StoreError::UnknownConversation));
+    assert_eq!(
+        results[1].as_ref().map(|a| a.seq),
+        Ok(1),
+        "the member's message still lands"
+    );
+    let results = store
+        .append(
+            404,
+            vec![msg("alice", "a", "hi"), msg("bob", "b", "yo")],
+            20,
+        )
+        .await
+        .expect("append");
+    assert_eq!(
+        results,
+        vec![
+            Err(AppendError::UnknownConversation),
+            Err(AppendError::UnknownConversation)
+        ]
+    );
+    assert_eq!(
+        store.history("mallory", conv.conv_id, None, 10).await,
+        Err(StoreError::UnknownConversation)
+    );
+    assert_eq!(
+        store.history("alice", 404, None, 10).await,
+        Err(StoreError::UnknownConversation)
+    );
 }
 
 async fn history_pages_backwards_in_ascending_order(store: ChatStore) {
     with_users(&store, &["alice", "bob"]).await;
     let (conv, _) = direct(&store, "alice", "bob", 10).await;
-    let batch = (1..=7).map(|i| msg("alice", &format!("m{i}"), &format!("body {i}"))).collect();
+    let batch = (1..=7)
+        .map(|i| msg("alice", &format!("m{i}"), &format!("body {i}")))
+        .collect();
     ok(store.append(conv.conv_id, batch, 20).await.expect("append"));
     // Another conversation's messages never leak into this one's pages.
-    let (other, _) = store.create_conversation("bob", vec![], None, 11).await.expect("create");
-    ok(store.append(other.conv_id, vec![msg("bob", "o1", "other")], 21).await.expect("append"));
+    let (other, _) = store
+        .create_conversation("bob", vec![], None, 11)
+        .await
+        .expect("create");
+    ok(store
+        .append(other.conv_id, vec![msg("bob", "o1", "other")], 21)
+        .await
+        .expect("append"));
 
     let seqs = |page: &Vec<chat_proto::Message>| page.iter().map(|m| m.seq).collect::<Vec<_>>();
-    let (page, next) = store.history("bob", conv.conv_id, None, 3).await.expect("history");
+    let (page, next) = store
+        .history("bob", conv.conv_id, None, 3)
+        .await
+        .expect("history");
     assert_eq!((seqs(&page), next), (vec![5, 6, 7], Some(5)));
     assert_eq!(page[0].body, "body 5");
-    let (page, next) = store.history("bob", conv.conv_id, next, 3).await.expect("history");
+    let (page, next) = store
+        .history("bob", conv.conv_id, next, 3)
+        .await
+        .expect("history");
     assert_eq!((seqs(&page), next), (vec![2, 3, 4], Some(2)));
-    let (page, next) = store.history("bob", conv.conv_id, next, 3).await.expect("history");
+    let (page, next) = store
+        .history("bob", conv.conv_id, next, 3)
+        .await
+        .expect("history");
     assert_eq!((seqs(&page), next), (vec![1], None));
-    let (page, next) = store.history("bob", conv.conv_id, Some(4), 3).await.expect("history");
-    assert_eq!((seqs(&page), next), (vec![1, 2, 3], None), "exactly reaching seq 1 ends the paging");
-    let (page, next) = store.history("bob", conv.conv_id, None, 100).await.expect("history");
+    let (page, next) = store
+        .history("bob", conv.conv_id, Some(4), 3)
+        .await
+        .expect("history");
+    assert_eq!(
+        (seqs(&page), next),
+        (vec![1, 2, 3], None),
+        "exactly reaching seq 1 ends the paging"
+    );
+    let (page, next) = store
+        .history("bob", conv.conv_id, None, 100)
+        .await
+        .expect("history");
     assert_eq!((page.len(), next), (7, None));
-    let (page, next) = store.history("bob", conv.conv_id, Some(1), 100).await.expect("history");
+    let (page, next) = store
+        .history("bob", conv.conv_id, Some(1), 100)
+        .await
+        .expect("history");
     assert_eq!((page.len(), next), (0, None));
 }
 
@@ -224,36 +376,79 @@ async fn inbox_orders_by_recency_and_counts_unread(store: ChatStore) {
     let (d_bob, _) = direct(&store, "alice", "bob", 10).await;
     let g = group(&store, "alice", &["bob", "carol"], 20).await;
     let (d_carol, _) = direct(&store, "carol", "alice", 30).await;
-    let order = |items: &Vec<chat_store::InboxItem>| items.iter().map(|i| i.conv.conv_id).collect::<Vec<_>>();
+    let order = |items: &Vec<chat_store::InboxItem>| {
+        items.iter().map(|i| i.conv.conv_id).collect::<Vec<_>>()
+    };
 
     let inbox = store.inbox("alice", 10).await.expect("inbox");
-    assert_eq!(order(&inbox), vec![d_carol.conv_id, g.conv_id, d_bob.conv_id], "creation time before any message");
-    assert!(inbox.iter().all(|i| i.last_seq == 0 && i.last_message.is_none() && i.unread == 0));
+    assert_eq!(
+        order(&inbox),
+        vec![d_carol.conv_id, g.conv_id, d_bob.conv_id],
+        "creation time before any message"
+    );
+    assert!(
+        inbox
+            .iter()
+            .all(|i| i.last_seq == 0 && i.last_message.is_none() && i.unread == 0)
+    );
     assert_eq!(inbox[1].conv, g);
 
-    ok(store.append(d_bob.conv_id, vec![msg("bob", "b1", "ping")], 40).await.expect("append"));
+    ok(store
+        .append(d_bob.conv_id, vec![msg("bob", "b1", "ping")], 40)
+        .await
+        .expect("append"));
     let inbox = store.inbox("alice", 10).await.expect("inbox");
-    assert_eq!(order(&inbox), vec![d_bob.conv_id, d_carol.conv_id, g.conv_id], "one entry per conversation, moved");
+    assert_eq!(
+        order(&inbox),
+        vec![d_bob.conv_id, d_carol.conv_id, g.conv_id],
+        "one entry per conversation, moved"
+    );
     assert_eq!((inbox[0].last_seq, inbox[0].unread), (1, 1));
-    assert_eq!(inbox[0].last_message.as_ref().map(|m| m.body.as_str()), Some("ping"));
+    assert_eq!(
+        inbox[0].last_message.as_ref().map(|m| m.body.as_str()),
+        Some("ping")
+    );
     let bob = store.inbox("bob", 10).await.expect("inbox");
     assert_eq!(order(&bob), vec![d_bob.conv_id, g.conv_id]);
-    assert_eq!(bob[0].unread, 0, "the sender's cursor moved to its own message");
+    assert_eq!(
+        bob[0].unread, 0,
+        "the sender's cursor moved to its own message"
+    );
 
-    ok(store.append(g.conv_id, vec![msg("alice", "a1", "x"), msg("alice", "a2", "y")], 50).await.expect("append"));
+    ok(store
+        .append(
+            g.conv_id,
+            vec![msg("alice", "a1", "x"), msg("alice", "a2", "y")],
+            50,
+        )
+        .await
+        .expect("append"));
     let inbox = store.inbox("alice", 2).await.expect("inbox");
-    assert_eq!(order(&inbox), vec![g.conv_id, d_bob.conv_id], "limit keeps the most recent");
+    assert_eq!(
+        order(&inbox),
+        vec![g.conv_id, d_bob.conv_id],
+        "limit keeps the most recent"
+    );
     assert_eq!(inbox[0].unread, 0);
     let bob = store.inbox("bob", 10).await.expect("inbox");
     assert_eq!(order(&bob), vec![g.conv_id, d_bob.conv_id]);
     assert_eq!((bob[0].last_seq, bob[0].unread), (2, 2));
 
     // A late clock does not move a conversation backwards.
-    let late = ok(store.append(d_bob.conv_id, vec![msg("bob", "b2", "late")], 5).await.expect("append"));
-    assert_eq!(late[0].ts, 40, "ts never goes below the conversation's last activity");
+    let late = ok(store
+        .append(d_bob.conv_id, vec![msg("bob", "b2", "late")], 5)
+        .await
+        .expect("append"));
+    assert_eq!(
+        late[0].ts, 40,
+        "ts never goes below the conversation's last activity"
+    );
     let inbox = store.inbox("alice", 10).await.expect("inbox");
     assert_eq!(inbox.len(), 3);
-    assert_eq!(order(&inbox), vec![g.conv_id, d_bob.conv_id, d_carol.conv_id]);
+    assert_eq!(
+        order(&inbox),
+        vec![g.conv_id, d_bob.conv_id, d_carol.conv_id]
+    );
     assert_eq!(inbox[1].unread, 2);
     assert_eq!(store.inbox("alice", 0).await, Ok(vec![]));
     assert_eq!(store.inbox("nobody", 10).await, Ok(vec![]));
@@ -262,7 +457,14 @@ async fn inbox_orders_by_recency_and_counts_unread(store: ChatStore) {
 async fn mark_read_is_capped_and_never_moves_back(store: ChatStore) {
     with_users(&store, &["alice", "bob", "mallory"]).await;
     let (conv, _) = direct(&store, "alice", "bob", 10).await;
-    ok(store.append(conv.conv_id, vec![msg("alice", "1", "a"), msg("alice", "2", "b")], 20).await.expect("append"));
+    ok(store
+        .append(
+            conv.conv_id,
+            vec![msg("alice", "1", "a"), msg("alice", "2", "b")],
+            20,
+        )
+        .await
+        .expect("append"));
     let unread = |store: &ChatStore| {
         let store = store.clone();
         async move { store.inbox("bob", 10).await.expect("inbox")[0].unread }
@@ -270,43 +472,97 @@ async fn mark_read_is_capped_and_never_moves_back(store: ChatStore) {
     assert_eq!(unread(&store).await, 2);
     store.mark_read("bob", conv.conv_id, 1).await.expect("mark");
     assert_eq!(unread(&store).await, 1);
-    store.mark_read("bob", conv.conv_id, 100).await.expect("mark");
+    store
+        .mark_read("bob", conv.conv_id, 100)
+        .await
+        .expect("mark");
     assert_eq!(unread(&store).await, 0);
     store.mark_read("bob", conv.conv_id, 0).await.expect("mark");
     assert_eq!(unread(&store).await, 0, "never backwards");
-    ok(store.append(conv.conv_id, vec![msg("alice", "3", "c")], 30).await.expect("append"));
-    assert_eq!(unread(&store).await, 1, "the cursor was capped at 2, not 100");
-    assert_eq!(store.mark_read("mallory", conv.conv_id, 1).await, Err(StoreError::UnknownConversation));
-    assert_eq!(store.mark_read("bob", 404, 1).await, Err(StoreError::UnknownConversation));
+    ok(store
+        .append(conv.conv_id, vec![msg("alice", "3", "c")], 30)
+        .await
+        .expect("append"));
+    assert_eq!(
+        unread(&store).await,
+        1,
+        "the cursor was capped at 2, not 100"
+    );
+    assert_eq!(
+        store.mark_read("mallory", conv.conv_id, 1).await,
+        Err(StoreError::UnknownConversation)
+    );
+    assert_eq!(
+        store.mark_read("bob", 404, 1).await,
+        Err(StoreError::UnknownConversation)
+    );
 }
 
 async fn messages_after_serves_sync(store: ChatStore) {
     with_users(&store, &["alice", "bob", "mallory"]).await;
     let (conv, _) = direct(&store, "alice", "bob", 10).await;
-    let (none, last) = store.messages_after("bob", conv.conv_id, 0, 10).await.expect("sync");
+    let (none, last) = store
+        .messages_after("bob", conv.conv_id, 0, 10)
+        .await
+        .expect("sync");
     assert_eq!((none.len(), last), (0, 0));
-    let batch = (1..=5).map(|i| msg("alice", &format!("m{i}"), "x")).collect();
+    let batch = (1..=5)
+        .map(|i| msg("alice", &format!("m{i}"), "x"))
+        .collect();
     ok(store.append(conv.conv_id, batch, 20).await.expect("append"));
-    let (page, last) = store.messages_after("bob", conv.conv_id, 0, 2).await.expect("sync");
-    assert_eq!((page.iter().map(|m| m.seq).collect::<Vec<_>>(), last), (vec![1, 2], 5));
-    let (page, _) = store.messages_after("bob", conv.conv_id, 2, 10).await.expect("sync");
-    assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
-    let (page, last) = store.messages_after("bob", conv.conv_id, 5, 10).await.expect("sync");
+    let (page, last) = store
+        .messages_after("bob", conv.conv_id, 0, 2)
+        .await
+        .expect("sync");
+    assert_eq!(
+        (page.iter().map(|m| m.seq).collect::<Vec<_>>(), last),
+        (vec![1, 2], 5)
+    );
+    let (page, _) = store
+        .messages_after("bob", conv.conv_id, 2, 10)
+        .await
+        .expect("sync");
+    assert_eq!(
+        page.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![3, 4, 5]
+    );
+    let (page, last) = store
+        .messages_after("bob", conv.conv_id, 5, 10)
+        .await
+        .expect("sync");
     assert_eq!((page.len(), last), (0, 5));
-    let (page, _) = store.messages_after("bob", conv.conv_id, u64::MAX, 10).await.expect("sync");
+    let (page, _) = store
+        .messages_after("bob", conv.conv_id, u64::MAX, 10)
+        .await
+        .expect("sync");
     assert!(page.is_empty());
-    assert_eq!(store.messages_after("mallory", conv.conv_id, 0, 10).await, Err(StoreError::UnknownConversation));
+    assert_eq!(
+        store.messages_after("mallory", conv.conv_id, 0, 10).await,
+        Err(StoreError::UnknownConversation)
+    );
 }
 
 async fn concurrent_appends_to_one_conversation_all_land(store: ChatStore) {
     with_users(&store, &["alice", "bob"]).await;
     let (conv, _) = direct(&store, "alice", "bob", 10).await;
-    let sends = (0..20).map(|i| store.append(conv.conv_id, vec![msg("alice", &format!("c{i}"), "x")], 20 + i));
+    let sends = (0..20).map(|i| {
+        store.append(
+            conv.conv_id,
+            vec![msg("alice", &format!("c{i}"), "x")],
+            20 + i,
+        )
+    });
     let results = join_all(sends).await;
-    let mut seqs: Vec<u64> =
-        results.into_iter().map(|r| ok(r.expect("append"))[0].seq).collect();
+    let mut seqs: Vec<u64> = results
+        .into_iter()
+        .map(|r| ok(r.expect("append"))[0].seq)
+        .collect();
     seqs.sort();
-    assert_eq!(seqs, (1..=20).collect::<Vec<_>>(), "gapless and distinct under conflicts");
+    assert_eq!(
+        seqs,
+        (1..=20).collect::<Vec<_>>(),
+        "gapless and distinct under conflicts"
+    );
 }
 
 /// A backend whose first `failures` commits apply and then report "unknown result", as
@@ -324,8 +580,14 @@ struct UnknownResultTx {
 #[async_trait]
 impl Kv for UnknownResultKv {
     async fn begin(&self) -> Result<Tx, KvError> {
-        let fail = self.failures.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok();
-        Ok(Tx::new(Arc::new(UnknownResultTx { inner: self.inner.begin().await?, fail })))
+        let fail = self
+            .failures
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok();
+        Ok(Tx::new(Arc::new(UnknownResultTx {
+            inner: self.inner.begin().await?,
+            fail,
+        })))
     }
 }
 
@@ -334,7 +596,13 @@ impl KvTx for UnknownResultTx {
     async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
         self.inner.get(key).await
     }
-    async fn get_range(&self, b: &[u8], e: &[u8], limit: usize, reverse: bool) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError> {
+    async fn get_range(
+        &self,
+        b: &[u8],
+        e: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError> {
         self.inner.get_range(b, e, limit, reverse).await
     }
     fn set(&self, key: &[u8], value: &[u8]) {
@@ -348,26 +616,50 @@ impl KvTx for UnknownResultTx {
     }
     async fn commit(&self) -> Result<(), KvError> {
         self.inner.commit().await?;
-        if self.fail { Err(KvError::CommitUnknownResult) } else { Ok(()) }
+        if self.fail {
+            Err(KvError::CommitUnknownResult)
+        } else {
+            Ok(())
+        }
     }
 }
 
 #[tokio::test]
 async fn retries_after_an_unknown_commit_result_store_nothing_twice() {
     let memory = MemoryKv::new();
-    let kv = Arc::new(UnknownResultKv { inner: memory.clone(), failures: AtomicU32::new(0) });
+    let kv = Arc::new(UnknownResultKv {
+        inner: memory.clone(),
+        failures: AtomicU32::new(0),
+    });
     let store = ChatStore::new(kv.clone());
     let fail_next_commit = || kv.failures.store(1, Ordering::Relaxed);
 
     fail_next_commit();
-    store.create_user("alice", "salted-hash", 1).await.expect("our own record counts as created");
+    store
+        .create_user("alice", "salted-hash", 1)
+        .await
+        .expect("our own record counts as created");
     store.create_user("bob", "h", 1).await.expect("create");
     let (conv, _) = direct(&store, "alice", "bob", 10).await;
 
     fail_next_commit();
-    let results = ok(store.append(conv.conv_id, vec![msg("alice", "m1", "hi"), msg("alice", "m2", "there")], 20).await.expect("append"));
-    assert_eq!(results.iter().map(|a| a.seq).collect::<Vec<_>>(), vec![1, 2], "the landed attempt's seqs");
-    let (all, _) = store.history("bob", conv.conv_id, None, 10).await.expect("history");
+    let results = ok(store
+        .append(
+            conv.conv_id,
+            vec![msg("alice", "m1", "hi"), msg("alice", "m2", "there")],
+            20,
+        )
+        .await
+        .expect("append"));
+    assert_eq!(
+        results.iter().map(|a| a.seq).collect::<Vec<_>>(),
+        vec![1, 2],
+        "the landed attempt's seqs"
+    );
+    let (all, _) = store
+        .history("bob", conv.conv_id, None, 10)
+        .await
+        .expect("history");
     assert_eq!(all.len(), 2, "stored once");
     let inbox = store.inbox("bob", 10).await.expect("inbox");
     assert_eq!((inbox.len(), inbox[0].last_seq, inbox[0].unread), (1, 2, 2));

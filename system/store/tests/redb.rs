@@ -36,7 +36,10 @@ async fn a_second_open_of_the_same_file_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("store.redb");
     let _first = RedbKv::open(&path).expect("open");
-    assert!(matches!(RedbKv::open(&path), Err(KvError::Unavailable(_) | KvError::Io(_))));
+    assert!(matches!(
+        RedbKv::open(&path),
+        Err(KvError::Unavailable(_) | KvError::Io(_))
+    ));
 }
 
 #[tokio::test]
@@ -58,15 +61,27 @@ async fn concurrent_commits_are_grouped_into_few_fsyncs() {
     assert_eq!(kv.txs_committed(), COMMITS as u64);
     let batches = kv.batches_committed();
     // At most 256 per batch, so at least 2; one fsync per message would be 500.
-    assert!((2..=COMMITS as u64 / 10).contains(&batches), "{batches} redb commits for {COMMITS} transactions");
+    assert!(
+        (2..=COMMITS as u64 / 10).contains(&batches),
+        "{batches} redb commits for {COMMITS} transactions"
+    );
     let tx = kv.begin().await.expect("begin");
-    assert_eq!(tx.get_range(b"key/", b"key0", 0, false).await.expect("range").len(), COMMITS);
+    assert_eq!(
+        tx.get_range(b"key/", b"key0", 0, false)
+            .await
+            .expect("range")
+            .len(),
+        COMMITS
+    );
 }
 
 #[tokio::test]
 async fn batch_size_is_bounded() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let options = RedbOptions { batch_txs_max: 8, ..RedbOptions::default() };
+    let options = RedbOptions {
+        batch_txs_max: 8,
+        ..RedbOptions::default()
+    };
     let kv = RedbKv::open_with(dir.path().join("store.redb"), options).expect("open");
     let results = join_all((0..64).map(|i: u32| {
         let kv = &kv;
@@ -78,7 +93,11 @@ async fn batch_size_is_bounded() {
     }))
     .await;
     assert!(results.iter().all(Result::is_ok));
-    assert!(kv.batches_committed() >= 8, "{} batches of at most 8 for 64 commits", kv.batches_committed());
+    assert!(
+        kv.batches_committed() >= 8,
+        "{} batches of at most 8 for 64 commits",
+        kv.batches_committed()
+    );
 }
 
 #[tokio::test]
@@ -98,7 +117,11 @@ async fn conflicts_inside_one_batch_are_detected_in_arrival_order() {
     let results = join_all(handles.iter().map(|tx| tx.commit())).await;
     let won = results.iter().filter(|r| r.is_ok()).count();
     assert_eq!(won, 1, "{results:?}");
-    assert!(results.iter().all(|r| r.is_ok() || *r == Err(KvError::NotCommitted)));
+    assert!(
+        results
+            .iter()
+            .all(|r| r.is_ok() || *r == Err(KvError::NotCommitted))
+    );
 }
 
 #[tokio::test]

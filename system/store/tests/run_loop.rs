@@ -105,7 +105,10 @@ async fn retries_stop_at_the_deadline() {
     assert_eq!(result, Err(KvError::Unavailable("down".into())));
     let attempts = attempts.load(Ordering::Relaxed);
     // Every back-off sleeps at least 10 ms and all of them fit in the 500 ms: at most 50.
-    assert!((2..=51).contains(&attempts), "{attempts} attempts in 500 ms with 10-20 ms back-off");
+    assert!(
+        (2..=51).contains(&attempts),
+        "{attempts} attempts in 500 ms with 10-20 ms back-off"
+    );
 }
 
 #[tokio::test]

@@ -19,7 +19,16 @@ impl Default for ClusterOptions {
         ClusterOptions {
             conns: 3,
             // Contract tests make hundreds of calls from one address within a second.
-            gateway_args: vec!["--rate-user-per-sec".into(), "1000".into(), "--rate-user-burst".into(), "5000".into(), "--rate-ip-per-sec".into(), "5000".into(), "--rate-ip-burst".into(), "20000".into()],
+            gateway_args: vec![
+                "--rate-user-per-sec".into(),
+                "1000".into(),
+                "--rate-user-burst".into(),
+                "5000".into(),
+                "--rate-ip-per-sec".into(),
+                "5000".into(),
+                "--rate-ip-burst".into(),
+                "20000".into(),
+            ],
             registry_refresh_ms: 500,
         }
     }
@@ -29,7 +38,10 @@ struct Proc(Child);
 
 impl Proc {
     fn sigkill(&mut self) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
         let _ = self.0.wait();
     }
 }
@@ -55,7 +67,10 @@ pub struct Cluster {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 fn chat(args: &[String], secret: &str) -> (Proc, SocketAddr) {
@@ -69,7 +84,9 @@ fn chat(args: &[String], secret: &str) -> (Proc, SocketAddr) {
         .expect("start chat");
     let stdout = child.stdout.take().expect("stdout");
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read the listening line");
     let addr = line
         .trim()
         .split_once(": listening on ")
@@ -81,7 +98,9 @@ fn chat(args: &[String], secret: &str) -> (Proc, SocketAddr) {
 impl Cluster {
     pub fn start(options: ClusterOptions) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let secret_hex: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+        let secret_hex: String = (0..32)
+            .map(|_| format!("{:02x}", rand::random::<u8>()))
+            .collect();
         // The port was free a moment ago; someone may take it before redis-server binds it,
         // and then redis-server exits: try another.
         let mut failures = Vec::new();
@@ -95,18 +114,49 @@ impl Cluster {
         };
         let redis_arg = format!("127.0.0.1:{redis_port}");
         let app_args = |listen: &str| -> Vec<String> {
-            vec!["app".into(), "--listen".into(), listen.into(), "--data".into(), dir.path().join("app").display().to_string(), "--redis".into(), redis_arg.clone(), "--password-memory-kib".into(), "64".into()]
+            vec![
+                "app".into(),
+                "--listen".into(),
+                listen.into(),
+                "--data".into(),
+                dir.path().join("app").display().to_string(),
+                "--redis".into(),
+                redis_arg.clone(),
+                "--password-memory-kib".into(),
+                "64".into(),
+            ]
         };
         let (app, app_addr) = chat(&app_args("127.0.0.1:0"), &secret_hex);
         let mut conns = Vec::new();
         let mut conn_addrs = Vec::new();
         for id in 1..=options.conns {
-            let (proc, addr) = chat(&conn_args(id, "127.0.0.1:0", app_addr, &redis_arg, options.registry_refresh_ms), &secret_hex);
+            let (proc, addr) = chat(
+                &conn_args(
+                    id,
+                    "127.0.0.1:0",
+                    app_addr,
+                    &redis_arg,
+                    options.registry_refresh_ms,
+                ),
+                &secret_hex,
+            );
             conns.push(Some(proc));
             conn_addrs.push(addr);
         }
-        let conn_list = conn_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
-        let mut gateway_args = vec!["gateway".into(), "--listen".into(), "127.0.0.1:0".into(), "--app".into(), app_addr.to_string(), "--conn".into(), conn_list];
+        let conn_list = conn_addrs
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut gateway_args = vec![
+            "gateway".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--app".into(),
+            app_addr.to_string(),
+            "--conn".into(),
+            conn_list,
+        ];
         gateway_args.extend(options.gateway_args.iter().cloned());
         let (gateway, gateway_addr) = chat(&gateway_args, &secret_hex);
         let cluster = Cluster {
@@ -127,20 +177,29 @@ impl Cluster {
     }
 
     pub fn secret(&self) -> Vec<u8> {
-        (0..self.secret_hex.len() / 2).map(|i| u8::from_str_radix(&self.secret_hex[2 * i..2 * i + 2], 16).unwrap_or(0)).collect()
+        (0..self.secret_hex.len() / 2)
+            .map(|i| u8::from_str_radix(&self.secret_hex[2 * i..2 * i + 2], 16).unwrap_or(0))
+            .collect()
     }
 
     /// Links connect in the background; wait until the gateway answers a REST call.
     fn wait_until_linked(&self) {
         // Only a guard against hanging: generous for a loaded machine.
         let deadline = Instant::now() + Duration::from_secs(30);
-        let gateway: SocketAddr = self.base.trim_start_matches("http://").parse().expect("gateway addr");
+        let gateway: SocketAddr = self
+            .base
+            .trim_start_matches("http://")
+            .parse()
+            .expect("gateway addr");
         while Instant::now() < deadline {
             if let Ok(mut stream) = TcpStream::connect(gateway) {
                 use std::io::{Read, Write};
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
                 let body = r#"{"username":"nobody","password":"xxxxxxxx"}"#;
-                let request = format!("POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                let request = format!(
+                    "POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
                 let _ = stream.write_all(request.as_bytes());
                 let mut answer = String::new();
                 let _ = stream.read_to_string(&mut answer);
@@ -166,7 +225,13 @@ impl Cluster {
 
     pub fn restart_conn(&mut self, index: usize) {
         let redis_arg = format!("127.0.0.1:{}", self.redis_port);
-        let args = conn_args(index + 1, &self.conn_addrs[index].to_string(), self.app_addr, &redis_arg, self.options.registry_refresh_ms);
+        let args = conn_args(
+            index + 1,
+            &self.conn_addrs[index].to_string(),
+            self.app_addr,
+            &redis_arg,
+            self.options.registry_refresh_ms,
+        );
         let (proc, _) = chat(&args, &self.secret_hex);
         self.conns[index] = Some(proc);
     }
@@ -199,11 +264,21 @@ impl Cluster {
 
     /// Keys in Redis (the registry's entries), through a raw RESP call.
     pub fn redis_dbsize(&self) -> u64 {
-        resp_call(self.redis_port, "DBSIZE").trim_start_matches(':').trim().parse().unwrap_or(0)
+        resp_call(self.redis_port, "DBSIZE")
+            .trim_start_matches(':')
+            .trim()
+            .parse()
+            .unwrap_or(0)
     }
 }
 
-fn conn_args(id: usize, listen: &str, app: SocketAddr, redis: &str, refresh_ms: u64) -> Vec<String> {
+fn conn_args(
+    id: usize,
+    listen: &str,
+    app: SocketAddr,
+    redis: &str,
+    refresh_ms: u64,
+) -> Vec<String> {
     vec![
         "conn".into(),
         "--id".into(),
@@ -236,12 +311,17 @@ fn try_start_redis(port: u16, dir: &std::path::Path) -> Result<Proc, String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if let Ok(Some(status)) = redis.0.try_wait() {
-            return Err(format!("redis-server on port {port} exited at start: {status}"));
+            return Err(format!(
+                "redis-server on port {port} exited at start: {status}"
+            ));
         }
         if resp_call(port, "PING").starts_with("+PONG") {
             // Ours, and not another test's that took the port first (ours then exits): each
             // runs in its own directory.
-            let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             if resp_call(port, "CONFIG GET dir").contains(&name) {
                 return Ok(redis);
             }
@@ -254,7 +334,9 @@ fn try_start_redis(port: u16, dir: &std::path::Path) -> Result<Proc, String> {
 
 fn resp_call(port: u16, command: &str) -> String {
     use std::io::{Read, Write};
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
     // A loaded machine can be slow to answer; an empty answer reads as 0 keys.
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let _ = stream.write_all(format!("{command}\r\n").as_bytes());

@@ -34,7 +34,9 @@ impl TestServer {
     }
 
     pub async fn start_cluster(options: cluster::ClusterOptions) -> TestServer {
-        let cluster = tokio::task::spawn_blocking(move || cluster::Cluster::start(options)).await.expect("cluster start");
+        let cluster = tokio::task::spawn_blocking(move || cluster::Cluster::start(options))
+            .await
+            .expect("cluster start");
         TestServer {
             base: cluster.base.clone(),
             tokens: Tokens::new(&cluster.secret(), Tokens::TTL_DEFAULT),
@@ -56,7 +58,9 @@ impl TestServer {
     pub async fn start_in_process_with(tune: impl FnOnce(&mut Options)) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let kv = chat_store::RedbKv::open(dir.path().join("messages.redb")).expect("open store");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let mut options = Options::new(SECRET.to_vec());
         options.password_cost = PasswordCost::TESTING;
@@ -69,7 +73,13 @@ impl TestServer {
             .await
             .expect("server failed");
         });
-        TestServer { base: format!("http://{addr}"), tokens: Tokens::new(SECRET, Tokens::TTL_DEFAULT), shutdown: Some(tx), _dir: Some(dir), _cluster: None }
+        TestServer {
+            base: format!("http://{addr}"),
+            tokens: Tokens::new(SECRET, Tokens::TTL_DEFAULT),
+            shutdown: Some(tx),
+            _dir: Some(dir),
+            _cluster: None,
+        }
     }
 
     pub fn anonymous(&self) -> Client {
@@ -132,6 +142,8 @@ pub async fn assert_quiet(ws: &mut WsConnection) {
 }
 
 pub async fn direct(a: &Client, b: &str) -> ConversationView {
-    a.create_conversation([b], None).await.expect("create direct").0
+    a.create_conversation([b], None)
+        .await
+        .expect("create direct")
+        .0
 }
-
