@@ -28,7 +28,7 @@ rate=$(((per + 99) / 100))
 die() { echo "connections.sh: $*" >&2; exit 1; }
 command -v redis-server >/dev/null || die "redis-server is not installed (apt-get install redis-server)"
 ulimit -n 20000 || die "cannot raise the descriptor limit to 20000"
-cargo build -q --release -p chat -p chat-benches || die "build failed"
+cargo build -q --locked --release -p chat -p chat-benches || die "build failed"
 
 work=$(mktemp -d)
 export CHAT_CLUSTER_DIR="$work/cluster" CHAT_BIN="$PWD/target/release/chat"

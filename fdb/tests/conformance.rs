@@ -4,7 +4,7 @@
 //! Runs only when built with `--features fdb` AND `FDB_CLUSTER_FILE` names a cluster file:
 //!
 //! ```text
-//! FDB_CLUSTER_FILE=/etc/foundationdb/fdb.cluster cargo test --manifest-path fdb/Cargo.toml --features fdb
+//! FDB_CLUSTER_FILE=/etc/foundationdb/fdb.cluster cargo test -p chat-fdb --features fdb
 //! ```
 //!
 //! Otherwise the test says on stderr why it was skipped and passes. It writes only under

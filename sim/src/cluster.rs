@@ -15,9 +15,9 @@ use chat::roles::{AppOptions, Common, ConnOptions, GatewayOptions};
 use chat_app::AppConfig;
 use chat_auth::PasswordCost;
 use chat_conn::ConnConfig;
-use chat_gateway::http::HttpConfig;
-use chat_gateway::ratelimit::RateConfig;
+use chat_gateway::SpliceConfig;
 use chat_link::LinkConfig;
+use chat_net::http::HttpConfig;
 use chat_registry::redis::{RedisConfig, RedisRegistry};
 use chat_store::{MemoryKv, RedbKv, RedbOptions};
 use madsim::runtime::{Handle, NodeHandle};
@@ -93,6 +93,8 @@ pub struct Knobs {
     pub registry_refresh: Duration,
     /// The HTTP listeners of gateways, connection servers and `chat serve`.
     pub http: HttpConfig,
+    /// The gateways' spliced WebSockets.
+    pub splice: SpliceConfig,
 }
 
 impl Default for Knobs {
@@ -109,6 +111,7 @@ impl Default for Knobs {
             link,
             registry_refresh,
             http: HttpConfig::default(),
+            splice: SpliceConfig::default(),
         }
     }
 }
@@ -145,7 +148,7 @@ impl Knobs {
         knobs.link.request_timeout = ms(&mut rng, 3_000..10_000);
         // Drawn last, so the knobs above stay what each seed made them before these existed.
         knobs.conn.write_timeout = ms(&mut rng, 1_000..10_000);
-        knobs.http.write_timeout = ms(&mut rng, 1_000..10_000);
+        knobs.splice.write_timeout = ms(&mut rng, 1_000..10_000);
         // Three or four pings without an answer: one late pong must not close a connection.
         knobs.conn.idle_timeout = knobs.conn.heartbeat_interval * rng.random_range(3..=4);
         knobs
@@ -167,7 +170,7 @@ impl std::fmt::Display for Knobs {
             self.conn.heartbeat_interval,
             self.conn.idle_timeout,
             self.conn.write_timeout,
-            self.http.write_timeout,
+            self.splice.write_timeout,
             self.conn.request_timeout,
             self.registry_refresh,
             self.link.heartbeat_interval,
@@ -332,8 +335,8 @@ impl Cluster {
                             }
                         };
                         let mut options = chat::serve::Options::new(SECRET.to_vec());
-                        options.password_cost = PasswordCost::TESTING;
-                        options.app = cfg.knobs.app.clone();
+                        options.app.password_cost = PasswordCost::TESTING;
+                        options.app.app = cfg.knobs.app.clone();
                         options.conn = cfg.knobs.conn.clone();
                         options.http = cfg.knobs.http.clone();
                         let listener = ShapedListener::new(bind(serve_addr()).await, stalls);
@@ -388,16 +391,16 @@ impl Cluster {
                     let cfg = cfg.clone();
                     async move {
                         let options = AppOptions {
-                            common: common(&cfg.knobs),
                             password_cost: PasswordCost::TESTING,
                             app: cfg.knobs.app.clone(),
-                            link_connections_max: 1024,
+                            ..AppOptions::default()
                         };
                         let kv = Arc::new(SimFdbKv::new(fdb_addr()));
                         if let Err(err) = chat::roles::run_app(
                             bind(app_addr(i)).await,
                             kv,
                             registry(&cfg),
+                            common(&cfg.knobs),
                             options,
                             std::future::pending(),
                         )
@@ -422,7 +425,6 @@ impl Cluster {
                     let (cfg, apps, stalls) = (cfg.clone(), apps.clone(), stalls.clone());
                     async move {
                         let options = ConnOptions {
-                            common: common(&cfg.knobs),
                             server_id: i as u32 + 1,
                             apps,
                             conn: cfg.knobs.conn.clone(),
@@ -432,6 +434,7 @@ impl Cluster {
                         if let Err(err) = chat::roles::run_conn(
                             listener,
                             registry(&cfg),
+                            common(&cfg.knobs),
                             options,
                             std::future::pending(),
                         )
@@ -457,19 +460,22 @@ impl Cluster {
                     let (cfg, apps, conns, stalls) =
                         (cfg.clone(), apps.clone(), conns.clone(), stalls.clone());
                     async move {
+                        // Every simulated client has its own address; limits stay on, generous.
                         let options = GatewayOptions {
-                            common: common(&cfg.knobs),
                             apps,
                             conns,
-                            // Every simulated client has its own address; limits stay on, generous.
-                            rates: RateConfig::default(),
                             http: cfg.knobs.http.clone(),
-                            health_check_interval: Duration::from_millis(500),
+                            splice: cfg.knobs.splice.clone(),
+                            ..GatewayOptions::default()
                         };
                         let listener = ShapedListener::new(bind(gateway_addr(i)).await, stalls);
-                        if let Err(err) =
-                            chat::roles::run_gateway(listener, options, std::future::pending())
-                                .await
+                        if let Err(err) = chat::roles::run_gateway(
+                            listener,
+                            common(&cfg.knobs),
+                            options,
+                            std::future::pending(),
+                        )
+                        .await
                         {
                             panic!("gateway{i} failed: {err:#}");
                         }

@@ -452,7 +452,7 @@ async fn run_inner(
 /// (and a gateway's splice) give up within their write timeouts, and the close lingers 2 s.
 fn stall_drop_bound(knobs: &Knobs) -> Duration {
     knobs.conn.idle_timeout
-        + (knobs.conn.write_timeout + knobs.http.write_timeout) * 2
+        + (knobs.conn.write_timeout + knobs.splice.write_timeout) * 2
         + Duration::from_secs(5)
 }
 

@@ -38,7 +38,7 @@ fn start_server() {
             .await
             .expect("bind in the simulator");
             let mut options = chat::serve::Options::new(SECRET.to_vec());
-            options.password_cost = chat_auth::PasswordCost::TESTING;
+            options.app.password_cost = chat_auth::PasswordCost::TESTING;
             let kv = Arc::new(chat_store::MemoryKv::new());
             if let Err(err) = chat::serve::run(listener, kv, options, std::future::pending()).await
             {

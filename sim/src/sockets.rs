@@ -12,7 +12,7 @@
 //! connection server is not, so a stalled client behind a gateway stalls the gateway (whose
 //! splice must give up on it), not the connection server.
 
-use chat_gateway::http::Listener;
+use chat_net::accept::Listener;
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;

@@ -368,7 +368,7 @@ impl InProcess {
             .collect();
         let mut options = chat::serve::Options::new(secret);
         // A load test of messaging, not of Argon2.
-        options.password_cost = chat_auth::PasswordCost::TESTING;
+        options.app.password_cost = chat_auth::PasswordCost::TESTING;
         // Every simulated user comes from 127.0.0.1: the per-IP limit would throttle setup.
         options.rates = chat_gateway::ratelimit::RateConfig::unlimited();
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();

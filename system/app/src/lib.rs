@@ -1,8 +1,9 @@
 //! The app server: stateless business logic.
 //!
 //! # Layout
-//! - [`AppServer`]: implements [`chat_proto::link::AppApi`]: validates requests, answers
-//!   REST and WebSocket operations from the store.
+//! - [`AppServer`]: implements [`chat_proto::api::AppApi`]: dispatches each
+//!   [`chat_proto::api::Request`] in one `match` to its handler, which validates it and
+//!   answers from the store; sends go to the sequencers.
 //! - [`sequencer`]: one task per active conversation that batches concurrent sends into
 //!   one transaction, so `seq` stays gapless without making a hot group chat a conflict point.
 //! - [`routing`]: after a batch is durable, looks recipients up in the registry and hands
@@ -17,15 +18,16 @@ pub mod routing;
 pub mod sequencer;
 
 use chat_auth::{Passwords, Tokens};
+use chat_proto::api::{AppApi, Call, Request, Response, SyncPage};
 use chat_proto::limits::*;
-use chat_proto::link::{AppApi, Delivery, SendAck, SendRequest, SyncPage};
+use chat_proto::link::Delivery;
 use chat_proto::model::{now_ms, validate_password, validate_username};
 use chat_proto::rest::*;
 use chat_proto::{ApiError, ConvId, Seq};
 use chat_registry::Registry;
 use chat_store::ChatStore;
 use errors::store_error;
-use futures::future::BoxFuture;
+use futures::FutureExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,10 +64,16 @@ impl Default for AppConfig {
 }
 
 pub struct AppServer {
+    handlers: Arc<Handlers>,
+    sequencers: sequencer::Sequencers,
+}
+
+/// The handlers of every operation but `send` (the sequencers'), shared by the requests
+/// under way.
+struct Handlers {
     store: ChatStore,
     passwords: Passwords,
     tokens: Tokens,
-    sequencers: sequencer::Sequencers,
     /// Permits for password hashing: see [`AppConfig::password_hashes_in_flight_max`].
     hash_permits: Arc<tokio::sync::Semaphore>,
 }
@@ -84,18 +92,79 @@ impl AppServer {
             config.password_hashes_in_flight_max.max(1),
         ));
         Arc::new(AppServer {
-            hash_permits,
             sequencers: sequencer::Sequencers::new(store.clone(), router, config),
-            store,
-            passwords,
-            tokens,
+            handlers: Arc::new(Handlers {
+                hash_permits,
+                store,
+                passwords,
+                tokens,
+            }),
         })
     }
+}
 
-    pub fn store(&self) -> &ChatStore {
-        &self.store
+impl AppApi for AppServer {
+    /// One arm per operation. A send is submitted to its conversation's sequencer before
+    /// this returns, so sends keep the order in which they were called.
+    fn call(&self, request: Request) -> Call {
+        let h = self.handlers.clone();
+        match request {
+            Request::Register { credentials } => async move {
+                let user = h.register(credentials).await?;
+                Ok(Response::UserCreated { user })
+            }
+            .boxed(),
+            Request::Login { credentials } => async move {
+                let session = h.login(credentials).await?;
+                Ok(Response::Session { session })
+            }
+            .boxed(),
+            Request::CreateConversation { caller, request } => async move {
+                let (conversation, created) = h.create_conversation(&caller, request).await?;
+                Ok(Response::Conversation {
+                    conversation,
+                    created,
+                })
+            }
+            .boxed(),
+            Request::History {
+                caller,
+                conv,
+                query,
+            } => async move {
+                let page = h.history(&caller, conv, query).await?;
+                Ok(Response::History { page })
+            }
+            .boxed(),
+            Request::Inbox { caller, query } => async move {
+                let inbox = h.inbox(&caller, query).await?;
+                Ok(Response::Inbox { inbox })
+            }
+            .boxed(),
+            Request::Send { request } => {
+                let ack = self.sequencers.submit(request);
+                async move { Ok(Response::Sent { ack: ack.await? }) }.boxed()
+            }
+            Request::Read { user, conv, seq } => async move {
+                h.read(&user, conv, seq).await?;
+                Ok(Response::Done)
+            }
+            .boxed(),
+            Request::Sync {
+                user,
+                conv,
+                after,
+                limit,
+            } => async move {
+                let page = h.sync(&user, conv, after, limit).await?;
+                Ok(Response::Synced { page })
+            }
+            .boxed(),
+        }
     }
+}
 
+impl Handlers {
     /// Runs a password hash or verification: off the async worker threads (Argon2 takes
     /// tens of milliseconds of CPU), and at most `password_hashes_in_flight_max` at once.
     /// (madsim deprecates `spawn_blocking` but runs it as an ordinary task, which is right there.)
@@ -118,10 +187,7 @@ impl AppServer {
         .await
         .map_err(|e| ApiError::internal(format!("worker failed: {e}")))
     }
-}
 
-#[async_trait::async_trait]
-impl AppApi for AppServer {
     async fn register(&self, credentials: Credentials) -> Result<UserCreated, ApiError> {
         validate_username(&credentials.username)?;
         validate_password(&credentials.password)?;
@@ -279,10 +345,6 @@ impl AppApi for AppServer {
         Ok(Inbox { conversations })
     }
 
-    fn send(&self, request: SendRequest) -> BoxFuture<'static, Result<SendAck, ApiError>> {
-        self.sequencers.submit(request)
-    }
-
     async fn read(&self, user: &str, conv: ConvId, seq: Seq) -> Result<(), ApiError> {
         self.store
             .mark_read(user, conv, seq)
@@ -351,6 +413,7 @@ mod tests {
             let (server, running, most) = (server.clone(), running.clone(), most.clone());
             tokio::spawn(async move {
                 server
+                    .handlers
                     .hashing(move || {
                         let now = running.fetch_add(1, Ordering::SeqCst) + 1;
                         most.fetch_max(now, Ordering::SeqCst);

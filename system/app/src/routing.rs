@@ -44,11 +44,8 @@ impl Router {
             }
         };
         // Fault point: recipients move between the lookup and the delivery.
-        if chat_proto::sim::buggify(0.03) {
-            tokio::time::sleep(std::time::Duration::from_millis(
-                rand::random::<u64>() % 2000,
-            ))
-            .await;
+        if let Some(delay) = chat_proto::sim::buggify_delay(0.03, Duration::from_secs(2)) {
+            tokio::time::sleep(delay).await;
         }
         let targets: Vec<Target> = members
             .iter()

@@ -5,7 +5,7 @@
 //! - `seq` is assigned by one writer per conversation per app server: concurrent sends to a
 //!   hot group chat do not conflict with each other and retry, they share a commit;
 //! - sends submitted in order get increasing `seq`s (the queue is FIFO and submission is
-//!   synchronous, see [`chat_proto::link::AppApi::send`]);
+//!   synchronous, see [`chat_proto::api::AppApi::call`]);
 //! - delivery happens in `seq` order, because the same task routes each batch after its
 //!   commit and before it takes the next.
 //!
@@ -15,19 +15,22 @@
 use crate::AppConfig;
 use crate::errors::store_error;
 use crate::routing::Router;
+use chat_proto::api::{SendAck, SendRequest};
 use chat_proto::deadline::Deadline;
-use chat_proto::link::{SendAck, SendRequest};
 use chat_proto::model::{is_valid_client_msg_id, now_ms};
 use chat_proto::sim::buggify;
 use chat_proto::{ApiError, ConvId, ErrorCode};
 use chat_store::{AppendError, ChatStore, NewMessage};
-use futures::FutureExt;
-use futures::future::BoxFuture;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
-type Reply = oneshot::Sender<Result<SendAck, ApiError>>;
+/// How late the buggified "lost" acks come: past every request timeout, as if lost.
+const LOST_ACKS_LATE: Duration = Duration::from_secs(30);
+
+type AckResult = Result<SendAck, ApiError>;
+type Reply = oneshot::Sender<AckResult>;
 
 struct Pending {
     request: SendRequest,
@@ -51,6 +54,14 @@ type Key = (ConvId, String, String);
 struct Waiters {
     reply: Reply,
     joined: Vec<Reply>,
+}
+
+/// Answers acks held back by the lost-acks fault point, [`LOST_ACKS_LATE`] from now.
+async fn answer_late(lost: Vec<(Waiters, AckResult)>) {
+    tokio::time::sleep(LOST_ACKS_LATE).await;
+    for (waiters, answer) in lost {
+        waiters.answer(answer);
+    }
 }
 
 impl Waiters {
@@ -134,10 +145,24 @@ impl Sequencers {
     }
 
     /// Queues the send now; the returned future resolves once it is durable (or refused).
-    pub fn submit(&self, request: SendRequest) -> BoxFuture<'static, Result<SendAck, ApiError>> {
-        if let Err(err) = validate(&request) {
-            return futures::future::ready(Err(err)).boxed();
+    pub fn submit(
+        &self,
+        request: SendRequest,
+    ) -> impl Future<Output = Result<SendAck, ApiError>> + Send + 'static {
+        let answer = self.enqueue(request);
+        async move {
+            // The task went away (its server is shutting down): maybe stored, maybe not.
+            answer?.await.unwrap_or_else(|_| {
+                Err(ApiError::unavailable(
+                    "the send was interrupted; resend with the same id",
+                ))
+            })
         }
+    }
+
+    /// Queues `request` now; the receiver gets its answer.
+    fn enqueue(&self, request: SendRequest) -> Result<oneshot::Receiver<AckResult>, ApiError> {
+        validate(&request)?;
         let (reply, answer) = oneshot::channel();
         let conv = request.conv;
         let pending = Pending { request, reply };
@@ -186,15 +211,7 @@ impl Sequencers {
                 "too many sends in flight; retry",
             )));
         }
-        async move {
-            // The task went away (its server is shutting down): maybe stored, maybe not.
-            answer.await.unwrap_or_else(|_| {
-                Err(ApiError::unavailable(
-                    "the send was interrupted; resend with the same id",
-                ))
-            })
-        }
-        .boxed()
+        Ok(answer)
     }
 }
 
@@ -290,11 +307,8 @@ async fn commit(
     };
     // Fault point: the commit is durable, the acks are late or lost. Clients time out and
     // resend the same ids, which must answer the same seqs.
-    if buggify(0.03) {
-        tokio::time::sleep(std::time::Duration::from_millis(
-            rand::random::<u64>() % 3000,
-        ))
-        .await;
+    if let Some(delay) = chat_proto::sim::buggify_delay(0.03, Duration::from_secs(3)) {
+        tokio::time::sleep(delay).await;
     }
     // Fault point: acks held past the connection server's timeout, as if lost.
     let mut lost_acks = buggify(0.02).then(Vec::new);
@@ -321,12 +335,7 @@ async fn commit(
         }
     }
     if let Some(lost) = lost_acks {
-        tokio::spawn(async move {
-            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
-            for (waiters, answer) in lost {
-                waiters.answer(answer);
-            }
-        });
+        tokio::spawn(answer_late(lost));
     }
     if fresh.is_empty() {
         return;

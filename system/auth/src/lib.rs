@@ -24,7 +24,7 @@ pub enum AuthError {
     Hash(String),
     #[error("token signing failed: {0}")]
     Sign(String),
-    #[error("secret file: {0}")]
+    #[error("token secret: {0}")]
     Secret(String),
 }
 

@@ -11,20 +11,26 @@ use std::path::Path;
 pub const SECRET_BYTES: usize = 32;
 const FILE_NAME: &str = "token-secret";
 
+/// Parses a secret given as hex (a flag, an environment variable or the persisted file):
+/// at least [`SECRET_BYTES`] bytes.
+pub fn parse_hex(text: &str) -> Result<Vec<u8>, AuthError> {
+    let secret =
+        hex::decode(text.trim()).map_err(|e| AuthError::Secret(format!("not hex: {e}")))?;
+    if secret.len() < SECRET_BYTES {
+        return Err(AuthError::Secret(format!(
+            "{} bytes, shorter than {SECRET_BYTES}",
+            secret.len()
+        )));
+    }
+    Ok(secret)
+}
+
 /// Reads `<dir>/token-secret` (hex), creating it with a fresh random secret if missing.
 pub fn load_or_create(dir: &Path) -> Result<Vec<u8>, AuthError> {
     let path = dir.join(FILE_NAME);
     match std::fs::read_to_string(&path) {
         Ok(text) => {
-            let secret = hex::decode(text.trim())
-                .map_err(|e| AuthError::Secret(format!("{}: not hex: {e}", path.display())))?;
-            if secret.len() < SECRET_BYTES {
-                return Err(AuthError::Secret(format!(
-                    "{}: shorter than {SECRET_BYTES} bytes",
-                    path.display()
-                )));
-            }
-            Ok(secret)
+            parse_hex(&text).map_err(|e| AuthError::Secret(format!("{}: {e}", path.display())))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut secret = vec![0u8; SECRET_BYTES];

@@ -1,14 +1,13 @@
 //! Command-line flags of the cluster roles, turned into [`crate::roles`] options.
 
 use crate::roles::{AppOptions, Common, ConnOptions, GatewayOptions};
+use crate::store::StoreSpec;
 use anyhow::Context;
-use chat_app::AppConfig;
 use chat_auth::{PasswordCost, Tokens};
 use chat_conn::ConnConfig;
-use chat_gateway::http::HttpConfig;
 use chat_gateway::ratelimit::{Rate, RateConfig};
+use chat_link::LinkConfig;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 /// Flags every cluster role takes.
@@ -21,21 +20,19 @@ pub struct CommonArgs {
     #[arg(long, env = "CHAT_TOKEN_TTL_SECS", default_value_t = Tokens::TTL_DEFAULT.as_secs())]
     pub token_ttl_secs: u64,
     /// Link heartbeat interval in milliseconds; a link silent for 4 intervals is reconnected.
-    #[arg(long, env = "CHAT_LINK_HEARTBEAT_MS", default_value_t = 1000)]
+    #[arg(long, env = "CHAT_LINK_HEARTBEAT_MS",
+          default_value_t = LinkConfig::default().heartbeat_interval.as_millis() as u64)]
     pub link_heartbeat_ms: u64,
 }
 
 impl CommonArgs {
     pub fn common(&self) -> anyhow::Result<Common> {
-        let secret = hex::decode(self.token_secret.trim()).context("--token-secret must be hex")?;
-        anyhow::ensure!(
-            secret.len() >= chat_auth::secret::SECRET_BYTES,
-            "--token-secret must be at least 32 bytes"
-        );
+        let secret = chat_auth::secret::parse_hex(&self.token_secret).context("--token-secret")?;
         let mut common = Common::new(secret);
         common.token_ttl = Duration::from_secs(self.token_ttl_secs);
-        common.link.heartbeat_interval = Duration::from_millis(self.link_heartbeat_ms.max(10));
+        common.link.heartbeat_interval = Duration::from_millis(self.link_heartbeat_ms);
         common.link.idle_timeout = common.link.heartbeat_interval * 4;
+        common.validate()?;
         Ok(common)
     }
 }
@@ -57,8 +54,12 @@ impl RedisArgs {
     pub fn registry(&self) -> chat_registry::redis::RedisRegistry {
         let mut config = chat_registry::redis::RedisConfig::new(self.redis.clone());
         config.key_prefix = self.redis_prefix.clone();
-        config.entry_ttl = Duration::from_secs(self.registry_ttl_secs.max(1));
+        config.entry_ttl = self.entry_ttl();
         chat_registry::redis::RedisRegistry::new(config)
+    }
+
+    fn entry_ttl(&self) -> Duration {
+        Duration::from_secs(self.registry_ttl_secs.max(1))
     }
 }
 
@@ -68,10 +69,15 @@ pub struct AppArgs {
     /// Address for link connections from connection servers and gateways.
     #[arg(long, env = "CHAT_LISTEN", default_value = "127.0.0.1:7100")]
     pub listen: SocketAddr,
-    /// Directory of the embedded store. It has one owner: run one app server per data
-    /// directory (several app servers need a shared store such as FoundationDB).
-    #[arg(long, env = "CHAT_DATA", default_value = "./chat-data")]
-    pub data: PathBuf,
+    /// The message store: `redb:PATH`, an embedded redb file (created, with its directory, if
+    /// absent), or `fdb:CLUSTER_FILE`, a FoundationDB cluster (in a binary built with the
+    /// `fdb` feature). One owner per redb file: several app servers need `fdb:`.
+    #[arg(
+        long,
+        env = "CHAT_STORE",
+        default_value = "redb:./chat-data/messages.redb"
+    )]
+    pub store: StoreSpec,
     #[command(flatten)]
     pub passwords: PasswordArgs,
     #[command(flatten)]
@@ -81,13 +87,13 @@ pub struct AppArgs {
 }
 
 impl AppArgs {
-    pub fn options(&self) -> anyhow::Result<AppOptions> {
-        Ok(AppOptions {
-            common: self.common.common()?,
+    pub fn options(&self) -> anyhow::Result<(Common, AppOptions)> {
+        let options = AppOptions {
             password_cost: self.passwords.cost(),
-            app: AppConfig::default(),
-            link_connections_max: 4096,
-        })
+            ..AppOptions::default()
+        };
+        options.validate()?;
+        Ok((self.common.common()?, options))
     }
 }
 
@@ -107,7 +113,8 @@ pub struct ConnArgs {
     #[arg(long, env = "CHAT_CONNECTIONS_MAX", default_value_t = ConnConfig::default().connections_max)]
     pub connections_max: usize,
     /// How often this server's connections are re-asserted in the registry, in milliseconds.
-    #[arg(long, env = "CHAT_REGISTRY_REFRESH_MS", default_value_t = 10_000)]
+    #[arg(long, env = "CHAT_REGISTRY_REFRESH_MS",
+          default_value_t = ConnConfig::default().registry_refresh_interval.as_millis() as u64)]
     pub registry_refresh_ms: u64,
     #[command(flatten)]
     pub redis: RedisArgs,
@@ -116,19 +123,20 @@ pub struct ConnArgs {
 }
 
 impl ConnArgs {
-    pub fn options(&self) -> anyhow::Result<ConnOptions> {
-        let mut conn = ConnConfig {
+    pub fn options(&self) -> anyhow::Result<(Common, ConnOptions)> {
+        let conn = ConnConfig {
             connections_max: self.connections_max,
+            registry_refresh_interval: Duration::from_millis(self.registry_refresh_ms),
             ..ConnConfig::default()
         };
-        conn.registry_refresh_interval = Duration::from_millis(self.registry_refresh_ms.max(100));
-        Ok(ConnOptions {
-            common: self.common.common()?,
+        let options = ConnOptions {
             server_id: self.id,
             apps: self.app.clone(),
             conn,
-            http: HttpConfig::default(),
-        })
+            ..ConnOptions::default()
+        };
+        options.validate(Some(self.redis.entry_ttl()))?;
+        Ok((self.common.common()?, options))
     }
 }
 
@@ -202,14 +210,14 @@ impl PasswordArgs {
 }
 
 impl GatewayArgs {
-    pub fn options(&self) -> anyhow::Result<GatewayOptions> {
-        Ok(GatewayOptions {
-            common: self.common.common()?,
+    pub fn options(&self) -> anyhow::Result<(Common, GatewayOptions)> {
+        let options = GatewayOptions {
             apps: self.app.clone(),
             conns: self.conn.clone(),
             rates: self.rates.config(),
-            http: HttpConfig::default(),
-            health_check_interval: Duration::from_millis(500),
-        })
+            ..GatewayOptions::default()
+        };
+        options.validate()?;
+        Ok((self.common.common()?, options))
     }
 }

@@ -70,36 +70,43 @@ async fn bind(addr: std::net::SocketAddr, role: &str) -> anyhow::Result<tokio::n
 #[cfg(not(madsim))]
 async fn run_app(args: chat::cli::AppArgs) -> anyhow::Result<()> {
     use anyhow::Context;
-    let options = args.options()?;
-    std::fs::create_dir_all(&args.data)
-        .with_context(|| format!("creating {}", args.data.display()))?;
-    let kv =
-        chat_store::RedbKv::open(args.data.join("messages.redb")).context("opening the store")?;
+    let (common, options) = args.options()?;
+    let (kv, store_guard) = args
+        .store
+        .open()
+        .with_context(|| format!("opening --store {}", args.store))?;
+    tracing::info!(store = %args.store, "store open");
     let listener = bind(args.listen, "app").await?;
     let registry = std::sync::Arc::new(args.redis.registry());
-    chat::roles::run_app(
+    let stopped = chat::roles::run_app(
         listener,
-        std::sync::Arc::new(kv),
+        kv,
         registry,
+        common,
         options,
         chat::serve::shutdown_signal(),
     )
-    .await
+    .await;
+    // Only now that the app server has stopped serving: for `fdb:` this stops FoundationDB's
+    // network thread, which must happen before the process exits.
+    drop(store_guard);
+    stopped
 }
 
 #[cfg(not(madsim))]
 async fn run_conn(args: chat::cli::ConnArgs) -> anyhow::Result<()> {
-    let options = args.options()?;
+    let (common, options) = args.options()?;
     let listener = bind(args.listen, "conn").await?;
     let registry = std::sync::Arc::new(args.redis.registry());
-    chat::roles::run_conn(listener, registry, options, chat::serve::shutdown_signal()).await
+    let shutdown = chat::serve::shutdown_signal();
+    chat::roles::run_conn(listener, registry, common, options, shutdown).await
 }
 
 #[cfg(not(madsim))]
 async fn run_gateway(args: chat::cli::GatewayArgs) -> anyhow::Result<()> {
-    let options = args.options()?;
+    let (common, options) = args.options()?;
     let listener = bind(args.listen, "gateway").await?;
-    chat::roles::run_gateway(listener, options, chat::serve::shutdown_signal()).await
+    chat::roles::run_gateway(listener, common, options, chat::serve::shutdown_signal()).await
 }
 
 /// The binary is not simulated; the simulator starts [`chat::serve::run`] on its nodes.

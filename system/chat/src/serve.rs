@@ -1,24 +1,25 @@
 //! `chat serve`: the whole system in one process.
 //!
-//! The gateway, one connection server and one app server are wired in-process through the
-//! same seams a cluster uses over the network: [`chat_proto::link::AppApi`] and
-//! [`chat_proto::link::Delivery`], the [`chat_registry::Registry`] and the store's
-//! [`chat_store::Kv`]. The simulator calls [`run`] with an in-memory store.
+//! The gateway, one connection server and one app server, built by the same builders as a
+//! cluster's roles ([`crate::roles`]) and wired in-process through the same seams a cluster
+//! uses over the network: [`chat_proto::api::AppApi`] and [`chat_proto::link::Delivery`],
+//! the [`chat_registry::Registry`] and the store's [`chat_store::Kv`]. The simulator calls
+//! [`run`] on a simulated disk.
 
-use chat_app::{AppConfig, AppServer};
-use chat_auth::{PasswordCost, Passwords, Tokens};
+use crate::roles::{AppOptions, Common, app_server, conn_server, gateway};
+use chat_auth::Tokens;
+use chat_conn::ConnConfig;
 use chat_conn::hub::ConnHub;
-use chat_conn::{ConnConfig, ConnServer};
-use chat_gateway::http::{HttpConfig, Listener};
-use chat_gateway::ratelimit::{RateConfig, RateLimits};
-use chat_gateway::{Gateway, WsBackend};
-use chat_registry::LocalRegistry;
-use chat_store::{ChatStore, Kv};
+use chat_gateway::WsBackend;
+use chat_gateway::ratelimit::RateConfig;
+use chat_net::accept::Listener;
+use chat_net::http::HttpConfig;
+use chat_registry::{LocalRegistry, Registry};
+use chat_store::Kv;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
@@ -45,12 +46,10 @@ pub struct ServeArgs {
 }
 
 /// Everything [`run`] needs besides the listener and the store.
-#[derive(Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Options {
-    pub token_secret: Vec<u8>,
-    pub token_ttl: Duration,
-    pub password_cost: PasswordCost,
-    pub app: AppConfig,
+    pub common: Common,
+    pub app: AppOptions,
     pub conn: ConnConfig,
     pub http: HttpConfig,
     pub rates: RateConfig,
@@ -59,14 +58,18 @@ pub struct Options {
 impl Options {
     pub fn new(token_secret: Vec<u8>) -> Options {
         Options {
-            token_secret,
-            token_ttl: Tokens::TTL_DEFAULT,
-            password_cost: PasswordCost::DEFAULT,
-            app: AppConfig::default(),
-            conn: ConnConfig::default(),
-            http: HttpConfig::default(),
-            rates: RateConfig::default(),
+            common: Common::new(token_secret),
+            ..Options::default()
         }
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.common.validate()?;
+        self.app.validate()?;
+        // The in-process registry's entries never expire.
+        crate::roles::validate_conn(&self.conn, None)?;
+        crate::roles::validate_http(&self.http)?;
+        crate::roles::validate_rates(&self.rates)
     }
 }
 
@@ -77,25 +80,15 @@ pub async fn run(
     options: Options,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let tokens = Tokens::new(&options.token_secret, options.token_ttl);
-    let passwords = Passwords::new(options.password_cost)?;
-    let registry = Arc::new(LocalRegistry::new());
+    options.validate()?;
+    let registry: Arc<dyn Registry> = Arc::new(LocalRegistry::new());
     // One connection server, id 0: the registry names it in every entry.
     let hub = ConnHub::new(0);
-    let app = AppServer::new(
-        ChatStore::new(kv),
-        registry.clone(),
-        hub.clone(),
-        passwords,
-        tokens.clone(),
-        options.app,
-    );
-    let conn = ConnServer::new(hub, app.clone(), registry, options.conn);
-    let heartbeat = tokio::spawn(conn.clone().run_heartbeat());
-    let limits = Arc::new(RateLimits::new(options.rates));
-    let router = Gateway::new(app, tokens, WsBackend::Local(conn), limits).router();
-    chat_gateway::http::serve(listener, router, options.http, shutdown).await;
-    heartbeat.abort();
+    let common = &options.common;
+    let app = app_server(common, &options.app, kv, registry.clone(), hub.clone())?;
+    let (conn, _heartbeat) = conn_server(hub, app.clone(), registry, options.conn);
+    let (gateway, _cleanup) = gateway(common, app, WsBackend::Local(conn), options.rates);
+    chat_net::http::serve(listener, gateway.router(), options.http, shutdown).await;
     Ok(())
 }
 
@@ -106,16 +99,15 @@ pub async fn main(args: ServeArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("creating {}", args.data.display()))?;
     let token_secret = match &args.token_secret {
-        Some(hex_secret) => {
-            let secret = hex::decode(hex_secret.trim()).context("--token-secret must be hex")?;
-            anyhow::ensure!(
-                secret.len() >= chat_auth::secret::SECRET_BYTES,
-                "--token-secret must be at least 32 bytes"
-            );
-            secret
-        }
+        Some(hex_secret) => chat_auth::secret::parse_hex(hex_secret).context("--token-secret")?,
         None => chat_auth::secret::load_or_create(&args.data)?,
     };
+    let mut options = Options::new(token_secret);
+    options.common.token_ttl = std::time::Duration::from_secs(args.token_ttl_secs);
+    options.conn.connections_max = args.connections_max;
+    options.app.password_cost = args.passwords.cost();
+    options.rates = args.rates.config();
+    options.validate()?;
     let store_path = args.data.join("messages.redb");
     let kv = chat_store::RedbKv::open(&store_path)
         .with_context(|| format!("opening {}", store_path.display()))?;
@@ -123,11 +115,6 @@ pub async fn main(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
-    let mut options = Options::new(token_secret);
-    options.token_ttl = Duration::from_secs(args.token_ttl_secs);
-    options.conn.connections_max = args.connections_max;
-    options.password_cost = args.passwords.cost();
-    options.rates = args.rates.config();
     tracing::info!(%addr, data = %args.data.display(), "serving");
     // Tests and scripts read this line to find the port.
     println!("chat: listening on http://{addr}");

@@ -17,7 +17,6 @@ fn home_of(server: &mut TestServer, user: &str) -> usize {
         addrs.clone(),
         Duration::from_secs(1),
         Duration::from_secs(1),
-        Duration::from_secs(10),
     );
     let home = placement.candidates(user)[0];
     addrs

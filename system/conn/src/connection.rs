@@ -10,9 +10,9 @@
 
 use crate::ConnServer;
 use crate::hub::{Outbound, Push};
+use chat_proto::api::{AppApiExt, SendRequest};
 use chat_proto::deadline::Deadline;
 use chat_proto::frame::{ClientFrame, FrameOp, ServerFrame};
-use chat_proto::link::SendRequest;
 use chat_proto::{ApiError, ConnAddr, ConvId, ErrorCode, Seq};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
@@ -106,11 +106,8 @@ where
     );
 
     // Fault point: a slow registration, so pushes race a reconnecting client's sync.
-    if chat_proto::sim::buggify(0.05) {
-        tokio::time::sleep(std::time::Duration::from_millis(
-            rand::random::<u64>() % 3000,
-        ))
-        .await;
+    if let Some(delay) = chat_proto::sim::buggify_delay(0.05, std::time::Duration::from_secs(3)) {
+        tokio::time::sleep(delay).await;
     }
     let registered = tokio::time::timeout(
         config.request_timeout,

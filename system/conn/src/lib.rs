@@ -2,22 +2,27 @@
 //! pushes outgoing frames.
 //!
 //! # Layout
-//! - [`ConnServer`]: configuration and entry point: [`ConnServer::serve`] runs one
-//!   authenticated WebSocket until it closes; [`ConnServer::run_heartbeat`] refreshes the
-//!   registry.
+//! - [`ConnServer`]: configuration and entry point: [`ConnServer::upgrade`] accepts an
+//!   authenticated upgrade within the connection limit, [`ConnServer::serve`] runs one
+//!   WebSocket until it closes; [`ConnServer::run_heartbeat`] refreshes the registry.
+//! - [`endpoint`]: the server's own HTTP listener (`/v1/ws`, `/healthz`) for gateways to
+//!   splice to, and the token check it shares with the gateway.
 //! - [`hub`]: the table of live connections on this server; implements
 //!   [`chat_proto::link::Delivery`] for app servers.
 //! - [`connection`]: one connection: a reader loop (client frames) and a writer task (acks,
 //!   pushes, syncs, heartbeats) joined by a bounded queue.
 //!
 //! The server does no business logic: every frame goes to an app server through
-//! [`chat_proto::link::AppApi`].
+//! [`chat_proto::api::AppApi`].
 
 pub mod connection;
+pub mod endpoint;
 pub mod hub;
 
+use chat_net::error::{HttpError, error};
+use chat_proto::ErrorCode;
+use chat_proto::api::AppApi;
 use chat_proto::limits::FRAME_BYTES_MAX;
-use chat_proto::link::AppApi;
 use chat_registry::Registry;
 use hub::ConnHub;
 use std::sync::Arc;
@@ -92,17 +97,24 @@ impl ConnServer {
         })
     }
 
-    pub fn hub(&self) -> &Arc<ConnHub> {
-        &self.hub
-    }
-
-    pub fn config(&self) -> &ConnConfig {
-        &self.config
-    }
-
-    /// Whether another connection can be accepted now.
-    pub fn has_capacity(&self) -> bool {
-        self.hub.len() < self.config.connections_max
+    /// Accepts the WebSocket upgrade `request` of the authenticated `user`: 101, and the
+    /// socket served until it closes; 503 when the server holds `connections_max` already.
+    pub fn upgrade(
+        self: &Arc<Self>,
+        user: String,
+        request: &mut axum::extract::Request,
+    ) -> Result<axum::response::Response, HttpError> {
+        chat_net::websocket::check_handshake(request.headers())?;
+        if self.hub.len() >= self.config.connections_max {
+            return Err(error(
+                ErrorCode::Unavailable,
+                "no connection capacity; retry later",
+            ));
+        }
+        let conn = self.clone();
+        chat_net::websocket::accept(request, Self::websocket_config(), move |ws| {
+            conn.serve(user, ws)
+        })
     }
 
     /// The WebSocket limits: frames and messages over [`FRAME_BYTES_MAX`] are refused.

@@ -2,21 +2,17 @@
 //! connection server, after which it does no frame processing.
 //!
 //! # Layout
-//! - [`http`]: the accept loop (ours, not `axum::serve`, so it runs under madsim) and the
-//!   hyper timer on the runtime alias.
 //! - [`routes`]: the REST routes of the v1 protocol and the browser page.
-//! - [`ws`]: the WebSocket upgrade: token check, then either a connection server in this
-//!   process takes the socket, or the bytes are spliced to a remote connection server.
+//! - [`ws`]: the WebSocket upgrade: token check and rate limits, then either a connection
+//!   server in this process takes the socket, or the bytes are spliced to a remote one.
 //! - [`placement`]: sticky placement of users on connection servers, with health checks.
 //! - [`ratelimit`]: per-user and per-IP limits (`governor`).
-//! - [`error`]: protocol errors as HTTP responses, and extractors whose rejections use them.
 //!
-//! The same router serves three roles: the gateway of `chat serve` (REST and WebSockets in
-//! process), the gateway of a cluster (REST over the link to app servers, WebSockets spliced
-//! to connection servers), and a connection server's own WebSocket endpoint.
+//! Serving (the accept loop, HTTP, the handshake, errors as responses) is `chat_net`'s. The
+//! same router serves two roles: the gateway of `chat serve` (REST and WebSockets in
+//! process) and the gateway of a cluster (REST over the link to app servers, WebSockets
+//! spliced to connection servers).
 
-pub mod error;
-pub mod http;
 pub mod placement;
 pub mod ratelimit;
 pub mod routes;
@@ -24,10 +20,11 @@ pub mod ws;
 
 use chat_auth::Tokens;
 use chat_conn::ConnServer;
-use chat_proto::link::AppApi;
+use chat_proto::api::AppApi;
 use placement::Placement;
 use ratelimit::RateLimits;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Where WebSockets go after the upgrade.
 #[derive(Clone)]
@@ -36,7 +33,27 @@ pub enum WsBackend {
     Local(Arc<ConnServer>),
     /// The upgrade is forwarded to a connection server chosen by placement, and the bytes
     /// of the upgraded connection are copied both ways without being parsed.
-    Splice(Arc<Placement>),
+    Splice(Arc<Placement>, SpliceConfig),
+}
+
+/// Bounds of a spliced WebSocket.
+#[derive(Debug, Clone)]
+pub struct SpliceConfig {
+    /// Connecting to a connection server, and its answer to the forwarded upgrade, give up
+    /// after this long (the next candidate is tried).
+    pub connect_timeout: Duration,
+    /// A write of a spliced connection, either way, gives up after this long: a client (or
+    /// server) that stops reading cannot hold the connection, or the server's, forever.
+    pub write_timeout: Duration,
+}
+
+impl Default for SpliceConfig {
+    fn default() -> Self {
+        SpliceConfig {
+            connect_timeout: Duration::from_secs(2),
+            write_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// What every request handler can reach.
@@ -66,10 +83,5 @@ impl Gateway {
     /// Every route of the v1 protocol.
     pub fn router(self) -> axum::Router {
         routes::router(self)
-    }
-
-    /// Only the WebSocket endpoint and the health check: a connection server's listener.
-    pub fn websocket_router(self) -> axum::Router {
-        routes::websocket_router(self)
     }
 }

@@ -1,12 +1,12 @@
 //! Sticky placement of WebSockets on connection servers.
 //!
-//! Policy: rendezvous (highest-random-weight) hashing of the username over the connection
+//! Policy: rendezvous hashing ([`chat_net::rendezvous`]) of the username over the connection
 //! servers that are healthy. A user's devices land on one server, so a message to them
 //! touches one server; when that server is down its users spread over the others (only
 //! they move), and come back when it returns. Health: a TCP connect every
 //! `check_interval`, and a failed splice marks a server down at once.
 
-use chat_link::pool::fnv1a;
+use chat_net::rendezvous;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -15,27 +15,27 @@ pub struct Placement {
     servers: Vec<Server>,
     check_interval: Duration,
     connect_timeout: Duration,
-    write_timeout: Duration,
 }
 
 struct Server {
     addr: SocketAddr,
+    /// Its name in the rendezvous ranking: the address, formatted once.
+    name: String,
     healthy: AtomicBool,
 }
 
 impl Placement {
-    /// `write_timeout` bounds every write of a spliced connection, either way: a client (or
-    /// server) that stops reading for that long loses its connection.
+    /// Health checks connect every `check_interval`, giving up after `connect_timeout`.
     pub fn new(
         addrs: Vec<SocketAddr>,
         check_interval: Duration,
         connect_timeout: Duration,
-        write_timeout: Duration,
     ) -> Placement {
         let servers = addrs
             .into_iter()
             .map(|addr| Server {
                 addr,
+                name: addr.to_string(),
                 healthy: AtomicBool::new(true),
             })
             .collect();
@@ -43,27 +43,19 @@ impl Placement {
             servers,
             check_interval,
             connect_timeout,
-            write_timeout,
         }
-    }
-
-    pub fn connect_timeout(&self) -> Duration {
-        self.connect_timeout
-    }
-
-    pub fn write_timeout(&self) -> Duration {
-        self.write_timeout
     }
 
     /// The servers to try for `user`, best first, healthy ones before the rest.
     pub fn candidates(&self, user: &str) -> Vec<SocketAddr> {
+        let key = rendezvous::key(0, user.as_bytes());
         let mut ranked: Vec<(bool, u64, SocketAddr)> = self
             .servers
             .iter()
             .map(|s| {
                 (
                     s.healthy.load(Ordering::Relaxed),
-                    fnv1a(fnv1a(0, user.as_bytes()), s.addr.to_string().as_bytes()),
+                    rendezvous::weight(key, &s.name),
                     s.addr,
                 )
             })
@@ -78,13 +70,6 @@ impl Placement {
         {
             tracing::info!(%addr, healthy, "connection server health changed");
         }
-    }
-
-    pub fn healthy_count(&self) -> usize {
-        self.servers
-            .iter()
-            .filter(|s| s.healthy.load(Ordering::Relaxed))
-            .count()
     }
 
     /// Checks every server every `check_interval`, forever.
@@ -119,7 +104,6 @@ mod tests {
             addrs.clone(),
             Duration::from_secs(1),
             Duration::from_secs(1),
-            Duration::from_secs(10),
         );
         let first = placement.candidates("alice")[0];
         assert_eq!(placement.candidates("alice")[0], first, "sticky");

@@ -1,16 +1,17 @@
 //! The REST routes of the v1 protocol (see docs/protocol.md).
 
 use crate::Gateway;
-use crate::error::{ConvPath, HttpError, JsonBody, QueryParams, error};
-use crate::http::PeerAddr;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use chat_net::error::{ConvPath, HttpError, JsonBody, QueryParams, error, with_fallbacks};
+use chat_net::http::PeerAddr;
+use chat_net::websocket::bearer_token;
 use chat_proto::ErrorCode;
-use chat_proto::limits::REST_BODY_BYTES_MAX;
+use chat_proto::api::AppApiExt;
 use chat_proto::rest::{CreateConversation, Credentials, HistoryQuery, InboxQuery};
 
 pub fn router(gateway: Gateway) -> Router {
@@ -28,27 +29,6 @@ pub fn router(gateway: Gateway) -> Router {
     .with_state(gateway)
 }
 
-pub fn websocket_router(gateway: Gateway) -> Router {
-    with_fallbacks(
-        Router::new()
-            .route("/healthz", get(|| async { "ok" }))
-            .route("/v1/ws", get(crate::ws::upgrade)),
-    )
-    .with_state(gateway)
-}
-
-fn with_fallbacks(router: Router<Gateway>) -> Router<Gateway> {
-    router
-        .fallback(|| async { error(ErrorCode::NotFound, "no such route") })
-        .method_not_allowed_fallback(|| async {
-            let mut response =
-                error(ErrorCode::BadRequest, "method not allowed on this route").into_response();
-            *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-            response
-        })
-        .layer(DefaultBodyLimit::max(REST_BODY_BYTES_MAX))
-}
-
 /// The authenticated caller of a REST route: a valid `Authorization: Bearer` token, within
 /// the caller's rate limit.
 pub struct Caller(pub String);
@@ -60,7 +40,7 @@ impl FromRequestParts<Gateway> for Caller {
         parts: &mut Parts,
         gateway: &Gateway,
     ) -> Result<Self, Self::Rejection> {
-        let token = bearer_token(parts)
+        let token = bearer_token(&parts.headers)
             .ok_or_else(|| error(ErrorCode::Unauthorized, "missing bearer token"))?;
         let user = gateway
             .tokens
@@ -94,16 +74,6 @@ pub fn rate_limited(wait: std::time::Duration) -> HttpError {
         error(ErrorCode::RateLimited, "too many requests; retry later").0,
         seconds.max(1),
     )
-}
-
-pub fn bearer_token(parts: &Parts) -> Option<&str> {
-    let value = parts
-        .headers
-        .get(axum::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 async fn index() -> Html<&'static str> {

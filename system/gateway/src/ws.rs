@@ -2,9 +2,8 @@
 //!
 //! The token is checked, and the user's and address's rate limits applied, before the
 //! upgrade (401 / 429 otherwise). Then:
-//! - [`WsBackend::Local`]: the handshake is answered here by hand (axum's `WebSocketUpgrade`
-//!   spawns on the real tokio) and the upgraded socket goes to the in-process connection
-//!   server;
+//! - [`WsBackend::Local`]: the in-process connection server accepts the upgrade
+//!   ([`chat_conn::ConnServer::upgrade`], the same call its own endpoint makes);
 //! - [`WsBackend::Splice`]: the upgrade request is forwarded to a connection server chosen
 //!   by [`crate::placement`], with the client's key and token, and its answer returned to the
 //!   client; after the 101 the gateway copies bytes both ways. It never parses a frame, and
@@ -12,95 +11,38 @@
 //!   cannot follow a redirect. The cost is two sockets and a copy per connection on the
 //!   gateway; a client able to connect to connection servers directly could skip it.
 
-use crate::error::{HttpError, QueryParams, error};
-use crate::http::PeerAddr;
-use crate::routes::{bearer_token, rate_limited};
-use crate::{Gateway, WsBackend};
+use crate::routes::rate_limited;
+use crate::{Gateway, SpliceConfig, WsBackend};
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use chat_conn::ConnServer;
+use axum::http::{StatusCode, header};
+use axum::response::Response;
+use chat_net::error::{HttpError, error};
+use chat_net::http::PeerAddr;
+use chat_net::websocket::{check_handshake, switching_protocols};
 use chat_proto::ErrorCode;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
-use serde::Deserialize;
 use std::net::SocketAddr;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
-
-#[derive(Debug, Deserialize)]
-pub struct WsQuery {
-    token: Option<String>,
-}
 
 /// Bytes of a connection server's refusal passed back to the client.
 const REFUSAL_BYTES_MAX: usize = 16 * 1024;
 
 pub async fn upgrade(
     State(gw): State<Gateway>,
-    QueryParams(query): QueryParams<WsQuery>,
-    request: Request,
+    mut request: Request,
 ) -> Result<Response, HttpError> {
-    let (parts, body) = request.into_parts();
-    let token = query
-        .token
-        .as_deref()
-        .or_else(|| bearer_token(&parts))
-        .map(str::to_owned);
-    let peer = parts.extensions.get::<PeerAddr>().map(|p| p.0);
-    let mut request = Request::from_parts(parts, body);
-    let token = token.ok_or_else(|| error(ErrorCode::Unauthorized, "missing token"))?;
-    let user = gw
-        .tokens
-        .verify(&token)
-        .map_err(|_| error(ErrorCode::Unauthorized, "invalid or expired token"))?;
-    if let Some(peer) = peer {
+    let (user, token) = chat_conn::endpoint::authenticate(&gw.tokens, &request)?;
+    if let Some(PeerAddr(peer)) = request.extensions().get::<PeerAddr>() {
         gw.limits.check_ip(peer.ip()).map_err(rate_limited)?;
     }
     gw.limits.check_user(&user).map_err(rate_limited)?;
-    let key = check_handshake(request.headers())?;
-
     match &gw.ws {
-        WsBackend::Local(conn) => {
-            if !conn.has_capacity() {
-                return Err(error(
-                    ErrorCode::Unavailable,
-                    "no connection capacity; retry later",
-                ));
-            }
-            let on_upgrade = hyper::upgrade::on(&mut request);
-            let conn = conn.clone();
-            tokio::spawn(async move {
-                match on_upgrade.await {
-                    Ok(upgraded) => {
-                        let ws = WebSocketStream::from_raw_socket(
-                            TokioIo::new(upgraded),
-                            Role::Server,
-                            Some(ConnServer::websocket_config()),
-                        )
-                        .await;
-                        conn.serve(user, ws).await;
-                    }
-                    Err(err) => tracing::debug!(error = %err, "upgrade failed"),
-                }
-            });
-            Ok(switching_protocols(&derive_accept_key(key.as_bytes())))
-        }
-        WsBackend::Splice(placement) => {
+        WsBackend::Local(conn) => conn.upgrade(user, &mut request),
+        WsBackend::Splice(placement, config) => {
+            let key = check_handshake(request.headers())?;
             for addr in placement.candidates(&user) {
-                match splice(
-                    &mut request,
-                    addr,
-                    &key,
-                    &token,
-                    peer,
-                    placement.connect_timeout(),
-                    placement.write_timeout(),
-                )
-                .await
-                {
+                match splice(&mut request, addr, &key, &token, config).await {
                     Ok(response) => return Ok(response),
                     Err(err) => {
                         tracing::warn!(%addr, %err, "connection server unreachable; trying the next");
@@ -114,50 +56,6 @@ pub async fn upgrade(
             ))
         }
     }
-}
-
-/// Checks the upgrade headers; returns the client's `Sec-WebSocket-Key`.
-fn check_handshake(headers: &HeaderMap) -> Result<String, HttpError> {
-    let has_token = |name: header::HeaderName, wanted: &str| {
-        headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(wanted))
-    };
-    if !has_token(header::UPGRADE, "websocket") || !has_token(header::CONNECTION, "upgrade") {
-        return Err(error(
-            ErrorCode::BadRequest,
-            "expected a WebSocket upgrade request",
-        ));
-    }
-    if headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .map(|v| v.as_bytes())
-        != Some(b"13")
-    {
-        return Err(error(
-            ErrorCode::BadRequest,
-            "Sec-WebSocket-Version must be 13",
-        ));
-    }
-    headers
-        .get(header::SEC_WEBSOCKET_KEY)
-        .and_then(|k| k.to_str().ok())
-        .map(str::to_owned)
-        .ok_or_else(|| error(ErrorCode::BadRequest, "missing Sec-WebSocket-Key"))
-}
-
-fn switching_protocols(accept: &str) -> Response {
-    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
-    let h = response.headers_mut();
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    if let Ok(value) = HeaderValue::from_str(accept) {
-        h.insert(header::SEC_WEBSOCKET_ACCEPT, value);
-    }
-    response
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -175,10 +73,9 @@ async fn splice(
     addr: SocketAddr,
     key: &str,
     token: &str,
-    peer: Option<SocketAddr>,
-    timeout: std::time::Duration,
-    write_timeout: std::time::Duration,
+    config: &SpliceConfig,
 ) -> Result<Response, SpliceError> {
+    let (timeout, write_timeout) = (config.connect_timeout, config.write_timeout);
     let stream = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(err)) => return Err(SpliceError::Connect(err.to_string())),
@@ -195,17 +92,13 @@ async fn splice(
     tokio::spawn(async move {
         let _ = connection.with_upgrades().await;
     });
-    let mut forward = hyper::Request::get("/v1/ws")
+    let forward = hyper::Request::get("/v1/ws")
         .header(header::HOST, addr.to_string())
         .header(header::UPGRADE, "websocket")
         .header(header::CONNECTION, "Upgrade")
         .header(header::SEC_WEBSOCKET_VERSION, "13")
         .header(header::SEC_WEBSOCKET_KEY, key)
-        .header(header::AUTHORIZATION, format!("Bearer {token}"));
-    if let Some(peer) = peer {
-        forward = forward.header("x-forwarded-for", peer.ip().to_string());
-    }
-    let forward = forward
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
         .body(Empty::<bytes::Bytes>::new())
         .map_err(|e| SpliceError::Handshake(e.to_string()))?;
     let mut answer = tokio::time::timeout(timeout, sender.send_request(forward))

@@ -7,16 +7,15 @@
 //! reconnects with jittered exponential backoff.
 //!
 //! Requests are queued synchronously when made, so requests made one after another reach
-//! the app server in that order (what [`AppApi::send`] promises).
+//! the app server in that order (what [`AppApi::call`] promises).
 
 use crate::LinkConfig;
-use crate::frame::{LINK_VERSION, LinkFrame, Peer, Request, Response, read_frame, write_frame};
+use crate::frame::{LINK_VERSION, LinkFrame, Peer, read_frame, write_frame};
+use chat_proto::api::{AppApi, Call, Request, Response};
 use chat_proto::deadline::Deadline;
-use chat_proto::link::{AppApi, Delivery, SendAck, SendRequest, SyncPage};
-use chat_proto::rest::*;
-use chat_proto::{ApiError, ConvId, ErrorCode, Seq};
+use chat_proto::link::Delivery;
+use chat_proto::{ApiError, ErrorCode};
 use futures::FutureExt;
-use futures::future::BoxFuture;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -91,7 +90,7 @@ impl LinkClient {
     }
 
     /// Queues `request` now; the future resolves with its answer or a retryable error.
-    pub fn request(&self, request: Request) -> BoxFuture<'static, Result<Response, ApiError>> {
+    fn request(&self, request: Request) -> Call {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
         {
@@ -263,126 +262,8 @@ pub(crate) async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(
     }
 }
 
-/// Maps an answer of the wrong kind (a bug on the other side) to an internal error.
-pub(crate) fn unexpected(response: Response) -> ApiError {
-    tracing::error!(
-        ?response,
-        "app server answered with the wrong kind of response"
-    );
-    ApiError::internal("unexpected answer from the app server")
-}
-
-#[async_trait::async_trait]
 impl AppApi for LinkClient {
-    async fn register(&self, credentials: Credentials) -> Result<UserCreated, ApiError> {
-        match self.request(Request::Register { credentials }).await? {
-            Response::UserCreated { user } => Ok(user),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    async fn login(&self, credentials: Credentials) -> Result<Session, ApiError> {
-        match self.request(Request::Login { credentials }).await? {
-            Response::Session { session } => Ok(session),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    async fn create_conversation(
-        &self,
-        caller: &str,
-        request: CreateConversation,
-    ) -> Result<(ConversationView, bool), ApiError> {
-        match self
-            .request(Request::CreateConversation {
-                caller: caller.to_owned(),
-                request,
-            })
-            .await?
-        {
-            Response::Conversation {
-                conversation,
-                created,
-            } => Ok((conversation, created)),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    async fn history(
-        &self,
-        caller: &str,
-        conv: ConvId,
-        query: HistoryQuery,
-    ) -> Result<HistoryPage, ApiError> {
-        match self
-            .request(Request::History {
-                caller: caller.to_owned(),
-                conv,
-                query,
-            })
-            .await?
-        {
-            Response::History { page } => Ok(page),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    async fn inbox(&self, caller: &str, query: InboxQuery) -> Result<Inbox, ApiError> {
-        match self
-            .request(Request::Inbox {
-                caller: caller.to_owned(),
-                query,
-            })
-            .await?
-        {
-            Response::Inbox { inbox } => Ok(inbox),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    fn send(&self, request: SendRequest) -> BoxFuture<'static, Result<SendAck, ApiError>> {
-        let answer = self.request(Request::Send { request });
-        async move {
-            match answer.await? {
-                Response::Sent { ack } => Ok(ack),
-                other => Err(unexpected(other)),
-            }
-        }
-        .boxed()
-    }
-
-    async fn read(&self, user: &str, conv: ConvId, seq: Seq) -> Result<(), ApiError> {
-        match self
-            .request(Request::Read {
-                user: user.to_owned(),
-                conv,
-                seq,
-            })
-            .await?
-        {
-            Response::Done => Ok(()),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    async fn sync(
-        &self,
-        user: &str,
-        conv: ConvId,
-        after: Seq,
-        limit: u32,
-    ) -> Result<SyncPage, ApiError> {
-        match self
-            .request(Request::Sync {
-                user: user.to_owned(),
-                conv,
-                after,
-                limit,
-            })
-            .await?
-        {
-            Response::Synced { page } => Ok(page),
-            other => Err(unexpected(other)),
-        }
+    fn call(&self, request: Request) -> Call {
+        self.request(request)
     }
 }

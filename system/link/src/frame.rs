@@ -2,13 +2,11 @@
 //!
 //! A frame is a big-endian `u32` length followed by that many bytes of JSON. JSON keeps the
 //! link debuggable with a packet capture; the cost is small next to a durable write.
+//! Requests and responses are the app server's API itself ([`chat_proto::api`]).
 
-use chat_proto::link::{SendAck, SendRequest, SyncPage, Target};
-use chat_proto::rest::{
-    ConversationView, CreateConversation, Credentials, HistoryPage, HistoryQuery, Inbox,
-    InboxQuery, Session, UserCreated,
-};
-use chat_proto::{ApiError, ConvId, Message, Seq, ServerId};
+use chat_proto::api::{Request, Response};
+use chat_proto::link::Target;
+use chat_proto::{ApiError, Message, ServerId};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -25,72 +23,6 @@ pub enum Peer {
     Conn(ServerId),
     /// A gateway: requests only.
     Gateway,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Request {
-    Register {
-        credentials: Credentials,
-    },
-    Login {
-        credentials: Credentials,
-    },
-    CreateConversation {
-        caller: String,
-        request: CreateConversation,
-    },
-    History {
-        caller: String,
-        conv: ConvId,
-        query: HistoryQuery,
-    },
-    Inbox {
-        caller: String,
-        query: InboxQuery,
-    },
-    Send {
-        request: SendRequest,
-    },
-    Read {
-        user: String,
-        conv: ConvId,
-        seq: Seq,
-    },
-    Sync {
-        user: String,
-        conv: ConvId,
-        after: Seq,
-        limit: u32,
-    },
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Response {
-    UserCreated {
-        user: UserCreated,
-    },
-    Session {
-        session: Session,
-    },
-    Conversation {
-        conversation: ConversationView,
-        created: bool,
-    },
-    History {
-        page: HistoryPage,
-    },
-    Inbox {
-        inbox: Inbox,
-    },
-    Sent {
-        ack: SendAck,
-    },
-    Done,
-    Synced {
-        page: SyncPage,
-    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

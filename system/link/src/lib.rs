@@ -5,12 +5,12 @@
 //! - [`frame`]: the frames and their codec (length-prefixed JSON, bounded, flushed per burst).
 //! - [`client`]: [`LinkClient`], one persistent connection to one app server: multiplexed and
 //!   pipelined (request ids, many in flight), bounded queues, a timeout on every wait,
-//!   heartbeats, reconnect with backoff. Implements [`chat_proto::link::AppApi`].
-//! - [`pool`]: [`AppPool`], several app servers behind one [`chat_proto::link::AppApi`], with
+//!   heartbeats, reconnect with backoff. Implements [`chat_proto::api::AppApi`].
+//! - [`pool`]: [`AppPool`], several app servers behind one [`chat_proto::api::AppApi`], with
 //!   rendezvous hashing (a conversation's sends go to one app server while it is up, so its
 //!   sequencer batches them).
 //! - [`server`]: the app server's side: [`server::serve`] answers requests from an
-//!   [`chat_proto::link::AppApi`], and [`LinkRoutes`] implements
+//!   [`chat_proto::api::AppApi`], and [`LinkRoutes`] implements
 //!   [`chat_proto::link::Delivery`] over the connections of connection servers.
 //!
 //! Everything runs on the `tokio` alias, so the link runs unchanged under madsim. There, a

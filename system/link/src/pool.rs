@@ -1,9 +1,9 @@
 //! [`AppPool`]: several app servers behind one [`AppApi`].
 //!
-//! Rendezvous (highest-random-weight) hashing picks an app server per key: a conversation's
-//! sends go to one app server while it is up, so that server's sequencer batches them and
-//! cross-server conflicts on the conversation's `head` key stay rare; a user's other
-//! requests go to one server too. When the first choice is disconnected the next one in
+//! Rendezvous hashing ([`chat_net::rendezvous`]) picks an app server per
+//! [`Request::route_key`]: a conversation's sends go to one app server while it is up, so
+//! that server's sequencer batches them and cross-server conflicts on the conversation's
+//! `head` key stay rare; a user's other requests go to one server too. When the first choice is disconnected the next one in
 //! that key's order is used, and only the keys of a lost server move.
 //!
 //! A conversation's sends stay on the app server that has sends of it in flight from this
@@ -15,17 +15,18 @@
 //! (retryable), so the conversation moves on as soon as the loss is noticed.
 
 use crate::LinkClient;
-use chat_proto::link::{AppApi, SendAck, SendRequest, SyncPage};
-use chat_proto::rest::*;
-use chat_proto::{ApiError, ConvId, Seq};
+use chat_net::rendezvous;
+use chat_proto::ConvId;
+use chat_proto::api::{AppApi, Call, Request, RouteKey};
 use futures::FutureExt;
-use futures::future::BoxFuture;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 #[derive(Clone)]
 pub struct AppPool {
     clients: Vec<LinkClient>,
+    /// Each client's name in the rendezvous ranking: its address, formatted once.
+    names: Arc<[String]>,
     /// Per conversation with sends in flight: the server they went to.
     in_flight: Arc<Mutex<HashMap<ConvId, InFlight>>>,
 }
@@ -67,8 +68,10 @@ impl AppPool {
             !clients.is_empty(),
             "an app pool needs at least one app server"
         );
+        let names = clients.iter().map(|c| c.addr().to_string()).collect();
         AppPool {
             clients,
+            names,
             in_flight: Arc::new(Mutex::new(HashMap::new())),
         }
     }
@@ -83,82 +86,21 @@ impl AppPool {
 
     /// The app server for `key` (its index): the connected one with the highest weight.
     fn pick(&self, key: u64) -> usize {
-        let weight = |i: &usize| fnv1a(key, self.clients[*i].addr().to_string().as_bytes());
-        let all = 0..self.clients.len();
-        let connected = all
-            .clone()
-            .filter(|i| self.clients[*i].is_connected())
-            .max_by_key(weight);
-        // None connected: ask the first choice anyway; it answers `unavailable` at once.
-        connected.or_else(|| all.max_by_key(weight)).unwrap_or(0)
+        let names = self.names.iter().map(String::as_str);
+        rendezvous::pick(key, names.clone(), |i| self.clients[i].is_connected())
+            // None connected: ask the first choice anyway; it answers `unavailable` at once.
+            .or_else(|| rendezvous::pick(key, names, |_| true))
+            .unwrap_or(0)
     }
 
-    fn for_user(&self, user: &str) -> &LinkClient {
-        &self.clients[self.pick(fnv1a(0, user.as_bytes()))]
-    }
-
-    fn for_conv(&self, conv: ConvId) -> usize {
-        self.pick(fnv1a(1, &conv.to_be_bytes()))
-    }
-}
-
-/// FNV-1a, 64-bit: stable across processes and builds (std's hasher promises neither), so
-/// every gateway and connection server ranks app servers the same way.
-pub fn fnv1a(seed: u64, bytes: &[u8]) -> u64 {
-    let mut hash = 0xcbf2_9ce4_8422_2325u64 ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    for b in bytes {
-        hash ^= u64::from(*b);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
-}
-
-#[async_trait::async_trait]
-impl AppApi for AppPool {
-    async fn register(&self, credentials: Credentials) -> Result<UserCreated, ApiError> {
-        self.for_user(&credentials.username)
-            .clone()
-            .register(credentials)
-            .await
-    }
-
-    async fn login(&self, credentials: Credentials) -> Result<Session, ApiError> {
-        self.for_user(&credentials.username)
-            .clone()
-            .login(credentials)
-            .await
-    }
-
-    async fn create_conversation(
-        &self,
-        caller: &str,
-        request: CreateConversation,
-    ) -> Result<(ConversationView, bool), ApiError> {
-        self.for_user(caller)
-            .create_conversation(caller, request)
-            .await
-    }
-
-    async fn history(
-        &self,
-        caller: &str,
-        conv: ConvId,
-        query: HistoryQuery,
-    ) -> Result<HistoryPage, ApiError> {
-        self.for_user(caller).history(caller, conv, query).await
-    }
-
-    async fn inbox(&self, caller: &str, query: InboxQuery) -> Result<Inbox, ApiError> {
-        self.for_user(caller).inbox(caller, query).await
-    }
-
-    fn send(&self, request: SendRequest) -> BoxFuture<'static, Result<SendAck, ApiError>> {
-        let conv = request.conv;
+    /// Submits a send of `conv` (in the caller's order), on the server that has sends of
+    /// the conversation in flight while it is connected, else on the conversation's own.
+    fn send(&self, conv: ConvId, request: Request) -> Call {
         let (client, generation) = {
             let mut in_flight = self.lock_in_flight();
             let chosen = match in_flight.get(&conv) {
                 Some(f) if f.count > 0 && self.clients[f.client].is_connected() => f.client,
-                _ => self.for_conv(conv),
+                _ => self.pick(rendezvous::key(1, &conv.to_be_bytes())),
             };
             let entry = in_flight.entry(conv).or_insert(InFlight {
                 client: chosen,
@@ -174,7 +116,7 @@ impl AppApi for AppPool {
             (chosen, entry.generation)
         };
         // Submitted now (in the caller's order); only the answer is awaited.
-        let answer = self.clients[client].send(request);
+        let answer = self.clients[client].call(request);
         // Counted down when answered, or when the caller stops waiting (dropped).
         let ticket = Ticket {
             in_flight: self.in_flight.clone(),
@@ -188,18 +130,16 @@ impl AppApi for AppPool {
         }
         .boxed()
     }
+}
 
-    async fn read(&self, user: &str, conv: ConvId, seq: Seq) -> Result<(), ApiError> {
-        self.for_user(user).read(user, conv, seq).await
-    }
-
-    async fn sync(
-        &self,
-        user: &str,
-        conv: ConvId,
-        after: Seq,
-        limit: u32,
-    ) -> Result<SyncPage, ApiError> {
-        self.for_user(user).sync(user, conv, after, limit).await
+impl AppApi for AppPool {
+    fn call(&self, request: Request) -> Call {
+        match request.route_key() {
+            RouteKey::User(user) => {
+                let key = rendezvous::key(0, user.as_bytes());
+                self.clients[self.pick(key)].call(request)
+            }
+            RouteKey::Conv(conv) => self.send(conv, request),
+        }
     }
 }

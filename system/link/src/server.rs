@@ -2,14 +2,16 @@
 
 use crate::LinkConfig;
 use crate::client::write_loop;
-use crate::frame::{LINK_VERSION, LinkFrame, Peer, Request, Response, read_frame};
+use crate::frame::{LINK_VERSION, LinkFrame, Peer, read_frame};
+use chat_net::accept::{Listener, accept_loop};
+use chat_proto::api::AppApi;
 use chat_proto::deadline::Deadline;
-use chat_proto::link::{AppApi, Delivery, Target};
+use chat_proto::link::{Delivery, Target};
 use chat_proto::{ApiError, Message, ServerId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Semaphore, mpsc};
 
 /// The connection servers linked to this app server; delivers over their connections.
@@ -18,17 +20,11 @@ pub struct LinkRoutes {
     // A std Mutex: held for a lookup or a try_send, never across an await.
     routes: Mutex<HashMap<ServerId, (u64, mpsc::Sender<LinkFrame>)>>,
     generation: AtomicU64,
-    dropped: AtomicU64,
 }
 
 impl LinkRoutes {
     pub fn new() -> Arc<LinkRoutes> {
         Arc::new(LinkRoutes::default())
-    }
-
-    /// Deliveries dropped because a connection server was unreachable or its queue full.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ServerId, (u64, mpsc::Sender<LinkFrame>)>> {
@@ -57,7 +53,6 @@ impl Delivery for LinkRoutes {
             });
             if !sent {
                 // The message is durable; the recipients catch up with `sync`.
-                self.dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(
                     server,
                     conv = message.conv,
@@ -72,37 +67,25 @@ impl Delivery for LinkRoutes {
 /// Serves link connections on `listener` with `app`, forever. Each connection serves up to
 /// `requests_in_flight_max` requests at once and answers more with `overloaded`.
 pub async fn serve(
-    listener: TcpListener,
+    listener: impl Listener,
     app: Arc<dyn AppApi>,
     routes: Arc<LinkRoutes>,
     config: LinkConfig,
     connections_max: usize,
 ) {
-    let permits = Arc::new(Semaphore::new(connections_max));
-    loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                let (app, routes, config) = (app.clone(), routes.clone(), config.clone());
-                tokio::spawn(async move {
-                    serve_connection(stream, app, routes, config).await;
-                    tracing::debug!(%peer, "link connection closed");
-                    drop(permit);
-                });
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "link accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-        }
-    }
+    accept_loop(listener, connections_max, |stream, peer, permit| {
+        let (app, routes, config) = (app.clone(), routes.clone(), config.clone());
+        tokio::spawn(async move {
+            serve_connection(stream, app, routes, config).await;
+            tracing::debug!(%peer, "link connection closed");
+            drop(permit);
+        });
+    })
+    .await
 }
 
 async fn serve_connection(
-    stream: TcpStream,
+    stream: impl AsyncRead + AsyncWrite + Send + 'static,
     app: Arc<dyn AppApi>,
     routes: Arc<LinkRoutes>,
     config: LinkConfig,
@@ -162,7 +145,8 @@ async fn serve_connection(
                     }
                     continue;
                 };
-                let answer = dispatch(&app, request);
+                // Ordered now (sends keep the order they arrived in); answered in a task.
+                let answer = app.call(request);
                 let outbound = outbound.clone();
                 let timeout = config.request_timeout;
                 tokio::spawn(async move {
@@ -193,63 +177,4 @@ async fn serve_connection(
         }
     }
     writer_task.abort();
-}
-
-/// Starts serving one request. A send is submitted before this returns, so sends keep the
-/// order in which they arrived on the connection.
-fn dispatch(
-    app: &Arc<dyn AppApi>,
-    request: Request,
-) -> futures::future::BoxFuture<'static, Result<Response, ApiError>> {
-    use futures::FutureExt;
-    if let Request::Send { request } = request {
-        let ack = app.send(request);
-        return async move { ack.await.map(|ack| Response::Sent { ack }) }.boxed();
-    }
-    let app = app.clone();
-    async move {
-        match request {
-            Request::Register { credentials } => app
-                .register(credentials)
-                .await
-                .map(|user| Response::UserCreated { user }),
-            Request::Login { credentials } => app
-                .login(credentials)
-                .await
-                .map(|session| Response::Session { session }),
-            Request::CreateConversation { caller, request } => app
-                .create_conversation(&caller, request)
-                .await
-                .map(|(conversation, created)| Response::Conversation {
-                    conversation,
-                    created,
-                }),
-            Request::History {
-                caller,
-                conv,
-                query,
-            } => app
-                .history(&caller, conv, query)
-                .await
-                .map(|page| Response::History { page }),
-            Request::Inbox { caller, query } => app
-                .inbox(&caller, query)
-                .await
-                .map(|inbox| Response::Inbox { inbox }),
-            Request::Read { user, conv, seq } => {
-                app.read(&user, conv, seq).await.map(|()| Response::Done)
-            }
-            Request::Sync {
-                user,
-                conv,
-                after,
-                limit,
-            } => app
-                .sync(&user, conv, after, limit)
-                .await
-                .map(|page| Response::Synced { page }),
-            Request::Send { .. } => unreachable!("handled above"),
-        }
-    }
-    .boxed()
 }

@@ -6,14 +6,15 @@
 //! - [`frame`]: WebSocket frames (client and server), parsing with clear errors.
 //! - [`rest`]: REST request and response bodies.
 //! - [`error`]: the error codes shared by REST and WebSocket answers.
-//! - [`link`]: the traits between connection servers and app servers (in-process now,
-//!   over the network later), and the clock.
+//! - [`api`]: the app server's API: one request enum, one response enum, typed helpers.
+//! - [`link`]: deliveries from app servers back to connection servers.
 //! - [`sim`]: fault points for the simulator (`buggify`); nothing in production builds.
 //! - [`deadline`]: bounded waits sharing one timer, for read loops and other repeated waits
 //!   (on the runtime its caller passes in).
 //!
 //! This crate has no runtime dependency: it builds the same under `--cfg madsim`.
 
+pub mod api;
 pub mod deadline;
 pub mod error;
 pub mod frame;

@@ -7,8 +7,11 @@
 //! - [`LocalRegistry`]: in-process implementation for `chat serve`, tests and the simulator.
 //! - [`redis`]: [`RedisRegistry`], the registry in Redis shared by all servers; its module
 //!   doc holds the key layout and the list of Redis commands it sends.
-//! - [`testing`]: the conformance suite every implementation passes (against a real
-//!   `redis-server` and the simulator's Redis model too), and a `redis-server` launcher.
+//! - `testing` (cargo feature `testing`, off by default): the conformance suite every
+//!   implementation passes (against a real `redis-server` and the simulator's Redis model
+//!   too), and a `redis-server` launcher. The feature also enables the Redis introspection
+//!   calls of [`RedisRegistry`] that only tests use (`flush_all`, `dbsize`, `info`,
+//!   `used_memory_bytes`).
 //!
 //! The trait is shaped for Redis: batched lookups (one round trip per message, not per
 //! member), removal only of the exact entry (a stale unregister after a reconnect must not
@@ -16,6 +19,7 @@
 //! the registry loses its data.
 
 pub mod redis;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use crate::redis::{RedisConfig, RedisRegistry};
@@ -56,6 +60,9 @@ pub trait Registry: Send + Sync + 'static {
         server: ServerId,
         entries: &[(String, ConnAddr)],
     ) -> Result<(), RegistryError>;
+    /// How long an entry lives without a [`Registry::refresh`]; `None` where entries never
+    /// expire. A connection server must refresh well within it (checked when it starts).
+    fn entry_ttl(&self) -> Option<std::time::Duration>;
 }
 
 /// A registry in this process's memory. Entries never expire: the process that holds the
@@ -91,6 +98,10 @@ impl LocalRegistry {
 
 #[async_trait::async_trait]
 impl Registry for LocalRegistry {
+    fn entry_ttl(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     async fn register(&self, user: &str, addr: ConnAddr) -> Result<(), RegistryError> {
         let mut users = self.lock();
         let conns = users.entry(user.to_owned()).or_default();

@@ -33,8 +33,9 @@
 //!
 //! # Commands
 //! The registry sends exactly: `HSET`, `HDEL`, `HGETALL`, `HLEN`, `PEXPIRE`, `PING`; the
-//! client library sends `CLIENT SETINFO` on connect (its replies are ignored). Tests and
-//! benchmarks also use `FLUSHALL`, `DBSIZE` and `INFO`. The simulator's Redis model
+//! client library sends `CLIENT SETINFO` on connect (its replies are ignored). The test
+//! support (cargo feature `testing`: tests, the simulator, the `redis_memory` example) also
+//! sends `FLUSHALL`, `DBSIZE` and `INFO`. The simulator's Redis model
 //! (`chat-sim`'s `resp` module) implements this set and no more: adding a command here
 //! means adding it there.
 //!
@@ -200,8 +201,11 @@ impl RedisRegistry {
         }
     }
 
-    /// Erases EVERY key of the Redis database, not only this registry's: for tests and
-    /// benchmarks that simulate a Redis restart without persistence.
+    /// Erases EVERY key of the Redis database, not only this registry's: for tests that
+    /// simulate a Redis restart without persistence. Test support (feature `testing`), as are
+    /// [`RedisRegistry::dbsize`], [`RedisRegistry::info`] and
+    /// [`RedisRegistry::used_memory_bytes`].
+    #[cfg(any(test, feature = "testing"))]
     pub async fn flush_all(&self) -> Result<(), RegistryError> {
         let mut pipe = new_pipe();
         pipe.cmd("FLUSHALL");
@@ -213,6 +217,7 @@ impl RedisRegistry {
     }
 
     /// Keys in the Redis database (all of them, not only this registry's).
+    #[cfg(any(test, feature = "testing"))]
     pub async fn dbsize(&self) -> Result<u64, RegistryError> {
         let mut pipe = new_pipe();
         pipe.cmd("DBSIZE");
@@ -223,6 +228,7 @@ impl RedisRegistry {
     }
 
     /// The text of `INFO {section}`.
+    #[cfg(any(test, feature = "testing"))]
     pub async fn info(&self, section: &str) -> Result<String, RegistryError> {
         let mut pipe = new_pipe();
         pipe.cmd("INFO").arg(section);
@@ -234,6 +240,7 @@ impl RedisRegistry {
     }
 
     /// `used_memory` from `INFO memory`: bytes Redis has allocated for its data.
+    #[cfg(any(test, feature = "testing"))]
     pub async fn used_memory_bytes(&self) -> Result<u64, RegistryError> {
         let info = self.info("memory").await?;
         info.lines()
@@ -531,6 +538,10 @@ fn live_and_expired(pairs: Vec<(Vec<u8>, Vec<u8>)>, now_ms: u64) -> (Vec<ConnAdd
 
 #[async_trait::async_trait]
 impl Registry for RedisRegistry {
+    fn entry_ttl(&self) -> Option<Duration> {
+        Some(self.config().entry_ttl)
+    }
+
     async fn register(&self, user: &str, addr: ConnAddr) -> Result<(), RegistryError> {
         let key = self.user_key(user);
         let field = field_of(addr);

@@ -107,10 +107,6 @@ impl ChatStore {
         ChatStore { kv, run_options }
     }
 
-    pub fn kv(&self) -> &Arc<dyn Kv> {
-        &self.kv
-    }
-
     async fn run<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
     where
         F: FnMut(Tx, bool) -> Fut,

@@ -1,11 +1,12 @@
 //! The seam: a FoundationDB-shaped transactional ordered key-value store.
 //!
 //! Everything above this module (the chat data model) is written once against [`Kv`] and
-//! [`Tx`]; the in-memory backend, the redb backend and a future FoundationDB backend sit
-//! below it. The contract is FoundationDB's: serializable optimistic transactions with
-//! read-your-writes, the same size limits and the same 5 s lifetime, and the same error
-//! classes (1020 conflict, 1021 unknown result, 1007 too old), so code that is correct over
-//! [`crate::MemoryKv`] in the simulator stays correct over FoundationDB.
+//! [`Tx`]; the in-memory backend, the redb backend and the FoundationDB backend (`FdbKv`, in
+//! the `chat-fdb` crate under `fdb/`) sit below it. The contract is FoundationDB's:
+//! serializable optimistic transactions with read-your-writes, the same size limits and the
+//! same 5 s lifetime, and the same error classes (1020 conflict, 1021 unknown result, 1007 too
+//! old), so code that is correct over [`crate::MemoryKv`] in the simulator stays correct over
+//! FoundationDB.
 
 use async_trait::async_trait;
 use std::future::Future;

@@ -12,7 +12,8 @@
 //!   commit, snapshot reads on the caller's thread.
 //! - [`keys`]: the chat keyspace as FoundationDB tuples (documented in `KEYS.md`).
 //! - [`chat`]: [`ChatStore`], the chat data model written once over [`Kv`].
-//! - [`testing`]: the conformance suite every backend passes.
+//! - `testing` (cargo feature `testing`, off by default): the conformance suite every
+//!   backend passes.
 //!
 //! Everything builds under `--cfg madsim`; only [`MemoryKv`] is used there.
 
@@ -22,6 +23,7 @@ pub mod kv;
 pub mod memory;
 mod occ;
 pub mod redb_kv;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use chat::{AppendError, Appended, ChatStore, InboxItem, NewMessage, StoreError, UserRecord};

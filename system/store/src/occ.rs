@@ -755,7 +755,7 @@ mod tests {
             state % n
         };
         let key = |i: u64| -> Vec<u8> {
-            if i % 3 == 0 {
+            if i.is_multiple_of(3) {
                 vec![b'a' + (i % 8) as u8]
             } else {
                 vec![b'a' + (i % 8) as u8, b'0' + (i % 5) as u8]

@@ -1,13 +1,15 @@
 //! The durable embedded backend, on redb.
 //!
 //! # Why redb
-//! Measured on this kind of machine (see `/work/shared/STORE_NOTES.md`): history reads
+//! Measured on this kind of machine when the backend was chosen (raw engine calls, without our
+//! transaction layer; the comparison's notes are not kept in this repository): history reads
 //! (last 50 messages) at 92k/s and inbox reads (top 20) at 252k/s, 3-8x faster than fjall and
-//! about 3x faster than SQLite, with one dependency. Its model is one serialised writer and
-//! MVCC snapshot readers, which is exactly our shape: a single writer thread, readers on any
-//! thread. fjall commits grouped writes about twice as fast, but with group commit our writes
-//! are bound by bytes and CPU per message rather than by fsyncs, so that matters less than
-//! reads, which dominate a chat workload.
+//! about 3x faster than SQLite, with one dependency (`docs/performance.md` has what reads and
+//! commits cost through [`RedbKv`] and the transaction layer today). Its model is one
+//! serialised writer and MVCC snapshot readers, which is exactly our shape: a single writer
+//! thread, readers on any thread. fjall commits grouped writes about twice as fast, but with
+//! group commit our writes are bound by bytes and CPU per message rather than by fsyncs, so
+//! that matters less than reads, which dominate a chat workload.
 //!
 //! # Shape
 //! - One table of `&[u8] -> &[u8]` holding the whole ordered keyspace.

@@ -1,8 +1,10 @@
-//! Test support: the conformance suite every [`Kv`] backend must pass.
+//! Test support (cargo feature `testing`): the conformance suite every [`Kv`] backend must
+//! pass.
 //!
-//! Run it against each backend (`tests/conformance.rs` does so for [`crate::MemoryKv`] and
-//! [`crate::RedbKv`]); a future FoundationDB backend runs the same functions against a real
-//! cluster. The checks panic with a message on failure, like `assert!` in a test. All keys
+//! Run it against each backend: `tests/conformance.rs` does so for [`crate::MemoryKv`] and
+//! [`crate::RedbKv`], `fdb/tests/conformance.rs` for the FoundationDB backend (`FdbKv`, crate
+//! `chat-fdb`) against a real cluster, and the simulator for its simulated FoundationDB
+//! client. The checks panic with a message on failure, like `assert!` in a test. All keys
 //! live under [`PREFIX`], cleared first, so the suite can run on a shared database.
 
 use crate::kv::{

@@ -63,7 +63,7 @@ impl TestServer {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let mut options = Options::new(SECRET.to_vec());
-        options.password_cost = PasswordCost::TESTING;
+        options.app.password_cost = PasswordCost::TESTING;
         tune(&mut options);
         let (tx, rx) = oneshot::channel::<()>();
         tokio::spawn(async move {

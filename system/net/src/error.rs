@@ -2,12 +2,14 @@
 //! code's status. Extractor rejections (bad JSON, bad query, oversized body) come out the
 //! same way instead of axum's plain-text defaults.
 
+use axum::Router;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use chat_proto::error::ErrorBody;
+use chat_proto::limits::REST_BODY_BYTES_MAX;
 use chat_proto::{ApiError, ErrorCode};
 use serde::de::DeserializeOwned;
 
@@ -61,10 +63,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
                 if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     error(
                         ErrorCode::PayloadTooLarge,
-                        format!(
-                            "body over {} bytes",
-                            chat_proto::limits::REST_BODY_BYTES_MAX
-                        ),
+                        format!("body over {REST_BODY_BYTES_MAX} bytes"),
                     )
                 } else {
                     error(ErrorCode::BadRequest, rejection.body_text())
@@ -107,4 +106,18 @@ impl<S: Send + Sync> FromRequestParts<S> for ConvPath {
             .map(|p| ConvPath(p.0))
             .map_err(|_: PathRejection| HttpError::from(ApiError::unknown_conversation()))
     }
+}
+
+/// The fallbacks every router of ours shares: 404 and 405 as protocol errors, and the REST
+/// body limit.
+pub fn with_fallbacks<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S> {
+    router
+        .fallback(|| async { error(ErrorCode::NotFound, "no such route") })
+        .method_not_allowed_fallback(|| async {
+            let mut response =
+                error(ErrorCode::BadRequest, "method not allowed on this route").into_response();
+            *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+            response
+        })
+        .layer(DefaultBodyLimit::max(REST_BODY_BYTES_MAX))
 }
