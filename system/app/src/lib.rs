@@ -6,6 +6,8 @@
 //!   answers from the store; sends go to the sequencers.
 //! - [`sequencer`]: one task per active conversation that batches concurrent sends into
 //!   one transaction, so `seq` stays gapless without making a hot group chat a conflict point.
+//! - [`batch`]: the sequencer's decisions without I/O: which sends join a copy already
+//!   queued, queue or are refused, and what goes into each batch.
 //! - [`routing`]: after a batch is durable, looks recipients up in the registry and hands
 //!   the messages to the connection servers.
 //! - [`errors`]: store and auth errors mapped to protocol errors, in one place.
@@ -13,6 +15,7 @@
 //! The server keeps no state that matters across restarts: everything durable is in the
 //! store, everything about connections is in the registry.
 
+pub mod batch;
 pub mod errors;
 pub mod routing;
 pub mod sequencer;
@@ -42,7 +45,8 @@ pub struct AppConfig {
     pub convs_active_max: usize,
     /// A conversation's sequencer task exits after this long without sends.
     pub sequencer_idle_timeout: Duration,
-    /// Registry lookups for delivery give up after this long (the message is durable; clients sync).
+    /// Registry lookups for delivery give up after this long (the message is durable; clients
+    /// sync).
     pub registry_timeout: Duration,
     /// Password hashes (register, login) computed at once; further ones wait their turn.
     /// Each holds the Argon2 memory cost (19 MiB by default) while it runs, so this bounds

@@ -13,6 +13,7 @@
 //! store's optimistic concurrency keeps `seq` gapless then, at the cost of retries.
 
 use crate::AppConfig;
+use crate::batch::{self, Admit, Joins, Key};
 use crate::errors::store_error;
 use crate::routing::Router;
 use chat_proto::api::{SendAck, SendRequest};
@@ -39,16 +40,17 @@ struct Pending {
 
 impl Pending {
     fn key(&self) -> Key {
-        (
-            self.request.conv,
-            self.request.sender.clone(),
-            self.request.client_msg_id.clone(),
-        )
+        key(&self.request)
     }
 }
 
-/// A send queued or being written: (conversation, sender, client id).
-type Key = (ConvId, String, String);
+fn key(request: &SendRequest) -> Key {
+    (
+        request.conv,
+        request.sender.clone(),
+        request.client_msg_id.clone(),
+    )
+}
 
 /// Everyone waiting for one send's answer.
 struct Waiters {
@@ -74,9 +76,6 @@ impl Waiters {
     }
 }
 
-/// Resends of one id that wait for the copy already queued, at most.
-const JOINED_WAITERS_MAX: usize = 16;
-
 pub struct Sequencers {
     shared: Arc<Shared>,
 }
@@ -87,23 +86,20 @@ struct Shared {
     config: AppConfig,
     // A std Mutex: held only to look up or insert a queue, never across an await.
     queues: Mutex<HashMap<ConvId, mpsc::Sender<Pending>>>,
-    /// Every send queued or being written, with the resends of the same id that joined it
-    /// instead of queueing again. Clients resend an unanswered id every few seconds; when
-    /// the store is slow, queueing every copy makes each one cost a transaction and the
-    /// queue never drains (a retry storm that outlives its cause: found by the simulator
-    /// with one message a transaction). Taken after `queues` when both are held.
-    joined: Mutex<HashMap<Key, Vec<Reply>>>,
+    /// Every send queued or being written, and who waits for it. Taken after `queues` when
+    /// both are held.
+    joins: Mutex<Joins<Reply>>,
 }
 
 impl Shared {
-    fn joined(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Vec<Reply>>> {
-        self.joined.lock().unwrap_or_else(|p| p.into_inner())
+    fn joins(&self) -> std::sync::MutexGuard<'_, Joins<Reply>> {
+        self.joins.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Everyone waiting for `pending`: its caller and every resend that joined it. Resends
     /// from now on queue anew.
     fn waiters(&self, pending: Pending) -> Waiters {
-        let joined = self.joined().remove(&pending.key()).unwrap_or_default();
+        let joined = self.joins().take(&pending.key());
         Waiters {
             reply: pending.reply,
             joined,
@@ -118,16 +114,7 @@ impl Shared {
     /// True (and forgotten) when nobody waits for `pending` any more: its caller and every
     /// resend that joined it timed out. It is then not written; a later resend queues anew.
     fn abandoned(&self, pending: &Pending) -> bool {
-        let mut joined = self.joined();
-        let key = pending.key();
-        let nobody = pending.reply.is_closed()
-            && joined
-                .get(&key)
-                .is_none_or(|w| w.iter().all(|r| r.is_closed()));
-        if nobody {
-            joined.remove(&key);
-        }
-        nobody
+        self.joins().abandoned(&pending.key(), &pending.reply)
     }
 }
 
@@ -139,7 +126,7 @@ impl Sequencers {
                 router,
                 config,
                 queues: Mutex::new(HashMap::new()),
-                joined: Mutex::new(HashMap::new()),
+                joins: Mutex::new(Joins::new()),
             }),
         }
     }
@@ -165,48 +152,37 @@ impl Sequencers {
         validate(&request)?;
         let (reply, answer) = oneshot::channel();
         let conv = request.conv;
-        let pending = Pending { request, reply };
-        let key = pending.key();
+        let key = key(&request);
+        // Refused by a full queue, or a closed one, which cannot happen: a task removes its
+        // queue from the map (under the lock) before it drops the receiver. Both answer the
+        // same way anyway.
+        let refused = |err: mpsc::error::TrySendError<Pending>| err.into_inner().reply;
         let queued = {
             let mut queues = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
-            let mut joined = self.shared.joined();
-            match joined.get_mut(&key) {
-                // The same id is queued already: wait for its answer instead.
-                Some(waiters) if waiters.len() < JOINED_WAITERS_MAX => {
-                    waiters.push(pending.reply);
-                    Ok(())
+            let mut joins = self.shared.joins();
+            let convs_active_max = self.shared.config.convs_active_max;
+            let queued = match joins.admit(&key, reply, &queues, convs_active_max) {
+                // The same id is queued already: its answer is this one's too.
+                Admit::Joined => return Ok(answer),
+                Admit::Refuse(reply) => Err(reply),
+                Admit::Queue(reply, queue) => {
+                    queue.try_send(Pending { request, reply }).map_err(refused)
                 }
-                Some(_) => Err(mpsc::error::TrySendError::Full(pending)),
-                None => {
-                    let active = queues.len();
-                    let result = match queues.get(&conv) {
-                        Some(queue) => queue.try_send(pending),
-                        None if active >= self.shared.config.convs_active_max => {
-                            Err(mpsc::error::TrySendError::Full(pending))
-                        }
-                        None => {
-                            let (queue, receiver) =
-                                mpsc::channel(self.shared.config.conv_queue_len_max);
-                            let result = queue.try_send(pending);
-                            queues.insert(conv, queue);
-                            tokio::spawn(run(self.shared.clone(), conv, receiver));
-                            result
-                        }
-                    };
-                    if result.is_ok() {
-                        joined.insert(key, Vec::new());
-                    }
-                    result
+                Admit::Start(reply) => {
+                    let (queue, receiver) = mpsc::channel(self.shared.config.conv_queue_len_max);
+                    let queued = queue.try_send(Pending { request, reply });
+                    queues.insert(conv, queue);
+                    tokio::spawn(run(self.shared.clone(), conv, receiver));
+                    queued.map_err(refused)
                 }
-            }
-        };
-        if let Err(err) = queued {
-            // Closed cannot happen: a task removes its queue from the map (under the lock)
-            // before it drops the receiver. Both answer the same way anyway.
-            let pending = match err {
-                mpsc::error::TrySendError::Full(p) | mpsc::error::TrySendError::Closed(p) => p,
             };
-            let _ = pending.reply.send(Err(ApiError::new(
+            if queued.is_ok() {
+                joins.queued(key);
+            }
+            queued
+        };
+        if let Err(reply) = queued {
+            let _ = reply.send(Err(ApiError::new(
                 ErrorCode::Overloaded,
                 "too many sends in flight; retry",
             )));
@@ -260,20 +236,13 @@ async fn run(shared: Arc<Shared>, conv: ConvId, mut receiver: mpsc::Receiver<Pen
             }
         };
         // Sends whose caller stopped waiting (it timed out and will resend the same id) are
-        // dropped unwritten: under overload, committing them would only keep the queue
-        // full of work nobody waits for, and every resend would join it (congestion
-        // collapse, found by the simulator with batches of two).
-        let mut batch = Vec::with_capacity(batch_max.min(64));
-        if !shared.abandoned(&first) {
-            batch.push(first);
-        }
-        while batch.len() < batch_max {
-            match receiver.try_recv() {
-                Ok(pending) if shared.abandoned(&pending) => {}
-                Ok(pending) => batch.push(pending),
-                Err(_) => break,
-            }
-        }
+        // dropped unwritten (see `batch::fill`).
+        let batch = batch::fill(
+            first,
+            || receiver.try_recv().ok(),
+            batch_max,
+            |pending| shared.abandoned(pending),
+        );
         if batch.is_empty() {
             continue;
         }

@@ -2,7 +2,8 @@
 
 use clap::{Parser, Subcommand};
 
-// Chosen by measurement against glibc malloc: docs/performance.md, "Where the one-to-one time goes".
+// Chosen by measurement against glibc malloc: docs/performance.md, "Where the one-to-one time
+// goes".
 #[cfg(not(madsim))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -42,7 +42,8 @@ async fn receive_all(live: &mut LiveSession, conv: u64, last: u64, deadline: Ins
                 }
             }
             Err(_) => {
-                // Through the gateway, onto a live connection server; then sync from the last seen seq.
+                // Through the gateway, onto a live connection server; then sync from the last
+                // seen seq.
                 while live.reconnect().await.is_err() {
                     assert!(Instant::now() < deadline, "could not reconnect");
                     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -3,20 +3,18 @@
 //! Ordering rules kept here:
 //! - sends are submitted to the app server in the order they were read (the submit is
 //!   synchronous, the acks are awaited concurrently, up to `sends_in_flight_max`);
-//! - per conversation, `message` frames leave in increasing `seq`: the writer remembers the
-//!   highest `seq` it sent per conversation and drops older live pushes (already covered by
-//!   a sync), and while a `sync` streams it holds live pushes of that conversation back and
-//!   releases them after the sync's pages.
+//! - per conversation, `message` frames leave in increasing `seq`: the writer asks its
+//!   [`PushOrder`] what to send for each push and sync, and only writes what it answers.
 
 use crate::ConnServer;
-use crate::hub::{Outbound, Push};
+use crate::hub::Outbound;
+use crate::order::{PushOrder, Write};
 use chat_proto::api::{AppApiExt, SendRequest};
 use chat_proto::deadline::Deadline;
 use chat_proto::frame::{ClientFrame, FrameOp, ServerFrame};
 use chat_proto::{ApiError, ConnAddr, ConvId, ErrorCode, Seq};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
-use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio_tungstenite::WebSocketStream;
@@ -89,9 +87,7 @@ where
     let writer = Writer {
         sink,
         write_timeout: config.write_timeout,
-        held_max: config.sync_held_messages_max,
-        last_sent: HashMap::new(),
-        syncing: HashMap::new(),
+        order: PushOrder::new(config.sync_held_messages_max),
     };
     let writer = tokio::spawn(
         writer
@@ -404,11 +400,8 @@ struct Writer<S> {
     sink: SplitSink<WebSocketStream<S>, WsMessage>,
     /// Bounds every socket operation (see [`crate::ConnConfig::write_timeout`]).
     write_timeout: std::time::Duration,
-    held_max: usize,
-    /// Highest `seq` sent per conversation on this connection.
-    last_sent: HashMap<ConvId, Seq>,
-    /// Conversations with a sync streaming, and the live pushes held back meanwhile.
-    syncing: HashMap<ConvId, Vec<Arc<Push>>>,
+    /// Which `message` frames go, and when.
+    order: PushOrder,
 }
 
 impl<S> Writer<S>
@@ -486,58 +479,37 @@ where
 
     /// Buffers one item for the socket. Ok(false): too many held pushes; the connection must close.
     async fn write(&mut self, item: Outbound) -> Result<bool, WsError> {
-        match item {
-            Outbound::Frame(frame) => self.feed(&frame).await?,
-            Outbound::Push(push) => {
-                if let Some(held) = self.syncing.get_mut(&push.conv) {
-                    if held.len() >= self.held_max {
-                        return Ok(false);
-                    }
-                    held.push(push);
-                } else {
-                    self.push(push).await?;
-                }
+        let writes = match item {
+            Outbound::Frame(frame) => {
+                self.feed(&frame).await?;
+                Vec::new()
             }
+            Outbound::Push(push) => self.order.push(push),
             Outbound::SyncStart(conv) => {
-                self.syncing.entry(conv).or_default();
+                self.order.sync_start(conv);
+                Vec::new()
             }
             Outbound::SyncPage(messages) => {
+                // All of it: the client asked for these (see `PushOrder::sync_page`).
+                self.order.sync_page(&messages);
                 for message in &messages {
-                    // Explicitly requested: sent even if a live push already carried it.
                     self.feed(&ServerFrame::message(message)).await?;
-                    let last = self.last_sent.entry(message.conv).or_insert(0);
-                    *last = (*last).max(message.seq);
                 }
+                Vec::new()
             }
-            Outbound::SyncEnd { conv, last_seq } => {
-                let held = self.release(conv).await?;
-                let seq = last_seq.max(held);
-                self.feed(&ServerFrame::Synced { conv, seq }).await?;
-            }
-            Outbound::SyncAbort(conv) => {
-                self.release(conv).await?;
+            Outbound::SyncEnd { conv, last_seq } => self.order.sync_end(conv, last_seq),
+            Outbound::SyncAbort(conv) => self.order.sync_abort(conv),
+        };
+        for write in writes {
+            match write {
+                Write::Push(push) => self.feed_text(push.text.clone()).await?,
+                Write::Synced { conv, seq } => {
+                    self.feed(&ServerFrame::Synced { conv, seq }).await?
+                }
+                Write::CloseTryAgainLater => return Ok(false),
             }
         }
         Ok(true)
-    }
-
-    /// Sends the pushes held during a sync that the sync did not cover; returns the highest seq sent.
-    async fn release(&mut self, conv: ConvId) -> Result<Seq, WsError> {
-        let mut held = self.syncing.remove(&conv).unwrap_or_default();
-        held.sort_by_key(|m| m.seq);
-        for push in held {
-            self.push(push).await?;
-        }
-        Ok(self.last_sent.get(&conv).copied().unwrap_or(0))
-    }
-
-    async fn push(&mut self, push: Arc<Push>) -> Result<(), WsError> {
-        let last = self.last_sent.entry(push.conv).or_insert(0);
-        if push.seq <= *last {
-            return Ok(());
-        }
-        *last = push.seq;
-        self.feed_text(push.text.clone()).await
     }
 
     async fn feed(&mut self, frame: &ServerFrame) -> Result<(), WsError> {

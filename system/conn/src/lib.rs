@@ -11,6 +11,8 @@
 //!   [`chat_proto::link::Delivery`] for app servers.
 //! - [`connection`]: one connection: a reader loop (client frames) and a writer task (acks,
 //!   pushes, syncs, heartbeats) joined by a bounded queue.
+//! - [`order`]: the writer's per-conversation order of `message` frames (pushes held during
+//!   a sync, older ones skipped), without I/O.
 //!
 //! The server does no business logic: every frame goes to an app server through
 //! [`chat_proto::api::AppApi`].
@@ -18,6 +20,7 @@
 pub mod connection;
 pub mod endpoint;
 pub mod hub;
+pub mod order;
 
 use chat_net::error::{HttpError, error};
 use chat_proto::ErrorCode;

@@ -10,9 +10,8 @@
 //! the app server in that order (what [`AppApi::call`] promises).
 
 use crate::LinkConfig;
-use crate::frame::{LINK_VERSION, LinkFrame, Peer, read_frame, write_frame};
+use crate::frame::{Frames, LINK_VERSION, LinkFrame, Peer, write_frame};
 use chat_proto::api::{AppApi, Call, Request, Response};
-use chat_proto::deadline::Deadline;
 use chat_proto::link::Delivery;
 use chat_proto::{ApiError, ErrorCode};
 use futures::FutureExt;
@@ -187,7 +186,7 @@ async fn run_connection(
     delivery: Option<&Arc<dyn Delivery>>,
 ) {
     let config = &shared.config;
-    let (mut reader, mut writer) = tokio::io::split(stream);
+    let (reader, mut writer) = tokio::io::split(stream);
     let hello = LinkFrame::Hello {
         version: LINK_VERSION,
         peer,
@@ -198,23 +197,8 @@ async fn run_connection(
     let (outbound, queue) = mpsc::channel(config.outbound_queue_len_max);
     shared.lock().outbound = Some(outbound);
     let writer_task = tokio::spawn(write_loop(writer, queue, config.heartbeat_interval));
-    // One timer for the whole loop rather than one per frame.
-    let mut idle = Deadline::new(tokio::time::Instant::now, tokio::time::sleep_until);
-    loop {
-        let frame = match idle
-            .within(config.idle_timeout, read_frame(&mut reader))
-            .await
-        {
-            Ok(Ok(frame)) => frame,
-            Ok(Err(err)) => {
-                tracing::debug!(addr = %shared.addr, error = %err, "link read failed");
-                break;
-            }
-            Err(_) => {
-                tracing::warn!(addr = %shared.addr, "link silent past the idle timeout");
-                break;
-            }
-        };
+    let mut frames = Frames::new(reader, config.idle_timeout);
+    while let Some(frame) = frames.next(&shared.addr).await {
         match frame {
             LinkFrame::Response { id, result } => {
                 if let Some(reply) = shared.lock().pending.remove(&id) {

@@ -5,9 +5,11 @@
 //! Requests and responses are the app server's API itself ([`chat_proto::api`]).
 
 use chat_proto::api::{Request, Response};
+use chat_proto::deadline::Deadline;
 use chat_proto::link::Target;
 use chat_proto::{ApiError, Message, ServerId};
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// A frame larger than this is a protocol error and drops the connection.
@@ -56,6 +58,46 @@ pub enum CodecError {
     TooLarge(usize),
     #[error("malformed frame: {0}")]
     Malformed(String),
+}
+
+/// The frames of one connection, each read within `idle_timeout` of the previous one: the
+/// peer's heartbeats keep a healthy connection from falling silent that long, and a partition
+/// raises no error, so silence is how one shows.
+pub struct Frames<R> {
+    reader: R,
+    idle_timeout: Duration,
+    // One timer for the whole connection rather than one per frame.
+    idle: Deadline<tokio::time::Instant, tokio::time::Sleep>,
+}
+
+impl<R: AsyncRead + Unpin> Frames<R> {
+    pub fn new(reader: R, idle_timeout: Duration) -> Frames<R> {
+        Frames {
+            reader,
+            idle_timeout,
+            idle: Deadline::new(tokio::time::Instant::now, tokio::time::sleep_until),
+        }
+    }
+
+    /// The next frame; `None` once the connection failed or fell silent (logged, naming
+    /// `peer`).
+    pub async fn next(&mut self, peer: &(dyn std::fmt::Debug + Sync)) -> Option<LinkFrame> {
+        match self
+            .idle
+            .within(self.idle_timeout, read_frame(&mut self.reader))
+            .await
+        {
+            Ok(Ok(frame)) => Some(frame),
+            Ok(Err(err)) => {
+                tracing::debug!(?peer, error = %err, "link read failed");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(?peer, "link silent past the idle timeout");
+                None
+            }
+        }
+    }
 }
 
 pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<LinkFrame, CodecError> {

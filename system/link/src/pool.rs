@@ -3,8 +3,9 @@
 //! Rendezvous hashing ([`chat_net::rendezvous`]) picks an app server per
 //! [`Request::route_key`]: a conversation's sends go to one app server while it is up, so
 //! that server's sequencer batches them and cross-server conflicts on the conversation's
-//! `head` key stay rare; a user's other requests go to one server too. When the first choice is disconnected the next one in
-//! that key's order is used, and only the keys of a lost server move.
+//! `head` key stay rare; a user's other requests go to one server too. When the first
+//! choice is disconnected the next one in that key's order is used, and only the keys of a
+//! lost server move.
 //!
 //! A conversation's sends stay on the app server that has sends of it in flight from this
 //! pool, while that server is connected: otherwise a server coming back (its link
@@ -95,7 +96,7 @@ impl AppPool {
 
     /// Submits a send of `conv` (in the caller's order), on the server that has sends of
     /// the conversation in flight while it is connected, else on the conversation's own.
-    fn send(&self, conv: ConvId, request: Request) -> Call {
+    fn call_on_conv_server(&self, conv: ConvId, request: Request) -> Call {
         let (client, generation) = {
             let mut in_flight = self.lock_in_flight();
             let chosen = match in_flight.get(&conv) {
@@ -139,7 +140,7 @@ impl AppApi for AppPool {
                 let key = rendezvous::key(0, user.as_bytes());
                 self.clients[self.pick(key)].call(request)
             }
-            RouteKey::Conv(conv) => self.send(conv, request),
+            RouteKey::Conv(conv) => self.call_on_conv_server(conv, request),
         }
     }
 }

@@ -2,17 +2,16 @@
 
 use crate::LinkConfig;
 use crate::client::write_loop;
-use crate::frame::{LINK_VERSION, LinkFrame, Peer, read_frame};
+use crate::frame::{Frames, LINK_VERSION, LinkFrame, Peer, read_frame};
 use chat_net::accept::{Listener, accept_loop};
-use chat_proto::api::AppApi;
-use chat_proto::deadline::Deadline;
+use chat_proto::api::{AppApi, Call};
 use chat_proto::link::{Delivery, Target};
 use chat_proto::{ApiError, Message, ServerId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 /// The connection servers linked to this app server; delivers over their connections.
 #[derive(Default)]
@@ -91,16 +90,8 @@ async fn serve_connection(
     config: LinkConfig,
 ) {
     let (mut reader, writer) = tokio::io::split(stream);
-    let peer = match tokio::time::timeout(config.idle_timeout, read_frame(&mut reader)).await {
-        Ok(Ok(LinkFrame::Hello {
-            version: LINK_VERSION,
-            peer,
-        })) => peer,
-        Ok(Ok(LinkFrame::Hello { version, .. })) => {
-            tracing::warn!(version, "link peer speaks another version");
-            return;
-        }
-        _ => return,
+    let Some(peer) = hello(&mut reader, &config).await else {
+        return;
     };
     let (outbound, queue) = mpsc::channel(config.outbound_queue_len_max);
     let writer_task = tokio::spawn(write_loop(writer, queue, config.heartbeat_interval));
@@ -110,55 +101,33 @@ async fn serve_connection(
         tracing::info!(server, "connection server linked");
     }
     let in_flight = Arc::new(Semaphore::new(config.requests_in_flight_max));
-    // One timer for the whole loop rather than one per frame.
-    let mut idle = Deadline::new(tokio::time::Instant::now, tokio::time::sleep_until);
-    loop {
-        let frame = match idle
-            .within(config.idle_timeout, read_frame(&mut reader))
-            .await
-        {
-            Ok(Ok(frame)) => frame,
-            Ok(Err(err)) => {
-                tracing::debug!(error = %err, "link read failed");
-                break;
-            }
-            Err(_) => {
-                tracing::warn!(?peer, "link peer silent past the idle timeout");
-                break;
-            }
-        };
+    let mut frames = Frames::new(reader, config.idle_timeout);
+    while let Some(frame) = frames.next(&peer).await {
         match frame {
             LinkFrame::Request { id, request } => {
-                // Full: refuse at once rather than stop reading, so heartbeats and other
-                // requests still flow and the caller gets a clear, retryable answer.
                 let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                    // Full: refuse at once rather than stop reading, so heartbeats and other
+                    // requests still flow and the caller gets a clear, retryable answer.
                     let refusal =
                         ApiError::new(chat_proto::ErrorCode::Overloaded, "app server busy; retry");
-                    if outbound
-                        .try_send(LinkFrame::Response {
-                            id,
-                            result: Err(refusal),
-                        })
-                        .is_err()
-                    {
+                    let answer = LinkFrame::Response {
+                        id,
+                        result: Err(refusal),
+                    };
+                    if outbound.try_send(answer).is_err() {
                         tracing::warn!(?peer, "link outbound queue full; dropping a refusal");
                     }
                     continue;
                 };
                 // Ordered now (sends keep the order they arrived in); answered in a task.
-                let answer = app.call(request);
-                let outbound = outbound.clone();
-                let timeout = config.request_timeout;
-                tokio::spawn(async move {
-                    // The caller gives up after the same bound; past it, dropping the work
-                    // frees the permit and tells the app server nobody waits (a sequencer
-                    // then skips the send).
-                    let result = tokio::time::timeout(timeout, answer)
-                        .await
-                        .unwrap_or_else(|_| Err(ApiError::unavailable("no answer in time; retry")));
-                    let _ = outbound.send(LinkFrame::Response { id, result }).await;
-                    drop(permit);
-                });
+                let call = app.call(request);
+                tokio::spawn(answer(
+                    id,
+                    call,
+                    outbound.clone(),
+                    config.request_timeout,
+                    permit,
+                ));
             }
             LinkFrame::Ping => {
                 let _ = outbound.try_send(LinkFrame::Pong);
@@ -177,4 +146,37 @@ async fn serve_connection(
         }
     }
     writer_task.abort();
+}
+
+/// The peer's `Hello`, within the idle timeout; `None` (the connection is dropped) for
+/// anything else.
+async fn hello<R: AsyncRead + Unpin>(reader: &mut R, config: &LinkConfig) -> Option<Peer> {
+    match tokio::time::timeout(config.idle_timeout, read_frame(reader)).await {
+        Ok(Ok(LinkFrame::Hello {
+            version: LINK_VERSION,
+            peer,
+        })) => Some(peer),
+        Ok(Ok(LinkFrame::Hello { version, .. })) => {
+            tracing::warn!(version, "link peer speaks another version");
+            None
+        }
+        _ => None,
+    }
+}
+
+/// Sends the answer of request `id` back, holding its in-flight `permit` until then.
+async fn answer(
+    id: u64,
+    call: Call,
+    outbound: mpsc::Sender<LinkFrame>,
+    timeout: std::time::Duration,
+    permit: OwnedSemaphorePermit,
+) {
+    // The caller gives up after the same bound; past it, dropping the work frees the permit
+    // and tells the app server nobody waits (a sequencer then skips the send).
+    let result = tokio::time::timeout(timeout, call)
+        .await
+        .unwrap_or_else(|_| Err(ApiError::unavailable("no answer in time; retry")));
+    let _ = outbound.send(LinkFrame::Response { id, result }).await;
+    drop(permit);
 }

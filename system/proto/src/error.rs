@@ -30,7 +30,8 @@ pub enum ErrorCode {
     Overloaded,
     /// Over the caller's rate limit; retry after the `Retry-After` seconds (429).
     RateLimited,
-    /// A dependency (store, registry, peer) is unavailable; retrying the same request is safe (503).
+    /// A dependency (store, registry, peer) is unavailable; retrying the same request is safe
+    /// (503).
     Unavailable,
     /// A bug or unexpected failure (500).
     Internal,

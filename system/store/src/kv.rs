@@ -168,7 +168,8 @@ impl Default for RunOptions {
     }
 }
 
-/// Runs `f` in a transaction and commits it, retrying retryable errors with [`RunOptions::default`].
+/// Runs `f` in a transaction and commits it, retrying retryable errors with
+/// [`RunOptions::default`].
 /// See [`run_with`].
 pub async fn run<T, E, F, Fut>(db: &dyn Kv, f: F) -> Result<T, E>
 where
