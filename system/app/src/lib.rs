@@ -24,7 +24,7 @@ use chat_auth::{Passwords, Tokens};
 use chat_proto::api::{AppApi, Call, Request, Response, SyncPage};
 use chat_proto::limits::*;
 use chat_proto::link::Delivery;
-use chat_proto::model::{now_ms, validate_password, validate_username};
+use chat_proto::model::{PageEnd, cut_page, now_ms, validate_password, validate_username};
 use chat_proto::rest::*;
 use chat_proto::{ApiError, ConvId, Seq};
 use chat_registry::Registry;
@@ -315,11 +315,17 @@ impl Handlers {
                 "`limit` must be 1-{HISTORY_LIMIT_MAX}"
             )));
         }
-        let (messages, next_before) = self
+        let (mut messages, mut next_before) = self
             .store
             .history(caller, conv, query.before, limit)
             .await
             .map_err(store_error)?;
+        let count = messages.len();
+        cut_page(&mut messages, PageEnd::Newest);
+        if messages.len() < count {
+            // Cut in bytes: the page continues before its oldest message, which is not 1.
+            next_before = messages.first().map(|m| m.seq);
+        }
         Ok(HistoryPage {
             messages: messages.iter().map(MessageView::from).collect(),
             next_before,
@@ -364,11 +370,13 @@ impl Handlers {
         limit: u32,
     ) -> Result<SyncPage, ApiError> {
         let limit = limit.clamp(1, SYNC_PAGE_MESSAGES_MAX);
-        let (messages, last_seq) = self
+        let (mut messages, last_seq) = self
             .store
             .messages_after(user, conv, after, limit)
             .await
             .map_err(store_error)?;
+        // The connection server asks again after the newest message it got.
+        cut_page(&mut messages, PageEnd::Oldest);
         Ok(SyncPage { messages, last_seq })
     }
 }

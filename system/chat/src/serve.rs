@@ -96,8 +96,7 @@ pub async fn run(
 #[cfg(not(madsim))]
 pub async fn main(args: ServeArgs) -> anyhow::Result<()> {
     use anyhow::Context;
-    std::fs::create_dir_all(&args.data)
-        .with_context(|| format!("creating {}", args.data.display()))?;
+    crate::store::private_dir(&args.data)?;
     let token_secret = match &args.token_secret {
         Some(hex_secret) => chat_auth::secret::parse_hex(hex_secret).context("--token-secret")?,
         None => chat_auth::secret::load_or_create(&args.data)?,
@@ -109,8 +108,7 @@ pub async fn main(args: ServeArgs) -> anyhow::Result<()> {
     options.rates = args.rates.config();
     options.validate()?;
     let store_path = args.data.join("messages.redb");
-    let kv = chat_store::RedbKv::open(&store_path)
-        .with_context(|| format!("opening {}", store_path.display()))?;
+    let kv = crate::store::open_redb(&store_path)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;

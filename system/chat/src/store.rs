@@ -115,12 +115,7 @@ impl StoreSpec {
     pub fn open(&self) -> anyhow::Result<(Arc<dyn Kv>, StoreGuard)> {
         match self {
             StoreSpec::Redb(path) => {
-                if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir)
-                        .with_context(|| format!("creating {}", dir.display()))?;
-                }
-                let kv = chat_store::RedbKv::open(path)
-                    .with_context(|| format!("opening the redb store {}", path.display()))?;
+                let kv = open_redb(path)?;
                 let guard = StoreGuard {
                     #[cfg(feature = "fdb")]
                     _network: None,
@@ -130,6 +125,48 @@ impl StoreSpec {
             StoreSpec::Fdb(cluster_file) => open_fdb(cluster_file),
         }
     }
+}
+
+/// Opens (or creates) the redb file at `path`, readable by its owner only: its directory
+/// 0700 (created if missing), the file 0600. Messages and password hashes are in it.
+#[cfg(not(madsim))]
+pub fn open_redb(path: &std::path::Path) -> anyhow::Result<chat_store::RedbKv> {
+    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        private_dir(dir)?;
+    }
+    let kv = chat_store::RedbKv::open(path)
+        .with_context(|| format!("opening the redb store {}", path.display()))?;
+    // redb creates the file with the process's umask; the directory kept it private meanwhile.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("making {} private", path.display()))?;
+    }
+    Ok(kv)
+}
+
+/// Creates `dir` (and its parents) if missing and makes it accessible to its owner only.
+#[cfg(not(madsim))]
+pub fn private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        builder.mode(0o700);
+        builder
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        // An existing directory too: it holds the store and the token secret.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making {} private", dir.display()))?;
+    }
+    #[cfg(not(unix))]
+    builder
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    Ok(())
 }
 
 #[cfg(all(not(madsim), feature = "fdb"))]

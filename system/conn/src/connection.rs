@@ -38,6 +38,8 @@ enum CloseReason {
     Policy,
     /// 1001: no frame from the client within the idle timeout.
     Idle,
+    /// 1007: a text frame that is not UTF-8.
+    NotUtf8,
 }
 
 impl CloseReason {
@@ -49,6 +51,7 @@ impl CloseReason {
             }
             CloseReason::Policy => (CloseCode::Policy, "too many connections for this user"),
             CloseReason::Idle => (CloseCode::Away, "idle timeout"),
+            CloseReason::NotUtf8 => (CloseCode::Invalid, "a text frame must be UTF-8"),
         };
         CloseFrame {
             code,
@@ -237,6 +240,7 @@ impl Reader {
                 Ok(Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. })))) => {
                     return Some(CloseReason::TooBig);
                 }
+                Ok(Some(Err(WsError::Utf8(_)))) => return Some(CloseReason::NotUtf8),
                 Ok(Some(Err(err))) => {
                     tracing::debug!(error = %err, "read failed");
                     return None;

@@ -10,7 +10,7 @@
 //! the app server in that order (what [`AppApi::call`] promises).
 
 use crate::LinkConfig;
-use crate::frame::{Frames, LINK_VERSION, LinkFrame, Peer, write_frame};
+use crate::frame::{CodecError, Frames, LINK_VERSION, LinkFrame, Peer, write_frame};
 use chat_proto::api::{AppApi, Call, Request, Response};
 use chat_proto::link::Delivery;
 use chat_proto::{ApiError, ErrorCode};
@@ -231,12 +231,12 @@ pub(crate) async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(
             frame = queue.recv() => match frame { Some(frame) => frame, None => return },
             _ = heartbeat.tick() => LinkFrame::Ping,
         };
-        if write_frame(&mut writer, &frame).await.is_err() {
+        if write_or_refuse(&mut writer, frame).await.is_err() {
             return;
         }
         // Write the rest of a burst before one flush.
         while let Ok(frame) = queue.try_recv() {
-            if write_frame(&mut writer, &frame).await.is_err() {
+            if write_or_refuse(&mut writer, frame).await.is_err() {
                 return;
             }
         }
@@ -246,8 +246,101 @@ pub(crate) async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(
     }
 }
 
+/// Writes `frame`; one over the frame limit (nothing is written of it) fails only itself: an
+/// answer becomes an error answer to that one request, anything else is dropped. Errors are
+/// the socket's.
+async fn write_or_refuse<W: tokio::io::AsyncWrite + Unpin>(
+    writer: &mut W,
+    frame: LinkFrame,
+) -> Result<(), CodecError> {
+    let bytes = match write_frame(writer, &frame).await {
+        Err(CodecError::TooLarge(bytes)) => bytes,
+        written => return written,
+    };
+    match frame {
+        LinkFrame::Response { id, .. } => {
+            tracing::error!(id, bytes, "an answer is over the link's frame limit");
+            let refusal = LinkFrame::Response {
+                id,
+                result: Err(ApiError::internal(
+                    "the answer is too large for the internal link",
+                )),
+            };
+            write_frame(writer, &refusal).await
+        }
+        _ => {
+            tracing::error!(bytes, "a link frame over the limit was dropped");
+            Ok(())
+        }
+    }
+}
+
 impl AppApi for LinkClient {
     fn call(&self, request: Request) -> Call {
         self.request(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::read_frame;
+    use chat_proto::api::{Response, SyncPage};
+    use chat_proto::link::Target;
+    use chat_proto::{ConnAddr, Message};
+
+    fn message(body: String) -> Message {
+        Message {
+            conv: 1,
+            seq: 1,
+            sender: "ann".into(),
+            body,
+            client_msg_id: "m1".into(),
+            ts: 0,
+        }
+    }
+
+    /// A frame over the limit fails only itself: an answer becomes an error answer to that
+    /// request, a delivery is dropped, and the frames after it still go out.
+    #[tokio::test]
+    async fn a_frame_over_the_limit_fails_only_itself() {
+        let huge = message("x".repeat(crate::frame::FRAME_BYTES_MAX));
+        let page = SyncPage {
+            messages: vec![huge.clone()],
+            last_seq: 1,
+        };
+        let frames = [
+            LinkFrame::Response {
+                id: 7,
+                result: Ok(Response::Synced { page }),
+            },
+            LinkFrame::Deliver {
+                targets: vec![Target {
+                    user: "bob".into(),
+                    addr: ConnAddr { server: 1, conn: 1 },
+                }],
+                message: huge,
+            },
+            LinkFrame::Pong,
+        ];
+        let mut written = Vec::new();
+        for frame in frames {
+            write_or_refuse(&mut written, frame).await.expect("written");
+        }
+        let mut reader = &written[..];
+        match read_frame(&mut reader).await.expect("the refusal") {
+            LinkFrame::Response {
+                id: 7,
+                result: Err(err),
+            } => {
+                assert_eq!(err.code, ErrorCode::Internal)
+            }
+            other => panic!("expected an error answer to request 7, got {other:?}"),
+        }
+        assert_eq!(
+            read_frame(&mut reader).await.expect("the pong"),
+            LinkFrame::Pong
+        );
+        assert!(reader.is_empty(), "the delivery was dropped");
     }
 }

@@ -6,6 +6,9 @@
 
 use chat_proto::api::{Request, Response};
 use chat_proto::deadline::Deadline;
+use chat_proto::limits::{
+    INBOX_ENTRY_JSON_BYTES_MAX, INBOX_LIMIT_MAX, MESSAGE_JSON_BYTES_MAX, PAGE_BYTES_MAX,
+};
 use chat_proto::link::Target;
 use chat_proto::{ApiError, Message, ServerId};
 use serde::{Deserialize, Serialize};
@@ -14,6 +17,18 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// A frame larger than this is a protocol error and drops the connection.
 pub const FRAME_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// A frame before `Hello` larger than this drops the connection: an unauthenticated peer
+/// cannot make the server allocate a full frame.
+pub const HELLO_BYTES_MAX: usize = 1024;
+
+// Every answer fits a frame, so a large page cannot drop the link for everyone on it: a
+// history or sync page is cut at PAGE_BYTES_MAX of JSON (plus the message that crosses it),
+// an inbox page holds at most INBOX_LIMIT_MAX entries of bounded size. 64 KiB is room for
+// the envelope. An answer over the limit anyway (a bug) fails that one request.
+const _: () = assert!(PAGE_BYTES_MAX + MESSAGE_JSON_BYTES_MAX + 64 * 1024 <= FRAME_BYTES_MAX);
+const _: () =
+    assert!(INBOX_LIMIT_MAX as usize * INBOX_ENTRY_JSON_BYTES_MAX + 64 * 1024 <= FRAME_BYTES_MAX);
+
 /// Version of the link protocol, checked in `Hello`.
 pub const LINK_VERSION: u32 = 1;
 
@@ -101,8 +116,16 @@ impl<R: AsyncRead + Unpin> Frames<R> {
 }
 
 pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<LinkFrame, CodecError> {
+    read_frame_within(reader, FRAME_BYTES_MAX).await
+}
+
+/// Reads a frame of at most `bytes_max` bytes.
+pub async fn read_frame_within<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    bytes_max: usize,
+) -> Result<LinkFrame, CodecError> {
     let len = reader.read_u32().await? as usize;
-    if len > FRAME_BYTES_MAX {
+    if len > bytes_max {
         return Err(CodecError::TooLarge(len));
     }
     let mut bytes = vec![0u8; len];

@@ -2,7 +2,7 @@
 
 use crate::LinkConfig;
 use crate::client::write_loop;
-use crate::frame::{Frames, LINK_VERSION, LinkFrame, Peer, read_frame};
+use crate::frame::{Frames, HELLO_BYTES_MAX, LINK_VERSION, LinkFrame, Peer, read_frame_within};
 use chat_net::accept::{Listener, accept_loop};
 use chat_proto::api::{AppApi, Call};
 use chat_proto::link::{Delivery, Target};
@@ -151,7 +151,12 @@ async fn serve_connection(
 /// The peer's `Hello`, within the idle timeout; `None` (the connection is dropped) for
 /// anything else.
 async fn hello<R: AsyncRead + Unpin>(reader: &mut R, config: &LinkConfig) -> Option<Peer> {
-    match tokio::time::timeout(config.idle_timeout, read_frame(reader)).await {
+    match tokio::time::timeout(
+        config.idle_timeout,
+        read_frame_within(reader, HELLO_BYTES_MAX),
+    )
+    .await
+    {
         Ok(Ok(LinkFrame::Hello {
             version: LINK_VERSION,
             peer,

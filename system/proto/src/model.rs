@@ -38,6 +38,59 @@ pub struct Message {
     pub ts: u64,
 }
 
+impl Message {
+    /// An upper bound on this message's size as JSON, without encoding it: the body's
+    /// escapes counted at their longest. Pages are cut by it
+    /// ([`crate::limits::PAGE_BYTES_MAX`]).
+    pub fn json_bytes_max(&self) -> usize {
+        let body: usize = self
+            .body
+            .bytes()
+            .map(|b| match b {
+                b'"' | b'\\' => 2,
+                0..0x20 | 0x7f => 6,
+                _ => 1,
+            })
+            .sum();
+        // The sender and the id were validated: their alphabets need no escapes.
+        body + self.sender.len() + self.client_msg_id.len() + 256
+    }
+}
+
+/// Cuts `messages` (ascending `seq`) to at most [`crate::limits::PAGE_BYTES_MAX`] of JSON, keeping
+/// the `keep` end, and never to nothing: one message always fits a page.
+pub fn cut_page(messages: &mut Vec<Message>, keep: PageEnd) {
+    let mut bytes = 0;
+    let fits = |m: &Message, bytes: &mut usize| {
+        *bytes += m.json_bytes_max();
+        *bytes <= crate::limits::PAGE_BYTES_MAX
+    };
+    match keep {
+        PageEnd::Oldest => {
+            let n = messages.iter().take_while(|m| fits(m, &mut bytes)).count();
+            messages.truncate(n.max(1));
+        }
+        PageEnd::Newest => {
+            let n = messages
+                .iter()
+                .rev()
+                .take_while(|m| fits(m, &mut bytes))
+                .count();
+            let drop = messages.len().saturating_sub(n.max(1));
+            messages.drain(..drop);
+        }
+    }
+}
+
+/// Which end of a page [`cut_page`] keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageEnd {
+    /// A `sync` page: it continues after its newest message.
+    Oldest,
+    /// A history page: it continues before its oldest message.
+    Newest,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ConvKind {
@@ -148,5 +201,67 @@ mod tests {
         assert!(validate_password("1234567").is_err());
         assert!(validate_password(&"p".repeat(128)).is_ok());
         assert!(validate_password(&"p".repeat(129)).is_err());
+    }
+}
+
+#[cfg(test)]
+mod page_tests {
+    use super::*;
+
+    fn message(seq: Seq, body: &str) -> Message {
+        Message {
+            conv: 1,
+            seq,
+            sender: "ann".into(),
+            body: body.into(),
+            client_msg_id: format!("m{seq}"),
+            ts: 0,
+        }
+    }
+
+    fn seqs(messages: &[Message]) -> Vec<Seq> {
+        messages.iter().map(|m| m.seq).collect()
+    }
+
+    #[test]
+    fn the_estimate_bounds_the_real_encoding() {
+        let worst = message(7, &"\u{1}\"\\\u{7f}".repeat(BODY_BYTES_MAX / 4));
+        let encoded = serde_json::to_vec(&worst).expect("encode").len();
+        assert!(
+            encoded <= worst.json_bytes_max(),
+            "{encoded} > {}",
+            worst.json_bytes_max()
+        );
+        assert!(worst.json_bytes_max() <= MESSAGE_JSON_BYTES_MAX);
+    }
+
+    /// 200 bodies of 4,096 escaped control characters are 4.9 MB of JSON; a page keeps what
+    /// fits in PAGE_BYTES_MAX from the end it continues from, and ordinary pages stay whole.
+    #[test]
+    fn pages_are_cut_in_bytes_from_the_end_they_continue_from() {
+        let worst = "\u{1}".repeat(BODY_BYTES_MAX);
+        let all: Vec<Message> = (1..=200).map(|seq| message(seq, &worst)).collect();
+        let mut sync = all.clone();
+        cut_page(&mut sync, PageEnd::Oldest);
+        let fit = PAGE_BYTES_MAX / all[0].json_bytes_max();
+        assert_eq!(seqs(&sync), (1..=fit as Seq).collect::<Vec<_>>());
+        let mut history = all.clone();
+        cut_page(&mut history, PageEnd::Newest);
+        assert_eq!(
+            seqs(&history),
+            ((201 - fit as Seq)..=200).collect::<Vec<_>>()
+        );
+        let bytes: usize = history
+            .iter()
+            .map(|m| serde_json::to_vec(m).unwrap().len())
+            .sum();
+        assert!(bytes <= PAGE_BYTES_MAX);
+
+        let mut ordinary: Vec<Message> = (1..=200).map(|seq| message(seq, "hello")).collect();
+        cut_page(&mut ordinary, PageEnd::Newest);
+        assert_eq!(ordinary.len(), 200);
+        let mut empty = Vec::new();
+        cut_page(&mut empty, PageEnd::Oldest);
+        assert!(empty.is_empty());
     }
 }

@@ -1,0 +1,157 @@
+//! The abuse suite (issue 10): what one ordinary account, or one who reaches an internal
+//! port, could do to everyone else. One regression test per finding, over real sockets.
+
+mod common;
+
+use chat_client::{ClientFrame, ServerFrame};
+use chat_proto::limits::BODY_BYTES_MAX;
+use common::cluster::ClusterOptions;
+use common::*;
+
+/// Finding 1: a history or sync page of 200 bodies of escaped control characters was 4.9 MB
+/// of JSON, over the internal link's 4 MiB frame limit, and the link's writer stopped on it:
+/// the request answered 503 and every other user of that gateway (or connection server)
+/// lost the link too, again after each reconnect. Pages are now cut in bytes; each answer
+/// fits a frame (a `const` assertion), and paging on reaches every message.
+#[tokio::test]
+async fn a_page_of_escaped_bodies_is_answered_and_the_link_stays_up() {
+    let server = TestServer::start_cluster(ClusterOptions::default()).await;
+    let [alice, bob] = server.users(["alice", "bob"]).await;
+    let conv = direct(&alice, "bob").await.conv_id;
+    let body = "\u{1}".repeat(BODY_BYTES_MAX);
+    let count = 200;
+    let mut ws = alice.connect_ws().await.expect("connect");
+    for i in 0..count {
+        let send = ClientFrame::Send {
+            id: format!("m{i}"),
+            conv,
+            body: body.clone(),
+        };
+        ws.send(&send).await.expect("send");
+    }
+    for _ in 0..count {
+        assert!(matches!(
+            next_frame(&mut ws).await,
+            ServerFrame::Sent { .. }
+        ));
+    }
+
+    // REST over the gateway's link: a page, cut in bytes, then the rest by paging on.
+    let page = bob.history(conv, None, Some(200)).await.expect("history");
+    assert!(!page.messages.is_empty() && page.messages.len() < count);
+    assert_eq!(page.messages.last().map(|m| m.seq), Some(count as u64));
+    let mut seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
+    let mut before = page.next_before;
+    while let Some(b) = before {
+        let older = bob
+            .history(conv, Some(b), Some(200))
+            .await
+            .expect("older page");
+        let mut older_seqs: Vec<u64> = older.messages.iter().map(|m| m.seq).collect();
+        older_seqs.extend(seqs);
+        seqs = older_seqs;
+        before = older.next_before;
+    }
+    assert_eq!(seqs, (1..=count as u64).collect::<Vec<_>>());
+    // The same link still serves everyone.
+    bob.inbox(None).await.expect("an inbox over the same link");
+
+    // A sync over the connection server's link streams every message.
+    let mut bob_ws = bob.connect_ws().await.expect("connect");
+    bob_ws
+        .send(&ClientFrame::Sync { conv, after: 0 })
+        .await
+        .expect("sync");
+    let mut synced = Vec::new();
+    loop {
+        match next_frame(&mut bob_ws).await {
+            ServerFrame::Message { seq, .. } => synced.push(seq),
+            ServerFrame::Synced { seq, .. } => {
+                assert_eq!(seq, count as u64);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(synced, (1..=count as u64).collect::<Vec<_>>());
+    wait_ready(&mut ws).await;
+}
+
+/// Finding 11: the data directory was 0755 and `messages.redb` 0644 (messages and password
+/// hashes readable by every local user). Now the directory is 0700 and the files 0600.
+#[cfg(unix)]
+#[tokio::test]
+async fn data_files_are_readable_by_their_owner_only() {
+    use std::io::BufRead;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_chat"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start chat serve");
+    let mut line = String::new();
+    let stdout = child.stdout.take().expect("stdout");
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("the listening line");
+    let mode = |path: &std::path::Path| {
+        std::fs::metadata(path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let modes = [
+        mode(&data),
+        mode(&data.join("messages.redb")),
+        mode(&data.join("token-secret")),
+    ];
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.contains("listening on"), "{line:?}");
+    assert_eq!(modes, [0o700, 0o600, 0o600], "data dir, store, secret");
+}
+
+/// Finding 12: a text frame that is not UTF-8 closed the connection with no code; 1007 is
+/// the standard one.
+#[tokio::test]
+async fn a_text_frame_that_is_not_utf8_is_closed_with_1007() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
+
+    let server = TestServer::start_in_process().await;
+    let _ = server.user("ann").await;
+    let token = server.tokens.issue("ann").expect("token").token;
+    let url = format!(
+        "{}/v1/ws?token={token}",
+        server.base.replacen("http", "ws", 1)
+    );
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut ws, _) = tokio_tungstenite::client_async(url, stream)
+        .await
+        .expect("upgrade");
+    let header = FrameHeader {
+        opcode: OpCode::Data(Data::Text),
+        ..FrameHeader::default()
+    };
+    let invalid = Frame::from_payload(header, vec![0xff, 0xfe, b'{'].into());
+    ws.send(Message::Frame(invalid)).await.expect("send");
+    let close = tokio::time::timeout(WAIT, async {
+        while let Some(message) = ws.next().await {
+            if let Ok(Message::Close(frame)) = message {
+                return frame.map(|f| f.code);
+            }
+        }
+        None
+    })
+    .await
+    .expect("closed within the wait");
+    assert_eq!(close, Some(CloseCode::Invalid));
+}
