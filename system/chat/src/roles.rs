@@ -20,7 +20,7 @@ use chat_gateway::placement::Placement;
 use chat_gateway::ratelimit::{RateConfig, RateLimits};
 use chat_gateway::{Gateway, SpliceConfig, WsBackend};
 use chat_link::frame::Peer;
-use chat_link::{AppPool, LinkClient, LinkConfig, LinkRoutes};
+use chat_link::{AppPool, LinkClient, LinkConfig, LinkKey, LinkRoutes};
 use chat_net::accept::Listener;
 use chat_net::http::HttpConfig;
 use chat_proto::ServerId;
@@ -348,7 +348,10 @@ fn app_pool(
 ) -> Arc<AppPool> {
     let links = apps
         .iter()
-        .map(|addr| LinkClient::new(*addr, peer, delivery.clone(), common.link.clone()))
+        .map(|addr| {
+            let key = LinkKey::derive(&common.token_secret);
+            LinkClient::new(*addr, peer, delivery.clone(), common.link.clone(), key)
+        })
         .collect();
     Arc::new(AppPool::new(links))
 }
@@ -381,6 +384,7 @@ pub async fn run_app(
         routes,
         common.link.clone(),
         options.link_connections_max,
+        LinkKey::derive(&common.token_secret),
     );
     tokio::select! {
         _ = serving => {}

@@ -155,3 +155,84 @@ async fn a_text_frame_that_is_not_utf8_is_closed_with_1007() {
     .expect("closed within the wait");
     assert_eq!(close, Some(CloseCode::Invalid));
 }
+
+/// Finding 4: the internal link had no authentication. A raw TCP client that said `Hello` as
+/// a gateway could read any user's inbox and send as anyone (as a connection server, take its
+/// pushes). Now a peer must prove it holds the cluster secret first; without the proof it is
+/// dropped and gets no answer to anything.
+#[tokio::test]
+async fn a_link_peer_without_the_cluster_secret_gets_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut server = TestServer::start_cluster(ClusterOptions::default()).await;
+    let [alice, _bob] = server.users(["alice", "bob"]).await;
+    let _ = direct(&alice, "bob").await;
+    let app = server.cluster().app_addr();
+
+    async fn frame(stream: &mut tokio::net::TcpStream, json: serde_json::Value) {
+        let bytes = serde_json::to_vec(&json).expect("json");
+        stream.write_u32(bytes.len() as u32).await.expect("length");
+        stream.write_all(&bytes).await.expect("frame");
+        stream.flush().await.expect("flush");
+    }
+    /// Everything the app server writes until it closes the connection (or 10 s pass).
+    async fn answers(stream: &mut tokio::net::TcpStream) -> Vec<serde_json::Value> {
+        let mut frames = Vec::new();
+        let read_all = async {
+            while let Ok(len) = stream.read_u32().await {
+                let mut bytes = vec![0; len.min(1 << 20) as usize];
+                if stream.read_exact(&mut bytes).await.is_err() {
+                    break;
+                }
+                frames.push(serde_json::from_slice(&bytes).unwrap_or_default());
+            }
+        };
+        let _ = tokio::time::timeout(WAIT, read_all).await;
+        frames
+    }
+    let inbox = serde_json::json!({"t": "request", "id": 1, "request":
+        {"op": "inbox", "caller": "alice", "query": {}}});
+
+    // Hello as a gateway (the old protocol), then straight to a request.
+    let mut raw = tokio::net::TcpStream::connect(app).await.expect("connect");
+    frame(
+        &mut raw,
+        serde_json::json!({"t": "hello", "version": 1, "peer": "gateway"}),
+    )
+    .await;
+    frame(&mut raw, inbox.clone()).await;
+    let got = answers(&mut raw).await;
+    assert!(
+        got.iter().all(|f| f["t"] != "response"),
+        "answered: {got:?}"
+    );
+
+    // The current protocol with a made-up proof.
+    let mut raw = tokio::net::TcpStream::connect(app).await.expect("connect");
+    let nonce = "ab".repeat(16);
+    frame(
+        &mut raw,
+        serde_json::json!({"t": "hello", "version": 2, "peer": "gateway", "nonce": nonce}),
+    )
+    .await;
+    frame(
+        &mut raw,
+        serde_json::json!({"t": "proof", "proof": "00".repeat(32)}),
+    )
+    .await;
+    frame(&mut raw, inbox).await;
+    let got = answers(&mut raw).await;
+    assert!(
+        got.iter().all(|f| f["t"] != "response"),
+        "answered: {got:?}"
+    );
+    assert!(
+        got.iter().all(|f| f["t"] == "challenge"),
+        "only a challenge before the proof: {got:?}"
+    );
+
+    // The cluster's own processes still get in.
+    alice
+        .inbox(None)
+        .await
+        .expect("the gateway's authenticated link serves");
+}

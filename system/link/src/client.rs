@@ -10,7 +10,11 @@
 //! the app server in that order (what [`AppApi::call`] promises).
 
 use crate::LinkConfig;
-use crate::frame::{CodecError, Frames, LINK_VERSION, LinkFrame, Peer, write_frame};
+use crate::auth::{self, LinkKey, Side};
+use crate::frame::{
+    CodecError, Frames, HELLO_BYTES_MAX, LINK_VERSION, LinkFrame, Peer, read_frame_within,
+    write_frame,
+};
 use chat_proto::api::{AppApi, Call, Request, Response};
 use chat_proto::link::Delivery;
 use chat_proto::{ApiError, ErrorCode};
@@ -37,6 +41,7 @@ pub struct LinkClient {
 struct Shared {
     addr: SocketAddr,
     config: LinkConfig,
+    key: LinkKey,
     next_id: AtomicU64,
     // A std Mutex: held for a map operation or a try_send, never across an await.
     state: Mutex<State>,
@@ -65,10 +70,12 @@ impl LinkClient {
         peer: Peer,
         delivery: Option<Arc<dyn Delivery>>,
         config: LinkConfig,
+        key: LinkKey,
     ) -> LinkClient {
         let shared = Arc::new(Shared {
             addr,
             config,
+            key,
             next_id: AtomicU64::new(1),
             state: Mutex::new(State::default()),
         });
@@ -186,13 +193,18 @@ async fn run_connection(
     delivery: Option<&Arc<dyn Delivery>>,
 ) {
     let config = &shared.config;
-    let (reader, mut writer) = tokio::io::split(stream);
-    let hello = LinkFrame::Hello {
-        version: LINK_VERSION,
-        peer,
-    };
-    if write_frame(&mut writer, &hello).await.is_err() || writer.flush().await.is_err() {
-        return;
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let handshake = authenticate(&shared.key, &mut reader, &mut writer, peer);
+    match tokio::time::timeout(config.connect_timeout, handshake).await {
+        Ok(Ok(())) => {}
+        Ok(Err(reason)) => {
+            tracing::error!(addr = %shared.addr, reason, "link authentication failed");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(addr = %shared.addr, "link authentication timed out");
+            return;
+        }
     }
     let (outbound, queue) = mpsc::channel(config.outbound_queue_len_max);
     shared.lock().outbound = Some(outbound);
@@ -211,13 +223,56 @@ async fn run_connection(
                 }
             }
             LinkFrame::Pong | LinkFrame::Ping => {}
-            LinkFrame::Hello { .. } | LinkFrame::Request { .. } => {
+            LinkFrame::Hello { .. }
+            | LinkFrame::Challenge { .. }
+            | LinkFrame::Proof { .. }
+            | LinkFrame::Request { .. } => {
                 tracing::warn!(addr = %shared.addr, "unexpected frame from app server");
                 break;
             }
         }
     }
     writer_task.abort();
+}
+
+/// The client's side of [`crate::auth`]: `Hello`, the server's `Challenge` checked, `Proof`.
+async fn authenticate<R, W>(
+    key: &LinkKey,
+    reader: &mut R,
+    writer: &mut W,
+    peer: Peer,
+) -> Result<(), &'static str>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let client = auth::nonce();
+    let hello = LinkFrame::Hello {
+        version: LINK_VERSION,
+        peer,
+        nonce: client.clone(),
+    };
+    let sent = write_frame(writer, &hello).await.is_ok() && writer.flush().await.is_ok();
+    if !sent {
+        return Err("could not send hello");
+    }
+    let (server, proof) = match read_frame_within(reader, HELLO_BYTES_MAX).await {
+        Ok(LinkFrame::Challenge { nonce, proof }) => (nonce, proof),
+        Ok(_) => return Err("the app server answered hello with something else"),
+        Err(_) => return Err("no challenge (another link version, or connection lost)"),
+    };
+    if !auth::is_nonce(&server) || !key.verify(Side::Server, &client, &server, peer, &proof) {
+        return Err("the app server does not hold the cluster secret");
+    }
+    let proof = LinkFrame::Proof {
+        proof: key.client_proof(&client, &server, peer),
+    };
+    let sent = write_frame(writer, &proof).await.is_ok() && writer.flush().await.is_ok();
+    if sent {
+        Ok(())
+    } else {
+        Err("could not send the proof")
+    }
 }
 
 pub(crate) async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(

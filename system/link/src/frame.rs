@@ -30,7 +30,7 @@ const _: () =
     assert!(INBOX_LIMIT_MAX as usize * INBOX_ENTRY_JSON_BYTES_MAX + 64 * 1024 <= FRAME_BYTES_MAX);
 
 /// Version of the link protocol, checked in `Hello`.
-pub const LINK_VERSION: u32 = 1;
+pub const LINK_VERSION: u32 = 2;
 
 /// Who opened a link connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,9 +45,20 @@ pub enum Peer {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 pub enum LinkFrame {
+    /// The first frame, from the client ([`crate::auth`]).
     Hello {
         version: u32,
         peer: Peer,
+        nonce: String,
+    },
+    /// The server's answer to `Hello`: its nonce and its proof.
+    Challenge {
+        nonce: String,
+        proof: String,
+    },
+    /// The client's proof; the link is up once the server has checked it.
+    Proof {
+        proof: String,
     },
     Request {
         id: u64,
@@ -157,6 +168,7 @@ mod tests {
             LinkFrame::Hello {
                 version: LINK_VERSION,
                 peer: Peer::Conn(3),
+                nonce: "00".repeat(16),
             },
             LinkFrame::Request {
                 id: 7,

@@ -2,6 +2,7 @@
 //! servers push deliveries back to connection servers.
 //!
 //! # Layout
+//! - [`auth`]: mutual authentication of each link connection from the cluster secret.
 //! - [`frame`]: the frames and their codec (length-prefixed JSON, bounded, flushed per burst).
 //! - [`client`]: [`LinkClient`], one persistent connection to one app server: multiplexed and
 //!   pipelined (request ids, many in flight), bounded queues, a timeout on every wait,
@@ -17,11 +18,13 @@
 //! partition raises no error: it shows up only as a heartbeat or request timeout, which is
 //! why every wait has one.
 
+pub mod auth;
 pub mod client;
 pub mod frame;
 pub mod pool;
 pub mod server;
 
+pub use auth::LinkKey;
 pub use client::LinkClient;
 pub use pool::AppPool;
 pub use server::LinkRoutes;

@@ -1,8 +1,11 @@
 //! The app server's end of the link.
 
 use crate::LinkConfig;
+use crate::auth::{self, LinkKey, Side};
 use crate::client::write_loop;
-use crate::frame::{Frames, HELLO_BYTES_MAX, LINK_VERSION, LinkFrame, Peer, read_frame_within};
+use crate::frame::{
+    Frames, HELLO_BYTES_MAX, LINK_VERSION, LinkFrame, Peer, read_frame_within, write_frame,
+};
 use chat_net::accept::{Listener, accept_loop};
 use chat_proto::api::{AppApi, Call};
 use chat_proto::link::{Delivery, Target};
@@ -10,6 +13,7 @@ use chat_proto::{ApiError, Message, ServerId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use tokio::io::AsyncWriteExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
@@ -63,7 +67,8 @@ impl Delivery for LinkRoutes {
     }
 }
 
-/// Serves link connections on `listener` with `app`, forever. Each connection serves up to
+/// Serves link connections on `listener` with `app`, forever, to peers that prove they hold
+/// `key` ([`crate::auth`]). Each connection serves up to
 /// `requests_in_flight_max` requests at once and answers more with `overloaded`.
 pub async fn serve(
     listener: impl Listener,
@@ -71,11 +76,12 @@ pub async fn serve(
     routes: Arc<LinkRoutes>,
     config: LinkConfig,
     connections_max: usize,
+    key: LinkKey,
 ) {
     accept_loop(listener, connections_max, |stream, peer, permit| {
-        let (app, routes, config) = (app.clone(), routes.clone(), config.clone());
+        let (app, routes, config, key) = (app.clone(), routes.clone(), config.clone(), key.clone());
         tokio::spawn(async move {
-            serve_connection(stream, app, routes, config).await;
+            serve_connection(stream, app, routes, config, key).await;
             tracing::debug!(%peer, "link connection closed");
             drop(permit);
         });
@@ -88,9 +94,10 @@ async fn serve_connection(
     app: Arc<dyn AppApi>,
     routes: Arc<LinkRoutes>,
     config: LinkConfig,
+    key: LinkKey,
 ) {
-    let (mut reader, writer) = tokio::io::split(stream);
-    let Some(peer) = hello(&mut reader, &config).await else {
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let Some(peer) = authenticate(&key, &mut reader, &mut writer, &config).await else {
         return;
     };
     let (outbound, queue) = mpsc::channel(config.outbound_queue_len_max);
@@ -133,7 +140,11 @@ async fn serve_connection(
                 let _ = outbound.try_send(LinkFrame::Pong);
             }
             LinkFrame::Pong => {}
-            LinkFrame::Hello { .. } | LinkFrame::Response { .. } | LinkFrame::Deliver { .. } => {
+            LinkFrame::Hello { .. }
+            | LinkFrame::Challenge { .. }
+            | LinkFrame::Proof { .. }
+            | LinkFrame::Response { .. }
+            | LinkFrame::Deliver { .. } => {
                 tracing::warn!(?peer, "unexpected link frame");
                 break;
             }
@@ -148,24 +159,62 @@ async fn serve_connection(
     writer_task.abort();
 }
 
-/// The peer's `Hello`, within the idle timeout; `None` (the connection is dropped) for
-/// anything else.
-async fn hello<R: AsyncRead + Unpin>(reader: &mut R, config: &LinkConfig) -> Option<Peer> {
-    match tokio::time::timeout(
-        config.idle_timeout,
-        read_frame_within(reader, HELLO_BYTES_MAX),
-    )
-    .await
-    {
-        Ok(Ok(LinkFrame::Hello {
-            version: LINK_VERSION,
-            peer,
-        })) => Some(peer),
-        Ok(Ok(LinkFrame::Hello { version, .. })) => {
-            tracing::warn!(version, "link peer speaks another version");
+/// The server's side of [`crate::auth`], within the idle timeout: the peer's `Hello`, our
+/// `Challenge`, its `Proof` checked. `None` (the connection is dropped) for anything else.
+async fn authenticate<R, W>(
+    key: &LinkKey,
+    reader: &mut R,
+    writer: &mut W,
+    config: &LinkConfig,
+) -> Option<Peer>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let handshake = async {
+        let (peer, client) = match read_frame_within(reader, HELLO_BYTES_MAX).await {
+            Ok(LinkFrame::Hello {
+                version: LINK_VERSION,
+                peer,
+                nonce,
+            }) if auth::is_nonce(&nonce) => (peer, nonce),
+            Ok(LinkFrame::Hello { version, .. }) => {
+                return Err(format!(
+                    "a hello of link version {version} or with a bad nonce"
+                ));
+            }
+            Ok(_) => return Err("a first frame that is not hello".to_owned()),
+            Err(err) => return Err(format!("no hello: {err}")),
+        };
+        let server = auth::nonce();
+        let challenge = LinkFrame::Challenge {
+            proof: key.server_proof(&client, &server, peer),
+            nonce: server.clone(),
+        };
+        write_frame(writer, &challenge)
+            .await
+            .map_err(|e| e.to_string())?;
+        writer.flush().await.map_err(|e| e.to_string())?;
+        match read_frame_within(reader, HELLO_BYTES_MAX).await {
+            Ok(LinkFrame::Proof { proof })
+                if key.verify(Side::Client, &client, &server, peer, &proof) =>
+            {
+                Ok(peer)
+            }
+            Ok(_) => Err(format!("{peer:?} does not hold the cluster secret")),
+            Err(err) => Err(format!("no proof: {err}")),
+        }
+    };
+    match tokio::time::timeout(config.idle_timeout, handshake).await {
+        Ok(Ok(peer)) => Some(peer),
+        Ok(Err(reason)) => {
+            tracing::warn!(reason, "link peer refused");
             None
         }
-        _ => None,
+        Err(_) => {
+            tracing::warn!("link peer did not authenticate in time");
+            None
+        }
     }
 }
 

@@ -213,6 +213,11 @@ impl Cluster {
         panic!("the cluster did not come up");
     }
 
+    /// The app server's link address.
+    pub fn app_addr(&self) -> SocketAddr {
+        self.app_addr
+    }
+
     pub fn conn_addrs(&self) -> &[SocketAddr] {
         &self.conn_addrs
     }
