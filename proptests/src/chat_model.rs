@@ -87,6 +87,10 @@ impl ChatModel {
             }
             let id = (item.sender.clone(), item.client_msg_id.clone());
             if let Some(&(stored_conv, stored_seq)) = self.idem.get(&id) {
+                if stored_conv != conv_id {
+                    results.push(Err(AppendError::IdConflict { conv: stored_conv }));
+                    continue;
+                }
                 let message = self.message(stored_conv, stored_seq).clone();
                 results.push(Ok(Appended {
                     seq: stored_seq,
@@ -198,12 +202,10 @@ mod tests {
         assert_eq!(r[1], Err(AppendError::UnknownConversation));
         assert_eq!(r[2].as_ref().map(|a| (a.seq, a.fresh)), Ok((1, false)));
         assert_eq!(r[3].as_ref().map(|a| (a.seq, a.fresh)), Ok((2, true)));
-        // The id is global per sender: reused in conversation 2 it answers message 1 of 1.
+        // The id is global per sender: reused in conversation 2 it is a conflict that names
+        // the conversation that has it (not that conversation's `sent`: issue 10).
         let r = m.append(2, &[msg("a", "x")], 200);
-        assert_eq!(
-            r[0].as_ref().map(|a| (a.message.conv, a.seq, a.fresh)),
-            Ok((1, 1, false))
-        );
+        assert_eq!(r[0], Err(AppendError::IdConflict { conv: 1 }));
         assert_eq!(
             m.conv(2).map(|c| c.last_ts),
             Some(100),

@@ -296,6 +296,10 @@ async fn commit(
                 Ok(ack)
             }
             Err(AppendError::UnknownConversation) => Err(ApiError::unknown_conversation()),
+            Err(AppendError::IdConflict { .. }) => Err(ApiError::new(
+                ErrorCode::IdConflict,
+                "this id was used in another conversation; send with a new id",
+            )),
         };
         match lost_acks.as_mut() {
             // Lost: resends from now on queue anew (and are answered from the store).

@@ -236,3 +236,47 @@ async fn a_link_peer_without_the_cluster_secret_gets_nothing() {
         .await
         .expect("the gateway's authenticated link serves");
 }
+
+/// Finding 10: a client id reused in another conversation was silently not stored, and the
+/// answer was the other conversation's `sent` (seq 1 of conversation 1 for a send to
+/// conversation 2). Now it is refused with `id_conflict`, and stores nothing.
+#[tokio::test]
+async fn a_reused_id_in_another_conversation_is_an_id_conflict() {
+    let server = TestServer::start().await;
+    let [alice, bob] = server.users(["alice", "bob"]).await;
+    let first = direct(&alice, "bob").await.conv_id;
+    let (group, _) = alice
+        .create_conversation(["bob"], Some("group"))
+        .await
+        .expect("group");
+    let send = |conv| ClientFrame::Send {
+        id: "same-id".into(),
+        conv,
+        body: "hello".into(),
+    };
+    let mut ws = alice.connect_ws().await.expect("connect");
+    ws.send(&send(first)).await.expect("send");
+    assert!(matches!(
+        next_frame(&mut ws).await,
+        ServerFrame::Sent { seq: 1, conv, .. } if conv == first
+    ));
+    ws.send(&send(group.conv_id)).await.expect("send");
+    match next_frame(&mut ws).await {
+        ServerFrame::Error { code, id, .. } => {
+            assert_eq!(code, chat_client::ErrorCode::IdConflict);
+            assert_eq!(id.as_deref(), Some("same-id"));
+        }
+        other => panic!("expected id_conflict, got {other:?}"),
+    }
+    let page = bob
+        .history(group.conv_id, None, None)
+        .await
+        .expect("history");
+    assert!(page.messages.is_empty(), "nothing stored: {page:?}");
+    // The first conversation's resend is still answered with its seq.
+    ws.send(&send(first)).await.expect("resend");
+    assert!(matches!(
+        next_frame(&mut ws).await,
+        ServerFrame::Sent { seq: 1, conv, .. } if conv == first
+    ));
+}

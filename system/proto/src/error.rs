@@ -16,6 +16,9 @@ pub enum ErrorCode {
     InvalidCredentials,
     /// Registration of a taken username (409).
     UsernameTaken,
+    /// WS: a message id the sender already used in another conversation (ids are the
+    /// sender's, across conversations); send again with a new id.
+    IdConflict,
     /// A member named in a new conversation does not exist (404).
     UnknownUser,
     /// The conversation does not exist or the caller is not a member (404 / WS error).
@@ -45,6 +48,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::InvalidCredentials => "invalid_credentials",
             ErrorCode::UsernameTaken => "username_taken",
+            ErrorCode::IdConflict => "id_conflict",
             ErrorCode::UnknownUser => "unknown_user",
             ErrorCode::UnknownConversation => "unknown_conversation",
             ErrorCode::NotFound => "not_found",
@@ -63,7 +67,7 @@ impl ErrorCode {
             ErrorCode::BadRequest | ErrorCode::BadFrame | ErrorCode::BodyTooLarge => 400,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::Unauthorized | ErrorCode::InvalidCredentials => 401,
-            ErrorCode::UsernameTaken => 409,
+            ErrorCode::UsernameTaken | ErrorCode::IdConflict => 409,
             ErrorCode::UnknownUser | ErrorCode::UnknownConversation | ErrorCode::NotFound => 404,
             ErrorCode::RateLimited => 429,
             ErrorCode::Overloaded | ErrorCode::Unavailable => 503,

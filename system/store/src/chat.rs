@@ -50,6 +50,9 @@ pub enum AppendError {
     /// The conversation does not exist or the sender is not a member.
     #[error("no such conversation")]
     UnknownConversation,
+    /// The sender already used this client id, in conversation `conv`.
+    #[error("the id was used in conversation {conv}")]
+    IdConflict { conv: ConvId },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -444,6 +447,12 @@ async fn append_in(
         let appended = match stored {
             Some(raw) => {
                 let (stored_conv, stored_seq) = value::decode_idem(&raw)?;
+                if stored_conv != conv_id {
+                    // Answering the other conversation's `sent` would tell the client its
+                    // message is stored here when it is not.
+                    results.push(Err(AppendError::IdConflict { conv: stored_conv }));
+                    continue;
+                }
                 let message = load_message(tx, stored_conv, stored_seq).await?.ok_or_else(|| {
                     corrupt(format!("idem key names missing message {stored_seq} of conversation {stored_conv}"))
                 })?;
