@@ -226,10 +226,7 @@ async fn run(shared: Arc<Shared>, conv: ConvId, mut receiver: mpsc::Receiver<Pen
             Ok(Some(pending)) => pending,
             Ok(None) => return,
             Err(_idle) => {
-                let mut queues = shared.queues.lock().unwrap_or_else(|p| p.into_inner());
-                // Submitters send under this lock, so an empty queue stays empty once removed.
-                if receiver.is_empty() {
-                    queues.remove(&conv);
+                if retire(&shared, conv, &receiver) {
                     return;
                 }
                 continue;
@@ -246,8 +243,34 @@ async fn run(shared: Arc<Shared>, conv: ConvId, mut receiver: mpsc::Receiver<Pen
         if batch.is_empty() {
             continue;
         }
-        commit(&shared, conv, batch, &mut members).await;
+        let outcome = commit(&shared, conv, batch, &mut members).await;
+        // A conversation that does not exist (or whose sender is no member) keeps no task: a
+        // client naming made-up ids must not fill the table of `convs_active_max` sequencers,
+        // which would refuse every other conversation's first send as `overloaded`.
+        if outcome == Outcome::Refused && retire(&shared, conv, &receiver) {
+            return;
+        }
     }
+}
+
+/// Removes this task's queue if nothing waits in it; true when the task must end then.
+fn retire(shared: &Shared, conv: ConvId, receiver: &mpsc::Receiver<Pending>) -> bool {
+    let mut queues = shared.queues.lock().unwrap_or_else(|p| p.into_inner());
+    // Submitters send under this lock, so an empty queue stays empty once removed.
+    if receiver.is_empty() {
+        queues.remove(&conv);
+        return true;
+    }
+    false
+}
+
+/// What a batch's commit came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Something was stored, or answered from the store, or the store failed.
+    Done,
+    /// Every send was refused as to an unknown conversation.
+    Refused,
 }
 
 async fn commit(
@@ -255,7 +278,7 @@ async fn commit(
     conv: ConvId,
     batch: Vec<Pending>,
     members: &mut Option<Arc<[String]>>,
-) {
+) -> Outcome {
     let items = batch
         .iter()
         .map(|p| NewMessage {
@@ -271,8 +294,16 @@ async fn commit(
             for pending in batch {
                 shared.answer(pending, Err(err.clone()));
             }
-            return;
+            return Outcome::Done;
         }
+    };
+    let outcome = if results
+        .iter()
+        .all(|r| matches!(r, Err(AppendError::UnknownConversation)))
+    {
+        Outcome::Refused
+    } else {
+        Outcome::Done
     };
     // Fault point: the commit is durable, the acks are late or lost. Clients time out and
     // resend the same ids, which must answer the same seqs.
@@ -311,20 +342,21 @@ async fn commit(
         tokio::spawn(answer_late(lost));
     }
     if fresh.is_empty() {
-        return;
+        return outcome;
     }
     // Membership is fixed at creation in v1, so one read per task start is enough.
     if members.is_none() {
         match shared.store.conversation(conv).await {
             Ok(Some(c)) => *members = Some(c.members.into()),
-            Ok(None) => return,
+            Ok(None) => return outcome,
             Err(err) => {
                 tracing::warn!(conv, error = %err, "members unavailable; recipients will sync");
-                return;
+                return outcome;
             }
         }
     }
     if let Some(members) = members.as_ref() {
         shared.router.route(members, &fresh).await;
     }
+    outcome
 }

@@ -280,3 +280,56 @@ async fn a_reused_id_in_another_conversation_is_an_id_conflict() {
         ServerFrame::Sent { seq: 1, conv, .. } if conv == first
     ));
 }
+
+/// Finding 5: a sequencer was created, and lived 30 s, for any conversation id a client
+/// named, before membership was checked; one connection filled the table of
+/// `convs_active_max` in a moment, and every conversation without a live sequencer was
+/// refused as `overloaded`. Now a sequencer whose sends are all refused as unknown ends at
+/// once.
+#[tokio::test]
+async fn made_up_conversation_ids_do_not_fill_the_sequencer_table() {
+    let active_max = 20;
+    let server = TestServer::start_in_process_with(|options| {
+        options.app.app.convs_active_max = active_max;
+    })
+    .await;
+    let [mallory, alice, _bob] = server.users(["mallory", "alice", "bob"]).await;
+    let mut attack = mallory.connect_ws().await.expect("connect");
+    let made_up = 15 * active_max as u64;
+    for i in 0..made_up {
+        let send = ClientFrame::Send {
+            id: format!("m{i}"),
+            conv: 1_000_000 + i,
+            body: "x".into(),
+        };
+        attack.send(&send).await.expect("send");
+    }
+    let mut overloaded = 0;
+    for _ in 0..made_up {
+        match next_frame(&mut attack).await {
+            ServerFrame::Error { code, .. } if code == chat_client::ErrorCode::Overloaded => {
+                overloaded += 1
+            }
+            ServerFrame::Error { code, .. } => {
+                assert_eq!(code, chat_client::ErrorCode::UnknownConversation)
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // A real conversation's first send finds room.
+    let conv = direct(&alice, "bob").await.conv_id;
+    let mut ws = alice.connect_ws().await.expect("connect");
+    let send = ClientFrame::Send {
+        id: "hello".into(),
+        conv,
+        body: "hello bob".into(),
+    };
+    ws.send(&send).await.expect("send");
+    match next_frame(&mut ws).await {
+        ServerFrame::Sent { seq: 1, .. } => {}
+        other => panic!(
+            "a real conversation was refused ({overloaded} made-up ones were \
+                         refused as overloaded): {other:?}"
+        ),
+    }
+}
