@@ -1204,6 +1204,7 @@ async fn on_frame(
             id,
             op,
             conv,
+            ..
         } => {
             state.trace.record(format_args!(
                 "c{index} error {code} {} {op:?} {conv:?} ({message})",

@@ -371,6 +371,8 @@ impl InProcess {
         options.app.password_cost = chat_auth::PasswordCost::TESTING;
         // Every simulated user comes from 127.0.0.1: the per-IP limit would throttle setup.
         options.rates = chat_gateway::ratelimit::RateConfig::unlimited();
+        // A load test of messaging: each simulated user sends as fast as it is told to.
+        options.conn.frame_rate = None;
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let kv_dyn: Arc<dyn chat_store::Kv> = kv.clone();
         let task = tokio::spawn(chat::serve::run(listener, kv_dyn, options, async {

@@ -5,8 +5,9 @@ use crate::store::StoreSpec;
 use anyhow::Context;
 use chat_auth::{PasswordCost, Tokens};
 use chat_conn::ConnConfig;
-use chat_gateway::ratelimit::{Rate, RateConfig};
+use chat_gateway::ratelimit::RateConfig;
 use chat_link::LinkConfig;
+use chat_net::ratelimit::Rate;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -112,6 +113,8 @@ pub struct ConnArgs {
     /// WebSockets held at most.
     #[arg(long, env = "CHAT_CONNECTIONS_MAX", default_value_t = ConnConfig::default().connections_max)]
     pub connections_max: usize,
+    #[command(flatten)]
+    pub frames: FrameRateArgs,
     /// How often this server's connections are re-asserted in the registry, in milliseconds.
     #[arg(long, env = "CHAT_REGISTRY_REFRESH_MS",
           default_value_t = ConnConfig::default().registry_refresh_interval.as_millis() as u64)]
@@ -126,6 +129,7 @@ impl ConnArgs {
     pub fn options(&self) -> anyhow::Result<(Common, ConnOptions)> {
         let conn = ConnConfig {
             connections_max: self.connections_max,
+            frame_rate: self.frames.rate(),
             registry_refresh_interval: Duration::from_millis(self.registry_refresh_ms),
             ..ConnConfig::default()
         };
@@ -156,6 +160,29 @@ pub struct GatewayArgs {
     pub rates: RateArgs,
     #[command(flatten)]
     pub common: CommonArgs,
+}
+
+/// The per-user frame limit of a connection server (`chat conn`, `chat serve`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct FrameRateArgs {
+    /// `send`, `read` and `sync` frames per second allowed per user (0: no limit); beyond,
+    /// each is answered `rate_limited` with `retry_after_ms`. Load tests need 0 here.
+    #[arg(long, env = "CHAT_FRAME_RATE",
+          default_value_t = ConnConfig::default().frame_rate.map_or(0, |r| r.per_second))]
+    pub frame_rate_per_sec: u32,
+    /// Burst of frames allowed per user.
+    #[arg(long, env = "CHAT_FRAME_BURST",
+          default_value_t = ConnConfig::default().frame_rate.map_or(1, |r| r.burst))]
+    pub frame_burst: u32,
+}
+
+impl FrameRateArgs {
+    pub fn rate(&self) -> Option<Rate> {
+        (self.frame_rate_per_sec > 0).then_some(Rate {
+            per_second: self.frame_rate_per_sec,
+            burst: self.frame_burst.max(1),
+        })
+    }
 }
 
 /// Rate limits of a gateway (`chat gateway`, `chat serve`).

@@ -23,6 +23,7 @@ use chat_link::frame::Peer;
 use chat_link::{AppPool, LinkClient, LinkConfig, LinkKey, LinkRoutes};
 use chat_net::accept::Listener;
 use chat_net::http::HttpConfig;
+use chat_net::ratelimit::Rate;
 use chat_proto::ServerId;
 use chat_proto::api::AppApi;
 use chat_proto::link::Delivery;
@@ -229,6 +230,7 @@ pub(crate) fn validate_conn(
         "conn sync_page_messages_max",
         conn.sync_page_messages_max as usize,
     )?;
+    conn.frame_rate.into_iter().try_for_each(validate_rate)?;
     heartbeat_fits("WebSocket", conn.heartbeat_interval, conn.idle_timeout)?;
     ensure!(
         !conn.write_timeout.is_zero() && !conn.request_timeout.is_zero(),
@@ -261,12 +263,17 @@ pub(crate) fn validate_http(http: &HttpConfig) -> anyhow::Result<()> {
 }
 
 pub(crate) fn validate_rates(rates: &RateConfig) -> anyhow::Result<()> {
-    for rate in [rates.user, rates.ip].into_iter().flatten() {
-        ensure!(
-            rate.per_second > 0 && rate.burst > 0,
-            "a rate limit needs a rate and a burst above zero (no limit is `None`)"
-        );
-    }
+    [rates.user, rates.ip]
+        .into_iter()
+        .flatten()
+        .try_for_each(validate_rate)
+}
+
+fn validate_rate(rate: Rate) -> anyhow::Result<()> {
+    ensure!(
+        rate.per_second > 0 && rate.burst > 0,
+        "a rate limit needs a rate and a burst above zero (no limit is `None`)"
+    );
     Ok(())
 }
 

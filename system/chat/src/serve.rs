@@ -40,6 +40,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = ConnConfig::default().connections_max)]
     pub connections_max: usize,
     #[command(flatten)]
+    pub frames: crate::cli::FrameRateArgs,
+    #[command(flatten)]
     pub passwords: crate::cli::PasswordArgs,
     #[command(flatten)]
     pub rates: crate::cli::RateArgs,
@@ -104,6 +106,7 @@ pub async fn main(args: ServeArgs) -> anyhow::Result<()> {
     let mut options = Options::new(token_secret);
     options.common.token_ttl = std::time::Duration::from_secs(args.token_ttl_secs);
     options.conn.connections_max = args.connections_max;
+    options.conn.frame_rate = args.frames.rate();
     options.app.password_cost = args.passwords.cost();
     options.rates = args.rates.config();
     options.validate()?;

@@ -307,9 +307,10 @@ async fn made_up_conversation_ids_do_not_fill_the_sequencer_table() {
     let mut overloaded = 0;
     for _ in 0..made_up {
         match next_frame(&mut attack).await {
-            ServerFrame::Error { code, .. } if code == chat_client::ErrorCode::Overloaded => {
-                overloaded += 1
-            }
+            ServerFrame::Error {
+                code: chat_client::ErrorCode::Overloaded,
+                ..
+            } => overloaded += 1,
             ServerFrame::Error { code, .. } => {
                 assert_eq!(code, chat_client::ErrorCode::UnknownConversation)
             }
@@ -332,4 +333,58 @@ async fn made_up_conversation_ids_do_not_fill_the_sequencer_table() {
                          refused as overloaded): {other:?}"
         ),
     }
+}
+
+/// Finding 7: there was no limit on frames per user: every `send` and `read` is a durable
+/// write, and one user wrote 2,721 messages of 4 KB a second. Now a user's frames beyond
+/// the connection server's rate are answered `rate_limited` with `retry_after_ms`, and not
+/// carried out.
+#[tokio::test]
+async fn a_users_frames_beyond_the_rate_are_refused_with_a_wait() {
+    let server = TestServer::start_in_process_with(|options| {
+        options.conn.frame_rate = Some(chat_net::ratelimit::Rate {
+            per_second: 2,
+            burst: 5,
+        });
+    })
+    .await;
+    let [alice, bob] = server.users(["alice", "bob"]).await;
+    let conv = direct(&alice, "bob").await.conv_id;
+    let mut ws = alice.connect_ws().await.expect("connect");
+    let count = 30;
+    for i in 0..count {
+        let send = ClientFrame::Send {
+            id: format!("m{i}"),
+            conv,
+            body: "spam".into(),
+        };
+        ws.send(&send).await.expect("send");
+    }
+    let (mut sent, mut refused) = (0, 0);
+    for _ in 0..count {
+        match next_frame(&mut ws).await {
+            ServerFrame::Sent { .. } => sent += 1,
+            ServerFrame::Error {
+                code,
+                id,
+                retry_after_ms,
+                ..
+            } => {
+                assert_eq!(code, chat_client::ErrorCode::RateLimited);
+                assert!(id.is_some_and(|id| id.starts_with('m')), "names the send");
+                assert!(retry_after_ms.is_some_and(|ms| ms > 0 && ms <= 1000));
+                refused += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        (5..=8).contains(&sent),
+        "the burst and what refilled meanwhile: {sent}"
+    );
+    assert_eq!(sent + refused, count);
+    let page = bob.history(conv, None, Some(50)).await.expect("history");
+    assert_eq!(page.messages.len(), sent, "refused frames are not stored");
+    // Pings (heartbeats) are never limited.
+    wait_ready(&mut ws).await;
 }

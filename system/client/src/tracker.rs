@@ -251,6 +251,7 @@ impl Tracker {
                 id,
                 op,
                 conv,
+                ..
             } => {
                 let error = ApiError { code, message };
                 if let (Some(FrameOp::Sync), Some(conv)) = (op, conv) {

@@ -273,11 +273,29 @@ impl Reader {
     }
 
     /// Handles one text frame; false when the connection is gone.
+    /// The refusal of `frame` when its user is over their frame rate. Every frame but a ping
+    /// is a durable write or a store read: one user's script must not fill the disk or busy
+    /// the app servers. Pings (heartbeats) are never limited.
+    fn over_rate(&self, frame: &ClientFrame) -> Option<ServerFrame> {
+        let limits = self.server.frame_limits.as_ref()?;
+        let (id, op, conv) = match frame {
+            ClientFrame::Ping => return None,
+            ClientFrame::Send { id, .. } => (Some(id.clone()), None, None),
+            ClientFrame::Read { conv, .. } => (None, Some(FrameOp::Read), Some(*conv)),
+            ClientFrame::Sync { conv, .. } => (None, Some(FrameOp::Sync), Some(*conv)),
+        };
+        let wait = limits.check(&self.user).err()?;
+        Some(ServerFrame::rate_limited(wait, id, op, conv))
+    }
+
     async fn handle_text(&self, text: &str) -> bool {
         let frame = match ClientFrame::parse(text) {
             Ok(frame) => frame,
             Err(err) => return self.reply(err.to_frame()).await,
         };
+        if let Some(refusal) = self.over_rate(&frame) {
+            return self.reply(refusal).await;
+        }
         match frame {
             ClientFrame::Ping => self.reply(ServerFrame::Pong).await,
             ClientFrame::Send { id, conv, body } => self.send(id, conv, body).await,

@@ -23,6 +23,7 @@ pub mod hub;
 pub mod order;
 
 use chat_net::error::{HttpError, error};
+use chat_net::ratelimit::{KeyedLimit, Rate};
 use chat_proto::ErrorCode;
 use chat_proto::api::AppApi;
 use chat_proto::limits::FRAME_BYTES_MAX;
@@ -59,6 +60,10 @@ pub struct ConnConfig {
     pub registry_refresh_interval: Duration,
     /// Every call to an app server or the registry gives up after this long.
     pub request_timeout: Duration,
+    /// `send`, `read` and `sync` frames allowed per user on this server (a user's devices
+    /// share one server while it is up); beyond, each is answered `rate_limited` with
+    /// `retry_after_ms` and not carried out. `None`: no limit.
+    pub frame_rate: Option<Rate>,
 }
 
 impl Default for ConnConfig {
@@ -74,6 +79,12 @@ impl Default for ConnConfig {
             write_timeout: Duration::from_secs(10),
             registry_refresh_interval: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
+            // A person types a few frames a second; a reconnecting device resends and syncs in
+            // a burst. A script is held to 50 durable writes a second instead of thousands.
+            frame_rate: Some(Rate {
+                per_second: 50,
+                burst: 500,
+            }),
         }
     }
 }
@@ -83,6 +94,8 @@ pub struct ConnServer {
     app: Arc<dyn AppApi>,
     registry: Arc<dyn Registry>,
     config: ConnConfig,
+    /// Per user: see [`ConnConfig::frame_rate`].
+    frame_limits: Option<KeyedLimit<String>>,
 }
 
 impl ConnServer {
@@ -93,6 +106,7 @@ impl ConnServer {
         config: ConnConfig,
     ) -> Arc<ConnServer> {
         Arc::new(ConnServer {
+            frame_limits: config.frame_rate.map(KeyedLimit::new),
             hub,
             app,
             registry,
@@ -151,6 +165,10 @@ impl ConnServer {
         let mut ticker = tokio::time::interval(self.config.registry_refresh_interval);
         loop {
             ticker.tick().await;
+            // Idle users' buckets are full again: forget them, so memory follows active users.
+            if let Some(limits) = &self.frame_limits {
+                limits.forget_idle();
+            }
             let entries = self.hub.entries();
             let refresh = self.registry.refresh(self.hub.server_id(), &entries);
             match tokio::time::timeout(self.config.request_timeout, refresh).await {

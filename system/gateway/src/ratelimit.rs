@@ -1,24 +1,10 @@
-//! Rate limits at the gateway, with the `governor` crate (GCRA): one bucket per user for
+//! Rate limits at the gateway ([`chat_net::ratelimit`]): one bucket per user for
 //! authenticated calls and WebSocket upgrades, one per IP address for the rest (register,
 //! log in) and for upgrades. Over the limit: 429 `rate_limited` with `Retry-After`.
-//!
-//! The clock is governor's `MonotonicClock` (`std::time::Instant`), which madsim simulates;
-//! its default quanta clock reads the CPU's counter and would not be.
 
-use governor::clock::{Clock, MonotonicClock};
-use governor::{Quota, RateLimiter};
+use chat_net::ratelimit::{KeyedLimit, Rate};
 use std::net::IpAddr;
-use std::num::NonZeroU32;
 use std::time::Duration;
-
-type Keyed<K> = RateLimiter<K, governor::state::keyed::HashMapStateStore<K>, MonotonicClock>;
-
-/// Requests per second and burst, per key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rate {
-    pub per_second: u32,
-    pub burst: u32,
-}
 
 #[derive(Debug, Clone, Copy)]
 pub struct RateConfig {
@@ -54,58 +40,37 @@ impl RateConfig {
 }
 
 pub struct RateLimits {
-    user: Option<Keyed<String>>,
-    ip: Option<Keyed<IpAddr>>,
-    clock: MonotonicClock,
+    user: Option<KeyedLimit<String>>,
+    ip: Option<KeyedLimit<IpAddr>>,
 }
 
 impl RateLimits {
     pub fn new(config: RateConfig) -> RateLimits {
-        let quota = |rate: Rate| {
-            let per_second = NonZeroU32::new(rate.per_second.max(1)).unwrap_or(NonZeroU32::MIN);
-            let burst = NonZeroU32::new(rate.burst.max(1)).unwrap_or(NonZeroU32::MIN);
-            Quota::per_second(per_second).allow_burst(burst)
-        };
         RateLimits {
-            user: config
-                .user
-                .map(|r| RateLimiter::hashmap_with_clock(quota(r), MonotonicClock)),
-            ip: config
-                .ip
-                .map(|r| RateLimiter::hashmap_with_clock(quota(r), MonotonicClock)),
-            clock: MonotonicClock,
+            user: config.user.map(KeyedLimit::new),
+            ip: config.ip.map(KeyedLimit::new),
         }
     }
 
     /// Ok, or how long to wait before retrying.
     pub fn check_user(&self, user: &str) -> Result<(), Duration> {
-        let Some(limiter) = &self.user else {
-            return Ok(());
-        };
-        limiter
-            .check_key(&user.to_owned())
-            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+        match &self.user {
+            Some(limit) => limit.check(&user.to_owned()),
+            None => Ok(()),
+        }
     }
 
     pub fn check_ip(&self, ip: IpAddr) -> Result<(), Duration> {
-        let Some(limiter) = &self.ip else {
-            return Ok(());
-        };
-        limiter
-            .check_key(&ip)
-            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+        match &self.ip {
+            Some(limit) => limit.check(&ip),
+            None => Ok(()),
+        }
     }
 
     /// Forgets keys whose buckets are full again, so memory follows active clients only.
     pub fn forget_idle(&self) {
-        if let Some(l) = &self.user {
-            l.retain_recent();
-            l.shrink_to_fit();
-        }
-        if let Some(l) = &self.ip {
-            l.retain_recent();
-            l.shrink_to_fit();
-        }
+        self.user.iter().for_each(KeyedLimit::forget_idle);
+        self.ip.iter().for_each(KeyedLimit::forget_idle);
     }
 
     /// Runs [`RateLimits::forget_idle`] every `interval`, forever.

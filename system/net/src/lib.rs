@@ -9,11 +9,13 @@
 //!   real tokio): header checks, the 101 answer, the upgraded stream, the token.
 //! - [`error`]: protocol errors as HTTP responses, the extractors whose rejections use them,
 //!   and the not-found and wrong-method fallbacks.
+//! - [`ratelimit`]: keyed rate limits (`governor`) on the simulated clock.
 //! - [`rendezvous`]: rendezvous (highest-random-weight) hashing, for app servers in the link
 //!   pool and connection servers in the gateway's placement.
 
 pub mod accept;
 pub mod error;
 pub mod http;
+pub mod ratelimit;
 pub mod rendezvous;
 pub mod websocket;

@@ -63,6 +63,9 @@ pub enum ServerFrame {
         op: Option<FrameOp>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         conv: Option<ConvId>,
+        /// With `rate_limited`: how long to wait before sending this frame again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
 }
 
@@ -93,6 +96,7 @@ impl ServerFrame {
             id,
             op: None,
             conv: None,
+            retry_after_ms: None,
         }
     }
 
@@ -104,6 +108,26 @@ impl ServerFrame {
             id: None,
             op: Some(op),
             conv: Some(conv),
+            retry_after_ms: None,
+        }
+    }
+
+    /// A frame refused by the sender's frame rate limit: `id` for a `send`, `op` and `conv`
+    /// for a `read` or `sync`.
+    pub fn rate_limited(
+        wait: std::time::Duration,
+        id: Option<String>,
+        op: Option<FrameOp>,
+        conv: Option<ConvId>,
+    ) -> Self {
+        let retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+        ServerFrame::Error {
+            code: ErrorCode::RateLimited,
+            message: format!("too many frames; send this again in {retry_after_ms} ms"),
+            id,
+            op,
+            conv,
+            retry_after_ms: Some(retry_after_ms),
         }
     }
 
@@ -139,6 +163,7 @@ impl FrameError {
             id: self.id.clone(),
             op: None,
             conv: None,
+            retry_after_ms: None,
         }
     }
 }
