@@ -428,7 +428,7 @@ impl Cluster {
                             server_id: i as u32 + 1,
                             apps,
                             conn: cfg.knobs.conn.clone(),
-                            http: cfg.knobs.http.clone(),
+                            ..ConnOptions::default()
                         };
                         let listener = ShapedListener::new(bind(conn_addr(i)).await, stalls);
                         if let Err(err) = chat::roles::run_conn(

@@ -152,7 +152,11 @@ impl Default for ConnOptions {
             server_id: 0,
             apps: Vec::new(),
             conn: ConnConfig::default(),
-            http: HttpConfig::default(),
+            http: HttpConfig {
+                // Its clients are the gateways, each splicing many WebSockets.
+                connections_per_address_max: None,
+                ..HttpConfig::default()
+            },
         }
     }
 }
@@ -255,6 +259,13 @@ pub(crate) fn validate_conn(
 
 pub(crate) fn validate_http(http: &HttpConfig) -> anyhow::Result<()> {
     positive("http connections_max", http.connections_max)?;
+    http.connections_per_address_max
+        .into_iter()
+        .try_for_each(|max| positive("http connections_per_address_max", max))?;
+    ensure!(
+        !http.request_timeout.is_zero(),
+        "the request timeout must not be zero"
+    );
     ensure!(
         !http.header_read_timeout.is_zero(),
         "the header read timeout must not be zero"

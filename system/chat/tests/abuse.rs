@@ -388,3 +388,63 @@ async fn a_users_frames_beyond_the_rate_are_refused_with_a_wait() {
     // Pings (heartbeats) are never limited.
     wait_ready(&mut ws).await;
 }
+
+/// Opens a TCP connection to `addr` from the loopback address `from` (127.0.0.0/8 is all
+/// this machine's), so a test can be two clients at two addresses.
+async fn connect_from(from: [u8; 4], addr: &str) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(std::net::SocketAddr::from((from, 0)))
+        .expect("bind a loopback address");
+    let addr: std::net::SocketAddr = addr.parse().expect("address");
+    socket.connect(addr).await.expect("connect")
+}
+
+/// Finding 6: request bodies could trickle in for ever (only headers had a timeout), and the
+/// connection permit was taken before accept: one address trickling bodies held every permit
+/// and stopped the accept loop for everyone. Now a whole request must arrive within the
+/// request timeout (408 otherwise, and the connection closes), and one address holds at most
+/// `connections_per_address_max` connections.
+#[tokio::test]
+async fn one_address_trickling_bodies_cannot_stop_the_server() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start_in_process_with(|options| {
+        options.http.connections_max = 12;
+        options.http.connections_per_address_max = Some(4);
+        options.http.request_timeout = Duration::from_secs(5);
+    })
+    .await;
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let trickle = b"POST /v1/users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                    Content-Length: 1000\r\n\r\n{";
+    // The attacker, from 127.0.0.1: more connections than the server holds in all.
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let mut stream = connect_from([127, 0, 0, 1], &addr).await;
+        let _ = stream.write_all(trickle).await;
+        held.push(stream);
+    }
+    // Someone else, from 127.0.0.2, is served at once: well before the attacker's requests
+    // time out and would free their permits.
+    let mut other = connect_from([127, 0, 0, 2], &addr).await;
+    let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    other.write_all(request).await.expect("request");
+    let mut answer = String::new();
+    let read = other.read_to_string(&mut answer);
+    tokio::time::timeout(Duration::from_secs(2), read)
+        .await
+        .expect("an answer while one address trickles")
+        .expect("read");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // The first connection's trickled request is answered 408 once its time is up.
+    let mut first = held.swap_remove(0);
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(WAIT, first.read_to_end(&mut answer)).await;
+    assert!(
+        read.is_ok(),
+        "the trickling connection was not closed in time"
+    );
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+}

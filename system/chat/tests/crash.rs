@@ -19,6 +19,9 @@ impl ServerProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_chat"))
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
+            // The burst is the point: thousands of sends in flight when the server dies,
+            // far over one user's frame limit (which has tests of its own in abuse.rs).
+            .args(["--frame-rate-per-sec", "0"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -6,7 +6,7 @@ use crate::client::write_loop;
 use crate::frame::{
     Frames, HELLO_BYTES_MAX, LINK_VERSION, LinkFrame, Peer, read_frame_within, write_frame,
 };
-use chat_net::accept::{Listener, accept_loop};
+use chat_net::accept::{ConnectionLimits, Listener, accept_loop};
 use chat_proto::api::{AppApi, Call};
 use chat_proto::link::{Delivery, Target};
 use chat_proto::{ApiError, Message, ServerId};
@@ -78,7 +78,12 @@ pub async fn serve(
     connections_max: usize,
     key: LinkKey,
 ) {
-    accept_loop(listener, connections_max, |stream, peer, permit| {
+    // Link peers are a few cluster processes, each with many requests on one connection.
+    let limits = ConnectionLimits {
+        total_max: connections_max,
+        per_address_max: None,
+    };
+    accept_loop(listener, limits, |stream, peer, permit| {
         let (app, routes, config, key) = (app.clone(), routes.clone(), config.clone(), key.clone());
         tokio::spawn(async move {
             serve_connection(stream, app, routes, config, key).await;

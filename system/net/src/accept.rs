@@ -5,9 +5,10 @@
 //! Accept errors (usually out of file descriptors) back off from 10 ms to 1 s instead of
 //! spinning or exiting.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -35,22 +36,90 @@ impl Listener for TcpListener {
     }
 }
 
+/// How many connections an accept loop serves at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// In all; beyond, the loop waits for one to close (the kernel's backlog holds the rest).
+    pub total_max: usize,
+    /// From one IP address; beyond, a new one is closed at once, so one address cannot hold
+    /// every permit (and stop the loop for everyone). `None` where the peers are a few known
+    /// processes (a connection server's gateways, an app server's link peers).
+    pub per_address_max: Option<usize>,
+}
+
+/// A served connection's place in the limits, given back when dropped.
+pub struct Permit {
+    _total: OwnedSemaphorePermit,
+    _address: Option<AddressPermit>,
+}
+
+/// Connections open per address.
+type AddressCounts = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
+struct AddressPermit {
+    counts: AddressCounts,
+    ip: IpAddr,
+}
+
+impl AddressPermit {
+    fn take(counts: &AddressCounts, ip: IpAddr, max: usize) -> Option<AddressPermit> {
+        let mut map = counts.lock().unwrap_or_else(|p| p.into_inner());
+        let count = map.entry(ip).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(AddressPermit {
+            counts: counts.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for AddressPermit {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = map.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Accepts connections forever and hands each to `serve` with its permit, which the
 /// connection's task holds until it ends.
 pub async fn accept_loop<L: Listener>(
     mut listener: L,
-    connections_max: usize,
-    mut serve: impl FnMut(L::Io, SocketAddr, OwnedSemaphorePermit),
+    limits: ConnectionLimits,
+    mut serve: impl FnMut(L::Io, SocketAddr, Permit),
 ) {
-    let permits = Arc::new(Semaphore::new(connections_max));
+    let permits = Arc::new(Semaphore::new(limits.total_max));
+    let per_address: AddressCounts = Arc::default();
     let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
+        let Ok(total) = permits.clone().acquire_owned().await else {
             return;
         };
         match listener.accept().await {
             Ok((io, peer)) => {
                 backoff = ACCEPT_BACKOFF_MIN;
+                let address = match limits.per_address_max {
+                    None => None,
+                    Some(max) => match AddressPermit::take(&per_address, peer.ip(), max) {
+                        Some(permit) => Some(permit),
+                        None => {
+                            // Dropping the socket closes it; its permit returns at once.
+                            tracing::debug!(%peer, max, "too many connections from one address");
+                            continue;
+                        }
+                    },
+                };
+                let permit = Permit {
+                    _total: total,
+                    _address: address,
+                };
                 serve(io, peer, permit);
             }
             Err(err) => {
@@ -109,7 +178,11 @@ mod tests {
         };
         let held = Arc::new(std::sync::Mutex::new(Vec::new()));
         let served = held.clone();
-        let task = tokio::spawn(accept_loop(listener, 2, move |_io, _peer, permit| {
+        let limits = ConnectionLimits {
+            total_max: 2,
+            per_address_max: None,
+        };
+        let task = tokio::spawn(accept_loop(listener, limits, move |_io, _peer, permit| {
             served.lock().expect("lock").push(permit);
         }));
         let count = || held.lock().expect("lock").len();

@@ -5,7 +5,10 @@
 //! hyper's http1 builder, which needs neither an executor nor (with [`AliasTimer`]) a real
 //! timer.
 
-use crate::accept::{Listener, accept_loop};
+use crate::accept::{ConnectionLimits, Listener, accept_loop};
+use crate::error::error;
+use axum::response::IntoResponse;
+use chat_proto::ErrorCode;
 use hyper::rt::{Sleep, Timer};
 use hyper_util::rt::TokioIo;
 use std::future::Future;
@@ -23,15 +26,23 @@ pub struct PeerAddr(pub std::net::SocketAddr);
 pub struct HttpConfig {
     /// HTTP connections served at once (upgraded WebSockets are bounded by the connection server).
     pub connections_max: usize,
+    /// Connections from one IP address at once (`None`: no such bound, for a listener whose
+    /// clients are a few known processes). Behind a proxy every client has its address.
+    pub connections_per_address_max: Option<usize>,
     /// A client must send a request's headers within this long.
     pub header_read_timeout: Duration,
+    /// A whole request (headers, body, and the answer) must be done within this long, or it is
+    /// answered 408: a client that trickles a body cannot hold a connection for ever.
+    pub request_timeout: Duration,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             connections_max: 10_000,
+            connections_per_address_max: Some(1024),
             header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -43,8 +54,13 @@ pub async fn serve(
     config: HttpConfig,
     shutdown: impl Future<Output = ()>,
 ) {
-    let header_read_timeout = config.header_read_timeout;
-    let accepting = accept_loop(listener, config.connections_max, |stream, peer, permit| {
+    let (header_read_timeout, request_timeout) =
+        (config.header_read_timeout, config.request_timeout);
+    let limits = ConnectionLimits {
+        total_max: config.connections_max,
+        per_address_max: config.connections_per_address_max,
+    };
+    let accepting = accept_loop(listener, limits, |stream, peer, permit| {
         let router = router.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(
@@ -52,7 +68,13 @@ pub async fn serve(
                     let mut request = request.map(axum::body::Body::new);
                     // For per-IP rate limits and logs.
                     request.extensions_mut().insert(PeerAddr(peer));
-                    router.clone().oneshot(request)
+                    let answer = router.clone().oneshot(request);
+                    async move {
+                        match tokio::time::timeout(request_timeout, answer).await {
+                            Ok(answered) => answered,
+                            Err(_) => Ok(too_slow()),
+                        }
+                    }
                 },
             );
             let served = hyper::server::conn::http1::Builder::new()
@@ -71,6 +93,15 @@ pub async fn serve(
         _ = accepting => {}
         _ = shutdown => {}
     }
+}
+
+/// The answer to a request not done within the request timeout: 408, and hyper closes the
+/// connection (its body was not read to the end).
+fn too_slow() -> axum::response::Response {
+    let mut response =
+        error(ErrorCode::BadRequest, "the request took too long to arrive").into_response();
+    *response.status_mut() = axum::http::StatusCode::REQUEST_TIMEOUT;
+    response
 }
 
 /// hyper's timer on the runtime alias, so header timeouts run on simulated time under madsim.
