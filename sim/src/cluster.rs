@@ -460,10 +460,15 @@ impl Cluster {
                     let (cfg, apps, conns, stalls) =
                         (cfg.clone(), apps.clone(), conns.clone(), stalls.clone());
                     async move {
-                        // Every simulated client has its own address; limits stay on, generous.
+                        // Every simulated client has its own address; limits stay on, generous,
+                        // but the setup registers and logs in every user from one address.
                         let options = GatewayOptions {
                             apps,
                             conns,
+                            rates: chat_gateway::ratelimit::RateConfig {
+                                credentials: None,
+                                ..Default::default()
+                            },
                             http: cfg.knobs.http.clone(),
                             splice: cfg.knobs.splice.clone(),
                             ..GatewayOptions::default()

@@ -11,6 +11,7 @@
 //! - [`routing`]: after a batch is durable, looks recipients up in the registry and hands
 //!   the messages to the connection servers.
 //! - [`errors`]: store and auth errors mapped to protocol errors, in one place.
+//! - [`throttle`]: failed logins per username, answered with a growing wait.
 //!
 //! The server keeps no state that matters across restarts: everything durable is in the
 //! store, everything about connections is in the registry.
@@ -19,6 +20,7 @@ pub mod batch;
 pub mod errors;
 pub mod routing;
 pub mod sequencer;
+pub mod throttle;
 
 use chat_auth::{Passwords, Tokens};
 use chat_proto::api::{AppApi, Call, Request, Response, SyncPage};
@@ -52,6 +54,12 @@ pub struct AppConfig {
     /// Each holds the Argon2 memory cost (19 MiB by default) while it runs, so this bounds
     /// that memory however many logins arrive, and more than the cores gains nothing.
     pub password_hashes_in_flight_max: usize,
+    /// A password hash waits this long at most for its turn; then the request is answered
+    /// `overloaded` (503 with `Retry-After`), so a login flood turns into quick refusals
+    /// instead of a queue that makes everyone's logins slow.
+    pub password_hash_wait_max: Duration,
+    /// Failed logins per username.
+    pub login_throttle: throttle::ThrottleConfig,
 }
 
 impl Default for AppConfig {
@@ -63,6 +71,8 @@ impl Default for AppConfig {
             sequencer_idle_timeout: Duration::from_secs(30),
             registry_timeout: Duration::from_secs(2),
             password_hashes_in_flight_max: 4,
+            password_hash_wait_max: Duration::from_secs(2),
+            login_throttle: throttle::ThrottleConfig::default(),
         }
     }
 }
@@ -80,6 +90,8 @@ struct Handlers {
     tokens: Tokens,
     /// Permits for password hashing: see [`AppConfig::password_hashes_in_flight_max`].
     hash_permits: Arc<tokio::sync::Semaphore>,
+    hash_wait_max: Duration,
+    throttle: throttle::LoginThrottle,
 }
 
 impl AppServer {
@@ -95,14 +107,17 @@ impl AppServer {
         let hash_permits = Arc::new(tokio::sync::Semaphore::new(
             config.password_hashes_in_flight_max.max(1),
         ));
+        let handlers = Arc::new(Handlers {
+            hash_permits,
+            hash_wait_max: config.password_hash_wait_max,
+            throttle: throttle::LoginThrottle::new(config.login_throttle),
+            store: store.clone(),
+            passwords,
+            tokens,
+        });
         Arc::new(AppServer {
-            sequencers: sequencer::Sequencers::new(store.clone(), router, config),
-            handlers: Arc::new(Handlers {
-                hash_permits,
-                store,
-                passwords,
-                tokens,
-            }),
+            sequencers: sequencer::Sequencers::new(store, router, config),
+            handlers,
         })
     }
 }
@@ -177,12 +192,22 @@ impl Handlers {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, ApiError> {
-        let permit = self
-            .hash_permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| ApiError::unavailable("the server is shutting down"))?;
+        let permit = match tokio::time::timeout(
+            self.hash_wait_max,
+            self.hash_permits.clone().acquire_owned(),
+        )
+        .await
+        {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(ApiError::unavailable("the server is shutting down")),
+            Err(_) => {
+                return Err(ApiError::new(
+                    chat_proto::ErrorCode::Overloaded,
+                    "too many logins and registrations at once; retry later",
+                )
+                .retry_after(Duration::from_secs(1)));
+            }
+        };
         tokio::task::spawn_blocking(move || {
             let result = f();
             drop(permit);
@@ -218,8 +243,19 @@ impl Handlers {
                 "wrong username or password",
             )
         };
+        let valid = validate_username(&credentials.username).is_ok();
+        if valid {
+            let now = tokio::time::Instant::now();
+            if let Err(wait) = self.throttle.check(&credentials.username, now) {
+                return Err(ApiError::new(
+                    chat_proto::ErrorCode::RateLimited,
+                    "too many failed logins for this username; retry later",
+                )
+                .retry_after(wait));
+            }
+        }
         // Malformed usernames cannot exist; answer them like unknown ones, without a store read.
-        let stored = if validate_username(&credentials.username).is_ok() {
+        let stored = if valid {
             self.store
                 .get_user(&credentials.username)
                 .await
@@ -233,6 +269,13 @@ impl Handlers {
         let ok = self
             .hashing(move || passwords.verify(&password, stored.as_deref()))
             .await?;
+        if valid {
+            let now = tokio::time::Instant::now();
+            match ok {
+                true => self.throttle.succeeded(&credentials.username),
+                false => self.throttle.failed(&credentials.username, now),
+            }
+        }
         if !ok {
             return Err(invalid());
         }

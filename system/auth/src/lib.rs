@@ -9,11 +9,12 @@
 
 pub mod secret;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{self, Output, ParamsString, PasswordHash, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +60,37 @@ pub struct Passwords {
     /// A hash verified against when the user does not exist, so a login for an unknown user
     /// costs the same time as one with a wrong password and usernames do not leak.
     dummy_hash: String,
+    memory: WorkingMemory,
+}
+
+/// Argon2's working memory (19 MiB a hash by default), kept for the next hash instead of
+/// freed: the allocator would keep a freed buffer in the arena of whichever thread ran the
+/// hash, and a burst of logins then grew the process by gigabytes. With buffers reused,
+/// memory is bounded by the hashes run at once (which the caller bounds).
+#[derive(Clone, Default)]
+struct WorkingMemory {
+    spare: Arc<Mutex<Vec<Vec<Block>>>>,
+}
+
+impl WorkingMemory {
+    /// Buffers kept for reuse at most; a caller running more hashes at once allocates the
+    /// rest each time.
+    const SPARE_MAX: usize = 16;
+
+    /// Runs `f` on a buffer of at least `blocks` blocks.
+    fn with<T>(&self, blocks: usize, f: impl FnOnce(&mut [Block]) -> T) -> T {
+        let taken = self.spare.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut buffer = taken.unwrap_or_default();
+        if buffer.len() < blocks {
+            buffer.resize(blocks, Block::default());
+        }
+        let result = f(&mut buffer[..blocks]);
+        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        if spare.len() < Self::SPARE_MAX {
+            spare.push(buffer);
+        }
+        result
+    }
 }
 
 impl Passwords {
@@ -69,20 +101,26 @@ impl Passwords {
         let mut passwords = Passwords {
             argon2,
             dummy_hash: String::new(),
+            memory: WorkingMemory::default(),
         };
         passwords.dummy_hash = passwords.hash("not a real password")?;
         Ok(passwords)
     }
 
+    /// A new hash of `password` with a fresh salt, as a PHC string (`$argon2id$v=19$...`).
     pub fn hash(&self, password: &str) -> Result<String, AuthError> {
+        let failed = |e: &dyn std::fmt::Display| AuthError::Hash(e.to_string());
         let mut salt_bytes = [0u8; 16];
         rand::rng().fill(&mut salt_bytes);
-        let salt =
-            SaltString::encode_b64(&salt_bytes).map_err(|e| AuthError::Hash(e.to_string()))?;
-        let hash = self
-            .argon2
-            .hash_password(password.as_bytes(), &salt)
-            .map_err(|e| AuthError::Hash(e.to_string()))?;
+        let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| failed(&e))?;
+        let output = self.output(&self.argon2, password, &salt_bytes, None)?;
+        let hash = PasswordHash {
+            algorithm: Algorithm::Argon2id.ident(),
+            version: Some(Version::V0x13.into()),
+            params: ParamsString::try_from(self.argon2.params()).map_err(|e| failed(&e))?,
+            salt: Some(salt.as_salt()),
+            hash: Some(output),
+        };
         Ok(hash.to_string())
     }
 
@@ -95,10 +133,49 @@ impl Passwords {
         let Ok(parsed) = PasswordHash::new(stored) else {
             return false;
         };
-        self.argon2
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok()
-            && exists
+        let (Some(expected), Some(salt)) = (parsed.hash, parsed.salt) else {
+            return false;
+        };
+        let mut salt_bytes = [0u8; 64];
+        let (Ok(algorithm), Ok(params), Ok(salt_bytes)) = (
+            Algorithm::try_from(parsed.algorithm),
+            Params::try_from(&parsed),
+            salt.decode_b64(&mut salt_bytes),
+        ) else {
+            return false;
+        };
+        let version = parsed
+            .version
+            .and_then(|v| Version::try_from(v).ok())
+            .unwrap_or_default();
+        let argon2 = Argon2::new(algorithm, version, params);
+        match self.output(&argon2, password, salt_bytes, Some(expected.len())) {
+            // `Output`'s equality is constant-time.
+            Ok(output) => output == expected && exists,
+            Err(_) => false,
+        }
+    }
+
+    /// The raw hash, computed in reused working memory.
+    fn output(
+        &self,
+        argon2: &Argon2<'_>,
+        password: &str,
+        salt: &[u8],
+        len: Option<usize>,
+    ) -> Result<Output, AuthError> {
+        let params = argon2.params();
+        let len = len
+            .or(params.output_len())
+            .unwrap_or(Params::DEFAULT_OUTPUT_LEN);
+        self.memory.with(params.block_count(), |blocks| {
+            Output::init_with(len, |out| {
+                argon2
+                    .hash_password_into_with_memory(password.as_bytes(), salt, out, blocks)
+                    .map_err(password_hash::Error::from)
+            })
+            .map_err(|e| AuthError::Hash(e.to_string()))
+        })
     }
 }
 
@@ -196,6 +273,55 @@ mod tests {
         assert!(!p.verify("correct horse", None));
         assert!(!p.verify("correct horse", Some("garbage")));
         assert_ne!(h, p.hash("correct horse").unwrap(), "salts differ");
+    }
+
+    /// The working memory of one hash is the next one's: however many hashes run one after
+    /// another, one buffer, at the same address.
+    #[test]
+    fn working_memory_is_reused_not_reallocated() {
+        let p = Passwords::new(PasswordCost::TESTING).unwrap();
+        let spare = || {
+            let spare = p.memory.spare.lock().unwrap();
+            spare.iter().map(|b| b.as_ptr()).collect::<Vec<_>>()
+        };
+        let first = spare();
+        assert_eq!(first.len(), 1, "the dummy hash's buffer is kept");
+        for _ in 0..10 {
+            let h = p.hash("correct horse").unwrap();
+            assert!(p.verify("correct horse", Some(&h)));
+        }
+        assert_eq!(spare(), first);
+    }
+
+    /// Hashes are computed in reused memory, not by the crate's `PasswordHasher`: both must
+    /// read each other's hashes (accounts stored before the change, and any other cost).
+    #[test]
+    fn hashes_agree_with_the_argon2_crates_own() {
+        use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+        let ours = Passwords::new(PasswordCost::TESTING).unwrap();
+        let cost = PasswordCost {
+            memory_kib: 256,
+            ..PasswordCost::TESTING
+        };
+        let theirs = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(cost.memory_kib, cost.iterations, cost.parallelism, None).unwrap(),
+        );
+        let salt = SaltString::encode_b64(&[7u8; 16]).unwrap();
+        let stored = theirs
+            .hash_password(b"correct horse", &salt)
+            .unwrap()
+            .to_string();
+        assert!(
+            ours.verify("correct horse", Some(&stored)),
+            "a stored hash of another cost"
+        );
+        assert!(!ours.verify("wrong horse", Some(&stored)));
+        let ours_hash = ours.hash("correct horse").unwrap();
+        let parsed = PasswordHash::new(&ours_hash).unwrap();
+        assert!(theirs.verify_password(b"correct horse", &parsed).is_ok());
+        assert!(theirs.verify_password(b"wrong horse", &parsed).is_err());
     }
 
     #[test]

@@ -89,10 +89,8 @@ pub struct AppArgs {
 
 impl AppArgs {
     pub fn options(&self) -> anyhow::Result<(Common, AppOptions)> {
-        let options = AppOptions {
-            password_cost: self.passwords.cost(),
-            ..AppOptions::default()
-        };
+        let mut options = AppOptions::default();
+        self.passwords.apply(&mut options);
         options.validate()?;
         Ok((self.common.common()?, options))
     }
@@ -201,6 +199,14 @@ pub struct RateArgs {
     /// Burst allowed per client IP.
     #[arg(long, env = "CHAT_RATE_IP_BURST", default_value_t = 1000)]
     pub rate_ip_burst: u32,
+    /// Registrations and logins per second allowed per client IP, on top of the above: each
+    /// costs a password hash (0: no limit). Load tests that log thousands of users in from
+    /// one address need 0 here.
+    #[arg(long, env = "CHAT_RATE_CREDENTIALS", default_value_t = 10)]
+    pub rate_credentials_per_sec: u32,
+    /// Burst of registrations and logins allowed per client IP.
+    #[arg(long, env = "CHAT_RATE_CREDENTIALS_BURST", default_value_t = 100)]
+    pub rate_credentials_burst: u32,
 }
 
 impl RateArgs {
@@ -214,6 +220,7 @@ impl RateArgs {
         RateConfig {
             user: rate(self.rate_user_per_sec, self.rate_user_burst),
             ip: rate(self.rate_ip_per_sec, self.rate_ip_burst),
+            credentials: rate(self.rate_credentials_per_sec, self.rate_credentials_burst),
         }
     }
 }
@@ -225,14 +232,23 @@ pub struct PasswordArgs {
     /// load tests that register thousands of users may lower it, never a real deployment).
     #[arg(long, env = "CHAT_PASSWORD_MEMORY_KIB", default_value_t = PasswordCost::DEFAULT.memory_kib)]
     pub password_memory_kib: u32,
+    /// Password hashes run at once (0: one per core). Each holds the memory cost while it
+    /// runs; logins beyond wait their turn, then are answered 503 with `Retry-After`.
+    #[arg(long, env = "CHAT_PASSWORD_HASHES_MAX", default_value_t = 0)]
+    pub password_hashes_max: usize,
 }
 
 impl PasswordArgs {
-    pub fn cost(&self) -> PasswordCost {
-        PasswordCost {
+    /// Sets the password cost and the hashes run at once.
+    pub fn apply(&self, options: &mut AppOptions) {
+        options.password_cost = PasswordCost {
             memory_kib: self.password_memory_kib,
             ..PasswordCost::DEFAULT
-        }
+        };
+        options.app.password_hashes_in_flight_max = match self.password_hashes_max {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            max => max,
+        };
     }
 }
 

@@ -129,6 +129,10 @@ impl AppOptions {
         )?;
         positive("link_connections_max", self.link_connections_max)?;
         ensure!(
+            !app.password_hash_wait_max.is_zero(),
+            "the password hash wait must not be zero"
+        );
+        ensure!(
             !app.registry_timeout.is_zero() && !app.sequencer_idle_timeout.is_zero(),
             "app registry_timeout and sequencer_idle_timeout must not be zero"
         );
@@ -274,7 +278,7 @@ pub(crate) fn validate_http(http: &HttpConfig) -> anyhow::Result<()> {
 }
 
 pub(crate) fn validate_rates(rates: &RateConfig) -> anyhow::Result<()> {
-    [rates.user, rates.ip]
+    [rates.user, rates.ip, rates.credentials]
         .into_iter()
         .flatten()
         .try_for_each(validate_rate)

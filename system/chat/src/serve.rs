@@ -107,7 +107,7 @@ pub async fn main(args: ServeArgs) -> anyhow::Result<()> {
     options.common.token_ttl = std::time::Duration::from_secs(args.token_ttl_secs);
     options.conn.connections_max = args.connections_max;
     options.conn.frame_rate = args.frames.rate();
-    options.app.password_cost = args.passwords.cost();
+    args.passwords.apply(&mut options.app);
     options.rates = args.rates.config();
     options.validate()?;
     let store_path = args.data.join("messages.redb");

@@ -83,8 +83,13 @@ async fn catch_up(bob: &Client, conv: ConvId) {
 
 #[tokio::test]
 async fn a_client_that_falls_behind_is_closed_with_1013() {
-    let server =
-        TestServer::start_in_process_with(|options| options.conn.outbound_queue_len_max = 64).await;
+    let server = TestServer::start_in_process_with(|options| {
+        options.conn.outbound_queue_len_max = 64;
+        // The flood is the test's instrument, far over one user's frame limit (which has
+        // tests of its own in abuse.rs).
+        options.conn.frame_rate = None;
+    })
+    .await;
     let [alice, bob] = server.users(["alice", "bob"]).await;
     let conv = direct(&alice, "bob").await.conv_id;
     let mut sleeper = bob.connect_ws().await.unwrap();
@@ -106,6 +111,7 @@ async fn a_client_that_never_reads_is_dropped() {
     let server = TestServer::start_in_process_with(|options| {
         options.conn.write_timeout = Duration::from_secs(1);
         options.conn.outbound_queue_len_max = 2 * PUSHES;
+        options.conn.frame_rate = None;
     })
     .await;
     let [alice, bob] = server.users(["alice", "bob"]).await;

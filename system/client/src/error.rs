@@ -66,6 +66,17 @@ impl ClientError {
         }
     }
 
+    /// How long the server asked to wait before the request is sent again (`rate_limited`,
+    /// `overloaded`).
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            ClientError::Api { error, .. } => {
+                error.retry_after_ms.map(std::time::Duration::from_millis)
+            }
+            _ => None,
+        }
+    }
+
     /// Whether sending the same request again later may succeed: transport failures,
     /// timeouts, closed sockets and the protocol's retryable codes (`overloaded`,
     /// `unavailable`). Resending a WebSocket `send` with the same id is always safe; a

@@ -251,9 +251,12 @@ impl Tracker {
                 id,
                 op,
                 conv,
-                ..
+                retry_after_ms,
             } => {
-                let error = ApiError { code, message };
+                let error = ApiError {
+                    retry_after_ms,
+                    ..ApiError::new(code, message)
+                };
                 if let (Some(FrameOp::Sync), Some(conv)) = (op, conv) {
                     // That sync's `synced` will never come: the next gap asks again.
                     if let Some(state) = self.convs.get_mut(&conv) {

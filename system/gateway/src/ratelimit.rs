@@ -1,6 +1,7 @@
 //! Rate limits at the gateway ([`chat_net::ratelimit`]): one bucket per user for
 //! authenticated calls and WebSocket upgrades, one per IP address for the rest (register,
-//! log in) and for upgrades. Over the limit: 429 `rate_limited` with `Retry-After`.
+//! log in) and for upgrades, and a stricter one per IP address for register and log in
+//! (each costs a password hash). Over the limit: 429 `rate_limited` with `Retry-After`.
 
 use chat_net::ratelimit::{KeyedLimit, Rate};
 use std::net::IpAddr;
@@ -12,6 +13,8 @@ pub struct RateConfig {
     pub user: Option<Rate>,
     /// Per client IP: every request.
     pub ip: Option<Rate>,
+    /// Per client IP, as well: registrations and logins, which cost a password hash each.
+    pub credentials: Option<Rate>,
 }
 
 impl Default for RateConfig {
@@ -26,6 +29,12 @@ impl Default for RateConfig {
                 per_second: 200,
                 burst: 1000,
             }),
+            // A person logs in a few times a day; an office behind one address, a few a
+            // second at nine o'clock.
+            credentials: Some(Rate {
+                per_second: 10,
+                burst: 100,
+            }),
         }
     }
 }
@@ -35,6 +44,7 @@ impl RateConfig {
         RateConfig {
             user: None,
             ip: None,
+            credentials: None,
         }
     }
 }
@@ -42,6 +52,7 @@ impl RateConfig {
 pub struct RateLimits {
     user: Option<KeyedLimit<String>>,
     ip: Option<KeyedLimit<IpAddr>>,
+    credentials: Option<KeyedLimit<IpAddr>>,
 }
 
 impl RateLimits {
@@ -49,6 +60,7 @@ impl RateLimits {
         RateLimits {
             user: config.user.map(KeyedLimit::new),
             ip: config.ip.map(KeyedLimit::new),
+            credentials: config.credentials.map(KeyedLimit::new),
         }
     }
 
@@ -67,10 +79,19 @@ impl RateLimits {
         }
     }
 
+    /// A registration or login from `ip` (besides [`RateLimits::check_ip`]).
+    pub fn check_credentials(&self, ip: IpAddr) -> Result<(), Duration> {
+        match &self.credentials {
+            Some(limit) => limit.check(&ip),
+            None => Ok(()),
+        }
+    }
+
     /// Forgets keys whose buckets are full again, so memory follows active clients only.
     pub fn forget_idle(&self) {
         self.user.iter().for_each(KeyedLimit::forget_idle);
         self.ip.iter().for_each(KeyedLimit::forget_idle);
+        self.credentials.iter().for_each(KeyedLimit::forget_idle);
     }
 
     /// Runs [`RateLimits::forget_idle`] every `interval`, forever.
@@ -94,6 +115,7 @@ mod tests {
                 burst: 3,
             }),
             ip: None,
+            credentials: None,
         });
         for _ in 0..3 {
             assert!(limits.check_user("alice").is_ok());

@@ -51,10 +51,11 @@ impl FromRequestParts<Gateway> for Caller {
     }
 }
 
-/// Any request, within its client address's rate limit.
-pub struct WithinIpLimit;
+/// A registration or login, within its client address's limits (every request's, and the
+/// stricter one of requests that cost a password hash).
+pub struct CredentialsWithinLimit;
 
-impl FromRequestParts<Gateway> for WithinIpLimit {
+impl FromRequestParts<Gateway> for CredentialsWithinLimit {
     type Rejection = HttpError;
 
     async fn from_request_parts(
@@ -63,15 +64,21 @@ impl FromRequestParts<Gateway> for WithinIpLimit {
     ) -> Result<Self, Self::Rejection> {
         if let Some(PeerAddr(peer)) = parts.extensions.get::<PeerAddr>() {
             gateway.limits.check_ip(peer.ip()).map_err(rate_limited)?;
+            gateway
+                .limits
+                .check_credentials(peer.ip())
+                .map_err(rate_limited)?;
         }
-        Ok(WithinIpLimit)
+        Ok(CredentialsWithinLimit)
     }
 }
 
 pub fn rate_limited(wait: std::time::Duration) -> HttpError {
     let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     HttpError::with_retry_after(
-        error(ErrorCode::RateLimited, "too many requests; retry later").0,
+        error(ErrorCode::RateLimited, "too many requests; retry later")
+            .0
+            .retry_after(wait),
         seconds.max(1),
     )
 }
@@ -82,7 +89,7 @@ async fn index() -> Html<&'static str> {
 
 async fn register(
     State(gw): State<Gateway>,
-    _: WithinIpLimit,
+    _: CredentialsWithinLimit,
     JsonBody(body): JsonBody<Credentials>,
 ) -> Result<Response, HttpError> {
     let created = gw.app.register(body).await?;
@@ -91,7 +98,7 @@ async fn register(
 
 async fn login(
     State(gw): State<Gateway>,
-    _: WithinIpLimit,
+    _: CredentialsWithinLimit,
     JsonBody(body): JsonBody<Credentials>,
 ) -> Result<Response, HttpError> {
     Ok(Json(gw.app.login(body).await?).into_response())

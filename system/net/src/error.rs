@@ -34,8 +34,14 @@ impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.0.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        // Whoever may retry learns when: the explicit wait, else the error's own, else a
+        // second for an overloaded server.
+        let retry_after = self.1.or_else(|| match self.0.retry_after_ms {
+            Some(ms) => Some(ms.div_ceil(1000).max(1)),
+            None => (self.0.code == ErrorCode::Overloaded).then_some(1),
+        });
         let mut response = (status, axum::Json(ErrorBody { error: self.0 })).into_response();
-        if let Some(seconds) = self.1 {
+        if let Some(seconds) = retry_after {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from(seconds),

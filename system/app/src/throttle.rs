@@ -1,0 +1,185 @@
+//! Failed logins per username: after a few, each further attempt waits longer, so guessing
+//! one account's password is slow however many addresses the guesses come from.
+//!
+//! Logins route to an app server by username, so one server sees all of a username's
+//! attempts while it is up. A correct password ends the throttle; a throttled attempt is
+//! refused before any hashing (it costs the server nothing). The price: someone who knows a
+//! username can make its owner wait up to [`ThrottleConfig::wait_max`] to log in.
+//!
+//! Without I/O: the caller passes the time (`tokio::time::Instant`, which madsim simulates).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How failed logins of one username are throttled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThrottleConfig {
+    /// Failures allowed before any wait.
+    pub free_failures: u32,
+    /// The wait after the first failure beyond the free ones; it doubles with each further one.
+    pub wait_min: Duration,
+    pub wait_max: Duration,
+    /// A username without a failure for this long is forgotten (its count starts again).
+    pub forget_after: Duration,
+    /// Usernames tracked at once. When full, a new one is not tracked (its logins are not
+    /// throttled) rather than forgetting others: filling the table cannot unlock an account
+    /// already throttled.
+    pub usernames_max: usize,
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> Self {
+        ThrottleConfig {
+            free_failures: 5,
+            wait_min: Duration::from_secs(1),
+            wait_max: Duration::from_secs(60),
+            forget_after: Duration::from_secs(15 * 60),
+            usernames_max: 100_000,
+        }
+    }
+}
+
+struct Failures {
+    count: u32,
+    last: Instant,
+    /// No attempt is checked before this.
+    until: Instant,
+}
+
+pub struct LoginThrottle {
+    config: ThrottleConfig,
+    failures: Mutex<HashMap<String, Failures>>,
+}
+
+impl LoginThrottle {
+    pub fn new(config: ThrottleConfig) -> LoginThrottle {
+        LoginThrottle {
+            config,
+            failures: Mutex::default(),
+        }
+    }
+
+    /// Ok, or how long `username` must wait before its next attempt.
+    pub fn check(&self, username: &str, now: Instant) -> Result<(), Duration> {
+        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        match failures.get(username) {
+            Some(f) if f.until > now => Err(f.until - now),
+            _ => Ok(()),
+        }
+    }
+
+    /// A wrong password for `username`.
+    pub fn failed(&self, username: &str, now: Instant) {
+        let config = &self.config;
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if !failures.contains_key(username) && failures.len() >= config.usernames_max {
+            failures.retain(|_, f| now.duration_since(f.last) < config.forget_after);
+            if failures.len() >= config.usernames_max {
+                tracing::warn!(
+                    usernames_max = config.usernames_max,
+                    "login throttle full; not tracking a new username"
+                );
+                return;
+            }
+        }
+        let entry = failures.entry(username.to_owned()).or_insert(Failures {
+            count: 0,
+            last: now,
+            until: now,
+        });
+        if now.duration_since(entry.last) >= config.forget_after {
+            entry.count = 0;
+        }
+        entry.count = entry.count.saturating_add(1);
+        entry.last = now;
+        if let Some(beyond) = entry.count.checked_sub(config.free_failures + 1) {
+            let wait = config
+                .wait_min
+                .saturating_mul(1u32 << beyond.min(16))
+                .min(config.wait_max);
+            entry.until = now + wait;
+        }
+    }
+
+    /// The right password for `username`: its failures are forgotten.
+    pub fn succeeded(&self, username: &str) {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        failures.remove(username);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn throttle() -> LoginThrottle {
+        LoginThrottle::new(ThrottleConfig {
+            usernames_max: 2,
+            ..ThrottleConfig::default()
+        })
+    }
+
+    #[test]
+    fn waits_double_after_the_free_failures_and_a_success_ends_them() {
+        let t = throttle();
+        let mut now = Instant::now();
+        for _ in 0..5 {
+            assert_eq!(t.check("alice", now), Ok(()));
+            t.failed("alice", now);
+        }
+        assert_eq!(t.check("alice", now), Ok(()), "five failures are free");
+        t.failed("alice", now);
+        assert_eq!(t.check("alice", now), Err(Duration::from_secs(1)));
+        assert_eq!(
+            t.check("bob", now),
+            Ok(()),
+            "other usernames are not affected"
+        );
+        now += Duration::from_secs(1);
+        assert_eq!(t.check("alice", now), Ok(()));
+        t.failed("alice", now);
+        assert_eq!(t.check("alice", now), Err(Duration::from_secs(2)));
+        for _ in 0..20 {
+            t.failed("alice", now);
+        }
+        assert_eq!(
+            t.check("alice", now),
+            Err(Duration::from_secs(60)),
+            "capped"
+        );
+        t.succeeded("alice");
+        assert_eq!(t.check("alice", now), Ok(()));
+    }
+
+    #[test]
+    fn old_failures_are_forgotten_and_the_table_is_bounded() {
+        let t = throttle();
+        let mut now = Instant::now();
+        for _ in 0..6 {
+            t.failed("alice", now);
+        }
+        assert!(t.check("alice", now).is_err());
+        t.failed("bob", now);
+        t.failed("carol", now);
+        assert_eq!(t.check("carol", now), Ok(()));
+        for _ in 0..10 {
+            t.failed("carol", now);
+        }
+        assert_eq!(
+            t.check("carol", now),
+            Ok(()),
+            "not tracked: the table is full"
+        );
+        assert!(
+            t.check("alice", now).is_err(),
+            "a full table unlocks no one"
+        );
+        now += Duration::from_secs(15 * 60);
+        t.failed("carol", now);
+        assert_eq!(t.check("alice", now), Ok(()), "forgotten");
+        t.failed("alice", now);
+        assert_eq!(t.check("alice", now), Ok(()), "counting from one again");
+    }
+}
