@@ -196,6 +196,14 @@ pub struct Tokens {
     ttl: Duration,
 }
 
+/// A verified token's session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub user: String,
+    /// Seconds since the epoch from which the token is refused.
+    pub valid_until: u64,
+}
+
 /// A freshly issued token.
 #[derive(Debug, Clone)]
 pub struct IssuedToken {
@@ -252,10 +260,24 @@ impl Tokens {
 
     /// Returns the username a valid, unexpired token was issued to.
     pub fn verify(&self, token: &str) -> Result<String, AuthError> {
+        Ok(self.verify_session(token)?.user)
+    }
+
+    /// The user of a valid, unexpired token, and until when it stays valid.
+    pub fn verify_session(&self, token: &str) -> Result<Verified, AuthError> {
         // jsonwebtoken checks `exp` against the system clock, which madsim simulates.
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| AuthError::InvalidToken(e.to_string()))?;
-        Ok(data.claims.sub)
+        Ok(Verified {
+            user: data.claims.sub,
+            // jsonwebtoken accepts a token through its `exp` second (and the clock-skew
+            // leeway): a session closed sooner could come straight back with the same token.
+            valid_until: data
+                .claims
+                .exp
+                .saturating_add(self.validation.leeway)
+                .saturating_add(1),
+        })
     }
 }
 
@@ -340,6 +362,11 @@ mod tests {
         let expired = t.issue_with_expiry("alice", now - 100, now - 1).unwrap();
         assert!(t.verify(&expired.token).is_err());
         assert!(t.verify("not.a.token").is_err());
+
+        // Valid through its `exp` second; `valid_until` is the first second it is refused.
+        let ends_now = t.issue_with_expiry("alice", now - 100, now).unwrap();
+        let session = t.verify_session(&ends_now.token).unwrap();
+        assert_eq!(session.valid_until, now + 1);
         assert!(t.verify("").is_err());
     }
 }

@@ -15,8 +15,17 @@ use std::time::Duration;
 #[derive(clap::Args, Debug, Clone)]
 pub struct CommonArgs {
     /// Token signing secret, hex, at least 32 bytes; the same on every process of the cluster.
-    #[arg(long, env = "CHAT_TOKEN_SECRET", hide_env_values = true)]
-    pub token_secret: String,
+    /// On the command line it shows in `ps`: prefer `--token-secret-file` or the environment.
+    #[arg(
+        long,
+        env = "CHAT_TOKEN_SECRET",
+        hide_env_values = true,
+        conflicts_with = "token_secret_file"
+    )]
+    pub token_secret: Option<String>,
+    /// A file holding the token signing secret (hex), readable by its owner only.
+    #[arg(long, env = "CHAT_TOKEN_SECRET_FILE")]
+    pub token_secret_file: Option<std::path::PathBuf>,
     /// Lifetime of session tokens, in seconds.
     #[arg(long, env = "CHAT_TOKEN_TTL_SECS", default_value_t = Tokens::TTL_DEFAULT.as_secs())]
     pub token_ttl_secs: u64,
@@ -26,9 +35,36 @@ pub struct CommonArgs {
     pub link_heartbeat_ms: u64,
 }
 
+/// The token secret in `path` (hex), refused if other users may read the file.
+pub fn secret_file(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    let context = || format!("--token-secret-file {}", path.display());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .with_context(context)?
+            .permissions()
+            .mode();
+        anyhow::ensure!(
+            mode & 0o077 == 0,
+            "{}: mode {:o} lets other users read the secret; chmod 600 it",
+            context(),
+            mode & 0o777
+        );
+    }
+    let text = std::fs::read_to_string(path).with_context(context)?;
+    chat_auth::secret::parse_hex(&text).with_context(context)
+}
+
 impl CommonArgs {
     pub fn common(&self) -> anyhow::Result<Common> {
-        let secret = chat_auth::secret::parse_hex(&self.token_secret).context("--token-secret")?;
+        let secret = match (&self.token_secret, &self.token_secret_file) {
+            (Some(hex_secret), _) => {
+                chat_auth::secret::parse_hex(hex_secret).context("--token-secret")?
+            }
+            (None, Some(path)) => secret_file(path)?,
+            (None, None) => anyhow::bail!("--token-secret or --token-secret-file is required"),
+        };
         let mut common = Common::new(secret);
         common.token_ttl = Duration::from_secs(self.token_ttl_secs);
         common.link.heartbeat_interval = Duration::from_millis(self.link_heartbeat_ms);

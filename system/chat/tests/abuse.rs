@@ -168,11 +168,13 @@ async fn a_link_peer_without_the_cluster_secret_gets_nothing() {
     let _ = direct(&alice, "bob").await;
     let app = server.cluster().app_addr();
 
+    /// Writes a frame; the app server may have dropped us already (what it should do), so a
+    /// failed write is no failure: what counts is that nothing is answered.
     async fn frame(stream: &mut tokio::net::TcpStream, json: serde_json::Value) {
         let bytes = serde_json::to_vec(&json).expect("json");
-        stream.write_u32(bytes.len() as u32).await.expect("length");
-        stream.write_all(&bytes).await.expect("frame");
-        stream.flush().await.expect("flush");
+        let _ = stream.write_u32(bytes.len() as u32).await;
+        let _ = stream.write_all(&bytes).await;
+        let _ = stream.flush().await;
     }
     /// Everything the app server writes until it closes the connection (or 10 s pass).
     async fn answers(stream: &mut tokio::net::TcpStream) -> Vec<serde_json::Value> {
@@ -654,4 +656,87 @@ async fn registrations_and_logins_from_one_address_are_limited() {
         .inbox(None)
         .await
         .expect("other calls from the address go on");
+}
+
+/// Finding 12: a WebSocket session outlived its token's expiry (a token stolen once gave a
+/// session for ever). Now the connection is closed with 4001 when the token expires; the
+/// same token is refused at the next upgrade, and a new log-in brings the session back.
+#[tokio::test]
+async fn a_session_is_closed_with_4001_when_its_token_expires() {
+    use chat_client::WsEvent;
+    use std::time::{Duration, Instant};
+    let server = TestServer::start_in_process_with(|options| {
+        options.common.token_ttl = Duration::from_secs(2);
+    })
+    .await;
+    let alice = server.user("alice").await;
+    let mut ws = alice.connect_ws().await.expect("connect");
+    wait_ready(&mut ws).await;
+    let started = Instant::now();
+    let code = loop {
+        match ws.recv_timeout(Duration::from_secs(5)).await {
+            Ok(WsEvent::Closed { code, .. }) => break code,
+            Ok(_) => {}
+            Err(err) => panic!("no close within 5 s of a 2 s token: {err}"),
+        }
+    };
+    assert_eq!(code, Some(4001), "closed after {:?}", started.elapsed());
+    match alice.connect_ws().await {
+        Err(err) => assert_eq!(err.status(), Some(401), "{err}"),
+        Ok(_) => panic!("an upgrade with the expired token was accepted"),
+    }
+    let session = server
+        .anonymous()
+        .login("alice", PASSWORD)
+        .await
+        .expect("log in again");
+    let mut ws = alice
+        .with_token(session.token)
+        .connect_ws()
+        .await
+        .expect("a new session");
+    wait_ready(&mut ws).await;
+}
+
+/// Finding 12: `--token-secret` on the command line shows in `ps`. Now a secret can come from
+/// a file (`--token-secret-file`), which must be readable by its owner only.
+#[cfg(unix)]
+#[test]
+fn a_secret_file_readable_by_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("secret");
+    std::fs::write(&file, "ab".repeat(32)).expect("write");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_chat"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.path().join("data"))
+        .arg("--token-secret-file")
+        .arg(&file)
+        .env("RUST_BACKTRACE", "0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run chat serve");
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("chat serve started with a secret file other users can read");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(!status.success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("stderr");
+    assert!(stderr.contains("chmod 600"), "{stderr}");
+
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let server = ServeProcess::start(&["--token-secret-file", file.to_str().expect("path")]);
+    assert!(server.base.starts_with("http://"));
 }

@@ -33,7 +33,8 @@ pub enum WsEvent {
     /// The answer to [`WsConnection::send_ping`] (a WebSocket-level pong, not the JSON `pong`).
     Pong(Vec<u8>),
     /// The server closed the connection: 1009 for a frame over 64 KiB, 1013 when the connection
-    /// could not keep up with its pushes (reconnect and `sync`). `code` is `None` when the
+    /// could not keep up with its pushes (reconnect and `sync`), 4001 when the session's token
+    /// expired (log in again, then reconnect and `sync`). `code` is `None` when the
     /// connection ended without a close frame. Later calls return [`ClientError::Closed`].
     Closed { code: Option<u16>, reason: String },
 }

@@ -9,9 +9,11 @@
 use crate::ConnServer;
 use crate::hub::Outbound;
 use crate::order::{PushOrder, Write};
+use chat_auth::Verified;
 use chat_proto::api::{AppApiExt, SendRequest};
 use chat_proto::deadline::Deadline;
 use chat_proto::frame::{ClientFrame, FrameOp, ServerFrame};
+use chat_proto::model::now_ms;
 use chat_proto::{ApiError, ConnAddr, ConvId, ErrorCode, Seq};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
@@ -40,6 +42,8 @@ enum CloseReason {
     Idle,
     /// 1007: a text frame that is not UTF-8.
     NotUtf8,
+    /// 4001: the session's token expired; log in again, then reconnect.
+    TokenExpired,
 }
 
 impl CloseReason {
@@ -52,6 +56,10 @@ impl CloseReason {
             CloseReason::Policy => (CloseCode::Policy, "too many connections for this user"),
             CloseReason::Idle => (CloseCode::Away, "idle timeout"),
             CloseReason::NotUtf8 => (CloseCode::Invalid, "a text frame must be UTF-8"),
+            CloseReason::TokenExpired => (
+                CloseCode::Library(TOKEN_EXPIRED_CLOSE_CODE),
+                "token expired; log in again",
+            ),
         };
         CloseFrame {
             code,
@@ -60,7 +68,10 @@ impl CloseReason {
     }
 }
 
-pub(crate) async fn run<S>(server: Arc<ConnServer>, user: String, ws: WebSocketStream<S>)
+/// The close code of a session whose token expired (4000-4999 are the application's).
+pub const TOKEN_EXPIRED_CLOSE_CODE: u16 = 4001;
+
+pub(crate) async fn run<S>(server: Arc<ConnServer>, session: Verified, ws: WebSocketStream<S>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -68,15 +79,20 @@ where
     // across an await: a guard held across one stays entered on the worker thread while
     // other tasks run there, and every span they open becomes its child. Thousands of
     // connections then chain into one tree whose recursive close overflows the stack.
-    let span =
-        tracing::info_span!(parent: None, "conn", conn_id = tracing::field::Empty, user = %user);
-    serve(server, user, ws).instrument(span).await
+    let span = tracing::info_span!(parent: None, "conn", conn_id = tracing::field::Empty, user = %session.user);
+    serve(server, session, ws).instrument(span).await
 }
 
-async fn serve<S>(server: Arc<ConnServer>, user: String, ws: WebSocketStream<S>)
+async fn serve<S>(server: Arc<ConnServer>, session: Verified, ws: WebSocketStream<S>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let Verified { user, valid_until } = session;
+    // The token's expiry as a time of this runtime's clock (madsim's in the simulator).
+    let expires = tokio::time::Instant::now()
+        + std::time::Duration::from_millis(
+            valid_until.saturating_mul(1000).saturating_sub(now_ms()),
+        );
     let config = &server.config;
     let (outbound, outbound_rx) = mpsc::channel(config.outbound_queue_len_max);
     let overflow = Arc::new(Notify::new());
@@ -138,7 +154,7 @@ where
                 outbound,
                 sends: Arc::new(Semaphore::new(config.sends_in_flight_max)),
             };
-            reader.run(&mut stream, done_rx).await
+            reader.run(&mut stream, done_rx, expires).await
         }
     };
     let _ = close_tx.send(reason);
@@ -216,6 +232,7 @@ impl Reader {
         &self,
         stream: &mut SplitStream<WebSocketStream<S>>,
         mut writer_done: watch::Receiver<bool>,
+        expires: tokio::time::Instant,
     ) -> Option<CloseReason>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -228,11 +245,15 @@ impl Reader {
         // simulator's `slow_consumers` checker saw one held 30 s past the bound, seed 148).
         // Frames that arrived meanwhile are read before the bound is looked at.
         let mut last_frame = tokio::time::Instant::now();
+        // One timer for the connection's life: a session ends with its token.
+        let expired = tokio::time::sleep_until(expires);
+        tokio::pin!(expired);
         loop {
             let left = idle_timeout.saturating_sub(last_frame.elapsed());
             let next = tokio::select! {
                 next = idle.within(left, stream.next()) => next,
                 _ = writer_done.changed() => return None,
+                _ = &mut expired => return Some(CloseReason::TokenExpired),
             };
             let message = match next {
                 Err(_) => return Some(CloseReason::Idle),

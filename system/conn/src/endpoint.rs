@@ -10,20 +10,20 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use axum::routing::get;
-use chat_auth::Tokens;
+use chat_auth::{Tokens, Verified};
 use chat_net::error::{HttpError, error, with_fallbacks};
 use chat_proto::ErrorCode;
 use std::sync::Arc;
 
-/// The user and token of an upgrade request: 401 without a valid token. The gateway calls
-/// this too, so the two checks cannot drift apart.
-pub fn authenticate(tokens: &Tokens, request: &Request) -> Result<(String, String), HttpError> {
+/// The session and token of an upgrade request: 401 without a valid token. The gateway
+/// calls this too, so the two checks cannot drift apart.
+pub fn authenticate(tokens: &Tokens, request: &Request) -> Result<(Verified, String), HttpError> {
     let token = chat_net::websocket::token(request)
         .ok_or_else(|| error(ErrorCode::Unauthorized, "missing token"))?;
-    let user = tokens
-        .verify(&token)
+    let session = tokens
+        .verify_session(&token)
         .map_err(|_| error(ErrorCode::Unauthorized, "invalid or expired token"))?;
-    Ok((user, token))
+    Ok((session, token))
 }
 
 #[derive(Clone)]
@@ -46,6 +46,6 @@ async fn upgrade(
     State(endpoint): State<Endpoint>,
     mut request: Request,
 ) -> Result<Response, HttpError> {
-    let (user, _token) = authenticate(&endpoint.tokens, &request)?;
-    endpoint.conn.upgrade(user, &mut request)
+    let (session, _token) = authenticate(&endpoint.tokens, &request)?;
+    endpoint.conn.upgrade(session, &mut request)
 }

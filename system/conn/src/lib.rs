@@ -114,11 +114,12 @@ impl ConnServer {
         })
     }
 
-    /// Accepts the WebSocket upgrade `request` of the authenticated `user`: 101, and the
-    /// socket served until it closes; 503 when the server holds `connections_max` already.
+    /// Accepts the WebSocket upgrade `request` of an authenticated session: 101, and the
+    /// socket served until it closes (at the latest when the session's token expires); 503
+    /// when the server holds `connections_max` already.
     pub fn upgrade(
         self: &Arc<Self>,
-        user: String,
+        session: chat_auth::Verified,
         request: &mut axum::extract::Request,
     ) -> Result<axum::response::Response, HttpError> {
         chat_net::websocket::check_handshake(request.headers())?;
@@ -130,7 +131,7 @@ impl ConnServer {
         }
         let conn = self.clone();
         chat_net::websocket::accept(request, Self::websocket_config(), move |ws| {
-            conn.serve(user, ws)
+            conn.serve(session, ws)
         })
     }
 
@@ -150,12 +151,13 @@ impl ConnServer {
             .max_write_buffer_size(4 * 1024 * 1024)
     }
 
-    /// Runs one authenticated WebSocket of `user` until it closes.
-    pub async fn serve<S>(self: Arc<Self>, user: String, ws: WebSocketStream<S>)
+    /// Runs one authenticated WebSocket until it closes, or is closed with 4001 when the
+    /// session's token expires.
+    pub async fn serve<S>(self: Arc<Self>, session: chat_auth::Verified, ws: WebSocketStream<S>)
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        connection::run(self, user, ws).await
+        connection::run(self, session, ws).await
     }
 
     /// Re-asserts this server's connections in the registry every

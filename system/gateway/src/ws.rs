@@ -32,13 +32,14 @@ pub async fn upgrade(
     State(gw): State<Gateway>,
     mut request: Request,
 ) -> Result<Response, HttpError> {
-    let (user, token) = chat_conn::endpoint::authenticate(&gw.tokens, &request)?;
+    let (session, token) = chat_conn::endpoint::authenticate(&gw.tokens, &request)?;
+    let user = session.user.clone();
     if let Some(PeerAddr(peer)) = request.extensions().get::<PeerAddr>() {
         gw.limits.check_ip(peer.ip()).map_err(rate_limited)?;
     }
     gw.limits.check_user(&user).map_err(rate_limited)?;
     match &gw.ws {
-        WsBackend::Local(conn) => conn.upgrade(user, &mut request),
+        WsBackend::Local(conn) => conn.upgrade(session, &mut request),
         WsBackend::Splice(placement, config) => {
             let key = check_handshake(request.headers())?;
             for addr in placement.candidates(&user) {
