@@ -740,3 +740,98 @@ fn a_secret_file_readable_by_others_is_refused() {
     let server = ServeProcess::start(&["--token-secret-file", file.to_str().expect("path")]);
     assert!(server.base.starts_with("http://"));
 }
+
+/// Finding 2: clients that never read kept their sockets for ever: the writer blocked in
+/// `feed`/`flush`/ping with no timeout, the reader side left the hub, and with
+/// `--connections-max 5` twenty such connections stayed open past the idle timeout while a
+/// 21st was still accepted. Now every socket write is bounded by the write timeout, and a
+/// connection counts until its writer has let go of the socket: the server closes each such
+/// socket and only then takes a new connection in its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_never_read_lose_their_sockets_and_their_places() {
+    use futures::StreamExt;
+    use std::time::{Duration, Instant};
+    let server = TestServer::start_in_process_with(|options| {
+        options.conn.connections_max = 6;
+        options.conn.write_timeout = Duration::from_secs(2);
+        // Pushes wait on the socket, not in a queue that would overflow first (1013).
+        options.conn.outbound_queue_len_max = 4096;
+        options.conn.frame_rate = None;
+    })
+    .await;
+    let [alice, bob] = server.users(["alice", "bob"]).await;
+    let conv = direct(&alice, "bob").await.conv_id;
+    let token = server.tokens.issue("bob").expect("token").token;
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let url = format!("ws://{addr}/v1/ws?token={token}");
+
+    // Five of bob's connections that never read, with small receive buffers.
+    let mut sleepers = Vec::new();
+    for _ in 0..5 {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("rcvbuf");
+        let stream = socket
+            .connect(addr.parse().expect("addr"))
+            .await
+            .expect("connect");
+        let (ws, _) = tokio_tungstenite::client_async(url.as_str(), stream)
+            .await
+            .expect("upgrade");
+        sleepers.push(ws);
+    }
+    let mut writer = alice.connect_ws().await.expect("alice connects: the 6th");
+    wait_ready(&mut writer).await;
+    match bob.connect_ws().await {
+        Err(err) => assert_eq!(err.status(), Some(503), "{err}"),
+        Ok(_) => panic!("a 7th connection was accepted over connections_max 6"),
+    }
+
+    // 12 MiB of pushes to each sleeper: far more than its socket buffers hold.
+    let body = "x".repeat(BODY_BYTES_MAX);
+    let (mut sent, mut acked) = (0, 0);
+    let pushes = 3000;
+    while acked < pushes {
+        while sent < pushes && sent - acked < 128 {
+            let send = ClientFrame::Send {
+                id: format!("m{sent}"),
+                conv,
+                body: body.clone(),
+            };
+            writer.send(&send).await.expect("send");
+            sent += 1;
+        }
+        match next_frame(&mut writer).await {
+            ServerFrame::Sent { .. } => acked += 1,
+            other => panic!("expected sent, got {other:?}"),
+        }
+    }
+
+    // The sleepers go on not reading for three write timeouts (reading would let the
+    // server's writes go on); then each socket must hold what the kernel buffered (2.7 MiB
+    // here, of 12 MiB pushed), then its end.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let started = Instant::now();
+    for (i, mut sleeper) in sleepers.into_iter().enumerate() {
+        let mut frames = 0;
+        let drained = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(Ok(_)) = sleeper.next().await {
+                frames += 1;
+            }
+        })
+        .await;
+        assert!(
+            drained.is_ok(),
+            "sleeper {i}'s socket still open: {frames} pushes read in {:?}",
+            started.elapsed()
+        );
+        assert!(
+            frames < pushes,
+            "sleeper {i} got every push: it was never cut off"
+        );
+    }
+    let mut again = bob
+        .connect_ws()
+        .await
+        .expect("the sleepers' places are free again");
+    wait_ready(&mut again).await;
+}

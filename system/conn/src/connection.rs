@@ -158,9 +158,21 @@ where
         }
     };
     let _ = close_tx.send(reason);
-    if reason.is_some() {
+    let writer = match reason {
         // Boxed: its read buffer would otherwise sit inline in every connection's future.
-        Box::pin(linger(stream, writer)).await;
+        Some(_) => Box::pin(linger(stream, writer)).await,
+        None => Some(writer),
+    };
+    // The connection counts (against `connections_max`) until its socket is closed, and the
+    // writer holds the socket: wait for it. Each of its socket operations is bounded by the
+    // write timeout, so this ends; the abort is for a bug, not a client.
+    if let Some(mut writer) = writer
+        && tokio::time::timeout(config.write_timeout * 3, &mut writer)
+            .await
+            .is_err()
+    {
+        tracing::warn!("the writer outlived its write timeouts; aborted");
+        writer.abort();
     }
     server.hub.remove(addr.conn);
     let unregister = server.registry.unregister(&user, addr);
@@ -183,10 +195,12 @@ where
 /// nothing more, while the rest of that frame is still in the socket. So once the writer
 /// has sent the close frame, the raw socket is shut down for writing (the client sees the
 /// end after our close frame) and read to its end, bounded by [`CLOSE_LINGER`].
+/// Returns the writer if it is still running (stuck on a client that does not read).
 async fn linger<S>(
     mut stream: SplitStream<WebSocketStream<S>>,
-    writer: tokio::task::JoinHandle<SplitSink<WebSocketStream<S>, WsMessage>>,
-) where
+    mut writer: tokio::task::JoinHandle<SplitSink<WebSocketStream<S>, WsMessage>>,
+) -> Option<tokio::task::JoinHandle<SplitSink<WebSocketStream<S>, WsMessage>>>
+where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -194,20 +208,21 @@ async fn linger<S>(
     let left = || deadline.saturating_duration_since(std::time::Instant::now());
     // The client's close reply, while tungstenite can still parse frames.
     while let Ok(Some(Ok(_))) = tokio::time::timeout(left(), stream.next()).await {}
-    let sink = match tokio::time::timeout(left(), writer).await {
+    let sink = match tokio::time::timeout(left(), &mut writer).await {
         Ok(Ok(sink)) => sink,
+        Ok(Err(_)) => return None,
         // The writer is stuck on a client that does not read: nothing more to save.
-        _ => return,
+        Err(_) => return Some(writer),
     };
     let Ok(mut ws) = stream.reunite(sink) else {
-        return;
+        return None;
     };
     let socket = ws.get_mut();
     if tokio::time::timeout(left(), socket.shutdown())
         .await
         .is_err()
     {
-        return;
+        return None;
     }
     let mut scratch = [0u8; 4096];
     while let Ok(Ok(n)) = tokio::time::timeout(left(), socket.read(&mut scratch)).await {
@@ -215,6 +230,7 @@ async fn linger<S>(
             break;
         }
     }
+    None
 }
 
 struct Reader {
