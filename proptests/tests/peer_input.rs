@@ -151,4 +151,38 @@ proptest! {
         let _ = value::decode_idem(&bytes);
         let _ = value::decode_int("counter", &bytes);
     }
+
+    /// `X-Forwarded-For` from a trusted proxy: whatever the header holds, the client found is
+    /// the proxy itself or an address the header names, never anything else, never a panic.
+    #[test]
+    fn forwarded_for_names_the_proxy_or_a_listed_address(
+        values in prop::collection::vec(prop_oneof![
+            "[0-9a-f.:, ]{0,80}",
+            prop::collection::vec(
+                prop_oneof![
+                    any::<std::net::Ipv4Addr>().prop_map(|ip| ip.to_string()),
+                    any::<std::net::Ipv6Addr>().prop_map(|ip| ip.to_string()),
+                    Just("10.0.0.9".to_owned()),
+                    Just("junk".to_owned()),
+                ],
+                0..20,
+            ).prop_map(|hops| hops.join(", ")),
+        ], 0..4),
+    ) {
+        let trusted: chat_net::proxy::TrustedProxies = "10.0.0.0/8".parse().expect("ranges");
+        let proxy: std::net::IpAddr = "10.0.0.1".parse().expect("ip");
+        let mut headers = axum::http::HeaderMap::new();
+        for v in &values {
+            if let Ok(v) = axum::http::HeaderValue::from_str(v) {
+                headers.append("x-forwarded-for", v);
+            }
+        }
+        let client = trusted.client(proxy, &headers);
+        let listed = values
+            .iter()
+            .flat_map(|v| v.split(','))
+            .filter_map(|hop| hop.trim().parse::<std::net::IpAddr>().ok())
+            .any(|ip| ip == client);
+        prop_assert!(client == proxy || listed, "{client} from {values:?}");
+    }
 }

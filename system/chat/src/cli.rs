@@ -193,7 +193,20 @@ pub struct GatewayArgs {
     #[command(flatten)]
     pub rates: RateArgs,
     #[command(flatten)]
+    pub proxies: ProxyArgs,
+    #[command(flatten)]
     pub common: CommonArgs,
+}
+
+/// Reverse proxies in front of a gateway (`chat gateway`, `chat serve`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ProxyArgs {
+    /// Addresses or ranges (CIDR) of trusted reverse proxies, comma-separated: for a
+    /// connection from one of them, the client's address (for per-address limits) is taken
+    /// from `X-Forwarded-For`, and its connections are not capped per address. Only list
+    /// proxies that set the header themselves; anyone else could write anything in it.
+    #[arg(long, env = "CHAT_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: chat_net::proxy::TrustedProxies,
 }
 
 /// The per-user frame limit of a connection server (`chat conn`, `chat serve`).
@@ -296,6 +309,8 @@ impl GatewayArgs {
             rates: self.rates.config(),
             ..GatewayOptions::default()
         };
+        let mut options = options;
+        options.http.trusted_proxies = self.proxies.trusted_proxies.clone();
         options.validate()?;
         Ok((self.common.common()?, options))
     }

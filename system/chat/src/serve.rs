@@ -54,6 +54,8 @@ pub struct ServeArgs {
     pub passwords: crate::cli::PasswordArgs,
     #[command(flatten)]
     pub rates: crate::cli::RateArgs,
+    #[command(flatten)]
+    pub proxies: crate::cli::ProxyArgs,
 }
 
 /// Everything [`run`] needs besides the listener and the store.
@@ -121,6 +123,7 @@ pub async fn main(args: ServeArgs) -> anyhow::Result<()> {
     options.conn.frame_rate = args.frames.rate();
     args.passwords.apply(&mut options.app);
     options.rates = args.rates.config();
+    options.http.trusted_proxies = args.proxies.trusted_proxies.clone();
     options.validate()?;
     let store_path = args.data.join("messages.redb");
     let kv = crate::store::open_redb(&store_path)?;

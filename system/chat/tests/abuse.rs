@@ -835,3 +835,88 @@ async fn clients_that_never_read_lose_their_sockets_and_their_places() {
         .expect("the sleepers' places are free again");
     wait_ready(&mut again).await;
 }
+
+/// Finding 8: behind a reverse proxy every client has the proxy's address, so the
+/// per-address limits put all of them in one bucket. Now a gateway told which proxies to
+/// trust takes the client from their `X-Forwarded-For` (each client its own bucket, and the
+/// proxy's connections are not capped per address), while anyone else's header is ignored,
+/// so a client cannot escape its limit by writing one.
+#[tokio::test]
+async fn clients_behind_a_trusted_proxy_have_their_own_limits_and_others_cannot_spoof() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start_in_process_with(|options| {
+        options.http.trusted_proxies = "127.0.0.1".parse().expect("ranges");
+        options.http.connections_per_address_max = Some(2);
+        options.rates.credentials = Some(chat_net::ratelimit::Rate {
+            per_second: 1,
+            burst: 3,
+        });
+    })
+    .await;
+    let anon = server.anonymous();
+    // Made-up usernames, each failing once: the per-username throttle stays out of it.
+    let body = |i: usize| format!(r#"{{"username":"nobody{i}","password":"wrong guess"}}"#);
+    let attempts = std::sync::atomic::AtomicUsize::new(0);
+    let login_as = |client: &'static str| {
+        let anon = anon.clone();
+        let body = body(attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed)).into_bytes();
+        async move {
+            anon.raw("POST", "/v1/sessions", &[("x-forwarded-for", client)], body)
+                .await
+                .expect("login")
+                .status
+        }
+    };
+    // The proxy (127.0.0.1) holds more connections than one address may.
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(
+            tokio::net::TcpStream::connect(&addr)
+                .await
+                .expect("connect"),
+        );
+    }
+    for _ in 0..3 {
+        assert_eq!(login_as("203.0.113.7").await, 401);
+    }
+    assert_eq!(
+        login_as("203.0.113.7").await,
+        429,
+        "that client's burst is spent"
+    );
+    assert_eq!(
+        login_as("203.0.113.8").await,
+        401,
+        "another client has its own bucket"
+    );
+    drop(held);
+
+    // An untrusted peer (127.0.0.2) naming a new client in each request stays in its own bucket.
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        let mut stream = connect_from([127, 0, 0, 2], &addr).await;
+        let body = body(100 + i);
+        let request = format!(
+            "POST /v1/sessions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+             x-forwarded-for: 198.51.100.{i}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.expect("write");
+        stream.write_all(body.as_bytes()).await.expect("write");
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        let status: u16 = answer
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status in {answer:?}"));
+        statuses.push(status);
+    }
+    assert_eq!(
+        statuses,
+        [401, 401, 401, 429],
+        "a spoofed header does not help"
+    );
+}

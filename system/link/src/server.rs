@@ -82,6 +82,7 @@ pub async fn serve(
     let limits = ConnectionLimits {
         total_max: connections_max,
         per_address_max: None,
+        exempt: Default::default(),
     };
     accept_loop(listener, limits, |stream, peer, permit| {
         let (app, routes, config, key) = (app.clone(), routes.clone(), config.clone(), key.clone());

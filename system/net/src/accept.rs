@@ -5,6 +5,7 @@
 //! Accept errors (usually out of file descriptors) back off from 10 ms to 1 s instead of
 //! spinning or exiting.
 
+use crate::proxy::TrustedProxies;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -37,7 +38,7 @@ impl Listener for TcpListener {
 }
 
 /// How many connections an accept loop serves at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionLimits {
     /// In all; beyond, the loop waits for one to close (the kernel's backlog holds the rest).
     pub total_max: usize,
@@ -45,6 +46,9 @@ pub struct ConnectionLimits {
     /// every permit (and stop the loop for everyone). `None` where the peers are a few known
     /// processes (a connection server's gateways, an app server's link peers).
     pub per_address_max: Option<usize>,
+    /// Addresses exempt from `per_address_max`: trusted proxies, whose connections carry
+    /// every client behind them.
+    pub exempt: TrustedProxies,
 }
 
 /// A served connection's place in the limits, given back when dropped.
@@ -106,6 +110,7 @@ pub async fn accept_loop<L: Listener>(
             Ok((io, peer)) => {
                 backoff = ACCEPT_BACKOFF_MIN;
                 let address = match limits.per_address_max {
+                    Some(_) if limits.exempt.contains(peer.ip()) => None,
                     None => None,
                     Some(max) => match AddressPermit::take(&per_address, peer.ip(), max) {
                         Some(permit) => Some(permit),
@@ -181,6 +186,7 @@ mod tests {
         let limits = ConnectionLimits {
             total_max: 2,
             per_address_max: None,
+            exempt: TrustedProxies::default(),
         };
         let task = tokio::spawn(accept_loop(listener, limits, move |_io, _peer, permit| {
             served.lock().expect("lock").push(permit);

@@ -7,6 +7,7 @@
 
 use crate::accept::{ConnectionLimits, Listener, accept_loop};
 use crate::error::error;
+use crate::proxy::TrustedProxies;
 use axum::response::IntoResponse;
 use chat_proto::ErrorCode;
 use hyper::rt::{Sleep, Timer};
@@ -34,6 +35,9 @@ pub struct HttpConfig {
     /// A whole request (headers, body, and the answer) must be done within this long, or it is
     /// answered 408: a client that trickles a body cannot hold a connection for ever.
     pub request_timeout: Duration,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (for per-address limits and
+    /// logs), and whose connections are not bounded per address. None by default.
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Default for HttpConfig {
@@ -43,6 +47,7 @@ impl Default for HttpConfig {
             connections_per_address_max: Some(1024),
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 }
@@ -59,15 +64,22 @@ pub async fn serve(
     let limits = ConnectionLimits {
         total_max: config.connections_max,
         per_address_max: config.connections_per_address_max,
+        exempt: config.trusted_proxies.clone(),
     };
+    let trusted = config.trusted_proxies;
     let accepting = accept_loop(listener, limits, |stream, peer, permit| {
         let router = router.clone();
+        let trusted = trusted.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(
                 move |request: hyper::Request<hyper::body::Incoming>| {
                     let mut request = request.map(axum::body::Body::new);
-                    // For per-IP rate limits and logs.
-                    request.extensions_mut().insert(PeerAddr(peer));
+                    // For per-address rate limits and logs: the client, behind a trusted proxy.
+                    let client = trusted.client(peer.ip(), request.headers());
+                    let port = if client == peer.ip() { peer.port() } else { 0 };
+                    request
+                        .extensions_mut()
+                        .insert(PeerAddr(std::net::SocketAddr::new(client, port)));
                     let answer = router.clone().oneshot(request);
                     async move {
                         match tokio::time::timeout(request_timeout, answer).await {

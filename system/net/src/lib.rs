@@ -9,6 +9,7 @@
 //!   real tokio): header checks, the 101 answer, the upgraded stream, the token.
 //! - [`error`]: protocol errors as HTTP responses, the extractors whose rejections use them,
 //!   and the not-found and wrong-method fallbacks.
+//! - [`proxy`]: trusted reverse proxies, and the client address behind them.
 //! - [`ratelimit`]: keyed rate limits (`governor`) on the simulated clock.
 //! - [`rendezvous`]: rendezvous (highest-random-weight) hashing, for app servers in the link
 //!   pool and connection servers in the gateway's placement.
@@ -16,6 +17,7 @@
 pub mod accept;
 pub mod error;
 pub mod http;
+pub mod proxy;
 pub mod ratelimit;
 pub mod rendezvous;
 pub mod websocket;
