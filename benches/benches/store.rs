@@ -343,8 +343,8 @@ fn read(c: &mut Criterion) {
             rt.block_on(async {
                 let started = Instant::now();
                 for i in 0..iters {
-                    let inbox = store
-                        .inbox(&user(i as usize % FILL_USERS), INBOX_LIMIT)
+                    let (inbox, _) = store
+                        .inbox(&user(i as usize % FILL_USERS), INBOX_LIMIT, None)
                         .await
                         .expect("inbox");
                     debug_assert_eq!(inbox.len(), INBOX_LIMIT as usize);

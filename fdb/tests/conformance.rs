@@ -325,7 +325,7 @@ mod scenarios {
         let order = |items: &Vec<chat_store::InboxItem>| {
             items.iter().map(|i| i.conv.conv_id).collect::<Vec<_>>()
         };
-        let inbox = store.inbox("alice", 10).await.expect("inbox");
+        let inbox = store.inbox("alice", 10, None).await.expect("inbox").0;
         assert_eq!(order(&inbox), vec![with_carol.conv_id, with_bob.conv_id]);
 
         ok(store
@@ -336,7 +336,7 @@ mod scenarios {
             )
             .await
             .expect("append"));
-        let inbox = store.inbox("alice", 10).await.expect("inbox");
+        let inbox = store.inbox("alice", 10, None).await.expect("inbox").0;
         assert_eq!(
             order(&inbox),
             vec![with_bob.conv_id, with_carol.conv_id],
@@ -351,13 +351,16 @@ mod scenarios {
             .mark_read("alice", with_bob.conv_id, 1)
             .await
             .expect("mark");
-        assert_eq!(store.inbox("alice", 1).await.expect("inbox")[0].unread, 1);
+        assert_eq!(
+            store.inbox("alice", 1, None).await.expect("inbox").0[0].unread,
+            1
+        );
         store
             .mark_read("alice", with_bob.conv_id, 0)
             .await
             .expect("mark");
         assert_eq!(
-            store.inbox("alice", 1).await.expect("inbox")[0].unread,
+            store.inbox("alice", 1, None).await.expect("inbox").0[0].unread,
             1,
             "never backwards"
         );

@@ -229,8 +229,8 @@ fn check(backend: Backend, case: Case) -> Result<(), TestCaseError> {
 
         // Inboxes: order, last message and unread counts.
         for u in (0..USERS).map(user) {
-            let inbox = store
-                .inbox(&u, 100)
+            let (inbox, _) = store
+                .inbox(&u, 100, None)
                 .await
                 .map_err(|e| fail(format!("inbox of {u}"), e))?;
             let got: Vec<_> = inbox

@@ -60,6 +60,8 @@ pub struct AppConfig {
     pub password_hash_wait_max: Duration,
     /// Failed logins per username.
     pub login_throttle: throttle::ThrottleConfig,
+    /// Group conversations one user may create per hour; beyond, `rate_limited`.
+    pub groups_per_hour_max: u32,
 }
 
 impl Default for AppConfig {
@@ -73,6 +75,7 @@ impl Default for AppConfig {
             password_hashes_in_flight_max: 4,
             password_hash_wait_max: Duration::from_secs(2),
             login_throttle: throttle::ThrottleConfig::default(),
+            groups_per_hour_max: 50,
         }
     }
 }
@@ -92,6 +95,7 @@ struct Handlers {
     hash_permits: Arc<tokio::sync::Semaphore>,
     hash_wait_max: Duration,
     throttle: throttle::LoginThrottle,
+    group_cap: throttle::GroupCap,
 }
 
 impl AppServer {
@@ -111,6 +115,7 @@ impl AppServer {
             hash_permits,
             hash_wait_max: config.password_hash_wait_max,
             throttle: throttle::LoginThrottle::new(config.login_throttle),
+            group_cap: throttle::GroupCap::new(config.groups_per_hour_max, 100_000),
             store: store.clone(),
             passwords,
             tokens,
@@ -330,6 +335,17 @@ impl Handlers {
                 "`title` must be 1-{TITLE_BYTES_MAX} bytes"
             )));
         }
+        // A group (more than one other member, or a title) is new every time; a direct
+        // conversation is found again, so only groups count against the cap.
+        if (others.len() > 1 || request.title.is_some())
+            && let Err(wait) = self.group_cap.take(caller, tokio::time::Instant::now())
+        {
+            return Err(ApiError::new(
+                chat_proto::ErrorCode::RateLimited,
+                "too many new groups this hour; retry later",
+            )
+            .retry_after(wait));
+        }
         let (conv, created) = self
             .store
             .create_conversation(caller, others, request.title, now_ms())
@@ -382,7 +398,19 @@ impl Handlers {
                 "`limit` must be 1-{INBOX_LIMIT_MAX}"
             )));
         }
-        let items = self.store.inbox(caller, limit).await.map_err(store_error)?;
+        let before = query.before.map(|c| (c.ts, c.conv));
+        let (items, more) = self
+            .store
+            .inbox(caller, limit, before)
+            .await
+            .map_err(store_error)?;
+        let next_before = items
+            .last()
+            .filter(|_| more)
+            .map(|item| chat_proto::rest::InboxCursor {
+                ts: item.activity_ts,
+                conv: item.conv.conv_id,
+            });
         let conversations = items
             .into_iter()
             .map(|item| InboxEntry {
@@ -395,7 +423,10 @@ impl Handlers {
                 unread: item.unread,
             })
             .collect();
-        Ok(Inbox { conversations })
+        Ok(Inbox {
+            conversations,
+            next_before,
+        })
     }
 
     async fn read(&self, user: &str, conv: ConvId, seq: Seq) -> Result<(), ApiError> {

@@ -183,3 +183,84 @@ mod tests {
         assert_eq!(t.check("alice", now), Ok(()), "counting from one again");
     }
 }
+
+/// Groups a user may create per hour: each one puts itself at the top of every member's
+/// inbox, so an unbounded number would let one account push anyone's real conversations
+/// out of sight. A fixed window per user (the hour from their first creation in it).
+pub struct GroupCap {
+    per_hour: u32,
+    /// User -> (the window's start, groups created in it).
+    windows: Mutex<HashMap<String, (Instant, u32)>>,
+    users_max: usize,
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+impl GroupCap {
+    pub fn new(per_hour: u32, users_max: usize) -> GroupCap {
+        GroupCap {
+            per_hour,
+            windows: Mutex::default(),
+            users_max,
+        }
+    }
+
+    /// Counts a group `user` creates now, or how long until they may create one.
+    pub fn take(&self, user: &str, now: Instant) -> Result<(), Duration> {
+        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        if !windows.contains_key(user) && windows.len() >= self.users_max {
+            windows.retain(|_, (start, _)| now.duration_since(*start) < HOUR);
+            if windows.len() >= self.users_max {
+                // Full of users who created groups within the hour: refuse a newcomer rather
+                // than forget someone's count (which would lift their cap).
+                return Err(Duration::from_secs(60));
+            }
+        }
+        let (start, count) = windows.entry(user.to_owned()).or_insert((now, 0));
+        if now.duration_since(*start) >= HOUR {
+            (*start, *count) = (now, 0);
+        }
+        if *count >= self.per_hour {
+            return Err((*start + HOUR).saturating_duration_since(now));
+        }
+        *count += 1;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod group_cap_tests {
+    use super::*;
+
+    #[test]
+    fn a_user_creates_at_most_the_cap_in_an_hour() {
+        let cap = GroupCap::new(3, 2);
+        let mut now = Instant::now();
+        for _ in 0..3 {
+            assert_eq!(cap.take("mallory", now), Ok(()));
+        }
+        now += Duration::from_secs(600);
+        assert_eq!(cap.take("mallory", now), Err(Duration::from_secs(3000)));
+        assert_eq!(
+            cap.take("alice", now),
+            Ok(()),
+            "others have their own count"
+        );
+        assert!(
+            cap.take("bob", now).is_err(),
+            "the table is full within the hour"
+        );
+        now += Duration::from_secs(3000);
+        assert_eq!(cap.take("mallory", now), Ok(()), "a new hour");
+        assert!(
+            cap.take("bob", now).is_err(),
+            "alice's hour is not over yet"
+        );
+        now += Duration::from_secs(600);
+        assert_eq!(
+            cap.take("bob", now),
+            Ok(()),
+            "alice's hour is over: room for bob"
+        );
+    }
+}

@@ -128,6 +128,7 @@ impl AppOptions {
             app.password_hashes_in_flight_max,
         )?;
         positive("link_connections_max", self.link_connections_max)?;
+        positive("app groups_per_hour_max", app.groups_per_hour_max as usize)?;
         ensure!(
             !app.password_hash_wait_max.is_zero(),
             "the password hash wait must not be zero"

@@ -920,3 +920,62 @@ async fn clients_behind_a_trusted_proxy_have_their_own_limits_and_others_cannot_
         "a spoofed header does not help"
     );
 }
+
+/// Finding 9: anyone could push a user's real conversations out of their inbox: 100 groups
+/// that include the victim, and the inbox showed at most 100 with no next page. Now the
+/// inbox pages on with a cursor to the very end, and one user creates at most 50 groups an
+/// hour (`rate_limited` with the wait beyond).
+#[tokio::test]
+async fn a_flood_of_groups_is_capped_and_cannot_hide_a_conversation() {
+    use chat_client::ErrorCode;
+    let server = TestServer::start_in_process().await;
+    let [alice, bob, mallory] = server.users(["alice", "bob", "mallory"]).await;
+    let _carol = server.user("carol").await;
+    let real = direct(&alice, "bob").await.conv_id;
+    let mut ws = bob.connect_ws().await.expect("connect");
+    ws.send(&ClientFrame::Send {
+        id: "hello".into(),
+        conv: real,
+        body: "hello alice".into(),
+    })
+    .await
+    .expect("send");
+    assert!(matches!(
+        next_frame(&mut ws).await,
+        ServerFrame::Sent { .. }
+    ));
+
+    let mut created = 0;
+    let refused = loop {
+        match mallory
+            .create_conversation(["alice", "carol"], Some("look at me"))
+            .await
+        {
+            Ok(_) => created += 1,
+            Err(err) => break err,
+        }
+        assert!(created <= 50, "more than 50 groups in an hour");
+    };
+    assert_eq!(created, 50);
+    assert_eq!(refused.code(), Some(ErrorCode::RateLimited), "{refused}");
+    let wait = refused.retry_after().expect("a wait");
+    assert!(wait > std::time::Duration::from_secs(3000), "{wait:?}");
+
+    // Alice's first page is all mallory's; paging on finds her conversation with bob.
+    let first = alice.inbox(None).await.expect("inbox");
+    assert!(first.conversations.iter().all(|c| c.conv_id != real));
+    let mut before = first.next_before;
+    let mut found = false;
+    while let Some(cursor) = before {
+        let page = alice.inbox_page(None, Some(cursor)).await.expect("page");
+        found |= page
+            .conversations
+            .iter()
+            .any(|c| c.conv_id == real && c.unread == 1);
+        before = page.next_before;
+    }
+    assert!(
+        found,
+        "the real conversation is on a later page, with its unread message"
+    );
+}

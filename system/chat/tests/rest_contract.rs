@@ -574,10 +574,32 @@ async fn inbox_orders_by_recent_activity_and_counts_unread() {
             .unwrap();
     }
     assert_eq!(alice.inbox(None).await.unwrap().conversations.len(), 20);
-    assert_eq!(
-        alice.inbox(Some(100)).await.unwrap().conversations.len(),
-        25
-    );
+    let all = alice.inbox(Some(100)).await.unwrap();
+    assert_eq!(all.conversations.len(), 25);
+    assert_eq!(all.next_before, None, "one page holds them all");
+
+    // Paging: each page continues where `next_before` says, and the pages are the whole
+    // inbox in order, once each; the last one says there is no next.
+    let mut paged = Vec::new();
+    let mut before = None;
+    loop {
+        let page = alice.inbox_page(Some(7), before).await.unwrap();
+        assert!(page.conversations.len() <= 7);
+        paged.extend(page.conversations.iter().map(|c| c.conv_id));
+        match page.next_before {
+            Some(next) => before = Some(next),
+            None => break,
+        }
+    }
+    let whole: Vec<u64> = all.conversations.iter().map(|c| c.conv_id).collect();
+    assert_eq!(paged, whole);
+    for query in ["before=x", "before=1", "before=1.x", "before=-1.2"] {
+        let response = alice
+            .raw("GET", &format!("/v1/inbox?{query}"), &[], Vec::new())
+            .await
+            .unwrap();
+        assert_eq!(response.status, 400, "{query}");
+    }
 }
 
 #[tokio::test]

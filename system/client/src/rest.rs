@@ -187,9 +187,25 @@ impl Client {
     /// `GET /v1/inbox`: the caller's conversations, most recent activity first, with unread
     /// counts; `limit` defaults to 20, 1-100.
     pub async fn inbox(&self, limit: Option<u32>) -> Result<Inbox, ClientError> {
-        let path = match limit {
-            Some(limit) => format!("/v1/inbox?limit={limit}"),
-            None => "/v1/inbox".to_owned(),
+        self.inbox_page(limit, None).await
+    }
+
+    /// `GET /v1/inbox?before=`: the page after the one whose `next_before` was `before`.
+    pub async fn inbox_page(
+        &self,
+        limit: Option<u32>,
+        before: Option<chat_proto::rest::InboxCursor>,
+    ) -> Result<Inbox, ClientError> {
+        let mut query = Vec::new();
+        if let Some(limit) = limit {
+            query.push(format!("limit={limit}"));
+        }
+        if let Some(before) = before {
+            query.push(format!("before={before}"));
+        }
+        let path = match query.is_empty() {
+            true => "/v1/inbox".to_owned(),
+            false => format!("/v1/inbox?{}", query.join("&")),
         };
         Ok(self.call_json::<(), _>(Method::GET, &path, None).await?.1)
     }

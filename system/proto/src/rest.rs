@@ -102,6 +102,50 @@ pub struct HistoryPage {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InboxQuery {
     pub limit: Option<u32>,
+    /// The `next_before` of the page before: conversations less recently active than it.
+    pub before: Option<InboxCursor>,
+}
+
+/// A place in a user's inbox: a conversation's last activity (ms) and id, written
+/// `<ts>.<conv_id>`. Opaque to clients: they pass back the `next_before` they were given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct InboxCursor {
+    pub ts: u64,
+    pub conv: ConvId,
+}
+
+impl std::fmt::Display for InboxCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.ts, self.conv)
+    }
+}
+
+impl std::str::FromStr for InboxCursor {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("`{text}` is not an inbox cursor (a `next_before` from the inbox)");
+        let (ts, conv) = text.split_once('.').ok_or_else(bad)?;
+        Ok(InboxCursor {
+            ts: ts.parse().map_err(|_| bad())?,
+            conv: conv.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+impl TryFrom<String> for InboxCursor {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
+    }
+}
+
+impl From<InboxCursor> for String {
+    fn from(cursor: InboxCursor) -> String {
+        cursor.to_string()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,4 +163,8 @@ pub struct InboxEntry {
 pub struct Inbox {
     /// Most recent activity first.
     pub conversations: Vec<InboxEntry>,
+    /// Where the next page starts (`?before=`) when less recent conversations exist, else
+    /// `null`.
+    #[serde(default)]
+    pub next_before: Option<InboxCursor>,
 }

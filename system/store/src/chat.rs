@@ -89,6 +89,8 @@ pub struct InboxItem {
     pub last_message: Option<Message>,
     /// Messages after the user's read cursor.
     pub unread: u64,
+    /// Its place in the user's recency index: last activity (ms).
+    pub activity_ts: u64,
 }
 
 /// The chat store over any [`Kv`] backend.
@@ -344,19 +346,32 @@ impl ChatStore {
         .await
     }
 
-    /// The user's `limit` most recently active conversations, most recent first.
-    pub async fn inbox(&self, user: &str, limit: u32) -> Result<Vec<InboxItem>, StoreError> {
+    /// The user's `limit` most recently active conversations, most recent first, that were
+    /// last active before `before` (last activity in ms, conversation id), and whether less
+    /// recent ones exist.
+    pub async fn inbox(
+        &self,
+        user: &str,
+        limit: u32,
+        before: Option<(u64, ConvId)>,
+    ) -> Result<(Vec<InboxItem>, bool), StoreError> {
         self.run(move |tx, _| async move {
             if limit == 0 {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), false));
             }
-            let (begin, end) = keys::recents(user);
-            let entries = tx.get_range(&begin, &end, limit as usize, true).await?;
+            let (begin, mut end) = keys::recents(user);
+            if let Some((ts, conv)) = before {
+                end = keys::recent(user, ts, conv);
+            }
+            // One more than asked: whether a next page exists.
+            let mut entries = tx.get_range(&begin, &end, limit as usize + 1, true).await?;
+            let more = entries.len() > limit as usize;
+            entries.truncate(limit as usize);
             let tx = &tx;
             // One item per entry; their reads run concurrently (they matter over a network).
-            try_join_all(entries.into_iter().map(|(key, _)| async move {
-                let conv_id = match Key::decode(&key)? {
-                    Key::Recent { conv, .. } => conv,
+            let items = try_join_all(entries.into_iter().map(|(key, _)| async move {
+                let (conv_id, activity_ts) = match Key::decode(&key)? {
+                    Key::Recent { conv, ts, .. } => (conv, ts),
                     other => return Err(corrupt(format!("{other:?} in the recency index"))),
                 };
                 let conv = load_conv(tx, conv_id).await?.ok_or_else(|| {
@@ -379,9 +394,11 @@ impl ChatStore {
                     last_seq,
                     last_message,
                     unread: last_seq.saturating_sub(cursor),
+                    activity_ts,
                 })
             }))
-            .await
+            .await?;
+            Ok((items, more))
         })
         .await
     }

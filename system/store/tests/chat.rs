@@ -380,7 +380,7 @@ async fn inbox_orders_by_recency_and_counts_unread(store: ChatStore) {
         items.iter().map(|i| i.conv.conv_id).collect::<Vec<_>>()
     };
 
-    let inbox = store.inbox("alice", 10).await.expect("inbox");
+    let inbox = store.inbox("alice", 10, None).await.expect("inbox").0;
     assert_eq!(
         order(&inbox),
         vec![d_carol.conv_id, g.conv_id, d_bob.conv_id],
@@ -397,7 +397,7 @@ async fn inbox_orders_by_recency_and_counts_unread(store: ChatStore) {
         .append(d_bob.conv_id, vec![msg("bob", "b1", "ping")], 40)
         .await
         .expect("append"));
-    let inbox = store.inbox("alice", 10).await.expect("inbox");
+    let inbox = store.inbox("alice", 10, None).await.expect("inbox").0;
     assert_eq!(
         order(&inbox),
         vec![d_bob.conv_id, d_carol.conv_id, g.conv_id],
@@ -408,7 +408,7 @@ async fn inbox_orders_by_recency_and_counts_unread(store: ChatStore) {
         inbox[0].last_message.as_ref().map(|m| m.body.as_str()),
         Some("ping")
     );
-    let bob = store.inbox("bob", 10).await.expect("inbox");
+    let bob = store.inbox("bob", 10, None).await.expect("inbox").0;
     assert_eq!(order(&bob), vec![d_bob.conv_id, g.conv_id]);
     assert_eq!(
         bob[0].unread, 0,
@@ -423,14 +423,14 @@ async fn inbox_orders_by_recency_and_counts_unread(store: ChatStore) {
         )
         .await
         .expect("append"));
-    let inbox = store.inbox("alice", 2).await.expect("inbox");
+    let inbox = store.inbox("alice", 2, None).await.expect("inbox").0;
     assert_eq!(
         order(&inbox),
         vec![g.conv_id, d_bob.conv_id],
         "limit keeps the most recent"
     );
     assert_eq!(inbox[0].unread, 0);
-    let bob = store.inbox("bob", 10).await.expect("inbox");
+    let bob = store.inbox("bob", 10, None).await.expect("inbox").0;
     assert_eq!(order(&bob), vec![g.conv_id, d_bob.conv_id]);
     assert_eq!((bob[0].last_seq, bob[0].unread), (2, 2));
 
@@ -443,15 +443,15 @@ async fn inbox_orders_by_recency_and_counts_unread(store: ChatStore) {
         late[0].ts, 40,
         "ts never goes below the conversation's last activity"
     );
-    let inbox = store.inbox("alice", 10).await.expect("inbox");
+    let inbox = store.inbox("alice", 10, None).await.expect("inbox").0;
     assert_eq!(inbox.len(), 3);
     assert_eq!(
         order(&inbox),
         vec![g.conv_id, d_bob.conv_id, d_carol.conv_id]
     );
     assert_eq!(inbox[1].unread, 2);
-    assert_eq!(store.inbox("alice", 0).await, Ok(vec![]));
-    assert_eq!(store.inbox("nobody", 10).await, Ok(vec![]));
+    assert_eq!(store.inbox("alice", 0, None).await, Ok((vec![], false)));
+    assert_eq!(store.inbox("nobody", 10, None).await, Ok((vec![], false)));
 }
 
 async fn mark_read_is_capped_and_never_moves_back(store: ChatStore) {
@@ -467,7 +467,7 @@ async fn mark_read_is_capped_and_never_moves_back(store: ChatStore) {
         .expect("append"));
     let unread = |store: &ChatStore| {
         let store = store.clone();
-        async move { store.inbox("bob", 10).await.expect("inbox")[0].unread }
+        async move { store.inbox("bob", 10, None).await.expect("inbox").0[0].unread }
     };
     assert_eq!(unread(&store).await, 2);
     store.mark_read("bob", conv.conv_id, 1).await.expect("mark");
@@ -661,6 +661,6 @@ async fn retries_after_an_unknown_commit_result_store_nothing_twice() {
         .await
         .expect("history");
     assert_eq!(all.len(), 2, "stored once");
-    let inbox = store.inbox("bob", 10).await.expect("inbox");
+    let inbox = store.inbox("bob", 10, None).await.expect("inbox").0;
     assert_eq!((inbox.len(), inbox[0].last_seq, inbox[0].unread), (1, 2, 2));
 }
