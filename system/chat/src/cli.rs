@@ -11,10 +11,10 @@ use chat_net::ratelimit::Rate;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// Flags every cluster role takes.
+/// The token signing secret (`chat serve` and every cluster role).
 #[derive(clap::Args, Debug, Clone)]
-pub struct CommonArgs {
-    /// Token signing secret, hex, at least 32 bytes; the same on every process of the cluster.
+pub struct SecretArgs {
+    /// Token signing secret, hex, at least 32 bytes; the same on every process of a cluster.
     /// On the command line it shows in `ps`: prefer `--token-secret-file` or the environment.
     #[arg(
         long,
@@ -26,6 +26,26 @@ pub struct CommonArgs {
     /// A file holding the token signing secret (hex), readable by its owner only.
     #[arg(long, env = "CHAT_TOKEN_SECRET_FILE")]
     pub token_secret_file: Option<std::path::PathBuf>,
+}
+
+impl SecretArgs {
+    /// The secret given, if any.
+    pub fn secret(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        match (&self.token_secret, &self.token_secret_file) {
+            (Some(hex_secret), _) => Ok(Some(
+                chat_auth::secret::parse_hex(hex_secret).context("--token-secret")?,
+            )),
+            (None, Some(path)) => secret_file(path).map(Some),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+/// Flags every cluster role takes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CommonArgs {
+    #[command(flatten)]
+    pub secret: SecretArgs,
     /// Lifetime of session tokens, in seconds.
     #[arg(long, env = "CHAT_TOKEN_TTL_SECS", default_value_t = Tokens::TTL_DEFAULT.as_secs())]
     pub token_ttl_secs: u64,
@@ -58,13 +78,10 @@ pub fn secret_file(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
 
 impl CommonArgs {
     pub fn common(&self) -> anyhow::Result<Common> {
-        let secret = match (&self.token_secret, &self.token_secret_file) {
-            (Some(hex_secret), _) => {
-                chat_auth::secret::parse_hex(hex_secret).context("--token-secret")?
-            }
-            (None, Some(path)) => secret_file(path)?,
-            (None, None) => anyhow::bail!("--token-secret or --token-secret-file is required"),
-        };
+        let secret = self
+            .secret
+            .secret()?
+            .context("--token-secret or --token-secret-file is required")?;
         let mut common = Common::new(secret);
         common.token_ttl = Duration::from_secs(self.token_ttl_secs);
         common.link.heartbeat_interval = Duration::from_millis(self.link_heartbeat_ms);

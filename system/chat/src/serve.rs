@@ -29,19 +29,10 @@ pub struct ServeArgs {
     /// Directory for the message store and the generated token secret.
     #[arg(long, env = "CHAT_DATA", default_value = "./chat-data")]
     pub data: PathBuf,
-    /// Token signing secret (hex, at least 32 bytes). Default: generated once and kept in
-    /// `<data>/token-secret`, so tokens survive restarts.
-    /// On the command line it shows in `ps`: prefer `--token-secret-file` or the environment.
-    #[arg(
-        long,
-        env = "CHAT_TOKEN_SECRET",
-        hide_env_values = true,
-        conflicts_with = "token_secret_file"
-    )]
-    pub token_secret: Option<String>,
-    /// A file holding the token signing secret (hex), readable by its owner only.
-    #[arg(long, env = "CHAT_TOKEN_SECRET_FILE")]
-    pub token_secret_file: Option<PathBuf>,
+    /// Without one, a secret is generated once and kept in `<data>/token-secret`, so tokens
+    /// survive restarts.
+    #[command(flatten)]
+    pub secret: crate::cli::SecretArgs,
     /// Lifetime of session tokens, in seconds.
     #[arg(long, default_value_t = Tokens::TTL_DEFAULT.as_secs())]
     pub token_ttl_secs: u64,
@@ -110,12 +101,9 @@ pub async fn run(
 pub async fn main(args: ServeArgs) -> anyhow::Result<()> {
     use anyhow::Context;
     crate::store::private_dir(&args.data)?;
-    let token_secret = match (&args.token_secret, &args.token_secret_file) {
-        (Some(hex_secret), _) => {
-            chat_auth::secret::parse_hex(hex_secret).context("--token-secret")?
-        }
-        (None, Some(path)) => crate::cli::secret_file(path)?,
-        (None, None) => chat_auth::secret::load_or_create(&args.data)?,
+    let token_secret = match args.secret.secret()? {
+        Some(secret) => secret,
+        None => chat_auth::secret::load_or_create(&args.data)?,
     };
     let mut options = Options::new(token_secret);
     options.common.token_ttl = std::time::Duration::from_secs(args.token_ttl_secs);

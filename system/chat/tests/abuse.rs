@@ -82,22 +82,8 @@ async fn a_page_of_escaped_bodies_is_answered_and_the_link_stays_up() {
 #[cfg(unix)]
 #[tokio::test]
 async fn data_files_are_readable_by_their_owner_only() {
-    use std::io::BufRead;
     use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_chat"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(&data)
-        .env("RUST_LOG", "error")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("start chat serve");
-    let mut line = String::new();
-    let stdout = child.stdout.take().expect("stdout");
-    std::io::BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("the listening line");
+    let server = ServeProcess::start(&[]);
     let mode = |path: &std::path::Path| {
         std::fs::metadata(path)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -105,14 +91,12 @@ async fn data_files_are_readable_by_their_owner_only() {
             .mode()
             & 0o777
     };
+    let data = &server.data;
     let modes = [
-        mode(&data),
+        mode(data),
         mode(&data.join("messages.redb")),
         mode(&data.join("token-secret")),
     ];
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(line.contains("listening on"), "{line:?}");
     assert_eq!(modes, [0o700, 0o600, 0o600], "data dir, store, secret");
 }
 
@@ -456,6 +440,8 @@ async fn one_address_trickling_bodies_cannot_stop_the_server() {
 struct ServeProcess {
     child: std::process::Child,
     base: String,
+    /// Its data directory.
+    data: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -463,9 +449,10 @@ impl ServeProcess {
     fn start(args: &[&str]) -> ServeProcess {
         use std::io::BufRead;
         let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_chat"))
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(dir.path().join("data"))
+            .arg(&data)
             .args(args)
             .env("RUST_LOG", "error")
             .stdout(std::process::Stdio::piped())
@@ -484,6 +471,7 @@ impl ServeProcess {
         ServeProcess {
             child,
             base,
+            data,
             _dir: dir,
         }
     }
