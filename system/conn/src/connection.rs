@@ -481,22 +481,14 @@ where
             tokio::select! {
                 item = outbound.recv() => {
                     let Some(item) = item else { break None };
-                    match self.write(item).await {
-                        Ok(true) => {}
-                        Ok(false) => break Some(CloseReason::TryAgainLater),
-                        Err(_) => break None,
-                    }
-                    // Write whatever else is queued, then flush once: one syscall for a burst.
-                    let mut failed = None;
-                    while let Ok(item) = outbound.try_recv() {
-                        match self.write(item).await {
-                            Ok(true) => {}
-                            Ok(false) => { failed = Some(Some(CloseReason::TryAgainLater)); break }
-                            Err(_) => { failed = Some(None); break }
-                        }
-                    }
-                    if let Some(reason) = failed { break reason; }
-                    if self.bounded(|sink| sink.flush()).await.is_err() { break None; }
+                    // Raced against overflow and close: a write waiting on a slow client must
+                    // not hold off the close for the rest of its write timeout.
+                    let stop = tokio::select! {
+                        written = self.burst(item, &mut outbound) => written.err(),
+                        _ = overflow.notified() => Some(Some(CloseReason::TryAgainLater)),
+                        changed = close.changed() => Some(if changed.is_ok() { *close.borrow() } else { None }),
+                    };
+                    if let Some(reason) = stop { break reason; }
                 }
                 _ = heartbeat.tick() => {
                     if self.bounded(|sink| sink.send(WsMessage::Ping(Default::default()))).await.is_err() { break None; }
@@ -516,6 +508,28 @@ where
         let _ = self.bounded(|sink| sink.close()).await;
         let _ = done.send(true);
         self.sink
+    }
+
+    /// Writes `first` and whatever else is queued, then flushes once: one syscall for a
+    /// burst. Err: the connection must end, with that close reason if any.
+    async fn burst(
+        &mut self,
+        first: Outbound,
+        outbound: &mut mpsc::Receiver<Outbound>,
+    ) -> Result<(), Option<CloseReason>> {
+        let mut item = first;
+        loop {
+            match self.write(item).await {
+                Ok(true) => {}
+                Ok(false) => return Err(Some(CloseReason::TryAgainLater)),
+                Err(_) => return Err(None),
+            }
+            match outbound.try_recv() {
+                Ok(next) => item = next,
+                Err(_) => break,
+            }
+        }
+        self.bounded(|sink| sink.flush()).await.map_err(|_| None)
     }
 
     /// One socket operation, bounded by the write timeout: a client that stops reading
