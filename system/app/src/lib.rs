@@ -11,7 +11,8 @@
 //! - [`routing`]: after a batch is durable, looks recipients up in the registry and hands
 //!   the messages to the connection servers.
 //! - [`errors`]: store and auth errors mapped to protocol errors, in one place.
-//! - [`throttle`]: failed logins per username, answered with a growing wait.
+//! - [`throttle`]: per-user limits in memory: failed logins per username (a growing
+//!   wait), groups created per hour.
 //!
 //! The server keeps no state that matters across restarts: everything durable is in the
 //! store, everything about connections is in the registry.
@@ -115,7 +116,10 @@ impl AppServer {
             hash_permits,
             hash_wait_max: config.password_hash_wait_max,
             throttle: throttle::LoginThrottle::new(config.login_throttle),
-            group_cap: throttle::GroupCap::new(config.groups_per_hour_max, 100_000),
+            group_cap: throttle::GroupCap::new(
+                config.groups_per_hour_max,
+                throttle::GroupCap::USERS_MAX,
+            ),
             store: store.clone(),
             passwords,
             tokens,
@@ -398,19 +402,11 @@ impl Handlers {
                 "`limit` must be 1-{INBOX_LIMIT_MAX}"
             )));
         }
-        let before = query.before.map(|c| (c.ts, c.conv));
-        let (items, more) = self
+        let (items, next_before) = self
             .store
-            .inbox(caller, limit, before)
+            .inbox(caller, limit, query.before)
             .await
             .map_err(store_error)?;
-        let next_before = items
-            .last()
-            .filter(|_| more)
-            .map(|item| chat_proto::rest::InboxCursor {
-                ts: item.activity_ts,
-                conv: item.conv.conv_id,
-            });
         let conversations = items
             .into_iter()
             .map(|item| InboxEntry {

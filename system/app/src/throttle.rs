@@ -1,12 +1,15 @@
-//! Failed logins per username: after a few, each further attempt waits longer, so guessing
-//! one account's password is slow however many addresses the guesses come from.
+//! Per-user limits kept in the app server's memory:
+//! - [`LoginThrottle`]: failed logins per username. After a few, each further attempt waits
+//!   longer, so guessing one account's password is slow however many addresses the guesses
+//!   come from. A correct password ends the throttle; a throttled attempt is refused before
+//!   any hashing (it costs the server nothing). The price: someone who knows a username can
+//!   make its owner wait up to [`ThrottleConfig::wait_max`] to log in.
+//! - [`GroupCap`]: groups created per user per hour.
 //!
-//! Logins route to an app server by username, so one server sees all of a username's
-//! attempts while it is up. A correct password ends the throttle; a throttled attempt is
-//! refused before any hashing (it costs the server nothing). The price: someone who knows a
-//! username can make its owner wait up to [`ThrottleConfig::wait_max`] to log in.
-//!
-//! Without I/O: the caller passes the time (`tokio::time::Instant`, which madsim simulates).
+//! A user's requests route to one app server while it is up, so that server sees all of
+//! them. Each table is bounded; when full, it never forgets a live entry to make room (that
+//! would lift someone's limit). Without I/O: the caller passes the time
+//! (`tokio::time::Instant`, which madsim simulates).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -74,15 +77,14 @@ impl LoginThrottle {
     pub fn failed(&self, username: &str, now: Instant) {
         let config = &self.config;
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if !failures.contains_key(username) && failures.len() >= config.usernames_max {
-            failures.retain(|_, f| now.duration_since(f.last) < config.forget_after);
-            if failures.len() >= config.usernames_max {
-                tracing::warn!(
-                    usernames_max = config.usernames_max,
-                    "login throttle full; not tracking a new username"
-                );
-                return;
-            }
+        if !room_for(&mut failures, username, config.usernames_max, |f| {
+            now.duration_since(f.last) < config.forget_after
+        }) {
+            tracing::warn!(
+                usernames_max = config.usernames_max,
+                "login throttle full; not tracking a new username"
+            );
+            return;
         }
         let entry = failures.entry(username.to_owned()).or_insert(Failures {
             count: 0,
@@ -108,6 +110,66 @@ impl LoginThrottle {
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         failures.remove(username);
     }
+}
+
+/// Groups a user may create per hour: each one puts itself at the top of every member's
+/// inbox, so an unbounded number would let one account push anyone's real conversations
+/// out of sight. A fixed window per user (the hour from their first creation in it).
+pub struct GroupCap {
+    per_hour: u32,
+    /// User -> (the window's start, groups created in it).
+    windows: Mutex<HashMap<String, (Instant, u32)>>,
+    users_max: usize,
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+impl GroupCap {
+    /// Users tracked at once by default.
+    pub const USERS_MAX: usize = 100_000;
+
+    pub fn new(per_hour: u32, users_max: usize) -> GroupCap {
+        GroupCap {
+            per_hour,
+            windows: Mutex::default(),
+            users_max,
+        }
+    }
+
+    /// Counts a group `user` creates now, or how long until they may create one.
+    pub fn take(&self, user: &str, now: Instant) -> Result<(), Duration> {
+        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        if !room_for(&mut windows, user, self.users_max, |(start, _)| {
+            now.duration_since(*start) < HOUR
+        }) {
+            // Full of users who created groups within the hour: a newcomer waits.
+            return Err(Duration::from_secs(60));
+        }
+        let (start, count) = windows.entry(user.to_owned()).or_insert((now, 0));
+        if now.duration_since(*start) >= HOUR {
+            (*start, *count) = (now, 0);
+        }
+        if *count >= self.per_hour {
+            return Err((*start + HOUR).saturating_duration_since(now));
+        }
+        *count += 1;
+        Ok(())
+    }
+}
+
+/// Whether `table` has room for `key`: it is there already, or there is room once the
+/// entries `live` says are over are forgotten. A live entry is never forgotten.
+fn room_for<V>(
+    table: &mut HashMap<String, V>,
+    key: &str,
+    max: usize,
+    mut live: impl FnMut(&V) -> bool,
+) -> bool {
+    if table.contains_key(key) || table.len() < max {
+        return true;
+    }
+    table.retain(|_, v| live(v));
+    table.len() < max
 }
 
 #[cfg(test)]
@@ -182,55 +244,6 @@ mod tests {
         t.failed("alice", now);
         assert_eq!(t.check("alice", now), Ok(()), "counting from one again");
     }
-}
-
-/// Groups a user may create per hour: each one puts itself at the top of every member's
-/// inbox, so an unbounded number would let one account push anyone's real conversations
-/// out of sight. A fixed window per user (the hour from their first creation in it).
-pub struct GroupCap {
-    per_hour: u32,
-    /// User -> (the window's start, groups created in it).
-    windows: Mutex<HashMap<String, (Instant, u32)>>,
-    users_max: usize,
-}
-
-const HOUR: Duration = Duration::from_secs(3600);
-
-impl GroupCap {
-    pub fn new(per_hour: u32, users_max: usize) -> GroupCap {
-        GroupCap {
-            per_hour,
-            windows: Mutex::default(),
-            users_max,
-        }
-    }
-
-    /// Counts a group `user` creates now, or how long until they may create one.
-    pub fn take(&self, user: &str, now: Instant) -> Result<(), Duration> {
-        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        if !windows.contains_key(user) && windows.len() >= self.users_max {
-            windows.retain(|_, (start, _)| now.duration_since(*start) < HOUR);
-            if windows.len() >= self.users_max {
-                // Full of users who created groups within the hour: refuse a newcomer rather
-                // than forget someone's count (which would lift their cap).
-                return Err(Duration::from_secs(60));
-            }
-        }
-        let (start, count) = windows.entry(user.to_owned()).or_insert((now, 0));
-        if now.duration_since(*start) >= HOUR {
-            (*start, *count) = (now, 0);
-        }
-        if *count >= self.per_hour {
-            return Err((*start + HOUR).saturating_duration_since(now));
-        }
-        *count += 1;
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod group_cap_tests {
-    use super::*;
 
     #[test]
     fn a_user_creates_at_most_the_cap_in_an_hour() {

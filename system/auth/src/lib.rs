@@ -64,9 +64,9 @@ pub struct Passwords {
 }
 
 /// Argon2's working memory (19 MiB a hash by default), kept for the next hash instead of
-/// freed: the allocator would keep a freed buffer in the arena of whichever thread ran the
-/// hash, and a burst of logins then grew the process by gigabytes. With buffers reused,
-/// memory is bounded by the hashes run at once (which the caller bounds).
+/// freed: what a freed buffer costs then depends on the allocator (which may keep it in the
+/// arena of whichever thread ran the hash). With buffers reused, memory is bounded by the
+/// hashes run at once, which the caller bounds.
 #[derive(Clone, Default)]
 struct WorkingMemory {
     spare: Arc<Mutex<Vec<Vec<Block>>>>,

@@ -324,10 +324,12 @@ impl GatewayArgs {
             apps: self.app.clone(),
             conns: self.conn.clone(),
             rates: self.rates.config(),
+            http: chat_net::http::HttpConfig {
+                trusted_proxies: self.proxies.trusted_proxies.clone(),
+                ..Default::default()
+            },
             ..GatewayOptions::default()
         };
-        let mut options = options;
-        options.http.trusted_proxies = self.proxies.trusted_proxies.clone();
         options.validate()?;
         Ok((self.common.common()?, options))
     }

@@ -10,9 +10,9 @@ use axum::{Json, Router};
 use chat_net::error::{ConvPath, HttpError, JsonBody, QueryParams, error, with_fallbacks};
 use chat_net::http::PeerAddr;
 use chat_net::websocket::bearer_token;
-use chat_proto::ErrorCode;
 use chat_proto::api::AppApiExt;
 use chat_proto::rest::{CreateConversation, Credentials, HistoryQuery, InboxQuery};
+use chat_proto::{ApiError, ErrorCode};
 
 pub fn router(gateway: Gateway) -> Router {
     with_fallbacks(
@@ -73,14 +73,11 @@ impl FromRequestParts<Gateway> for CredentialsWithinLimit {
     }
 }
 
+/// 429 with the wait (`retry_after_ms`, and `Retry-After` in whole seconds rounded up).
 pub fn rate_limited(wait: std::time::Duration) -> HttpError {
-    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    HttpError::with_retry_after(
-        error(ErrorCode::RateLimited, "too many requests; retry later")
-            .0
-            .retry_after(wait),
-        seconds.max(1),
-    )
+    ApiError::new(ErrorCode::RateLimited, "too many requests; retry later")
+        .retry_after(wait)
+        .into()
 }
 
 async fn index() -> Html<&'static str> {

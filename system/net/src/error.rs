@@ -15,18 +15,11 @@ use serde::de::DeserializeOwned;
 
 /// An [`ApiError`] on its way to becoming a response.
 #[derive(Debug)]
-pub struct HttpError(pub ApiError, Option<u64>);
-
-impl HttpError {
-    /// With a `Retry-After` header of `seconds`.
-    pub fn with_retry_after(err: ApiError, seconds: u64) -> HttpError {
-        HttpError(err, Some(seconds))
-    }
-}
+pub struct HttpError(pub ApiError);
 
 impl From<ApiError> for HttpError {
     fn from(err: ApiError) -> Self {
-        HttpError(err, None)
+        HttpError(err)
     }
 }
 
@@ -34,12 +27,12 @@ impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.0.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        // Whoever may retry learns when: the explicit wait, else the error's own, else a
-        // second for an overloaded server.
-        let retry_after = self.1.or_else(|| match self.0.retry_after_ms {
+        // Whoever may retry learns when, in whole seconds rounded up: the error's own wait,
+        // else a second for an overloaded server.
+        let retry_after = match self.0.retry_after_ms {
             Some(ms) => Some(ms.div_ceil(1000).max(1)),
             None => (self.0.code == ErrorCode::Overloaded).then_some(1),
-        });
+        };
         let mut response = (status, axum::Json(ErrorBody { error: self.0 })).into_response();
         if let Some(seconds) = retry_after {
             response.headers_mut().insert(
@@ -52,7 +45,7 @@ impl IntoResponse for HttpError {
 }
 
 pub fn error(code: ErrorCode, message: impl Into<String>) -> HttpError {
-    HttpError(ApiError::new(code, message), None)
+    HttpError(ApiError::new(code, message))
 }
 
 /// A JSON body. Unlike axum's `Json`, it does not insist on a `Content-Type`, and every

@@ -110,9 +110,9 @@ impl ApiError {
             retry_after_ms: None,
         }
     }
-    /// With the wait before a retry.
+    /// With the wait before a retry (see [`retry_after_ms`]).
     pub fn retry_after(mut self, wait: std::time::Duration) -> Self {
-        self.retry_after_ms = Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1));
+        self.retry_after_ms = Some(retry_after_ms(wait));
         self
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -128,6 +128,14 @@ impl ApiError {
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Internal, message)
     }
+}
+
+/// A wait before a retry as the protocol says it: whole milliseconds rounded up, at least 1,
+/// so a client that waits exactly that long is not refused again for a fraction of one.
+pub fn retry_after_ms(wait: std::time::Duration) -> u64 {
+    u64::try_from(wait.as_nanos().div_ceil(1_000_000))
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 /// The REST error body: `{"error":{"code","message"}}`.

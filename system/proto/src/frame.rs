@@ -96,7 +96,7 @@ impl ServerFrame {
             id,
             op: None,
             conv: None,
-            retry_after_ms: None,
+            retry_after_ms: err.retry_after_ms,
         }
     }
 
@@ -108,7 +108,7 @@ impl ServerFrame {
             id: None,
             op: Some(op),
             conv: Some(conv),
-            retry_after_ms: None,
+            retry_after_ms: err.retry_after_ms,
         }
     }
 
@@ -120,7 +120,7 @@ impl ServerFrame {
         op: Option<FrameOp>,
         conv: Option<ConvId>,
     ) -> Self {
-        let retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+        let retry_after_ms = crate::error::retry_after_ms(wait);
         ServerFrame::Error {
             code: ErrorCode::RateLimited,
             message: format!("too many frames; send this again in {retry_after_ms} ms"),

@@ -7,6 +7,7 @@
 
 use crate::keys::{self, COUNTER_CONV, Key, value};
 use crate::kv::{Kv, KvError, RunOptions, Tx, TxError, run_with};
+use chat_proto::rest::InboxCursor;
 use chat_proto::{ConvId, ConvKind, Conversation, Message, Seq};
 use futures::future::try_join_all;
 use std::collections::{BTreeMap, HashMap};
@@ -89,8 +90,6 @@ pub struct InboxItem {
     pub last_message: Option<Message>,
     /// Messages after the user's read cursor.
     pub unread: u64,
-    /// Its place in the user's recency index: last activity (ms).
-    pub activity_ts: u64,
 }
 
 /// The chat store over any [`Kv`] backend.
@@ -346,34 +345,39 @@ impl ChatStore {
         .await
     }
 
-    /// The user's `limit` most recently active conversations, most recent first, that were
-    /// last active before `before` (last activity in ms, conversation id), and whether less
-    /// recent ones exist.
+    /// The user's `limit` most recently active conversations, most recent first, after
+    /// `before` (a place in the recency index: last activity and conversation), and the
+    /// place the next page starts from if less recent ones exist.
     pub async fn inbox(
         &self,
         user: &str,
         limit: u32,
-        before: Option<(u64, ConvId)>,
-    ) -> Result<(Vec<InboxItem>, bool), StoreError> {
+        before: Option<InboxCursor>,
+    ) -> Result<(Vec<InboxItem>, Option<InboxCursor>), StoreError> {
         self.run(move |tx, _| async move {
             if limit == 0 {
-                return Ok((Vec::new(), false));
+                return Ok((Vec::new(), None));
             }
             let (begin, mut end) = keys::recents(user);
-            if let Some((ts, conv)) = before {
+            if let Some(InboxCursor { ts, conv }) = before {
                 end = keys::recent(user, ts, conv);
             }
             // One more than asked: whether a next page exists.
-            let mut entries = tx.get_range(&begin, &end, limit as usize + 1, true).await?;
-            let more = entries.len() > limit as usize;
-            entries.truncate(limit as usize);
+            let pairs = tx.get_range(&begin, &end, limit as usize + 1, true).await?;
+            let mut places = pairs
+                .iter()
+                .map(|(key, _)| match Key::decode(key)? {
+                    Key::Recent { conv, ts, .. } => Ok(InboxCursor { ts, conv }),
+                    other => Err(corrupt(format!("{other:?} in the recency index"))),
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            let more = places.len() > limit as usize;
+            places.truncate(limit as usize);
+            let next = places.last().copied().filter(|_| more);
             let tx = &tx;
             // One item per entry; their reads run concurrently (they matter over a network).
-            let items = try_join_all(entries.into_iter().map(|(key, _)| async move {
-                let (conv_id, activity_ts) = match Key::decode(&key)? {
-                    Key::Recent { conv, ts, .. } => (conv, ts),
-                    other => return Err(corrupt(format!("{other:?} in the recency index"))),
-                };
+            let items = try_join_all(places.into_iter().map(|place| async move {
+                let conv_id = place.conv;
                 let conv = load_conv(tx, conv_id).await?.ok_or_else(|| {
                     corrupt(format!(
                         "recency index names missing conversation {conv_id}"
@@ -394,11 +398,10 @@ impl ChatStore {
                     last_seq,
                     last_message,
                     unread: last_seq.saturating_sub(cursor),
-                    activity_ts,
                 })
             }))
             .await?;
-            Ok((items, more))
+            Ok((items, next))
         })
         .await
     }

@@ -450,8 +450,8 @@ async fn inbox_orders_by_recency_and_counts_unread(store: ChatStore) {
         vec![g.conv_id, d_bob.conv_id, d_carol.conv_id]
     );
     assert_eq!(inbox[1].unread, 2);
-    assert_eq!(store.inbox("alice", 0, None).await, Ok((vec![], false)));
-    assert_eq!(store.inbox("nobody", 10, None).await, Ok((vec![], false)));
+    assert_eq!(store.inbox("alice", 0, None).await, Ok((vec![], None)));
+    assert_eq!(store.inbox("nobody", 10, None).await, Ok((vec![], None)));
 }
 
 async fn mark_read_is_capped_and_never_moves_back(store: ChatStore) {
