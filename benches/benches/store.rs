@@ -372,6 +372,7 @@ fn frame(c: &mut Criterion) {
         body: text,
         client_msg_id: "5d0e77c3-1234".into(),
         ts: 1_767_139_200_123,
+        event: None,
     });
     let ack = ServerFrame::Sent {
         id: "5d0e77c3-1234".into(),

@@ -80,6 +80,7 @@ impl ChatModel {
         let ts = ts.max(self.convs[index].last_ts);
         let mut stored_any = false;
         let mut results = Vec::with_capacity(batch.len());
+        let members: std::sync::Arc<[String]> = self.convs[index].members.iter().cloned().collect();
         for item in batch {
             if !self.convs[index].members.contains(&item.sender) {
                 results.push(Err(AppendError::UnknownConversation));
@@ -97,6 +98,7 @@ impl ChatModel {
                     ts: message.ts,
                     message,
                     fresh: false,
+                    members: members.clone(),
                 }));
                 continue;
             }
@@ -109,6 +111,7 @@ impl ChatModel {
                 body: item.body.clone(),
                 client_msg_id: item.client_msg_id.clone(),
                 ts,
+                event: None,
             };
             conv.log.push(message.clone());
             self.idem.insert(id, (conv_id, seq));
@@ -119,6 +122,7 @@ impl ChatModel {
                 ts,
                 message,
                 fresh: true,
+                members: members.clone(),
             }));
         }
         if stored_any {

@@ -11,6 +11,8 @@ pub fn store_error(err: StoreError) -> ApiError {
             ApiError::new(ErrorCode::UnknownUser, format!("no user `{name}`"))
         }
         StoreError::UnknownConversation => ApiError::unknown_conversation(),
+        StoreError::Forbidden(why) => ApiError::new(ErrorCode::Forbidden, why),
+        StoreError::NotAllowed(why) => ApiError::bad_request(why),
         other if other.is_retryable() => {
             tracing::warn!(error = %other, "store unavailable");
             ApiError::unavailable("the message store is unavailable; retry")

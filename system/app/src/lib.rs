@@ -24,7 +24,7 @@ pub mod sequencer;
 pub mod throttle;
 
 use chat_auth::{Passwords, Tokens};
-use chat_proto::api::{AppApi, Call, Request, Response, SyncPage};
+use chat_proto::api::{AppApi, Call, ConvChange, Request, Response, SyncPage};
 use chat_proto::limits::*;
 use chat_proto::link::Delivery;
 use chat_proto::model::{PageEnd, cut_page, now_ms, validate_password, validate_username};
@@ -90,6 +90,8 @@ pub struct AppServer {
 /// under way.
 struct Handlers {
     store: ChatStore,
+    /// For telling members' devices of a new conversation.
+    router: Arc<routing::Router>,
     passwords: Passwords,
     tokens: Tokens,
     /// Permits for password hashing: see [`AppConfig::password_hashes_in_flight_max`].
@@ -108,7 +110,11 @@ impl AppServer {
         tokens: Tokens,
         config: AppConfig,
     ) -> Arc<AppServer> {
-        let router = routing::Router::new(registry, delivery, config.registry_timeout);
+        let router = Arc::new(routing::Router::new(
+            registry,
+            delivery,
+            config.registry_timeout,
+        ));
         let hash_permits = Arc::new(tokio::sync::Semaphore::new(
             config.password_hashes_in_flight_max.max(1),
         ));
@@ -121,6 +127,7 @@ impl AppServer {
                 throttle::GroupCap::USERS_MAX,
             ),
             store: store.clone(),
+            router: router.clone(),
             passwords,
             tokens,
         });
@@ -173,6 +180,33 @@ impl AppApi for AppServer {
                 let ack = self.sequencers.submit(request);
                 async move { Ok(Response::Sent { ack: ack.await? }) }.boxed()
             }
+            Request::Change {
+                caller,
+                conv,
+                change,
+            } => {
+                if let Err(err) = validate_change(&change) {
+                    return futures::future::ready(Err(err)).boxed();
+                }
+                let changed = self.sequencers.submit_change(caller, conv, change);
+                async move {
+                    Ok(Response::Changed {
+                        changed: changed.await?,
+                    })
+                }
+                .boxed()
+            }
+            Request::Conversation { caller, conv } => async move {
+                let conv = h
+                    .store
+                    .conversation_for(&caller, conv)
+                    .await
+                    .map_err(store_error)?;
+                Ok(Response::ConversationView {
+                    conversation: ConversationView::from(&conv),
+                })
+            }
+            .boxed(),
             Request::Read { user, conv, seq } => async move {
                 h.read(&user, conv, seq).await?;
                 Ok(Response::Done)
@@ -189,6 +223,24 @@ impl AppApi for AppServer {
             }
             .boxed(),
         }
+    }
+}
+
+/// Checks a change's own fields; the store checks it against the conversation.
+fn validate_change(change: &ConvChange) -> Result<(), ApiError> {
+    match change {
+        ConvChange::SetMember { user, .. } | ConvChange::RemoveMember { user } => {
+            validate_username(user)
+                .map_err(|_| ApiError::bad_request(format!("`{user}` is not a valid username")))
+        }
+        ConvChange::SetTitle { title: Some(title) }
+            if title.is_empty() || title.len() > TITLE_BYTES_MAX =>
+        {
+            Err(ApiError::bad_request(format!(
+                "`title` must be 1-{TITLE_BYTES_MAX} bytes"
+            )))
+        }
+        ConvChange::SetTitle { .. } => Ok(()),
     }
 }
 
@@ -355,6 +407,7 @@ impl Handlers {
             .create_conversation(caller, others, request.title, now_ms())
             .await
             .map_err(store_error)?;
+        let view = ConversationView::from(&conv);
         if created {
             tracing::info!(
                 conv = conv.conv_id,
@@ -362,8 +415,15 @@ impl Handlers {
                 members = conv.members.len(),
                 "conversation created"
             );
+            // Every member's devices learn of it now, not at their next inbox refresh. In
+            // the background: the creator's answer does not wait for the registry.
+            let (router, members, announced) = (self.router.clone(), conv.members, view.clone());
+            tokio::spawn(async move {
+                let targets = router.targets(&members).await;
+                router.announce(&targets, announced);
+            });
         }
-        Ok((ConversationView::from(&conv), created))
+        Ok((view, created))
     }
 
     async fn history(
@@ -413,6 +473,7 @@ impl Handlers {
                 conv_id: item.conv.conv_id,
                 kind: item.conv.kind,
                 members: item.conv.members,
+                owners: item.conv.owners,
                 title: item.conv.title,
                 last_seq: item.last_seq,
                 last_message: item.last_message.as_ref().map(MessageView::from),
@@ -462,6 +523,7 @@ mod tests {
 
     impl Delivery for Nowhere {
         fn deliver(&self, _targets: &[Target], _message: Arc<Message>) {}
+        fn announce(&self, _targets: &[Target], _conversation: Arc<ConversationView>) {}
     }
 
     fn server(password_hashes_in_flight_max: usize) -> Arc<AppServer> {

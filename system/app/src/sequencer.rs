@@ -9,6 +9,10 @@
 //! - delivery happens in `seq` order, because the same task routes each batch after its
 //!   commit and before it takes the next.
 //!
+//! A change of members or title (`Request::Change`) goes through the same queue: the task
+//! commits the sends before it, then the change on its own, then goes on; so it takes its
+//! place in the `seq` stream, and in delivery order, where it was submitted.
+//!
 //! Several app servers may still write one conversation (each with its own task); the
 //! store's optimistic concurrency keeps `seq` gapless then, at the cost of retries.
 
@@ -16,9 +20,10 @@ use crate::AppConfig;
 use crate::batch::{self, Admit, Joins, Key};
 use crate::errors::store_error;
 use crate::routing::Router;
-use chat_proto::api::{SendAck, SendRequest};
+use chat_proto::api::{ConvChange, SendAck, SendRequest};
 use chat_proto::deadline::Deadline;
 use chat_proto::model::{is_valid_client_msg_id, now_ms};
+use chat_proto::rest::{ConvChanged, ConversationView};
 use chat_proto::sim::buggify;
 use chat_proto::{ApiError, ConvId, ErrorCode};
 use chat_store::{AppendError, ChatStore, NewMessage};
@@ -36,6 +41,35 @@ type Reply = oneshot::Sender<AckResult>;
 struct Pending {
     request: SendRequest,
     reply: Reply,
+}
+
+/// A change of members or title waiting its turn.
+struct PendingChange {
+    caller: String,
+    change: ConvChange,
+    reply: oneshot::Sender<Result<ConvChanged, ApiError>>,
+}
+
+/// What a conversation's queue holds.
+enum Work {
+    Send(Pending),
+    Change(PendingChange),
+}
+
+impl Work {
+    /// Answers `overloaded`: the queue is full, or too many conversations have one.
+    fn refuse(self) {
+        let overloaded =
+            || ApiError::new(ErrorCode::Overloaded, "too many requests in flight; retry");
+        match self {
+            Work::Send(pending) => {
+                let _ = pending.reply.send(Err(overloaded()));
+            }
+            Work::Change(pending) => {
+                let _ = pending.reply.send(Err(overloaded()));
+            }
+        }
+    }
 }
 
 impl Pending {
@@ -82,10 +116,10 @@ pub struct Sequencers {
 
 struct Shared {
     store: ChatStore,
-    router: Router,
+    router: Arc<Router>,
     config: AppConfig,
     // A std Mutex: held only to look up or insert a queue, never across an await.
-    queues: Mutex<HashMap<ConvId, mpsc::Sender<Pending>>>,
+    queues: Mutex<HashMap<ConvId, mpsc::Sender<Work>>>,
     /// Every send queued or being written, and who waits for it. Taken after `queues` when
     /// both are held.
     joins: Mutex<Joins<Reply>>,
@@ -119,7 +153,7 @@ impl Shared {
 }
 
 impl Sequencers {
-    pub fn new(store: ChatStore, router: Router, config: AppConfig) -> Sequencers {
+    pub fn new(store: ChatStore, router: Arc<Router>, config: AppConfig) -> Sequencers {
         Sequencers {
             shared: Arc::new(Shared {
                 store,
@@ -156,7 +190,7 @@ impl Sequencers {
         // Refused by a full queue, or a closed one, which cannot happen: a task removes its
         // queue from the map (under the lock) before it drops the receiver. Both answer the
         // same way anyway.
-        let refused = |err: mpsc::error::TrySendError<Pending>| err.into_inner().reply;
+        let refused = |err: mpsc::error::TrySendError<Work>| err.into_inner();
         let queued = {
             let mut queues = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
             let mut joins = self.shared.joins();
@@ -164,30 +198,73 @@ impl Sequencers {
             let queued = match joins.admit(&key, reply, &queues, convs_active_max) {
                 // The same id is queued already: its answer is this one's too.
                 Admit::Joined => return Ok(answer),
-                Admit::Refuse(reply) => Err(reply),
-                Admit::Queue(reply, queue) => {
-                    queue.try_send(Pending { request, reply }).map_err(refused)
-                }
-                Admit::Start(reply) => {
-                    let (queue, receiver) = mpsc::channel(self.shared.config.conv_queue_len_max);
-                    let queued = queue.try_send(Pending { request, reply });
-                    queues.insert(conv, queue);
-                    tokio::spawn(run(self.shared.clone(), conv, receiver));
-                    queued.map_err(refused)
-                }
+                Admit::Refuse(reply) => Err(Work::Send(Pending { request, reply })),
+                Admit::Queue(reply, queue) => queue
+                    .try_send(Work::Send(Pending { request, reply }))
+                    .map_err(refused),
+                Admit::Start(reply) => self
+                    .start(&mut queues, conv, Work::Send(Pending { request, reply }))
+                    .map_err(refused),
             };
             if queued.is_ok() {
                 joins.queued(key);
             }
             queued
         };
-        if let Err(reply) = queued {
-            let _ = reply.send(Err(ApiError::new(
-                ErrorCode::Overloaded,
-                "too many sends in flight; retry",
-            )));
+        if let Err(work) = queued {
+            work.refuse();
         }
         Ok(answer)
+    }
+
+    /// Queues a change of `conv` now, behind the sends submitted before it; the future
+    /// resolves once it is durable (or refused).
+    pub fn submit_change(
+        &self,
+        caller: String,
+        conv: ConvId,
+        change: ConvChange,
+    ) -> impl Future<Output = Result<ConvChanged, ApiError>> + Send + 'static {
+        let (reply, answer) = oneshot::channel();
+        let work = Work::Change(PendingChange {
+            caller,
+            change,
+            reply,
+        });
+        let queued = {
+            let mut queues = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
+            match queues.get(&conv) {
+                Some(queue) => queue.try_send(work).map_err(|e| e.into_inner()),
+                None if queues.len() >= self.shared.config.convs_active_max => Err(work),
+                None => self
+                    .start(&mut queues, conv, work)
+                    .map_err(|e| e.into_inner()),
+            }
+        };
+        if let Err(work) = queued {
+            work.refuse();
+        }
+        async move {
+            answer.await.unwrap_or_else(|_| {
+                Err(ApiError::unavailable(
+                    "the change was interrupted; it may have been applied: look, or retry",
+                ))
+            })
+        }
+    }
+
+    /// A new queue for `conv`, holding `work`, with a task to drain it.
+    fn start(
+        &self,
+        queues: &mut HashMap<ConvId, mpsc::Sender<Work>>,
+        conv: ConvId,
+        work: Work,
+    ) -> Result<(), mpsc::error::TrySendError<Work>> {
+        let (queue, receiver) = mpsc::channel(self.shared.config.conv_queue_len_max);
+        let queued = queue.try_send(work);
+        queues.insert(conv, queue);
+        tokio::spawn(run(self.shared.clone(), conv, receiver));
+        queued
     }
 }
 
@@ -213,48 +290,101 @@ fn validate(request: &SendRequest) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn run(shared: Arc<Shared>, conv: ConvId, mut receiver: mpsc::Receiver<Pending>) {
+async fn run(shared: Arc<Shared>, conv: ConvId, mut receiver: mpsc::Receiver<Work>) {
     let batch_max = shared.config.batch_messages_max;
-    let mut members: Option<Arc<[String]>> = None;
+    // A change read while filling a batch: it goes after that batch.
+    let mut held: Option<Work> = None;
     // One timer for the whole loop rather than one per batch.
     let mut idle = Deadline::new(tokio::time::Instant::now, tokio::time::sleep_until);
     loop {
-        let first = match idle
-            .within(shared.config.sequencer_idle_timeout, receiver.recv())
-            .await
-        {
-            Ok(Some(pending)) => pending,
-            Ok(None) => return,
-            Err(_idle) => {
-                if retire(&shared, conv, &receiver) {
+        let next = match held.take() {
+            Some(work) => work,
+            None => match idle
+                .within(shared.config.sequencer_idle_timeout, receiver.recv())
+                .await
+            {
+                Ok(Some(work)) => work,
+                Ok(None) => return,
+                Err(_idle) => {
+                    if retire(&shared, conv, &receiver) {
+                        return;
+                    }
+                    continue;
+                }
+            },
+        };
+        let first = match next {
+            Work::Send(pending) => pending,
+            Work::Change(change) => {
+                let outcome = apply_change(&shared, conv, change).await;
+                if outcome == Outcome::Refused && retire(&shared, conv, &receiver) {
                     return;
                 }
                 continue;
             }
         };
         // Sends whose caller stopped waiting (it timed out and will resend the same id) are
-        // dropped unwritten (see `batch::fill`).
+        // dropped unwritten (see `batch::fill`). A change ends the batch.
         let batch = batch::fill(
             first,
-            || receiver.try_recv().ok(),
+            || match receiver.try_recv() {
+                Ok(Work::Send(pending)) => Some(pending),
+                Ok(change) => {
+                    held = Some(change);
+                    None
+                }
+                Err(_) => None,
+            },
             batch_max,
             |pending| shared.abandoned(pending),
         );
         if batch.is_empty() {
             continue;
         }
-        let outcome = commit(&shared, conv, batch, &mut members).await;
+        let outcome = commit(&shared, conv, batch).await;
         // A conversation that does not exist (or whose sender is no member) keeps no task: a
         // client naming made-up ids must not fill the table of `convs_active_max` sequencers,
         // which would refuse every other conversation's first send as `overloaded`.
-        if outcome == Outcome::Refused && retire(&shared, conv, &receiver) {
+        if outcome == Outcome::Refused && held.is_none() && retire(&shared, conv, &receiver) {
             return;
         }
     }
 }
 
+/// Commits one change on its own, answers it, and tells whom it concerns: its event in
+/// the `seq` stream, and the conversation as it is now.
+async fn apply_change(shared: &Shared, conv: ConvId, pending: PendingChange) -> Outcome {
+    let changed = shared
+        .store
+        .change(conv, &pending.caller, &pending.change, now_ms())
+        .await;
+    let changed = match changed {
+        Ok(changed) => changed,
+        Err(err) => {
+            let outcome = match err {
+                chat_store::StoreError::UnknownConversation => Outcome::Refused,
+                _ => Outcome::Done,
+            };
+            let _ = pending.reply.send(Err(store_error(err)));
+            return outcome;
+        }
+    };
+    let view = ConversationView::from(&changed.conv);
+    let _ = pending.reply.send(Ok(ConvChanged {
+        conversation: view.clone(),
+        seq: changed.event.as_ref().map(|m| m.seq),
+    }));
+    if let Some(event) = changed.event {
+        tracing::info!(conv, seq = event.seq, caller = %pending.caller, "conversation changed");
+        let targets = shared.router.targets(&changed.notify).await;
+        shared.router.deliver(&targets, &[(Arc::new(event), None)]);
+        shared.router.announce(&targets, view);
+    }
+    Outcome::Done
+}
+
 /// Removes this task's queue if nothing waits in it; true when the task must end then.
-fn retire(shared: &Shared, conv: ConvId, receiver: &mpsc::Receiver<Pending>) -> bool {
+fn retire(shared: &Shared, conv: ConvId, receiver: &mpsc::Receiver<Work>) -> bool {
     let mut queues = shared.queues.lock().unwrap_or_else(|p| p.into_inner());
     // Submitters send under this lock, so an empty queue stays empty once removed.
     if receiver.is_empty() {
@@ -269,16 +399,11 @@ fn retire(shared: &Shared, conv: ConvId, receiver: &mpsc::Receiver<Pending>) -> 
 enum Outcome {
     /// Something was stored, or answered from the store, or the store failed.
     Done,
-    /// Every send was refused as to an unknown conversation.
+    /// Every send (or the change) was refused as to an unknown conversation.
     Refused,
 }
 
-async fn commit(
-    shared: &Arc<Shared>,
-    conv: ConvId,
-    batch: Vec<Pending>,
-    members: &mut Option<Arc<[String]>>,
-) -> Outcome {
+async fn commit(shared: &Arc<Shared>, conv: ConvId, batch: Vec<Pending>) -> Outcome {
     let items = batch
         .iter()
         .map(|p| NewMessage {
@@ -313,6 +438,8 @@ async fn commit(
     // Fault point: acks held past the connection server's timeout, as if lost.
     let mut lost_acks = buggify(0.02).then(Vec::new);
     let mut fresh = Vec::new();
+    // The members at the commit, read in its transaction: never a removed member.
+    let mut members: Option<Arc<[String]>> = None;
     for (pending, result) in batch.into_iter().zip(results) {
         let answer = match result {
             Ok(appended) => {
@@ -322,7 +449,8 @@ async fn commit(
                     ts: appended.ts,
                 };
                 if appended.fresh {
-                    fresh.push((Arc::new(appended.message), pending.request.origin));
+                    members = Some(appended.members);
+                    fresh.push((Arc::new(appended.message), Some(pending.request.origin)));
                 }
                 Ok(ack)
             }
@@ -341,22 +469,8 @@ async fn commit(
     if let Some(lost) = lost_acks {
         tokio::spawn(answer_late(lost));
     }
-    if fresh.is_empty() {
-        return outcome;
-    }
-    // Membership is fixed at creation in v1, so one read per task start is enough.
-    if members.is_none() {
-        match shared.store.conversation(conv).await {
-            Ok(Some(c)) => *members = Some(c.members.into()),
-            Ok(None) => return outcome,
-            Err(err) => {
-                tracing::warn!(conv, error = %err, "members unavailable; recipients will sync");
-                return outcome;
-            }
-        }
-    }
-    if let Some(members) = members.as_ref() {
-        shared.router.route(members, &fresh).await;
+    if let Some(members) = members {
+        shared.router.route(&members, &fresh).await;
     }
     outcome
 }

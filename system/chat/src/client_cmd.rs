@@ -6,8 +6,12 @@
 //! reconnects with backoff, syncs the conversations opened here and resends unacked sends.
 
 use anyhow::{Context, bail};
-use chat_client::{Client, ClientError, ConvId, LiveEvent, LiveSession, MessageView};
+use chat_client::{
+    Client, ClientError, ConvChanged, ConvEvent, ConvId, ConversationView, LiveEvent, LiveSession,
+    MessageView, Role,
+};
 use chat_proto::limits::{BODY_BYTES_MAX, HISTORY_LIMIT_MAX};
+use chat_proto::rest::InboxCursor;
 use std::io::{BufRead, Write};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -24,11 +28,18 @@ const INPUT_LINES_QUEUED_MAX: usize = 64;
 const HELP: &str = "\
 commands:
   /inbox                       list your conversations with unread counts
+  /more                        the next page of the inbox
   /dm <user>                   open the direct conversation with <user>
   /group <title> <user>...     create a group conversation
   /open <conv_id>              make <conv_id> the current conversation
   /history [n]                 show the last n messages of the current conversation
   /read                        mark the current conversation as read
+  /members                     the current group's members and owners
+  /add <user> [owner]          add <user> to the current group (owners only)
+  /owner <user> | /member <user>   set a member's role (owners only)
+  /remove <user>               remove <user> from the current group (owners only)
+  /leave                       leave the current group
+  /title <title> | /title -    set or remove the current group's title (owners only)
   /help                        this text
   /quit                        leave
 anything else is sent to the current conversation";
@@ -85,6 +96,7 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
         password,
         live,
         current: None,
+        inbox_next: None,
         backoff: RECONNECT_BACKOFF_MIN,
     };
     loop {
@@ -127,6 +139,8 @@ struct Ui {
     password: String,
     live: LiveSession,
     current: Option<ConvId>,
+    /// Where `/more` continues the inbox.
+    inbox_next: Option<InboxCursor>,
     backoff: Duration,
 }
 
@@ -178,7 +192,38 @@ impl Ui {
         match words.as_slice() {
             ["quit"] | ["exit"] => return Ok(false),
             ["help"] => println!("{HELP}"),
-            ["inbox"] => self.inbox().await?,
+            ["inbox"] => self.inbox(None).await?,
+            ["more"] => match self.inbox_next {
+                Some(next) => self.inbox(Some(next)).await?,
+                None => bail!("no more conversations: /inbox starts again"),
+            },
+            ["members"] => {
+                let conv = self.live.client().conversation(self.current()?).await?;
+                show_members(&conv);
+            }
+            ["add", user] => self.change_member(user, Some(Role::Member)).await?,
+            ["add", user, "owner"] | ["owner", user] => {
+                self.change_member(user, Some(Role::Owner)).await?
+            }
+            ["member", user] => self.change_member(user, Some(Role::Member)).await?,
+            ["remove", user] => self.change_member(user, None).await?,
+            ["leave"] => {
+                let me = self.user.clone();
+                self.change_member(&me, None).await?
+            }
+            ["title", "-"] => {
+                let changed = self.live.client().set_title(self.current()?, None).await?;
+                show_changed(&changed);
+            }
+            ["title", ..] => {
+                let title = command["title".len()..].trim();
+                let changed = self
+                    .live
+                    .client()
+                    .set_title(self.current()?, Some(title))
+                    .await?;
+                show_changed(&changed);
+            }
             ["dm", user] => {
                 let (conv, created) = self
                     .live
@@ -231,6 +276,21 @@ impl Ui {
         Ok(true)
     }
 
+    /// Gives `user` `role` in the current group, adding them if needed, or (`None`) removes
+    /// them.
+    async fn change_member(&mut self, user: &str, role: Option<Role>) -> anyhow::Result<()> {
+        let conv = self.current()?;
+        // Usernames are lowercase; accept them as typed.
+        let user = user.to_lowercase();
+        let client = self.live.client();
+        let changed = match role {
+            Some(role) => client.set_member(conv, &user, Some(role)).await?,
+            None => client.remove_member(conv, &user).await?,
+        };
+        show_changed(&changed);
+        Ok(())
+    }
+
     fn current(&self) -> anyhow::Result<ConvId> {
         self.current
             .context("no current conversation: /dm, /group or /open one first")
@@ -276,11 +336,12 @@ impl Ui {
         Ok(())
     }
 
-    async fn inbox(&mut self) -> anyhow::Result<()> {
-        let inbox = self.live.client().inbox(None).await?;
-        if inbox.conversations.is_empty() {
+    async fn inbox(&mut self, before: Option<InboxCursor>) -> anyhow::Result<()> {
+        let inbox = self.live.client().inbox_page(None, before).await?;
+        if inbox.conversations.is_empty() && before.is_none() {
             println!("-- no conversations yet: /dm <user> starts one");
         }
+        self.inbox_next = inbox.next_before;
         for entry in &inbox.conversations {
             let name = match &entry.title {
                 Some(title) => format!("\"{}\"", clean(title)),
@@ -293,7 +354,7 @@ impl Ui {
                     .join(", "),
             };
             let last = entry.last_message.as_ref().map_or(String::new(), |m| {
-                format!(" | {}: {}", m.sender, clean(&m.body))
+                format!(" | {}", describe(&m.sender, &m.body, m.event.as_ref()))
             });
             println!(
                 "#{} {} {name} | {} unread{last}",
@@ -302,14 +363,64 @@ impl Ui {
                 entry.unread
             );
         }
+        if self.inbox_next.is_some() {
+            println!("-- /more for older conversations");
+        }
         Ok(())
     }
 }
 
+/// A message as one line: `sender: body`, or what an event did.
+fn describe(sender: &str, body: &str, event: Option<&ConvEvent>) -> String {
+    match event {
+        None => format!("{sender}: {}", clean(body)),
+        Some(ConvEvent::MemberAdded { user, role }) => {
+            format!("* {sender} added {user} ({})", role.as_str())
+        }
+        Some(ConvEvent::MemberRemoved { user }) if user == sender => format!("* {user} left"),
+        Some(ConvEvent::MemberRemoved { user }) => format!("* {sender} removed {user}"),
+        Some(ConvEvent::RoleChanged { user, role }) => {
+            format!("* {sender} made {user} {}", role.as_str())
+        }
+        Some(ConvEvent::TitleChanged { title: Some(title) }) => {
+            format!("* {sender} set the title to \"{}\"", clean(title))
+        }
+        Some(ConvEvent::TitleChanged { title: None }) => format!("* {sender} removed the title"),
+    }
+}
+
+fn show_members(conv: &ConversationView) {
+    let members: Vec<String> = conv
+        .members
+        .iter()
+        .map(|m| match conv.owners.contains(m) {
+            true => format!("{m} (owner)"),
+            false => m.clone(),
+        })
+        .collect();
+    println!("#{} members: {}", conv.conv_id, members.join(", "));
+}
+
+fn show_changed(changed: &ConvChanged) {
+    match changed.seq {
+        Some(seq) => println!("  (changed #{} at {seq})", changed.conversation.conv_id),
+        None => println!("  (nothing to change)"),
+    }
+    show_members(&changed.conversation);
+}
+
 fn show_event(event: &LiveEvent) {
     match event {
-        LiveEvent::Message(m) => {
-            println!("[#{} {}] {}: {}", m.conv, m.seq, m.sender, clean(&m.body))
+        LiveEvent::Message(m) => println!(
+            "[#{} {}] {}",
+            m.conv,
+            m.seq,
+            describe(&m.sender, &m.body, m.event.as_ref())
+        ),
+        LiveEvent::Conversation(conv) => {
+            let title = conv.title.as_deref().map(clean).unwrap_or_default();
+            println!("-- #{} {} {title}", conv.conv_id, conv.kind.as_str());
+            show_members(conv);
         }
         LiveEvent::Acked { conv, seq, .. } => println!("  (sent #{conv} {seq})"),
         LiveEvent::SendFailed { error, conv, .. } if error.code.is_retryable() => {
@@ -330,11 +441,10 @@ fn show_event(event: &LiveEvent) {
 
 fn show_message_view(m: &MessageView) {
     println!(
-        "[#{} {}] {}: {}",
+        "[#{} {}] {}",
         m.conv_id,
         m.seq,
-        m.sender,
-        clean(&m.body)
+        describe(&m.sender, &m.body, m.event.as_ref())
     );
 }
 
@@ -359,5 +469,25 @@ mod tests {
     fn control_characters_are_escaped() {
         assert_eq!(clean("hi é 👋"), "hi é 👋");
         assert_eq!(clean("a\x1b[2Jb\nc"), "a\\u{1b}[2Jb\\nc");
+    }
+
+    #[test]
+    fn events_read_as_sentences() {
+        let added = ConvEvent::MemberAdded {
+            user: "cy".into(),
+            role: Role::Member,
+        };
+        assert_eq!(describe("ann", "", Some(&added)), "* ann added cy (member)");
+        let left = ConvEvent::MemberRemoved { user: "cy".into() };
+        assert_eq!(describe("cy", "", Some(&left)), "* cy left");
+        assert_eq!(describe("ann", "", Some(&left)), "* ann removed cy");
+        let title = ConvEvent::TitleChanged {
+            title: Some("a\x1bb".into()),
+        };
+        assert_eq!(
+            describe("ann", "", Some(&title)),
+            "* ann set the title to \"a\\u{1b}b\""
+        );
+        assert_eq!(describe("ann", "hi", None), "ann: hi");
     }
 }

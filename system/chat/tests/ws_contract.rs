@@ -123,6 +123,7 @@ async fn messages_are_acked_and_pushed_to_every_other_device() {
         body: "hello bob".into(),
         id: "m1".into(),
         ts,
+        event: None,
     };
     for ws in [&mut alice_laptop, &mut bob_phone, &mut bob_laptop] {
         assert_eq!(next_frame(ws).await, expected);
@@ -509,4 +510,139 @@ async fn a_frame_over_64_kib_closes_with_1009() {
     // The server is fine afterwards.
     let mut ws = alice.connect_ws().await.unwrap();
     assert_open(&mut ws).await;
+}
+
+/// Group membership, end to end: conversation frames on creation and on every change,
+/// changes as events in the `seq` stream, owners-only changes, and a removed member who
+/// keeps the history up to their removal and receives nothing after it.
+#[tokio::test]
+async fn membership_changes_are_events_and_pushed_to_whom_they_concern() {
+    use chat_client::{ConvEvent, Role};
+    let server = TestServer::start().await;
+    let [alice, bob, carol, dave] = server.users(["alice", "bob", "carol", "dave"]).await;
+    let mut bob_ws = bob.connect_ws().await.unwrap();
+    let mut carol_ws = carol.connect_ws().await.unwrap();
+    let mut dave_ws = dave.connect_ws().await.unwrap();
+    for ws in [&mut bob_ws, &mut carol_ws, &mut dave_ws] {
+        wait_ready(ws).await;
+    }
+
+    // A new group reaches its members' devices at once, with its members and owners.
+    let (group, created) = alice
+        .create_conversation(["bob"], Some("team"))
+        .await
+        .unwrap();
+    assert!(created);
+    assert_eq!(group.owners, ["alice"]);
+    let conv = group.conv_id;
+    match next_frame(&mut bob_ws).await {
+        ServerFrame::Conversation { conversation } => assert_eq!(conversation, group),
+        other => panic!("expected the new conversation, got {other:?}"),
+    }
+    assert_quiet(&mut carol_ws).await;
+
+    // Only owners add members: a member is refused with 403, and nothing changes.
+    let refused = bob.set_member(conv, "carol", None).await.unwrap_err();
+    assert_eq!(
+        (refused.status(), refused.code()),
+        (Some(403), Some(ErrorCode::Forbidden))
+    );
+    let refused = dave.set_member(conv, "carol", None).await.unwrap_err();
+    assert_eq!(refused.code(), Some(ErrorCode::UnknownConversation));
+    let refused = alice.set_member(conv, "Nobody", None).await.unwrap_err();
+    assert_eq!(refused.code(), Some(ErrorCode::BadRequest));
+    let refused = alice.set_member(conv, "nobody", None).await.unwrap_err();
+    assert_eq!(refused.code(), Some(ErrorCode::UnknownUser));
+    assert_quiet(&mut bob_ws).await;
+
+    // Adding carol is event 1 of the conversation: pushed to bob and carol as a message
+    // with its event, with the conversation as it is now.
+    let added = alice.set_member(conv, "carol", None).await.unwrap();
+    assert_eq!(added.seq, Some(1));
+    assert_eq!(added.conversation.members, ["alice", "bob", "carol"]);
+    for ws in [&mut bob_ws, &mut carol_ws] {
+        let mut got = [next_frame(ws).await, next_frame(ws).await];
+        got.sort_by_key(|f| matches!(f, ServerFrame::Conversation { .. }));
+        match &got[0] {
+            ServerFrame::Message {
+                seq: 1,
+                sender,
+                event: Some(ConvEvent::MemberAdded { user, role }),
+                ..
+            } => assert_eq!(
+                (sender.as_str(), user.as_str(), *role),
+                ("alice", "carol", Role::Member)
+            ),
+            other => panic!("expected the addition, got {other:?}"),
+        }
+        assert!(
+            matches!(&got[1], ServerFrame::Conversation { conversation } if conversation.members.len() == 3)
+        );
+    }
+    // The same addition again changes nothing and says so.
+    assert_eq!(
+        alice.set_member(conv, "carol", None).await.unwrap().seq,
+        None
+    );
+
+    // Bob is removed: he hears of it, reads up to it, and receives nothing after it.
+    let removed = alice.remove_member(conv, "bob").await.unwrap();
+    assert_eq!(removed.seq, Some(2));
+    let mut got = [next_frame(&mut bob_ws).await, next_frame(&mut bob_ws).await];
+    got.sort_by_key(|f| matches!(f, ServerFrame::Conversation { .. }));
+    assert!(matches!(
+        &got[0],
+        ServerFrame::Message { seq: 2, event: Some(ConvEvent::MemberRemoved { user }), .. } if user == "bob"
+    ));
+    let _ = (
+        next_frame(&mut carol_ws).await,
+        next_frame(&mut carol_ws).await,
+    );
+    let mut alice_ws = alice.connect_ws().await.unwrap();
+    wait_ready(&mut alice_ws).await;
+    alice_ws.send(&send("a1", conv, "after bob")).await.unwrap();
+    assert!(matches!(
+        next_frame(&mut alice_ws).await,
+        ServerFrame::Sent { seq: 3, .. }
+    ));
+    assert!(matches!(
+        next_frame(&mut carol_ws).await,
+        ServerFrame::Message { seq: 3, .. }
+    ));
+    assert_quiet(&mut bob_ws).await;
+    let page = bob.history(conv, None, None).await.unwrap();
+    assert_eq!(
+        page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    bob_ws
+        .send(&ClientFrame::Sync { conv, after: 0 })
+        .await
+        .unwrap();
+    let synced: Vec<ServerFrame> = vec![
+        next_frame(&mut bob_ws).await,
+        next_frame(&mut bob_ws).await,
+        next_frame(&mut bob_ws).await,
+    ];
+    assert_eq!(synced[2], ServerFrame::Synced { conv, seq: 2 });
+    bob_ws.send(&send("b1", conv, "let me in")).await.unwrap();
+    expect_error(&mut bob_ws, ErrorCode::UnknownConversation, Some("b1")).await;
+    let seen = bob.conversation(conv).await.unwrap();
+    assert_eq!(seen.members, ["alice", "carol"]);
+
+    // The last owner may not leave others behind; carol leaves on her own.
+    let refused = alice.remove_member(conv, "alice").await.unwrap_err();
+    assert_eq!(refused.code(), Some(ErrorCode::BadRequest));
+    let left = carol.remove_member(conv, "carol").await.unwrap();
+    assert_eq!(left.seq, Some(4));
+
+    // Titles: owners only, events too; a direct conversation never changes.
+    let titled = alice.set_title(conv, Some("renamed")).await.unwrap();
+    assert_eq!(titled.conversation.title.as_deref(), Some("renamed"));
+    let direct = direct(&alice, "dave").await;
+    let refused = alice
+        .set_member(direct.conv_id, "bob", None)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some(ErrorCode::BadRequest));
 }

@@ -41,11 +41,13 @@ pub mod tracker;
 pub mod url;
 pub mod ws;
 
+pub use chat_proto::api::ConvChange;
 pub use chat_proto::frame::{ClientFrame, ServerFrame};
 pub use chat_proto::rest::{
-    ConversationView, HistoryPage, Inbox, InboxEntry, MessageView, Session, UserCreated,
+    ConvChanged, ConversationView, HistoryPage, Inbox, InboxEntry, MessageView, Session,
+    UserCreated,
 };
-pub use chat_proto::{ApiError, ConvId, ConvKind, ErrorCode, Message, Seq};
+pub use chat_proto::{ApiError, ConvEvent, ConvId, ConvKind, ErrorCode, Message, Role, Seq};
 pub use error::ClientError;
 pub use live::LiveSession;
 pub use rest::{Client, RawResponse, TIMEOUT_DEFAULT};

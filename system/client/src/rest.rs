@@ -8,9 +8,10 @@ use crate::io::QuietFlush;
 use crate::url::{BaseUrl, encode_query_value};
 use crate::ws::WsConnection;
 use chat_proto::rest::{
-    ConversationView, CreateConversation, Credentials, HistoryPage, Inbox, Session, UserCreated,
+    ConvChanged, ConversationView, CreateConversation, Credentials, HistoryPage, Inbox,
+    MemberUpdate, Session, TitleUpdate, UserCreated,
 };
-use chat_proto::{ConvId, Seq};
+use chat_proto::{ConvId, Role, Seq};
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request};
 use http_body_util::{BodyExt, Full, Limited};
@@ -159,6 +160,53 @@ impl Client {
             .call_json(Method::POST, "/v1/conversations", Some(&body))
             .await?;
         Ok((view, status == 201))
+    }
+
+    /// `GET /v1/conversations/{conv}`: members, owners and title (also for a group the
+    /// caller was removed from).
+    pub async fn conversation(&self, conv: ConvId) -> Result<ConversationView, ClientError> {
+        let path = format!("/v1/conversations/{conv}");
+        Ok(self.call_json::<(), _>(Method::GET, &path, None).await?.1)
+    }
+
+    /// `PUT /v1/conversations/{conv}/members/{user}`: adds `user` to a group, or gives a
+    /// member `role` (owners only). `role` defaults to member.
+    pub async fn set_member(
+        &self,
+        conv: ConvId,
+        user: &str,
+        role: Option<Role>,
+    ) -> Result<ConvChanged, ClientError> {
+        let path = format!("/v1/conversations/{conv}/members/{}", path_segment(user)?);
+        let body = MemberUpdate { role };
+        Ok(self.call_json(Method::PUT, &path, Some(&body)).await?.1)
+    }
+
+    /// `DELETE /v1/conversations/{conv}/members/{user}`: removes `user` (owners only), or
+    /// leaves when `user` is the caller.
+    pub async fn remove_member(
+        &self,
+        conv: ConvId,
+        user: &str,
+    ) -> Result<ConvChanged, ClientError> {
+        let path = format!("/v1/conversations/{conv}/members/{}", path_segment(user)?);
+        Ok(self
+            .call_json::<(), _>(Method::DELETE, &path, None)
+            .await?
+            .1)
+    }
+
+    /// `PATCH /v1/conversations/{conv}`: sets or (`None`) removes a group's title.
+    pub async fn set_title(
+        &self,
+        conv: ConvId,
+        title: Option<&str>,
+    ) -> Result<ConvChanged, ClientError> {
+        let path = format!("/v1/conversations/{conv}");
+        let body = TitleUpdate {
+            title: title.map(str::to_owned),
+        };
+        Ok(self.call_json(Method::PATCH, &path, Some(&body)).await?.1)
     }
 
     /// `GET /v1/conversations/{conv}/messages`: the newest `limit` (default 50, 1-200)
@@ -366,5 +414,19 @@ struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// A username as a path segment: usernames need no escaping, so anything else is refused
+/// here rather than sent somewhere unexpected.
+fn path_segment(user: &str) -> Result<&str, ClientError> {
+    if !user.is_empty()
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        Ok(user)
+    } else {
+        Err(ClientError::Http(format!("`{user}` is not a username")))
     }
 }

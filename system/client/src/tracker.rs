@@ -37,6 +37,9 @@ pub enum LiveEvent {
     Synced { conv: ConvId, seq: Seq },
     /// The JSON `pong` answer to a `ping` frame.
     Pong,
+    /// A conversation was created or changed (members, roles, title): its state now. A
+    /// conversation the user was just removed from no longer lists them.
+    Conversation(chat_proto::rest::ConversationView),
     /// An `error` frame not tied to one of our pending sends.
     Error(ApiError),
 }
@@ -211,6 +214,7 @@ impl Tracker {
                 body,
                 id,
                 ts,
+                event,
             } => {
                 let message = Message {
                     conv,
@@ -219,6 +223,7 @@ impl Tracker {
                     body,
                     client_msg_id: id,
                     ts,
+                    event,
                 };
                 self.arrive(conv, seq, Some(message), &mut step);
             }
@@ -243,6 +248,9 @@ impl Tracker {
                         });
                     }
                 }
+            }
+            ServerFrame::Conversation { conversation } => {
+                step.events.push(LiveEvent::Conversation(conversation))
             }
             ServerFrame::Pong => step.events.push(LiveEvent::Pong),
             ServerFrame::Error {
@@ -335,6 +343,7 @@ mod tests {
             body: format!("m{seq}"),
             id: format!("b{seq}"),
             ts: seq,
+            event: None,
         }
     }
 

@@ -254,6 +254,7 @@ fn message(conv: u64, seq: u64) -> ServerFrame {
         body: format!("m{seq}"),
         id: format!("b{seq}"),
         ts: 0,
+        event: None,
     }
 }
 

@@ -557,6 +557,10 @@ where
                 self.feed(&frame).await?;
                 Vec::new()
             }
+            Outbound::Text(text) => {
+                self.feed_text(*text).await?;
+                Vec::new()
+            }
             Outbound::Push(push) => self.order.push(push),
             Outbound::SyncStart(conv) => {
                 self.order.sync_start(conv);

@@ -2,6 +2,7 @@
 
 use chat_proto::frame::ServerFrame;
 use chat_proto::link::{Delivery, Target};
+use chat_proto::rest::ConversationView;
 use chat_proto::{ConnAddr, ConnId, Message, ServerId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +18,8 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 pub enum Outbound {
     /// A frame to send as is (acks, errors, pongs).
     Frame(Box<ServerFrame>),
+    /// A frame encoded once for every connection it goes to (a `conversation` frame).
+    Text(Box<Utf8Bytes>),
     /// A live message pushed by an app server, shared by all its recipients here.
     Push(Arc<Push>),
     /// Messages of a `sync`, in order: `Start`, `Page`s, then `End` or `Abort`.
@@ -135,14 +138,9 @@ impl ConnHub {
     }
 }
 
-impl Delivery for ConnHub {
-    fn deliver(&self, targets: &[Target], message: Arc<Message>) {
-        // Encoded before the lock, which every connect and disconnect also takes; the router
-        // sends each server only its own targets, so a push is almost never encoded for nothing.
-        if !targets.iter().any(|t| t.addr.server == self.server) {
-            return;
-        }
-        let push = Arc::new(Push::new(&message));
+impl ConnHub {
+    /// Queues what `item` makes for each target connection held here.
+    fn each_target(&self, targets: &[Target], item: impl Fn() -> Outbound) {
         let conns = self.lock();
         for target in targets {
             if target.addr.server != self.server {
@@ -155,16 +153,36 @@ impl Delivery for ConnHub {
                 // A stale registry entry: that id is someone else's connection now.
                 continue;
             }
-            if handle
-                .outbound
-                .try_send(Outbound::Push(push.clone()))
-                .is_err()
-            {
+            if handle.outbound.try_send(item()).is_err() {
                 // Full (or closing): the client cannot keep up. Closing it is the only way to
                 // keep per-connection order without unbounded memory; it syncs on reconnect.
                 handle.overflow.notify_one();
             }
         }
+    }
+}
+
+impl Delivery for ConnHub {
+    fn deliver(&self, targets: &[Target], message: Arc<Message>) {
+        // Encoded before the lock, which every connect and disconnect also takes; the router
+        // sends each server only its own targets, so a push is almost never encoded for nothing.
+        if !targets.iter().any(|t| t.addr.server == self.server) {
+            return;
+        }
+        let push = Arc::new(Push::new(&message));
+        self.each_target(targets, || Outbound::Push(push.clone()));
+    }
+
+    fn announce(&self, targets: &[Target], conversation: Arc<ConversationView>) {
+        if !targets.iter().any(|t| t.addr.server == self.server) {
+            return;
+        }
+        let text: Utf8Bytes = ServerFrame::Conversation {
+            conversation: (*conversation).clone(),
+        }
+        .to_json()
+        .into();
+        self.each_target(targets, || Outbound::Text(Box::new(text.clone())));
     }
 }
 

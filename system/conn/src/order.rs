@@ -132,6 +132,7 @@ mod tests {
             client_msg_id: format!("b{seq}"),
             body: format!("m{seq}"),
             ts: seq,
+            event: None,
         }
     }
 

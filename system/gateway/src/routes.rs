@@ -5,14 +5,18 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use chat_net::error::{ConvPath, HttpError, JsonBody, QueryParams, error, with_fallbacks};
+use chat_net::error::{
+    ConvPath, HttpError, JsonBody, MemberPath, QueryParams, error, with_fallbacks,
+};
 use chat_net::http::PeerAddr;
 use chat_net::websocket::bearer_token;
-use chat_proto::api::AppApiExt;
-use chat_proto::rest::{CreateConversation, Credentials, HistoryQuery, InboxQuery};
-use chat_proto::{ApiError, ErrorCode};
+use chat_proto::api::{AppApiExt, ConvChange};
+use chat_proto::rest::{
+    CreateConversation, Credentials, HistoryQuery, InboxQuery, MemberUpdate, TitleUpdate,
+};
+use chat_proto::{ApiError, ErrorCode, Role};
 
 pub fn router(gateway: Gateway) -> Router {
     with_fallbacks(
@@ -22,6 +26,14 @@ pub fn router(gateway: Gateway) -> Router {
             .route("/v1/users", post(register))
             .route("/v1/sessions", post(login))
             .route("/v1/conversations", post(create_conversation))
+            .route(
+                "/v1/conversations/{conv_id}",
+                get(conversation).patch(set_title),
+            )
+            .route(
+                "/v1/conversations/{conv_id}/members/{user}",
+                put(set_member).delete(remove_member),
+            )
             .route("/v1/conversations/{conv_id}/messages", get(history))
             .route("/v1/inbox", get(inbox))
             .route("/v1/ws", get(crate::ws::upgrade)),
@@ -130,4 +142,43 @@ async fn inbox(
     QueryParams(query): QueryParams<InboxQuery>,
 ) -> Result<Response, HttpError> {
     Ok(Json(gw.app.inbox(&caller, query).await?).into_response())
+}
+
+async fn conversation(
+    State(gw): State<Gateway>,
+    Caller(caller): Caller,
+    ConvPath(conv): ConvPath,
+) -> Result<Response, HttpError> {
+    Ok(Json(gw.app.conversation(&caller, conv).await?).into_response())
+}
+
+async fn set_title(
+    State(gw): State<Gateway>,
+    Caller(caller): Caller,
+    ConvPath(conv): ConvPath,
+    JsonBody(body): JsonBody<TitleUpdate>,
+) -> Result<Response, HttpError> {
+    let change = ConvChange::SetTitle { title: body.title };
+    Ok(Json(gw.app.change(&caller, conv, change).await?).into_response())
+}
+
+/// `{}` adds a member; `{"role": "owner"}` adds an owner or makes a member one.
+async fn set_member(
+    State(gw): State<Gateway>,
+    Caller(caller): Caller,
+    MemberPath(conv, user): MemberPath,
+    JsonBody(body): JsonBody<MemberUpdate>,
+) -> Result<Response, HttpError> {
+    let role = body.role.unwrap_or(Role::Member);
+    let change = ConvChange::SetMember { user, role };
+    Ok(Json(gw.app.change(&caller, conv, change).await?).into_response())
+}
+
+async fn remove_member(
+    State(gw): State<Gateway>,
+    Caller(caller): Caller,
+    MemberPath(conv, user): MemberPath,
+) -> Result<Response, HttpError> {
+    let change = ConvChange::RemoveMember { user };
+    Ok(Json(gw.app.change(&caller, conv, change).await?).into_response())
 }

@@ -222,6 +222,14 @@ async fn run_connection(
                     delivery.deliver(&targets, Arc::new(message));
                 }
             }
+            LinkFrame::Announce {
+                targets,
+                conversation,
+            } => {
+                if let Some(delivery) = delivery {
+                    delivery.announce(&targets, Arc::new(conversation));
+                }
+            }
             LinkFrame::Pong | LinkFrame::Ping => {}
             LinkFrame::Hello { .. }
             | LinkFrame::Challenge { .. }
@@ -352,6 +360,7 @@ mod tests {
             body,
             client_msg_id: "m1".into(),
             ts: 0,
+            event: None,
         }
     }
 

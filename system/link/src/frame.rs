@@ -10,6 +10,7 @@ use chat_proto::limits::{
     INBOX_ENTRY_JSON_BYTES_MAX, INBOX_LIMIT_MAX, MESSAGE_JSON_BYTES_MAX, PAGE_BYTES_MAX,
 };
 use chat_proto::link::Target;
+use chat_proto::rest::ConversationView;
 use chat_proto::{ApiError, Message, ServerId};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -71,6 +72,11 @@ pub enum LinkFrame {
     Deliver {
         targets: Vec<Target>,
         message: Message,
+    },
+    /// A conversation created or changed, for its members' connections.
+    Announce {
+        targets: Vec<Target>,
+        conversation: ConversationView,
     },
     Ping,
     Pong,

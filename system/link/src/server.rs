@@ -9,6 +9,7 @@ use crate::frame::{
 use chat_net::accept::{ConnectionLimits, Listener, accept_loop};
 use chat_proto::api::{AppApi, Call};
 use chat_proto::link::{Delivery, Target};
+use chat_proto::rest::ConversationView;
 use chat_proto::{ApiError, Message, ServerId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,8 +36,15 @@ impl LinkRoutes {
     }
 }
 
-impl Delivery for LinkRoutes {
-    fn deliver(&self, targets: &[Target], message: Arc<Message>) {
+impl LinkRoutes {
+    /// Sends each connection server the frame `frame` makes of its own targets; `dropped`
+    /// is told of each server whose queue did not take it (unlinked, or full).
+    fn each_server(
+        &self,
+        targets: &[Target],
+        frame: impl Fn(Vec<Target>) -> LinkFrame,
+        mut dropped: impl FnMut(ServerId),
+    ) {
         let mut by_server: HashMap<ServerId, Vec<Target>> = HashMap::new();
         for target in targets {
             by_server
@@ -46,24 +54,42 @@ impl Delivery for LinkRoutes {
         }
         let routes = self.lock();
         for (server, targets) in by_server {
-            let sent = routes.get(&server).is_some_and(|(_, queue)| {
-                queue
-                    .try_send(LinkFrame::Deliver {
-                        targets,
-                        message: (*message).clone(),
-                    })
-                    .is_ok()
-            });
+            let sent = routes
+                .get(&server)
+                .is_some_and(|(_, queue)| queue.try_send(frame(targets)).is_ok());
             if !sent {
-                // The message is durable; the recipients catch up with `sync`.
-                tracing::debug!(
-                    server,
-                    conv = message.conv,
-                    seq = message.seq,
-                    "delivery dropped"
-                );
+                dropped(server);
             }
         }
+    }
+}
+
+impl Delivery for LinkRoutes {
+    fn deliver(&self, targets: &[Target], message: Arc<Message>) {
+        let frame = |targets| LinkFrame::Deliver {
+            targets,
+            message: (*message).clone(),
+        };
+        self.each_server(targets, frame, |server| {
+            // The message is durable; the recipients catch up with `sync`.
+            tracing::debug!(
+                server,
+                conv = message.conv,
+                seq = message.seq,
+                "delivery dropped"
+            );
+        });
+    }
+
+    fn announce(&self, targets: &[Target], conversation: Arc<ConversationView>) {
+        let frame = |targets| LinkFrame::Announce {
+            targets,
+            conversation: (*conversation).clone(),
+        };
+        self.each_server(targets, frame, |server| {
+            // Its event is in the `seq` stream; clients see it when they sync.
+            tracing::debug!(server, conv = conversation.conv_id, "announcement dropped");
+        });
     }
 }
 
@@ -150,7 +176,8 @@ async fn serve_connection(
             | LinkFrame::Challenge { .. }
             | LinkFrame::Proof { .. }
             | LinkFrame::Response { .. }
-            | LinkFrame::Deliver { .. } => {
+            | LinkFrame::Deliver { .. }
+            | LinkFrame::Announce { .. } => {
                 tracing::warn!(?peer, "unexpected link frame");
                 break;
             }

@@ -107,6 +107,20 @@ impl<S: Send + Sync> FromRequestParts<S> for ConvPath {
     }
 }
 
+/// `/v1/conversations/{conv_id}/members/{user}`: a conversation id and a username.
+pub struct MemberPath(pub chat_proto::ConvId, pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for MemberPath {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<(chat_proto::ConvId, String)>::from_request_parts(parts, state)
+            .await
+            .map(|p| MemberPath(p.0.0, p.0.1))
+            .map_err(|_: PathRejection| HttpError::from(ApiError::unknown_conversation()))
+    }
+}
+
 /// The fallbacks every router of ours shares: 404 and 405 as protocol errors, and the REST
 /// body limit.
 pub fn with_fallbacks<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S> {

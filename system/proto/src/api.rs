@@ -11,10 +11,10 @@
 //! server's `call`, and a helper in [`AppApiExt`].
 
 use crate::error::ApiError;
-use crate::model::{ConnAddr, ConvId, Message, Seq};
+use crate::model::{ConnAddr, ConvId, Message, Role, Seq};
 use crate::rest::{
-    ConversationView, CreateConversation, Credentials, HistoryPage, HistoryQuery, Inbox,
-    InboxQuery, Session, UserCreated,
+    ConvChanged, ConversationView, CreateConversation, Credentials, HistoryPage, HistoryQuery,
+    Inbox, InboxQuery, Session, UserCreated,
 };
 use futures::future::BoxFuture;
 use std::future::Future;
@@ -46,6 +46,18 @@ pub struct SyncPage {
     pub messages: Vec<Message>,
     /// The conversation's newest `seq` when the page was read.
     pub last_seq: Seq,
+}
+
+/// A change to a group, asked by one of its members.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum ConvChange {
+    /// Adds `user` with `role`, or gives the member `user` that role. Owners only.
+    SetMember { user: String, role: Role },
+    /// Removes `user`: owners only, except that any member may remove themself (leave).
+    RemoveMember { user: String },
+    /// Sets or (`None`) removes the title. Owners only.
+    SetTitle { title: Option<String> },
 }
 
 /// Every operation of an app server. `caller` and `user` are authenticated identities: the
@@ -81,6 +93,17 @@ pub enum Request {
         user: String,
         conv: ConvId,
         seq: Seq,
+    },
+    /// Ordered with the conversation's sends (it takes the next `seq`), like [`Request::Send`].
+    Change {
+        caller: String,
+        conv: ConvId,
+        change: ConvChange,
+    },
+    /// The conversation, for a member (and, after their removal, for a former member).
+    Conversation {
+        caller: String,
+        conv: ConvId,
     },
     /// Reads up to `limit` messages with `seq > after`.
     Sync {
@@ -119,6 +142,12 @@ pub enum Response {
     Synced {
         page: SyncPage,
     },
+    Changed {
+        changed: ConvChanged,
+    },
+    ConversationView {
+        conversation: ConversationView,
+    },
 }
 
 /// What a request is routed by, when several app servers share the load.
@@ -141,6 +170,8 @@ impl Request {
             | Request::History { caller, .. }
             | Request::Inbox { caller, .. } => RouteKey::User(caller),
             Request::Send { request } => RouteKey::Conv(request.conv),
+            Request::Change { conv, .. } => RouteKey::Conv(*conv),
+            Request::Conversation { caller, .. } => RouteKey::User(caller),
             Request::Read { user, .. } | Request::Sync { user, .. } => RouteKey::User(user),
         }
     }
@@ -156,6 +187,8 @@ impl Request {
             Request::Send { .. } => "send",
             Request::Read { .. } => "read",
             Request::Sync { .. } => "sync",
+            Request::Change { .. } => "change",
+            Request::Conversation { .. } => "conversation",
         }
     }
 }
@@ -256,6 +289,31 @@ pub trait AppApiExt: AppApi {
             Response::Synced { page } => Ok(page),
             other => Err(other),
         })
+    }
+
+    /// Ordered with the conversation's sends (see [`AppApi::call`]).
+    fn change(&self, caller: &str, conv: ConvId, change: ConvChange) -> Answer<ConvChanged> {
+        let caller = caller.to_owned();
+        let call = self.call(Request::Change {
+            caller,
+            conv,
+            change,
+        });
+        Answer::new(call, |r| match r {
+            Response::Changed { changed } => Ok(changed),
+            other => Err(other),
+        })
+    }
+
+    fn conversation(&self, caller: &str, conv: ConvId) -> Answer<ConversationView> {
+        let caller = caller.to_owned();
+        Answer::new(
+            self.call(Request::Conversation { caller, conv }),
+            |r| match r {
+                Response::ConversationView { conversation } => Ok(conversation),
+                other => Err(other),
+            },
+        )
     }
 }
 

@@ -23,6 +23,8 @@ pub enum ErrorCode {
     UnknownUser,
     /// The conversation does not exist or the caller is not a member (404 / WS error).
     UnknownConversation,
+    /// A member asked for what only an owner may do (403).
+    Forbidden,
     /// No such route (404).
     NotFound,
     /// WS: not JSON, binary, unknown type, missing fields, bad id.
@@ -51,6 +53,7 @@ impl ErrorCode {
             ErrorCode::IdConflict => "id_conflict",
             ErrorCode::UnknownUser => "unknown_user",
             ErrorCode::UnknownConversation => "unknown_conversation",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::NotFound => "not_found",
             ErrorCode::BadFrame => "bad_frame",
             ErrorCode::BodyTooLarge => "body_too_large",
@@ -69,6 +72,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized | ErrorCode::InvalidCredentials => 401,
             ErrorCode::UsernameTaken | ErrorCode::IdConflict => 409,
             ErrorCode::UnknownUser | ErrorCode::UnknownConversation | ErrorCode::NotFound => 404,
+            ErrorCode::Forbidden => 403,
             ErrorCode::RateLimited => 429,
             ErrorCode::Overloaded | ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,

@@ -6,7 +6,8 @@
 
 use crate::error::{ApiError, ErrorCode};
 use crate::limits::BODY_BYTES_MAX;
-use crate::model::{ConvId, Message, Seq, is_valid_client_msg_id};
+use crate::model::{ConvEvent, ConvId, Message, Seq, is_valid_client_msg_id};
+use crate::rest::ConversationView;
 use serde::{Deserialize, Serialize};
 
 /// A frame a client sends.
@@ -46,6 +47,15 @@ pub enum ServerFrame {
         body: String,
         id: String,
         ts: u64,
+        /// A change to the conversation (members, roles, title) in its `seq` stream.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        event: Option<ConvEvent>,
+    },
+    /// A conversation the user is (or was just removed from) was created or changed: its
+    /// current state. Not ordered with messages; the change itself is also an event in the
+    /// conversation's `seq` stream.
+    Conversation {
+        conversation: ConversationView,
     },
     Synced {
         conv: ConvId,
@@ -86,6 +96,7 @@ impl ServerFrame {
             body: m.body.clone(),
             id: m.client_msg_id.clone(),
             ts: m.ts,
+            event: m.event.clone(),
         }
     }
 

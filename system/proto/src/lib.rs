@@ -25,4 +25,6 @@ pub mod rest;
 pub mod sim;
 
 pub use error::{ApiError, ErrorCode};
-pub use model::{ConnAddr, ConnId, ConvId, ConvKind, Conversation, Message, Seq, ServerId};
+pub use model::{
+    ConnAddr, ConnId, ConvEvent, ConvId, ConvKind, Conversation, Message, Role, Seq, ServerId,
+};

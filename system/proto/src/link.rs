@@ -5,6 +5,7 @@
 //! calls in `chat serve`; the link implements them over the network for a cluster.
 
 use crate::model::{ConnAddr, Message};
+use crate::rest::ConversationView;
 use std::sync::Arc;
 
 /// A connection a message is for, and the user it must belong to.
@@ -24,4 +25,8 @@ pub trait Delivery: Send + Sync + 'static {
     /// A target that no longer exists is skipped: the message is durable, and the client's
     /// `sync` catches it up.
     fn deliver(&self, targets: &[Target], message: Arc<Message>);
+
+    /// Queues a `conversation` frame (a conversation created or changed) for each target
+    /// connection, like [`Delivery::deliver`] but unordered with messages.
+    fn announce(&self, targets: &[Target], conversation: Arc<ConversationView>);
 }

@@ -36,6 +36,66 @@ pub struct Message {
     pub client_msg_id: String,
     /// Milliseconds since the Unix epoch, from the app server's clock at commit.
     pub ts: u64,
+    /// Set for a change to the conversation (its `sender` made it; `body` and
+    /// `client_msg_id` are empty): changes take their place in the `seq` stream, so they are
+    /// durable, ordered and synced like messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<ConvEvent>,
+}
+
+/// A member's standing in a group: owners add and remove members, set roles and the title.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Owner,
+    Member,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Member => "member",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = ApiError;
+
+    fn from_str(text: &str) -> Result<Role, ApiError> {
+        match text {
+            "owner" => Ok(Role::Owner),
+            "member" => Ok(Role::Member),
+            other => Err(ApiError::bad_request(format!(
+                "`{other}` is not a role (owner or member)"
+            ))),
+        }
+    }
+}
+
+/// A change to a conversation, recorded in its `seq` stream (see [`Message::event`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ConvEvent {
+    /// `user` became a member with `role`.
+    MemberAdded {
+        user: String,
+        role: Role,
+    },
+    /// `user` is no longer a member: removed by an owner, or left (the event's sender is
+    /// then `user`). They keep the history up to this event and receive nothing after it.
+    MemberRemoved {
+        user: String,
+    },
+    /// The member `user` has `role` now.
+    RoleChanged {
+        user: String,
+        role: Role,
+    },
+    TitleChanged {
+        title: Option<String>,
+    },
 }
 
 impl Message {
@@ -52,8 +112,16 @@ impl Message {
                 _ => 1,
             })
             .sum();
-        // The sender and the id were validated: their alphabets need no escapes.
-        body + self.sender.len() + self.client_msg_id.len() + 256
+        // The sender and the id were validated: their alphabets need no escapes. An event
+        // names a user and a role, or a title (escaped at its longest).
+        let event = match &self.event {
+            None => 0,
+            Some(ConvEvent::TitleChanged { title }) => {
+                64 + 6 * title.as_ref().map_or(0, String::len)
+            }
+            Some(_) => 64 + USERNAME_LEN_MAX,
+        };
+        body + self.sender.len() + self.client_msg_id.len() + event + 256
     }
 }
 
@@ -114,6 +182,9 @@ pub struct Conversation {
     pub kind: ConvKind,
     /// Sorted, without duplicates, creator included.
     pub members: Vec<String>,
+    /// The members who are owners, sorted: a group's creator at first. A direct
+    /// conversation has none (its members never change).
+    pub owners: Vec<String>,
     pub title: Option<String>,
     pub created_ts: u64,
 }
@@ -123,6 +194,20 @@ impl Conversation {
         self.members
             .binary_search_by(|m| m.as_str().cmp(user))
             .is_ok()
+    }
+
+    pub fn is_owner(&self, user: &str) -> bool {
+        self.owners
+            .binary_search_by(|m| m.as_str().cmp(user))
+            .is_ok()
+    }
+
+    pub fn role(&self, user: &str) -> Option<Role> {
+        match (self.is_member(user), self.is_owner(user)) {
+            (true, true) => Some(Role::Owner),
+            (true, false) => Some(Role::Member),
+            (false, _) => None,
+        }
     }
 }
 
@@ -216,6 +301,7 @@ mod page_tests {
             body: body.into(),
             client_msg_id: format!("m{seq}"),
             ts: 0,
+            event: None,
         }
     }
 

@@ -1,6 +1,6 @@
 //! REST bodies of the v1 protocol.
 
-use crate::model::{ConvId, ConvKind, Conversation, Message, Seq};
+use crate::model::{ConvEvent, ConvId, ConvKind, Conversation, Message, Role, Seq};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +34,9 @@ pub struct ConversationView {
     pub conv_id: ConvId,
     pub kind: ConvKind,
     pub members: Vec<String>,
+    /// The members who are owners (empty for a direct conversation).
+    #[serde(default)]
+    pub owners: Vec<String>,
     pub title: Option<String>,
 }
 
@@ -43,6 +46,7 @@ impl From<&Conversation> for ConversationView {
             conv_id: c.conv_id,
             kind: c.kind,
             members: c.members.clone(),
+            owners: c.owners.clone(),
             title: c.title.clone(),
         }
     }
@@ -57,6 +61,9 @@ pub struct MessageView {
     pub body: String,
     pub client_msg_id: String,
     pub ts: u64,
+    /// A change to the conversation (see the protocol's events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<ConvEvent>,
 }
 
 impl From<&Message> for MessageView {
@@ -68,6 +75,7 @@ impl From<&Message> for MessageView {
             body: m.body.clone(),
             client_msg_id: m.client_msg_id.clone(),
             ts: m.ts,
+            event: m.event.clone(),
         }
     }
 }
@@ -81,6 +89,7 @@ impl From<MessageView> for Message {
             body: m.body,
             client_msg_id: m.client_msg_id,
             ts: m.ts,
+            event: m.event,
         }
     }
 }
@@ -152,7 +161,11 @@ impl From<InboxCursor> for String {
 pub struct InboxEntry {
     pub conv_id: ConvId,
     pub kind: ConvKind,
+    /// The members now: a user removed from a group still finds it here (without
+    /// themself), with `last_seq` and `last_message` at their removal.
     pub members: Vec<String>,
+    #[serde(default)]
+    pub owners: Vec<String>,
     pub title: Option<String>,
     pub last_seq: Seq,
     pub last_message: Option<MessageView>,
@@ -167,4 +180,29 @@ pub struct Inbox {
     /// `null`.
     #[serde(default)]
     pub next_before: Option<InboxCursor>,
+}
+
+/// `PUT /v1/conversations/{id}/members/{user}`: adds `user`, or sets a member's role.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberUpdate {
+    /// `member` when absent.
+    #[serde(default)]
+    pub role: Option<Role>,
+}
+
+/// `PATCH /v1/conversations/{id}`: a group's new title (`null` removes it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TitleUpdate {
+    pub title: Option<String>,
+}
+
+/// The answer to a change of members or title.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConvChanged {
+    /// The conversation after the change, as the caller may see it.
+    pub conversation: ConversationView,
+    /// The change's event in the conversation's `seq` stream; `null` when nothing changed
+    /// (the member was already there with that role, or already gone, or this repeats a
+    /// change already applied).
+    pub seq: Option<Seq>,
 }

@@ -7,8 +7,10 @@
 
 use crate::keys::{self, COUNTER_CONV, Key, value};
 use crate::kv::{Kv, KvError, RunOptions, Tx, TxError, run_with};
+use chat_proto::api::ConvChange;
+use chat_proto::limits::CONV_MEMBERS_MAX;
 use chat_proto::rest::InboxCursor;
-use chat_proto::{ConvId, ConvKind, Conversation, Message, Seq};
+use chat_proto::{ConvEvent, ConvId, ConvKind, Conversation, Message, Role, Seq};
 use futures::future::try_join_all;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -25,6 +27,13 @@ pub enum StoreError {
     /// membership does not leak).
     #[error("no such conversation")]
     UnknownConversation,
+    /// A member asked for what only an owner may do.
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// A change the conversation does not allow (a direct conversation's members, a group's
+    /// last owner leaving others behind, a full group).
+    #[error("{0}")]
+    NotAllowed(String),
     #[error(transparent)]
     Kv(#[from] KvError),
 }
@@ -80,6 +89,21 @@ pub struct Appended {
     pub message: Message,
     /// False when `(sender, client_msg_id)` was already stored, or repeated in the batch.
     pub fresh: bool,
+    /// The conversation's members when the batch was committed: who a fresh message is
+    /// delivered to. Read in the batch's transaction, so a member removed before the commit
+    /// is never among them, whatever any app server cached.
+    pub members: Arc<[String]>,
+}
+
+/// What a [`ChatStore::change`] came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Changed {
+    /// The conversation after the change.
+    pub conv: Conversation,
+    /// The change's event in the `seq` stream; `None` when nothing changed.
+    pub event: Option<Message>,
+    /// Who is told of it: the members after the change, and a member it removed.
+    pub notify: Vec<String>,
 }
 
 /// One conversation of an inbox.
@@ -235,10 +259,15 @@ impl ChatStore {
                 .ok_or_else(|| corrupt("conversation ids exhausted".into()))?;
             tx.set(&counter_key, &value::int(conv_id));
 
+            let owners = match kind {
+                ConvKind::Group => vec![creator.to_owned()],
+                ConvKind::Direct => Vec::new(),
+            };
             let conv = Conversation {
                 conv_id,
                 kind,
                 members: members.clone(),
+                owners,
                 title: title.clone(),
                 created_ts: ts,
             };
@@ -263,6 +292,39 @@ impl ChatStore {
 
     pub async fn conversation(&self, conv_id: ConvId) -> Result<Option<Conversation>, StoreError> {
         self.run(move |tx, _| async move { Ok(load_conv(&tx, conv_id).await?) })
+            .await
+    }
+
+    /// The conversation as `user` may see it: a member, or a former member (who sees it as
+    /// it is now; their history ends at their removal).
+    pub async fn conversation_for(
+        &self,
+        user: &str,
+        conv_id: ConvId,
+    ) -> Result<Conversation, StoreError> {
+        self.run(move |tx, _| async move { Ok(load_visible(&tx, user, conv_id).await?.0) })
+            .await
+    }
+
+    /// Applies `change`, asked by `caller`, to the group `conv_id`, and records it as an
+    /// event at the next `seq`.
+    ///
+    /// A change that would change nothing (adding a member with the role they have,
+    /// removing someone who is not a member, setting the title it has) records nothing and
+    /// answers `event == None`. That is also what makes it idempotent under retry after an
+    /// unknown commit result: if the first attempt landed, the retry finds it applied.
+    ///
+    /// A removed member keeps reading the history up to their removal event (a `gone` key
+    /// holds its `seq`); a member added again reads all of it again. A member added for the
+    /// first time starts with everything before their addition read.
+    pub async fn change(
+        &self,
+        conv_id: ConvId,
+        caller: &str,
+        change: &ConvChange,
+        ts: u64,
+    ) -> Result<Changed, StoreError> {
+        self.run(move |tx, _| async move { change_in(&tx, conv_id, caller, change, ts).await })
             .await
     }
 
@@ -301,11 +363,17 @@ impl ChatStore {
         limit: u32,
     ) -> Result<(Vec<Message>, Option<Seq>), StoreError> {
         self.run(move |tx, _| async move {
-            load_member_conv(&tx, user, conv_id).await?;
+            let (_, visible_last) = load_visible(&tx, user, conv_id).await?;
             if limit == 0 {
                 return Ok((Vec::new(), None));
             }
             let (begin, end_all) = keys::msgs(conv_id);
+            // A former member's history ends at their removal.
+            let before = match (before, visible_last) {
+                (Some(before), Some(last)) => Some(before.min(last.saturating_add(1))),
+                (None, Some(last)) => Some(last.saturating_add(1)),
+                (before, None) => before,
+            };
             let end = before.map_or(end_all, |before| keys::msg(conv_id, before));
             let pairs = tx.get_range(&begin, &end, limit as usize, true).await?;
             let mut messages = decode_messages(conv_id, pairs)?;
@@ -328,15 +396,17 @@ impl ChatStore {
         limit: u32,
     ) -> Result<(Vec<Message>, Seq), StoreError> {
         self.run(move |tx, _| async move {
-            let conv = load_member_conv(&tx, user, conv_id).await?;
+            let (conv, visible_last) = load_visible(&tx, user, conv_id).await?;
             let (last_seq, _) = load_head(&tx, &conv).await?;
+            let last_seq = visible_last.map_or(last_seq, |last| last.min(last_seq));
             let Some(first) = after
                 .checked_add(1)
                 .filter(|&first| first <= last_seq && limit > 0)
             else {
                 return Ok((Vec::new(), last_seq));
             };
-            let (_, end) = keys::msgs(conv_id);
+            // Up to `last_seq`: a former member's ends at their removal.
+            let end = keys::msg(conv_id, last_seq.saturating_add(1));
             let pairs = tx
                 .get_range(&keys::msg(conv_id, first), &end, limit as usize, false)
                 .await?;
@@ -384,6 +454,17 @@ impl ChatStore {
                     ))
                 })?;
                 let (last_seq, _) = load_head(tx, &conv).await?;
+                let last_seq = match conv.is_member(user) {
+                    true => last_seq,
+                    false => match load_gone(tx, conv_id, user).await? {
+                        Some((removed, _)) => removed.min(last_seq),
+                        None => {
+                            return Err(corrupt(format!(
+                                "recency index of `{user}` names conversation {conv_id}, which they never left"
+                            )));
+                        }
+                    },
+                };
                 let cursor = load_cursor(tx, user, conv_id).await?;
                 let last_message = match last_seq {
                     0 => None,
@@ -410,8 +491,9 @@ impl ChatStore {
     /// Idempotent.
     pub async fn mark_read(&self, user: &str, conv_id: ConvId, seq: Seq) -> Result<(), StoreError> {
         self.run(move |tx, _| async move {
-            let conv = load_member_conv(&tx, user, conv_id).await?;
+            let (conv, visible_last) = load_visible(&tx, user, conv_id).await?;
             let (last_seq, _) = load_head(&tx, &conv).await?;
+            let last_seq = visible_last.map_or(last_seq, |last| last.min(last_seq));
             let old = load_cursor(&tx, user, conv_id).await?;
             let new = old.max(seq.min(last_seq));
             if new != old {
@@ -437,6 +519,7 @@ async fn append_in(
     };
     let (last_seq, last_ts) = load_head(tx, &conv).await?;
     let ts = ts.max(last_ts);
+    let members: Arc<[String]> = conv.members.clone().into();
     let conv = &conv;
     let stored = try_join_all(batch.iter().map(|m| async move {
         if conv.is_member(&m.sender) {
@@ -481,6 +564,7 @@ async fn append_in(
                     ts: message.ts,
                     message,
                     fresh: false,
+                    members: members.clone(),
                 }
             }
             None => {
@@ -492,6 +576,7 @@ async fn append_in(
                     body: item.body.clone(),
                     client_msg_id: item.client_msg_id.clone(),
                     ts,
+                    event: None,
                 };
                 tx.set(&keys::msg(conv_id, seq), &value::msg(&message));
                 tx.set(
@@ -504,6 +589,7 @@ async fn append_in(
                     ts,
                     message,
                     fresh: true,
+                    members: members.clone(),
                 }
             }
         };
@@ -533,6 +619,164 @@ async fn append_in(
     Ok(results)
 }
 
+async fn change_in(
+    tx: &Tx,
+    conv_id: ConvId,
+    caller: &str,
+    change: &ConvChange,
+    ts: u64,
+) -> Result<Changed, StoreError> {
+    let conv = load_member_conv(tx, caller, conv_id).await?;
+    if conv.kind == ConvKind::Direct {
+        return Err(StoreError::NotAllowed(
+            "a direct conversation's members and title cannot change".into(),
+        ));
+    }
+    let owner = conv.is_owner(caller);
+    let mut next = conv.clone();
+    let mut added = None;
+    let mut removed = None;
+    let event = match change {
+        ConvChange::SetMember { user, role } => {
+            if !owner {
+                return Err(StoreError::Forbidden(
+                    "only an owner may add members or set roles",
+                ));
+            }
+            match conv.role(user) {
+                Some(now) if now == *role => None,
+                Some(_) => {
+                    if *role == Role::Member && conv.owners == [user.as_str()] {
+                        return Err(StoreError::NotAllowed(
+                            "a group needs an owner: make another member owner first".into(),
+                        ));
+                    }
+                    set_sorted(&mut next.owners, user, *role == Role::Owner);
+                    Some(ConvEvent::RoleChanged {
+                        user: user.clone(),
+                        role: *role,
+                    })
+                }
+                None => {
+                    if tx.get(&keys::user(user)).await?.is_none() {
+                        return Err(StoreError::UnknownUser(user.clone()));
+                    }
+                    if conv.members.len() >= CONV_MEMBERS_MAX {
+                        return Err(StoreError::NotAllowed(format!(
+                            "a conversation has at most {CONV_MEMBERS_MAX} members"
+                        )));
+                    }
+                    set_sorted(&mut next.members, user, true);
+                    set_sorted(&mut next.owners, user, *role == Role::Owner);
+                    added = Some(user.as_str());
+                    Some(ConvEvent::MemberAdded {
+                        user: user.clone(),
+                        role: *role,
+                    })
+                }
+            }
+        }
+        ConvChange::RemoveMember { user } => {
+            if user != caller && !owner {
+                return Err(StoreError::Forbidden("only an owner may remove members"));
+            }
+            if !conv.is_member(user) {
+                None
+            } else {
+                if conv.owners == [user.as_str()] && conv.members.len() > 1 {
+                    return Err(StoreError::NotAllowed(
+                        "you are the group's only owner: make another member owner first".into(),
+                    ));
+                }
+                set_sorted(&mut next.members, user, false);
+                set_sorted(&mut next.owners, user, false);
+                removed = Some(user.as_str());
+                Some(ConvEvent::MemberRemoved { user: user.clone() })
+            }
+        }
+        ConvChange::SetTitle { title } => {
+            if !owner {
+                return Err(StoreError::Forbidden("only an owner may set the title"));
+            }
+            (conv.title != *title).then(|| {
+                next.title = title.clone();
+                ConvEvent::TitleChanged {
+                    title: title.clone(),
+                }
+            })
+        }
+    };
+    let mut notify = next.members.clone();
+    notify.extend(removed.map(str::to_owned));
+    let Some(event) = event else {
+        return Ok(Changed {
+            conv,
+            event: None,
+            notify,
+        });
+    };
+
+    let (last_seq, last_ts) = load_head(tx, &conv).await?;
+    let ts = ts.max(last_ts);
+    let seq = last_seq + 1;
+    let message = Message {
+        conv: conv_id,
+        seq,
+        sender: caller.to_owned(),
+        body: String::new(),
+        client_msg_id: String::new(),
+        ts,
+        event: Some(event),
+    };
+    tx.set(&keys::msg(conv_id, seq), &value::msg(&message));
+    tx.set(&keys::conv(conv_id), &value::conv(&next));
+    tx.set(&keys::head(conv_id), &value::head(seq, ts));
+    // Clear first: when `ts` equals an old entry's the set below must win.
+    for member in &conv.members {
+        tx.clear(&keys::recent(member, last_ts, conv_id));
+    }
+    if let Some(user) = added
+        && let Some((_, gone_ts)) = load_gone(tx, conv_id, user).await?
+    {
+        // Back in a group they left: their old place in the recency index goes, and they
+        // read all of its history again.
+        tx.clear(&keys::recent(user, gone_ts, conv_id));
+        tx.clear(&keys::gone(conv_id, user));
+    }
+    for user in &notify {
+        tx.set(&keys::recent(user, ts, conv_id), &value::empty());
+    }
+    if let Some(user) = added {
+        // A newcomer has nothing to catch up on but their addition.
+        let cursor = load_cursor(tx, user, conv_id).await?;
+        if cursor < last_seq {
+            tx.set(&keys::cursor(user, conv_id), &value::int(last_seq));
+        }
+    }
+    if let Some(user) = removed {
+        tx.set(&keys::gone(conv_id, user), &value::gone(seq, ts));
+    }
+    // The caller has seen what they did.
+    tx.set(&keys::cursor(caller, conv_id), &value::int(seq));
+    tracing::debug!(conv = conv_id, seq, caller, "conversation changed");
+    Ok(Changed {
+        conv: next,
+        event: Some(message),
+        notify,
+    })
+}
+
+/// Inserts `user` into (or with `present == false` removes it from) a sorted list.
+fn set_sorted(list: &mut Vec<String>, user: &str, present: bool) {
+    match (list.binary_search_by(|m| m.as_str().cmp(user)), present) {
+        (Err(at), true) => list.insert(at, user.to_owned()),
+        (Ok(at), false) => {
+            list.remove(at);
+        }
+        _ => {}
+    }
+}
+
 fn corrupt(why: String) -> StoreError {
     StoreError::Kv(KvError::Corrupt(why))
 }
@@ -553,6 +797,33 @@ async fn load_member_conv(
     match load_conv(tx, conv_id).await? {
         Some(conv) if conv.is_member(user) => Ok(conv),
         _ => Err(StoreError::UnknownConversation),
+    }
+}
+
+/// The conversation if `user` may read it, and the last `seq` they may read: `None` for a
+/// member, their removal's for a former member.
+async fn load_visible(
+    tx: &Tx,
+    user: &str,
+    conv_id: ConvId,
+) -> Result<(Conversation, Option<Seq>), StoreError> {
+    let Some(conv) = load_conv(tx, conv_id).await? else {
+        return Err(StoreError::UnknownConversation);
+    };
+    if conv.is_member(user) {
+        return Ok((conv, None));
+    }
+    match load_gone(tx, conv_id, user).await? {
+        Some((removed, _)) => Ok((conv, Some(removed))),
+        None => Err(StoreError::UnknownConversation),
+    }
+}
+
+/// A former member's removal: its `seq` and time.
+async fn load_gone(tx: &Tx, conv_id: ConvId, user: &str) -> Result<Option<(Seq, u64)>, KvError> {
+    match tx.get(&keys::gone(conv_id, user)).await? {
+        Some(raw) => value::decode_gone(&raw).map(Some),
+        None => Ok(None),
     }
 }
 

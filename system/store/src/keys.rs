@@ -9,7 +9,7 @@
 //! [`KvError::Corrupt`].
 
 use crate::kv::KvError;
-use chat_proto::{ConvId, ConvKind, Conversation, Message, Seq};
+use chat_proto::{ConvEvent, ConvId, ConvKind, Conversation, Message, Role, Seq};
 use foundationdb_tuple::{TuplePack, TupleUnpack, pack, unpack};
 
 /// The first element of every key: one subspace per model.
@@ -23,8 +23,11 @@ pub mod subspace {
     pub const RECENT: &str = "recent";
     pub const CURSOR: &str = "cursor";
     pub const COUNTER: &str = "counter";
+    pub const GONE: &str = "gone";
 
-    pub const ALL: [&str; 9] = [USER, CONV, HEAD, DIRECT, MSG, IDEM, RECENT, CURSOR, COUNTER];
+    pub const ALL: [&str; 10] = [
+        USER, CONV, HEAD, DIRECT, MSG, IDEM, RECENT, CURSOR, COUNTER, GONE,
+    ];
 }
 
 /// The name of the conversation id counter under `("counter", name)`.
@@ -67,6 +70,11 @@ pub enum Key {
     Counter {
         name: String,
     },
+    /// A former member of a group, with the `seq` of their removal as value.
+    Gone {
+        conv: ConvId,
+        user: String,
+    },
 }
 
 impl Key {
@@ -84,6 +92,7 @@ impl Key {
             Key::Recent { user, ts, conv } => recent(user, *ts, *conv),
             Key::Cursor { user, conv } => cursor(user, *conv),
             Key::Counter { name } => counter(name),
+            Key::Gone { conv, user } => gone(*conv, user),
         }
     }
 
@@ -131,6 +140,10 @@ impl Key {
             subspace::COUNTER => Key::Counter {
                 name: unpack::<(String,)>(rest).map_err(fields)?.0,
             },
+            subspace::GONE => {
+                let (conv, user) = unpack(rest).map_err(fields)?;
+                Key::Gone { conv, user }
+            }
             _ => return Err(corrupt("unknown subspace".into())),
         })
     }
@@ -220,6 +233,10 @@ pub fn counter(name: &str) -> Vec<u8> {
     pack(&(subspace::COUNTER, name))
 }
 
+pub fn gone(conv: ConvId, user: &str) -> Vec<u8> {
+    pack(&(subspace::GONE, conv, user))
+}
+
 /// Value encodings, also tuples.
 pub mod value {
     use super::*;
@@ -240,12 +257,38 @@ pub mod value {
 
     /// `("conv", conv_id)` -> `(kind, title or null, created_ts, (members...))`.
     pub fn conv(c: &Conversation) -> Vec<u8> {
-        pack(&(c.kind.as_str(), &c.title, c.created_ts, &c.members))
+        pack(&(
+            c.kind.as_str(),
+            &c.title,
+            c.created_ts,
+            &c.members,
+            &c.owners,
+        ))
     }
 
+    type ConvFields = (String, Option<String>, u64, Vec<String>, Vec<String>);
+
+    /// Records written before roles existed have no owners: every member of such a group
+    /// is an owner (they could all manage it as much as anyone could: nobody could).
     pub fn decode_conv(conv_id: ConvId, bytes: &[u8]) -> Result<Conversation, KvError> {
-        let (kind, title, created_ts, members): (String, Option<String>, u64, Vec<String>) =
-            decode(subspace::CONV, bytes)?;
+        let (kind, title, created_ts, members, owners): ConvFields =
+            match unpack::<ConvFields>(bytes) {
+                Ok(fields) => fields,
+                Err(_) => {
+                    let (kind, title, created_ts, members): (
+                        String,
+                        Option<String>,
+                        u64,
+                        Vec<String>,
+                    ) = decode(subspace::CONV, bytes)?;
+                    let owners = if kind == "group" {
+                        members.clone()
+                    } else {
+                        Vec::new()
+                    };
+                    (kind, title, created_ts, members, owners)
+                }
+            };
         let kind = match kind.as_str() {
             "direct" => ConvKind::Direct,
             "group" => ConvKind::Group,
@@ -255,15 +298,16 @@ pub mod value {
                 )));
             }
         };
-        if !members.is_sorted() {
+        if !members.is_sorted() || !owners.is_sorted() {
             return Err(KvError::Corrupt(format!(
-                "conversation {conv_id} has unsorted members"
+                "conversation {conv_id} has unsorted members or owners"
             )));
         }
         Ok(Conversation {
             conv_id,
             kind,
             members,
+            owners,
             title,
             created_ts,
         })
@@ -279,12 +323,73 @@ pub mod value {
     }
 
     /// `("msg", conv, seq)` -> `(sender, client_msg_id, body, ts)`.
-    pub fn msg(m: &Message) -> Vec<u8> {
-        pack(&(&m.sender, &m.client_msg_id, &m.body, m.ts))
+    /// An event as a tuple: its kind, the user it names (or the title) and the role.
+    type EventFields = (String, Option<String>, Option<String>);
+
+    fn event_fields(event: &ConvEvent) -> EventFields {
+        match event {
+            ConvEvent::MemberAdded { user, role } => (
+                "added".into(),
+                Some(user.clone()),
+                Some(role.as_str().into()),
+            ),
+            ConvEvent::MemberRemoved { user } => ("removed".into(), Some(user.clone()), None),
+            ConvEvent::RoleChanged { user, role } => (
+                "role".into(),
+                Some(user.clone()),
+                Some(role.as_str().into()),
+            ),
+            ConvEvent::TitleChanged { title } => ("title".into(), title.clone(), None),
+        }
     }
 
+    fn decode_event((kind, text, role): EventFields) -> Result<ConvEvent, KvError> {
+        let bad = || KvError::Corrupt(format!("event `{kind}` with {text:?}, {role:?}"));
+        let parse_role = |role: Option<String>| -> Result<Role, KvError> {
+            role.as_deref().ok_or_else(bad)?.parse().map_err(|_| bad())
+        };
+        Ok(match kind.as_str() {
+            "added" => ConvEvent::MemberAdded {
+                user: text.clone().ok_or_else(bad)?,
+                role: parse_role(role.clone())?,
+            },
+            "removed" => ConvEvent::MemberRemoved {
+                user: text.clone().ok_or_else(bad)?,
+            },
+            "role" => ConvEvent::RoleChanged {
+                user: text.clone().ok_or_else(bad)?,
+                role: parse_role(role.clone())?,
+            },
+            "title" => ConvEvent::TitleChanged { title: text },
+            _ => return Err(bad()),
+        })
+    }
+
+    /// A message is `(sender, client id, body, ts)`, an event the same with its fields
+    /// after them (messages keep the shape they had before events existed).
+    pub fn msg(m: &Message) -> Vec<u8> {
+        match &m.event {
+            None => pack(&(&m.sender, &m.client_msg_id, &m.body, m.ts)),
+            Some(event) => pack(&(
+                &m.sender,
+                &m.client_msg_id,
+                &m.body,
+                m.ts,
+                event_fields(event),
+            )),
+        }
+    }
+
+    type EventMsgFields = (String, String, String, u64, EventFields);
+
     pub fn decode_msg(conv: ConvId, seq: Seq, bytes: &[u8]) -> Result<Message, KvError> {
-        let (sender, client_msg_id, body, ts) = decode(subspace::MSG, bytes)?;
+        let (sender, client_msg_id, body, ts, event) = match unpack::<EventMsgFields>(bytes) {
+            Ok((sender, id, body, ts, event)) => (sender, id, body, ts, Some(decode_event(event)?)),
+            Err(_) => {
+                let (sender, id, body, ts) = decode(subspace::MSG, bytes)?;
+                (sender, id, body, ts, None)
+            }
+        };
         Ok(Message {
             conv,
             seq,
@@ -292,6 +397,7 @@ pub mod value {
             body,
             client_msg_id,
             ts,
+            event,
         })
     }
 
@@ -306,6 +412,15 @@ pub mod value {
 
     /// A single integer: `("direct", a, b)` -> conv_id, `("cursor", ..)` -> read_seq,
     /// `("counter", ..)` -> last allocated id.
+    /// A former member's removal: its `seq` and time.
+    pub fn gone(seq: Seq, ts: u64) -> Vec<u8> {
+        pack(&(seq, ts))
+    }
+
+    pub fn decode_gone(bytes: &[u8]) -> Result<(Seq, u64), KvError> {
+        decode(subspace::GONE, bytes)
+    }
+
     pub fn int(n: u64) -> Vec<u8> {
         pack(&(n,))
     }
@@ -352,6 +467,10 @@ mod tests {
             },
             Key::Counter {
                 name: COUNTER_CONV.into(),
+            },
+            Key::Gone {
+                conv: 9,
+                user: "bob".into(),
             },
         ];
         for key in keys {
@@ -410,14 +529,23 @@ mod tests {
             conv_id: 3,
             kind: ConvKind::Group,
             members: vec!["a".into(), "b".into(), "c".into()],
+            owners: vec!["b".into()],
             title: Some("t".into()),
             created_ts: 5,
         };
         assert_eq!(value::decode_conv(3, &value::conv(&c)), Ok(c.clone()));
+        // A group written before roles existed: every member is an owner.
+        let old = pack(&("group", Some("t"), 5u64, vec!["a", "b", "c"]));
+        let every_owner = Conversation {
+            owners: c.members.clone(),
+            ..c.clone()
+        };
+        assert_eq!(value::decode_conv(3, &old), Ok(every_owner));
         let d = Conversation {
             kind: ConvKind::Direct,
             title: None,
             members: vec!["a".into(), "b".into()],
+            owners: Vec::new(),
             ..c
         };
         assert_eq!(value::decode_conv(3, &value::conv(&d)), Ok(d));
@@ -428,8 +556,40 @@ mod tests {
             body: "hi\0there".into(),
             client_msg_id: "x".into(),
             ts: 9,
+            event: None,
         };
-        assert_eq!(value::decode_msg(1, 2, &value::msg(&m)), Ok(m));
+        // Plain messages keep the shape they had before events existed.
+        assert_eq!(value::msg(&m), pack(&("a", "x", "hi\0there", 9u64)));
+        assert_eq!(value::decode_msg(1, 2, &value::msg(&m)), Ok(m.clone()));
+        let events = [
+            ConvEvent::MemberAdded {
+                user: "c".into(),
+                role: Role::Owner,
+            },
+            ConvEvent::MemberRemoved { user: "c".into() },
+            ConvEvent::RoleChanged {
+                user: "c".into(),
+                role: Role::Member,
+            },
+            ConvEvent::TitleChanged { title: None },
+            ConvEvent::TitleChanged {
+                title: Some("new".into()),
+            },
+        ];
+        for event in events {
+            let e = Message {
+                event: Some(event),
+                body: String::new(),
+                client_msg_id: String::new(),
+                ..m.clone()
+            };
+            assert_eq!(value::decode_msg(1, 2, &value::msg(&e)), Ok(e));
+        }
+        let unknown = pack(&("a", "", "", 9u64, ("exploded", Some("c"), None::<String>)));
+        assert!(matches!(
+            value::decode_msg(1, 2, &unknown),
+            Err(KvError::Corrupt(_))
+        ));
         assert_eq!(value::decode_head(&value::head(4, 8)), Ok((4, 8)));
         assert_eq!(value::decode_int("cursor", &value::int(12)), Ok(12));
         assert!(matches!(

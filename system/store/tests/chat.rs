@@ -1,7 +1,8 @@
 //! The chat data model, over every local backend.
 
 use async_trait::async_trait;
-use chat_proto::{ConvKind, Conversation};
+use chat_proto::api::ConvChange;
+use chat_proto::{ConvEvent, ConvKind, Conversation, Role};
 use chat_store::{
     AppendError, Appended, ChatStore, Kv, KvError, KvTx, MemoryKv, NewMessage, StoreError, Tx,
     UserRecord,
@@ -59,6 +60,9 @@ on_every_backend!(
     mark_read_is_capped_and_never_moves_back,
     messages_after_serves_sync,
     concurrent_appends_to_one_conversation_all_land,
+    owners_change_members_and_changes_are_events,
+    removed_members_read_up_to_their_removal,
+    members_may_leave_but_the_last_owner_may_not_strand_a_group,
 );
 
 fn msg(sender: &str, id: &str, body: &str) -> NewMessage {
@@ -663,4 +667,225 @@ async fn retries_after_an_unknown_commit_result_store_nothing_twice() {
     assert_eq!(all.len(), 2, "stored once");
     let inbox = store.inbox("bob", 10, None).await.expect("inbox").0;
     assert_eq!((inbox.len(), inbox[0].last_seq, inbox[0].unread), (1, 2, 2));
+}
+
+fn set(user: &str, role: Role) -> ConvChange {
+    ConvChange::SetMember {
+        user: user.into(),
+        role,
+    }
+}
+
+fn remove(user: &str) -> ConvChange {
+    ConvChange::RemoveMember { user: user.into() }
+}
+
+async fn owners_change_members_and_changes_are_events(store: ChatStore) {
+    with_users(&store, &["alice", "bob", "carol", "dave"]).await;
+    let conv = group(&store, "alice", &["bob"], 10).await;
+    assert_eq!(conv.owners, ["alice"]);
+    let c = conv.conv_id;
+    ok(store
+        .append(c, vec![msg("bob", "b1", "hi")], 20)
+        .await
+        .expect("append"));
+
+    // Only owners add, set roles and titles; refusals change nothing.
+    for change in [
+        set("carol", Role::Member),
+        set("bob", Role::Owner),
+        ConvChange::SetTitle { title: None },
+        remove("alice"),
+    ] {
+        assert!(
+            matches!(
+                store.change(c, "bob", &change, 30).await,
+                Err(StoreError::Forbidden(_))
+            ),
+            "{change:?}"
+        );
+    }
+    assert_eq!(
+        store
+            .change(c, "carol", &set("carol", Role::Owner), 30)
+            .await,
+        Err(StoreError::UnknownConversation),
+        "a non-member learns nothing"
+    );
+    assert_eq!(
+        store
+            .change(c, "alice", &set("nobody", Role::Member), 30)
+            .await,
+        Err(StoreError::UnknownUser("nobody".into()))
+    );
+
+    let added = store
+        .change(c, "alice", &set("carol", Role::Member), 40)
+        .await
+        .expect("add");
+    let event = added.event.expect("an event");
+    assert_eq!(event.seq, 2, "the next seq of the conversation");
+    assert_eq!(
+        event.event,
+        Some(ConvEvent::MemberAdded {
+            user: "carol".into(),
+            role: Role::Member
+        })
+    );
+    assert_eq!((event.sender.as_str(), event.body.as_str()), ("alice", ""));
+    assert_eq!(added.conv.members, ["alice", "bob", "carol"]);
+    assert_eq!(added.notify, ["alice", "bob", "carol"]);
+    // The same change again changes nothing, and records nothing.
+    let again = store
+        .change(c, "alice", &set("carol", Role::Member), 41)
+        .await
+        .expect("again");
+    assert_eq!(again.event, None);
+
+    let promoted = store
+        .change(c, "alice", &set("bob", Role::Owner), 50)
+        .await
+        .expect("promote");
+    assert_eq!(promoted.conv.owners, ["alice", "bob"]);
+    let titled = store
+        .change(
+            c,
+            "bob",
+            &ConvChange::SetTitle {
+                title: Some("t2".into()),
+            },
+            60,
+        )
+        .await
+        .expect("title");
+    assert_eq!(titled.conv.title.as_deref(), Some("t2"));
+
+    // A newcomer starts with the history before them read: unread are their addition
+    // and what came after it.
+    let (inbox, _) = store.inbox("carol", 10, None).await.expect("inbox");
+    assert_eq!(inbox[0].unread, 3);
+
+    // Messages after the addition are appended after the events, and delivered to the
+    // members at their commit.
+    let appended = ok(store
+        .append(c, vec![msg("carol", "c1", "hello")], 70)
+        .await
+        .expect("append"));
+    assert_eq!(appended[0].seq, 5);
+    assert_eq!(&*appended[0].members, ["alice", "bob", "carol"]);
+    let (page, _) = store.history("carol", c, None, 50).await.expect("history");
+    let kinds: Vec<bool> = page.iter().map(|m| m.event.is_some()).collect();
+    assert_eq!(kinds, [false, true, true, true, false]);
+
+    // A direct conversation's members never change.
+    let (d, _) = direct(&store, "alice", "dave", 80).await;
+    assert!(matches!(
+        store
+            .change(d.conv_id, "alice", &set("bob", Role::Member), 90)
+            .await,
+        Err(StoreError::NotAllowed(_))
+    ));
+}
+
+async fn removed_members_read_up_to_their_removal(store: ChatStore) {
+    with_users(&store, &["alice", "bob", "carol"]).await;
+    let c = group(&store, "alice", &["bob", "carol"], 10).await.conv_id;
+    ok(store
+        .append(c, vec![msg("bob", "b1", "one")], 20)
+        .await
+        .expect("append"));
+    let removed = store
+        .change(c, "alice", &remove("bob"), 30)
+        .await
+        .expect("remove");
+    assert_eq!(removed.event.as_ref().map(|m| m.seq), Some(2));
+    assert_eq!(removed.notify, ["alice", "carol", "bob"], "bob hears of it");
+    let after = ok(store
+        .append(c, vec![msg("alice", "a1", "secret")], 40)
+        .await
+        .expect("append"));
+    assert_eq!(
+        &*after[0].members,
+        ["alice", "carol"],
+        "never delivered to bob"
+    );
+
+    // Bob reads up to his removal, and not a message after it.
+    let (page, next) = store.history("bob", c, None, 50).await.expect("history");
+    assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(next, None);
+    let (page, last) = store.messages_after("bob", c, 0, 50).await.expect("sync");
+    assert_eq!((page.len(), last), (2, 2));
+    let (page, _) = store
+        .history("bob", c, Some(10), 50)
+        .await
+        .expect("history");
+    assert_eq!(page.last().map(|m| m.seq), Some(2));
+    store.mark_read("bob", c, 99).await.expect("read");
+    let (inbox, _) = store.inbox("bob", 10, None).await.expect("inbox");
+    assert_eq!(
+        (inbox[0].last_seq, inbox[0].unread),
+        (2, 0),
+        "his inbox stops at his removal"
+    );
+    assert_eq!(inbox[0].last_message.as_ref().map(|m| m.seq), Some(2));
+    // He can no longer send.
+    let refused = store
+        .append(c, vec![msg("bob", "b2", "let me in")], 50)
+        .await
+        .expect("append");
+    assert_eq!(refused, vec![Err(AppendError::UnknownConversation)]);
+    assert_eq!(
+        store.change(c, "bob", &remove("bob"), 50).await,
+        Err(StoreError::UnknownConversation)
+    );
+
+    // Added again, he reads everything again.
+    store
+        .change(c, "alice", &set("bob", Role::Member), 60)
+        .await
+        .expect("re-add");
+    let (page, _) = store.history("bob", c, None, 50).await.expect("history");
+    assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    let (inbox, _) = store.inbox("bob", 10, None).await.expect("inbox");
+    assert_eq!(inbox.len(), 1, "one inbox entry, at the newest activity");
+    assert_eq!(inbox[0].last_seq, 4);
+}
+
+async fn members_may_leave_but_the_last_owner_may_not_strand_a_group(store: ChatStore) {
+    with_users(&store, &["alice", "bob", "carol"]).await;
+    let c = group(&store, "alice", &["bob", "carol"], 10).await.conv_id;
+    let left = store
+        .change(c, "carol", &remove("carol"), 20)
+        .await
+        .expect("leave");
+    assert_eq!(
+        left.event.and_then(|m| m.event),
+        Some(ConvEvent::MemberRemoved {
+            user: "carol".into()
+        })
+    );
+    assert!(matches!(
+        store.change(c, "alice", &remove("alice"), 30).await,
+        Err(StoreError::NotAllowed(_))
+    ));
+    assert!(matches!(
+        store
+            .change(c, "alice", &set("alice", Role::Member), 30)
+            .await,
+        Err(StoreError::NotAllowed(_))
+    ));
+    store
+        .change(c, "alice", &set("bob", Role::Owner), 40)
+        .await
+        .expect("promote");
+    store
+        .change(c, "alice", &remove("alice"), 50)
+        .await
+        .expect("leave");
+    let conv = store.conversation(c).await.expect("read").expect("exists");
+    assert_eq!(
+        (conv.members, conv.owners),
+        (vec!["bob".to_owned()], vec!["bob".to_owned()])
+    );
 }
