@@ -153,6 +153,7 @@ pub async fn run_newcomers(
                             conv_id: e.conv_id,
                             kind: e.kind,
                             members: e.members,
+                            owners: e.owners,
                             title: e.title,
                         })
                         .collect()

@@ -25,6 +25,10 @@
 //! - `accounts`: registrations, logins and conversation creations made during the faults,
 //!   retried after answers that may have been applied, end as exactly one account that logs
 //!   in with its password and conversations with exactly their members, nothing else;
+//! - `membership`: in a group whose members come and go during the faults, nobody is
+//!   pushed a message of a `seq` at which they were not a member, pushes carry what history
+//!   holds, every change was made by someone allowed to, and after the faults each user reads
+//!   exactly the history up to their removal (or all of it, as a member);
 //! - `slow_consumers`: a client that stops reading for good is dropped by the server it is
 //!   connected to (its connection server, or the gateway splicing it) within
 //!   [`Evidence::stall_drop_bound`]; the other checkers see that nobody else suffers.
@@ -32,6 +36,7 @@
 use crate::accounts::{Newcomer, Registration};
 use crate::cluster::Node;
 use crate::faults::Fault;
+use crate::membership::{KEEP, MembershipRun, OWNER};
 use crate::workload::{ConnEvent, ConnRecord, Device, Observed, ReadAnswer, ReadKind};
 use chat_proto::rest::{Inbox, MessageView};
 use chat_proto::{ConvId, ErrorCode, Seq};
@@ -93,6 +98,8 @@ pub struct Evidence<'a> {
     pub stall_request_allowance: Duration,
     /// Who registered during the faults, and what they saw.
     pub newcomers: &'a [Newcomer],
+    /// The group whose members came and went, and what they saw.
+    pub membership: &'a MembershipRun,
 }
 
 /// How live delivery went: the share of (member device, message) pairs whose message was
@@ -135,7 +142,146 @@ pub fn check_all(e: &Evidence) -> (Vec<Violation>, LiveFigures) {
     failover(e, &mut out);
     slow_consumers(e, &mut out);
     accounts(e, &mut out);
+    membership(e, &mut out);
     (out, live)
+}
+
+/// See the module's list. Who was a member at each `seq` comes from the group's final
+/// history: its events are the membership changes, in order.
+fn membership(e: &Evidence, out: &mut Vec<Violation>) {
+    use chat_proto::ConvEvent;
+    let run = e.membership;
+    let Some(conv) = run.conv else {
+        return;
+    };
+    let v = |out: &mut Vec<Violation>, detail: String| violation(out, "membership", detail);
+    let Some(history) = &run.history else {
+        v(
+            out,
+            format!("group {conv}: its history could not be read after the faults"),
+        );
+        return;
+    };
+    let seqs: Vec<Seq> = history.iter().map(|m| m.seq).collect();
+    if seqs != (1..=history.len() as Seq).collect::<Vec<_>>() {
+        v(out, format!("group {conv}: history is not gapless from 1"));
+        return;
+    }
+    // members[s] = who was a member after the event at `s` (index 0: at creation).
+    let mut members: Vec<HashSet<&str>> = vec![[OWNER, KEEP].into_iter().collect()];
+    // Each user's last removal, for the final reads.
+    let mut removed_at: HashMap<&str, Seq> = HashMap::new();
+    for m in history {
+        let mut now = members.last().cloned().unwrap_or_default();
+        match &m.event {
+            Some(ConvEvent::MemberAdded { user, .. }) => {
+                now.insert(user);
+                removed_at.remove(user.as_str());
+            }
+            Some(ConvEvent::MemberRemoved { user }) => {
+                now.remove(user.as_str());
+                removed_at.insert(user, m.seq);
+                if m.sender != OWNER && m.sender != *user {
+                    v(
+                        out,
+                        format!("group {conv} seq {}: {} removed {user}", m.seq, m.sender),
+                    );
+                }
+            }
+            Some(other) if m.sender != OWNER => {
+                v(
+                    out,
+                    format!("group {conv} seq {}: {} made {other:?}", m.seq, m.sender),
+                );
+            }
+            _ => {}
+        }
+        if matches!(&m.event, Some(ConvEvent::MemberAdded { .. })) && m.sender != OWNER {
+            v(
+                out,
+                format!("group {conv} seq {}: {} added a member", m.seq, m.sender),
+            );
+        }
+        members.push(now);
+    }
+    for done in &run.forbidden_done {
+        v(
+            out,
+            format!("group {conv}: a forbidden change was answered as done: {done}"),
+        );
+    }
+    for p in &run.pushed {
+        let Some(stored) = history.get((p.seq as usize).wrapping_sub(1)) else {
+            v(
+                out,
+                format!(
+                    "group {conv}: {} was pushed seq {}, which history lacks",
+                    p.user, p.seq
+                ),
+            );
+            continue;
+        };
+        let s = p.seq as usize;
+        // A user's own addition and removal reach them too.
+        let member =
+            members[s - 1].contains(p.user.as_str()) || members[s].contains(p.user.as_str());
+        if !member {
+            v(
+                out,
+                format!(
+                    "group {conv}: {} was pushed seq {} ({:?}) while not a member",
+                    p.user, p.seq, p.event
+                ),
+            );
+        }
+        if (&p.sender, &p.body, &p.event) != (&stored.sender, &stored.body, &stored.event) {
+            v(
+                out,
+                format!(
+                    "group {conv} seq {}: pushed to {} as {}/{:?}/{:?}, stored as {}/{:?}/{:?}",
+                    p.seq,
+                    p.user,
+                    p.sender,
+                    p.body,
+                    p.event,
+                    stored.sender,
+                    stored.body,
+                    stored.event
+                ),
+            );
+        }
+    }
+    let last = members.last().cloned().unwrap_or_default();
+    for (user, seen) in &run.seen_by {
+        let Some(seen) = seen else {
+            v(
+                out,
+                format!("group {conv}: {user}'s reads failed after the faults"),
+            );
+            continue;
+        };
+        // A member reads all of it: at least what the owner's first read held (sends may
+        // still have landed between the owner's two reads).
+        let (least, most): (Seq, Seq) = if last.contains(user.as_str()) {
+            let first = run.history_first_len.unwrap_or(history.len()) as Seq;
+            (first, history.len() as Seq)
+        } else {
+            let removed = removed_at.get(user.as_str()).copied().unwrap_or(0);
+            (removed, removed)
+        };
+        let got: Vec<Seq> = seen.iter().map(|m| m.seq).collect();
+        let expected = got.len() as Seq;
+        if !(least..=most).contains(&expected) || got != (1..=expected).collect::<Vec<_>>() {
+            v(
+                out,
+                format!(
+                    "group {conv}: {user} reads {} messages up to {:?}, expected 1..=n, {least} <= n <= {most}",
+                    got.len(),
+                    got.last()
+                ),
+            );
+        }
+    }
 }
 
 fn violation(out: &mut Vec<Violation>, checker: &'static str, detail: String) {

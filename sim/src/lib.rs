@@ -23,6 +23,7 @@
 //!   servers' writes wait.
 //! - [`workload`]: what simulated people do, and what they observe.
 //! - [`accounts`]: newcomers who register, log in and start conversations during the faults.
+//! - [`membership`]: an owner adding and removing members of a group while it chats in it.
 //! - [`checkers`]: the named invariants, apart from everything else.
 //! - [`scenario`]: the standard scenario wiring it all together.
 //! - [`runner`], [`shrink`]: seeds, trace files, replay commands, schedule shrinking.
@@ -38,6 +39,8 @@ pub mod disk;
 #[cfg(madsim)]
 pub mod faults;
 pub mod fdb;
+#[cfg(madsim)]
+pub mod membership;
 pub mod resp;
 #[cfg(madsim)]
 pub mod runner;

@@ -305,6 +305,19 @@ async fn run_inner(
         seed ^ 0x6e65_7763_6f6d_6572,
     ));
 
+    // An owner adds and removes members of a group while it chats, under the same faults.
+    let membership_node = handle
+        .create_node()
+        .name("membership")
+        .ip(IpAddr::V4(Ipv4Addr::new(10, 9, 0, 4)))
+        .build();
+    let membership = membership_node.spawn(crate::membership::run_membership(
+        gateways.clone(),
+        controls.clone(),
+        trace.clone(),
+        seed ^ 0x6d65_6d62_6572_7321,
+    ));
+
     // Fault points in production code (and madsim's own network delays) for this phase only.
     let chaos_start = now_us();
     if swarm.buggify {
@@ -390,6 +403,14 @@ async fn run_inner(
             config.settle_max
         ),
     };
+    let membership = match tokio::time::timeout(config.settle_max, membership).await {
+        Ok(Ok(run)) => run,
+        Ok(Err(err)) => bail!("the membership task failed: {err}"),
+        Err(_) => bail!(
+            "liveness: the membership actor did not finish within {:?} after faults stopped",
+            config.settle_max
+        ),
+    };
     trace.record("phase check");
     progress(
         &config,
@@ -428,6 +449,7 @@ async fn run_inner(
         stall_drop_bound: stall_drop_bound(&config.cluster.knobs),
         stall_request_allowance: config.cluster.knobs.conn.request_timeout,
         newcomers: &newcomers,
+        membership: &membership,
     };
     let (violations, live) = check_all(&evidence);
     let stats = Stats {

@@ -1153,6 +1153,7 @@ async fn on_frame(
             id,
             body,
             ts,
+            ..
         } => {
             state.trace.record(format_args!(
                 "c{index} got conv={conv} seq={seq} {sender}/{id}"
@@ -1251,6 +1252,8 @@ async fn on_frame(
                 }
             }
         }
+        // Conversations created or changed: the standard workload's never change after setup.
+        ServerFrame::Conversation { .. } => {}
         ServerFrame::Pong => {
             if let Some(request) = state.open_pings.pop_front() {
                 state.confirm_marks(request);
