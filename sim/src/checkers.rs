@@ -25,6 +25,9 @@
 //! - `accounts`: registrations, logins and conversation creations made during the faults,
 //!   retried after answers that may have been applied, end as exactly one account that logs
 //!   in with its password and conversations with exactly their members, nothing else;
+//! - `receipts`: a receipt reaches only members of its conversation, names a member, never
+//!   says more than that reader asked to mark read, and never reaches anyone else's device
+//!   for a reader who turned receipts off;
 //! - `membership`: in a group whose members come and go during the faults, nobody is
 //!   pushed a message of a `seq` at which they were not a member, pushes carry what history
 //!   holds, every change was made by someone allowed to, and after the faults each user reads
@@ -143,7 +146,51 @@ pub fn check_all(e: &Evidence) -> (Vec<Violation>, LiveFigures) {
     slow_consumers(e, &mut out);
     accounts(e, &mut out);
     membership(e, &mut out);
+    receipts(e, &mut out);
     (out, live)
+}
+
+/// See the module's list. What each reader asked to mark read comes from every `read` frame
+/// their devices wrote (a receipt may come from any of them).
+fn receipts(e: &Evidence, out: &mut Vec<Violation>) {
+    let members: HashMap<ConvId, &Vec<String>> = e.convs.iter().map(|(c, m)| (*c, m)).collect();
+    let mut asked: HashMap<(&str, ConvId), Seq> = HashMap::new();
+    for o in e.observed {
+        for mark in &o.marks {
+            let most = asked.entry((o.user.as_str(), mark.conv)).or_insert(0);
+            *most = (*most).max(mark.seq);
+        }
+    }
+    for (device, o) in e.devices.iter().zip(e.observed) {
+        let mut reported = 0;
+        for (conv, reader, seq) in &o.receipts {
+            let problem = match members.get(conv) {
+                None => Some("of a conversation outside the scenario".to_owned()),
+                Some(m) if !m.contains(&o.user) => Some("while not a member".to_owned()),
+                Some(m) if !m.contains(reader) => Some("naming a non-member".to_owned()),
+                Some(_) if *reader != o.user && crate::scenario::receipts_off(reader) => {
+                    Some(format!("though {reader} turned receipts off"))
+                }
+                Some(_) => {
+                    let most = asked.get(&(reader.as_str(), *conv)).copied().unwrap_or(0);
+                    (*seq > most).then(|| format!("beyond what {reader} marked read ({most})"))
+                }
+            };
+            if let Some(problem) = problem {
+                reported += 1;
+                if reported <= 3 {
+                    violation(
+                        out,
+                        "receipts",
+                        format!(
+                            "device {} ({}) got receipt {reader}@{seq} of conv {conv} {problem}",
+                            device.index, o.user
+                        ),
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// See the module's list. Who was a member at each `seq` comes from the group's final

@@ -482,6 +482,13 @@ pub fn user_name(i: usize) -> String {
     format!("user{i:03}")
 }
 
+/// Whether `user` keeps read receipts to themself (set at setup): one user in ten.
+pub fn receipts_off(user: &str) -> bool {
+    user.strip_prefix("user")
+        .and_then(|n| n.parse::<usize>().ok())
+        .is_some_and(|n| n % 10 == 3)
+}
+
 async fn on_node<T: Send + 'static>(
     name: &str,
     ip: IpAddr,
@@ -730,6 +737,15 @@ async fn register_and_login(
     let session = retry(|| anon.login(user, PASSWORD))
         .await
         .with_context(|| format!("login {user}"))?;
+    if receipts_off(user) {
+        let me = anon.clone().with_token(session.token.clone());
+        let off = chat_client::SettingsUpdate {
+            receipts: Some(false),
+        };
+        retry(|| me.update_settings(&off))
+            .await
+            .with_context(|| format!("receipts off for {user}"))?;
+    }
     Ok(session.token)
 }
 

@@ -26,6 +26,9 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Receipts a device records at most (a device in the hot group gets several a second).
+const RECEIPTS_RECORDED_MAX: usize = 20_000;
+
 /// Simulated wall-clock time in microseconds since the epoch: the time base shared by every
 /// observation and by the server's message timestamps (milliseconds of the same clock).
 pub fn now_us() -> u64 {
@@ -227,6 +230,8 @@ pub struct Observed {
     pub synced: BTreeMap<ConvId, Seq>,
     pub reads: Vec<ReadRecord>,
     pub marks: Vec<MarkRecord>,
+    /// Every `receipt` frame: (conversation, reader, seq), in arrival order.
+    pub receipts: Vec<(ConvId, String, Seq)>,
     /// Sends refused with a non-retryable error (none are expected: every conversation is
     /// real), and inconsistent answers seen along the way.
     pub refused: Vec<(String, String)>,
@@ -1254,6 +1259,11 @@ async fn on_frame(
         }
         // Conversations created or changed: the standard workload's never change after setup.
         ServerFrame::Conversation { .. } => {}
+        ServerFrame::Receipt { conv, user, seq } => {
+            if state.observed.receipts.len() < RECEIPTS_RECORDED_MAX {
+                state.observed.receipts.push((conv, user, seq));
+            }
+        }
         ServerFrame::Pong => {
             if let Some(request) = state.open_pings.pop_front() {
                 state.confirm_marks(request);

@@ -11,6 +11,7 @@
 //! - [`routing`]: after a batch is durable, looks recipients up in the registry and hands
 //!   the messages to the connection servers.
 //! - [`errors`]: store and auth errors mapped to protocol errors, in one place.
+//! - [`receipts`]: read cursors that moved, told to the members' devices, coalesced.
 //! - [`throttle`]: per-user limits in memory: failed logins per username (a growing
 //!   wait), groups created per hour.
 //!
@@ -19,6 +20,7 @@
 
 pub mod batch;
 pub mod errors;
+pub mod receipts;
 pub mod routing;
 pub mod sequencer;
 pub mod throttle;
@@ -63,6 +65,10 @@ pub struct AppConfig {
     pub login_throttle: throttle::ThrottleConfig,
     /// Group conversations one user may create per hour; beyond, `rate_limited`.
     pub groups_per_hour_max: u32,
+    /// A read cursor's moves within this become one receipt (of the newest).
+    pub receipt_window: Duration,
+    /// Receipts held for coalescing at most; beyond, they go out at once.
+    pub receipts_held_max: usize,
 }
 
 impl Default for AppConfig {
@@ -77,6 +83,8 @@ impl Default for AppConfig {
             password_hash_wait_max: Duration::from_secs(2),
             login_throttle: throttle::ThrottleConfig::default(),
             groups_per_hour_max: 50,
+            receipt_window: Duration::from_millis(250),
+            receipts_held_max: 100_000,
         }
     }
 }
@@ -92,6 +100,7 @@ struct Handlers {
     store: ChatStore,
     /// For telling members' devices of a new conversation.
     router: Arc<routing::Router>,
+    receipts: Arc<receipts::Receipts>,
     passwords: Passwords,
     tokens: Tokens,
     /// Permits for password hashing: see [`AppConfig::password_hashes_in_flight_max`].
@@ -127,6 +136,11 @@ impl AppServer {
                 throttle::GroupCap::USERS_MAX,
             ),
             store: store.clone(),
+            receipts: receipts::Receipts::new(
+                router.clone(),
+                config.receipt_window,
+                config.receipts_held_max,
+            ),
             router: router.clone(),
             passwords,
             tokens,
@@ -205,6 +219,22 @@ impl AppApi for AppServer {
                 Ok(Response::ConversationView {
                     conversation: ConversationView::from(&conv),
                 })
+            }
+            .boxed(),
+            Request::Reads { caller, conv } => async move {
+                let reads = h.store.reads(&caller, conv).await.map_err(store_error)?;
+                Ok(Response::Reads {
+                    reads: Reads { reads },
+                })
+            }
+            .boxed(),
+            Request::Settings { caller, update } => async move {
+                let settings = h
+                    .store
+                    .settings(&caller, update.as_ref())
+                    .await
+                    .map_err(store_error)?;
+                Ok(Response::Settings { settings })
             }
             .boxed(),
             Request::Read { user, conv, seq } => async move {
@@ -415,13 +445,11 @@ impl Handlers {
                 members = conv.members.len(),
                 "conversation created"
             );
-            // Every member's devices learn of it now, not at their next inbox refresh. In
-            // the background: the creator's answer does not wait for the registry.
-            let (router, members, announced) = (self.router.clone(), conv.members, view.clone());
-            tokio::spawn(async move {
-                let targets = router.targets(&members).await;
-                router.announce(&targets, announced);
-            });
+            // Every member's devices learn of it now, not at their next inbox refresh. Before
+            // the answer: a device that connects after it gets the conversation from its
+            // inbox, not from a push it might race (the registry lookup is bounded).
+            let targets = self.router.targets(&conv.members).await;
+            self.router.announce(&targets, view.clone());
         }
         Ok((view, created))
     }
@@ -487,10 +515,15 @@ impl Handlers {
     }
 
     async fn read(&self, user: &str, conv: ConvId, seq: Seq) -> Result<(), ApiError> {
-        self.store
+        let moved = self
+            .store
             .mark_read(user, conv, seq)
             .await
-            .map_err(store_error)
+            .map_err(store_error)?;
+        if let Some(moved) = moved {
+            self.receipts.moved(conv, user, moved);
+        }
+        Ok(())
     }
 
     async fn sync(
@@ -524,6 +557,7 @@ mod tests {
     impl Delivery for Nowhere {
         fn deliver(&self, _targets: &[Target], _message: Arc<Message>) {}
         fn announce(&self, _targets: &[Target], _conversation: Arc<ConversationView>) {}
+        fn receipt(&self, _targets: &[Target], _receipt: chat_proto::link::Receipt) {}
     }
 
     fn server(password_hashes_in_flight_max: usize) -> Arc<AppServer> {

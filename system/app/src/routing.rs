@@ -84,6 +84,13 @@ impl Router {
         }
     }
 
+    /// Tells `targets` that a member's read cursor moved.
+    pub fn receipt(&self, targets: &[Target], receipt: chat_proto::link::Receipt) {
+        if !targets.is_empty() {
+            self.delivery.receipt(targets, receipt);
+        }
+    }
+
     /// Tells `targets` of a conversation created or changed.
     pub fn announce(&self, targets: &[Target], conversation: ConversationView) {
         if !targets.is_empty() {

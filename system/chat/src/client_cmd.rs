@@ -40,6 +40,8 @@ commands:
   /remove <user>               remove <user> from the current group (owners only)
   /leave                       leave the current group
   /title <title> | /title -    set or remove the current group's title (owners only)
+  /reads                       how far each member has read the current conversation
+  /receipts on|off             whether others see how far you have read
   /help                        this text
   /quit                        leave
 anything else is sent to the current conversation";
@@ -210,6 +212,26 @@ impl Ui {
             ["leave"] => {
                 let me = self.user.clone();
                 self.change_member(&me, None).await?
+            }
+            ["reads"] => {
+                let reads = self.live.client().reads(self.current()?).await?;
+                for read in &reads.reads {
+                    println!("  {} read up to {}", read.user, read.seq);
+                }
+            }
+            ["receipts", on @ ("on" | "off")] => {
+                let update = chat_client::SettingsUpdate {
+                    receipts: Some(*on == "on"),
+                };
+                let settings = self.live.client().update_settings(&update).await?;
+                println!(
+                    "receipts {}",
+                    if settings.receipts {
+                        "on: others see how far you read"
+                    } else {
+                        "off"
+                    }
+                );
             }
             ["title", "-"] => {
                 let changed = self.live.client().set_title(self.current()?, None).await?;
@@ -417,6 +439,7 @@ fn show_event(event: &LiveEvent) {
             m.seq,
             describe(&m.sender, &m.body, m.event.as_ref())
         ),
+        LiveEvent::Receipt { conv, user, seq } => println!("  ({user} read #{conv} up to {seq})"),
         LiveEvent::Conversation(conv) => {
             let title = conv.title.as_deref().map(clean).unwrap_or_default();
             println!("-- #{} {} {title}", conv.conv_id, conv.kind.as_str());

@@ -181,6 +181,13 @@ async fn every_authenticated_route_refuses_missing_forged_and_expired_tokens() {
             "/v1/conversations",
             br#"{"members":["alice"]}"#.to_vec(),
         ),
+        ("GET", "/v1/conversations/1", Vec::new()),
+        ("PATCH", "/v1/conversations/1", br#"{"title":"t"}"#.to_vec()),
+        ("PUT", "/v1/conversations/1/members/bob", b"{}".to_vec()),
+        ("DELETE", "/v1/conversations/1/members/bob", Vec::new()),
+        ("GET", "/v1/conversations/1/reads", Vec::new()),
+        ("GET", "/v1/settings", Vec::new()),
+        ("PATCH", "/v1/settings", br#"{"receipts":false}"#.to_vec()),
     ];
     for (method, path, body) in &routes {
         for header in &bad_headers {
@@ -537,12 +544,12 @@ async fn inbox_orders_by_recent_activity_and_counts_unread() {
     .await
     .unwrap();
     ws.send(&chat_client::ClientFrame::Ping).await.unwrap();
-    assert_eq!(next_frame(&mut ws).await, chat_client::ServerFrame::Pong);
+    pong_past_receipts(&mut ws).await;
     ws.send(&chat_client::ClientFrame::Read { conv: ab, seq: 1 })
         .await
         .unwrap();
     ws.send(&chat_client::ClientFrame::Ping).await.unwrap();
-    assert_eq!(next_frame(&mut ws).await, chat_client::ServerFrame::Pong);
+    pong_past_receipts(&mut ws).await;
     let inbox = alice.inbox(None).await.unwrap();
     let unread = |conv| {
         inbox
@@ -623,4 +630,23 @@ async fn unknown_routes_answer_json_errors() {
     let page = anon.raw("GET", "/", &[], Vec::new()).await.unwrap();
     assert_eq!(page.status, 200);
     assert!(page.text().contains("<html") || page.text().contains("<!doctype"));
+    let icon = anon
+        .raw("GET", "/favicon.ico", &[], Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(icon.status, 200);
+    assert_eq!(icon.header("content-type"), Some("image/svg+xml"));
+    assert!(icon.text().starts_with("<svg"));
+}
+
+/// Waits for the `pong`, past the `receipt`s the reads before it may have caused (they come
+/// within the receipt window, and may come first).
+async fn pong_past_receipts(ws: &mut chat_client::WsConnection) {
+    loop {
+        match next_frame(ws).await {
+            chat_client::ServerFrame::Pong => return,
+            chat_client::ServerFrame::Receipt { .. } => {}
+            other => panic!("expected a pong, got {other:?}"),
+        }
+    }
 }

@@ -646,3 +646,102 @@ async fn membership_changes_are_events_and_pushed_to_whom_they_concern() {
         .unwrap_err();
     assert_eq!(refused.code(), Some(ErrorCode::BadRequest));
 }
+
+/// Read receipts: a read that moves a cursor reaches the other members and the reader's
+/// other devices as one coalesced `receipt`; `GET .../reads` shows the cursors; a user who
+/// turns receipts off is shown to nobody else, and still syncs across their own devices.
+#[tokio::test]
+async fn reads_become_coalesced_receipts_unless_turned_off() {
+    use chat_client::SettingsUpdate;
+    let server = TestServer::start().await;
+    let [alice, bob, carol] = server.users(["alice", "bob", "carol"]).await;
+    let (group, _) = alice
+        .create_conversation(["bob"], Some("reads"))
+        .await
+        .unwrap();
+    let conv = group.conv_id;
+    let mut alice_ws = alice.connect_ws().await.unwrap();
+    let mut bob_phone = bob.connect_ws().await.unwrap();
+    let mut bob_laptop = bob.connect_ws().await.unwrap();
+    let mut carol_ws = carol.connect_ws().await.unwrap();
+    for ws in [
+        &mut alice_ws,
+        &mut bob_phone,
+        &mut bob_laptop,
+        &mut carol_ws,
+    ] {
+        wait_ready(ws).await;
+    }
+    for (i, id) in ["m1", "m2", "m3"].into_iter().enumerate() {
+        alice_ws.send(&send(id, conv, "hi")).await.unwrap();
+        assert!(
+            matches!(next_frame(&mut alice_ws).await, ServerFrame::Sent { seq, .. } if seq == i as u64 + 1)
+        );
+        for ws in [&mut bob_phone, &mut bob_laptop] {
+            assert!(matches!(next_frame(ws).await, ServerFrame::Message { .. }));
+        }
+    }
+
+    // Three reads in a burst are one receipt, of the newest; backwards moves nothing.
+    for seq in [1, 2, 3, 1] {
+        bob_phone
+            .send(&ClientFrame::Read { conv, seq })
+            .await
+            .unwrap();
+    }
+    let receipt = ServerFrame::Receipt {
+        conv,
+        user: "bob".into(),
+        seq: 3,
+    };
+    for ws in [&mut alice_ws, &mut bob_laptop, &mut bob_phone] {
+        assert_eq!(next_frame(ws).await, receipt);
+        assert_quiet(ws).await;
+    }
+    assert_quiet(&mut carol_ws).await;
+    let reads = alice.reads(conv).await.unwrap().reads;
+    let cursors: Vec<(&str, u64)> = reads.iter().map(|r| (r.user.as_str(), r.seq)).collect();
+    assert_eq!(cursors, [("alice", 3), ("bob", 3)]);
+    let refused = carol.reads(conv).await.unwrap_err();
+    assert_eq!(refused.code(), Some(ErrorCode::UnknownConversation));
+
+    // Bob turns receipts off: alice no longer sees his cursor, his devices still do.
+    assert!(bob.settings().await.unwrap().receipts);
+    let off = SettingsUpdate {
+        receipts: Some(false),
+    };
+    assert!(!bob.update_settings(&off).await.unwrap().receipts);
+    alice_ws.send(&send("m4", conv, "more")).await.unwrap();
+    let _ = next_frame(&mut alice_ws).await;
+    for ws in [&mut bob_phone, &mut bob_laptop] {
+        let _ = next_frame(ws).await;
+    }
+    bob_laptop
+        .send(&ClientFrame::Read { conv, seq: 4 })
+        .await
+        .unwrap();
+    for ws in [&mut bob_phone, &mut bob_laptop] {
+        assert!(matches!(
+            next_frame(ws).await,
+            ServerFrame::Receipt { seq: 4, .. }
+        ));
+    }
+    assert_quiet(&mut alice_ws).await;
+    let reads = alice.reads(conv).await.unwrap().reads;
+    assert_eq!(reads.len(), 1, "{reads:?}");
+    assert_eq!(
+        bob.reads(conv).await.unwrap().reads.len(),
+        2,
+        "bob sees his own"
+    );
+    let unknown = bob
+        .raw(
+            "PATCH",
+            "/v1/settings",
+            &[],
+            br#"{"receipts":true,"shout":1}"#.to_vec(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(unknown.status, 400);
+}

@@ -44,8 +44,8 @@ pub mod ws;
 pub use chat_proto::api::ConvChange;
 pub use chat_proto::frame::{ClientFrame, ServerFrame};
 pub use chat_proto::rest::{
-    ConvChanged, ConversationView, HistoryPage, Inbox, InboxEntry, MessageView, Session,
-    UserCreated,
+    ConvChanged, ConversationView, HistoryPage, Inbox, InboxEntry, MessageView, ReadCursor, Reads,
+    Session, Settings, SettingsUpdate, UserCreated,
 };
 pub use chat_proto::{ApiError, ConvEvent, ConvId, ConvKind, ErrorCode, Message, Role, Seq};
 pub use error::ClientError;

@@ -9,7 +9,7 @@ use crate::url::{BaseUrl, encode_query_value};
 use crate::ws::WsConnection;
 use chat_proto::rest::{
     ConvChanged, ConversationView, CreateConversation, Credentials, HistoryPage, Inbox,
-    MemberUpdate, Session, TitleUpdate, UserCreated,
+    MemberUpdate, Reads, Session, Settings, SettingsUpdate, TitleUpdate, UserCreated,
 };
 use chat_proto::{ConvId, Role, Seq};
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderName, HeaderValue};
@@ -207,6 +207,29 @@ impl Client {
             title: title.map(str::to_owned),
         };
         Ok(self.call_json(Method::PATCH, &path, Some(&body)).await?.1)
+    }
+
+    /// `GET /v1/conversations/{conv}/reads`: the members' read cursors (those who share
+    /// them, and the caller's own).
+    pub async fn reads(&self, conv: ConvId) -> Result<Reads, ClientError> {
+        let path = format!("/v1/conversations/{conv}/reads");
+        Ok(self.call_json::<(), _>(Method::GET, &path, None).await?.1)
+    }
+
+    /// `GET /v1/settings`.
+    pub async fn settings(&self) -> Result<Settings, ClientError> {
+        Ok(self
+            .call_json::<(), _>(Method::GET, "/v1/settings", None)
+            .await?
+            .1)
+    }
+
+    /// `PATCH /v1/settings`: changes the fields `update` has; answers the settings now.
+    pub async fn update_settings(&self, update: &SettingsUpdate) -> Result<Settings, ClientError> {
+        Ok(self
+            .call_json(Method::PATCH, "/v1/settings", Some(update))
+            .await?
+            .1)
     }
 
     /// `GET /v1/conversations/{conv}/messages`: the newest `limit` (default 50, 1-200)

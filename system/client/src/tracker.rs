@@ -7,7 +7,7 @@
 
 use chat_proto::frame::{ClientFrame, FrameOp, ServerFrame};
 use chat_proto::{ApiError, ConvId, Message, Seq};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// Messages buffered per conversation while waiting for a missing `seq`; beyond this they are
 /// dropped (the `sync` already requested brings them again).
@@ -40,6 +40,13 @@ pub enum LiveEvent {
     /// A conversation was created or changed (members, roles, title): its state now. A
     /// conversation the user was just removed from no longer lists them.
     Conversation(chat_proto::rest::ConversationView),
+    /// `user` has read `conv` up to `seq` (another member, or this user on another device);
+    /// never a move backwards.
+    Receipt {
+        conv: ConvId,
+        user: String,
+        seq: Seq,
+    },
     /// An `error` frame not tied to one of our pending sends.
     Error(ApiError),
 }
@@ -77,7 +84,13 @@ pub struct Tracker {
     id_prefix: String,
     ids_issued: u64,
     sends_recorded: u64,
+    /// The newest receipt per (conversation, reader), at most [`RECEIPTS_TRACKED_MAX`].
+    receipts: HashMap<(ConvId, String), Seq>,
 }
+
+/// Readers whose newest receipt is remembered; past it the memory starts over (an old
+/// receipt may then be reported again, which only repeats a cursor already shown).
+const RECEIPTS_TRACKED_MAX: usize = 10_000;
 
 impl Default for Tracker {
     fn default() -> Self {
@@ -98,6 +111,7 @@ impl Tracker {
         Tracker {
             convs: BTreeMap::new(),
             pending: BTreeMap::new(),
+            receipts: HashMap::new(),
             id_prefix: prefix.to_owned(),
             ids_issued: 0,
             sends_recorded: 0,
@@ -251,6 +265,19 @@ impl Tracker {
             }
             ServerFrame::Conversation { conversation } => {
                 step.events.push(LiveEvent::Conversation(conversation))
+            }
+            ServerFrame::Receipt { conv, user, seq } => {
+                // Receipts may come out of order (after a failover): only a move forward is one.
+                let key = (conv, user.clone());
+                if self.receipts.len() >= RECEIPTS_TRACKED_MAX && !self.receipts.contains_key(&key)
+                {
+                    self.receipts.clear();
+                }
+                let newest = self.receipts.entry(key).or_insert(0);
+                if seq > *newest {
+                    *newest = seq;
+                    step.events.push(LiveEvent::Receipt { conv, user, seq });
+                }
             }
             ServerFrame::Pong => step.events.push(LiveEvent::Pong),
             ServerFrame::Error {

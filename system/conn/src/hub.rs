@@ -1,7 +1,7 @@
 //! The connections this server holds, and delivery into them.
 
 use chat_proto::frame::ServerFrame;
-use chat_proto::link::{Delivery, Target};
+use chat_proto::link::{Delivery, Receipt, Target};
 use chat_proto::rest::ConversationView;
 use chat_proto::{ConnAddr, ConnId, Message, ServerId};
 use std::collections::HashMap;
@@ -179,6 +179,20 @@ impl Delivery for ConnHub {
         }
         let text: Utf8Bytes = ServerFrame::Conversation {
             conversation: (*conversation).clone(),
+        }
+        .to_json()
+        .into();
+        self.each_target(targets, || Outbound::Text(Box::new(text.clone())));
+    }
+
+    fn receipt(&self, targets: &[Target], receipt: Receipt) {
+        if !targets.iter().any(|t| t.addr.server == self.server) {
+            return;
+        }
+        let text: Utf8Bytes = ServerFrame::Receipt {
+            conv: receipt.conv,
+            user: receipt.user,
+            seq: receipt.seq,
         }
         .to_json()
         .into();

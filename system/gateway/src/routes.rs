@@ -14,7 +14,8 @@ use chat_net::http::PeerAddr;
 use chat_net::websocket::bearer_token;
 use chat_proto::api::{AppApiExt, ConvChange};
 use chat_proto::rest::{
-    CreateConversation, Credentials, HistoryQuery, InboxQuery, MemberUpdate, TitleUpdate,
+    CreateConversation, Credentials, HistoryQuery, InboxQuery, MemberUpdate, SettingsUpdate,
+    TitleUpdate,
 };
 use chat_proto::{ApiError, ErrorCode, Role};
 
@@ -22,6 +23,7 @@ pub fn router(gateway: Gateway) -> Router {
     with_fallbacks(
         Router::new()
             .route("/", get(index))
+            .route("/favicon.ico", get(favicon))
             .route("/healthz", get(|| async { "ok" }))
             .route("/v1/users", post(register))
             .route("/v1/sessions", post(login))
@@ -35,6 +37,8 @@ pub fn router(gateway: Gateway) -> Router {
                 put(set_member).delete(remove_member),
             )
             .route("/v1/conversations/{conv_id}/messages", get(history))
+            .route("/v1/conversations/{conv_id}/reads", get(reads))
+            .route("/v1/settings", get(settings).patch(update_settings))
             .route("/v1/inbox", get(inbox))
             .route("/v1/ws", get(crate::ws::upgrade)),
     )
@@ -94,6 +98,22 @@ pub fn rate_limited(wait: std::time::Duration) -> HttpError {
 
 async fn index() -> Html<&'static str> {
     Html(include_str!("../assets/index.html"))
+}
+
+/// A speech bubble, so browsers asking for an icon get one (not a 404 in every log).
+async fn favicon() -> Response {
+    const ICON: &str = concat!(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32">"##,
+        r##"<path fill="#2f6fde" d="M4 6h24v15H13l-6 5v-5H4z"/></svg>"##
+    );
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "image/svg+xml"),
+            (axum::http::header::CACHE_CONTROL, "max-age=86400"),
+        ],
+        ICON,
+    )
+        .into_response()
 }
 
 async fn register(
@@ -181,4 +201,27 @@ async fn remove_member(
 ) -> Result<Response, HttpError> {
     let change = ConvChange::RemoveMember { user };
     Ok(Json(gw.app.change(&caller, conv, change).await?).into_response())
+}
+
+async fn reads(
+    State(gw): State<Gateway>,
+    Caller(caller): Caller,
+    ConvPath(conv): ConvPath,
+) -> Result<Response, HttpError> {
+    Ok(Json(gw.app.reads(&caller, conv).await?).into_response())
+}
+
+async fn settings(
+    State(gw): State<Gateway>,
+    Caller(caller): Caller,
+) -> Result<Response, HttpError> {
+    Ok(Json(gw.app.settings(&caller, None).await?).into_response())
+}
+
+async fn update_settings(
+    State(gw): State<Gateway>,
+    Caller(caller): Caller,
+    JsonBody(update): JsonBody<SettingsUpdate>,
+) -> Result<Response, HttpError> {
+    Ok(Json(gw.app.settings(&caller, Some(update)).await?).into_response())
 }

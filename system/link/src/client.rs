@@ -230,6 +230,11 @@ async fn run_connection(
                     delivery.announce(&targets, Arc::new(conversation));
                 }
             }
+            LinkFrame::Receipt { targets, receipt } => {
+                if let Some(delivery) = delivery {
+                    delivery.receipt(&targets, receipt);
+                }
+            }
             LinkFrame::Pong | LinkFrame::Ping => {}
             LinkFrame::Hello { .. }
             | LinkFrame::Challenge { .. }

@@ -9,7 +9,7 @@ use chat_proto::deadline::Deadline;
 use chat_proto::limits::{
     INBOX_ENTRY_JSON_BYTES_MAX, INBOX_LIMIT_MAX, MESSAGE_JSON_BYTES_MAX, PAGE_BYTES_MAX,
 };
-use chat_proto::link::Target;
+use chat_proto::link::{Receipt, Target};
 use chat_proto::rest::ConversationView;
 use chat_proto::{ApiError, Message, ServerId};
 use serde::{Deserialize, Serialize};
@@ -77,6 +77,11 @@ pub enum LinkFrame {
     Announce {
         targets: Vec<Target>,
         conversation: ConversationView,
+    },
+    /// A member's read cursor moved, for the connections it concerns.
+    Receipt {
+        targets: Vec<Target>,
+        receipt: Receipt,
     },
     Ping,
     Pong,

@@ -8,7 +8,7 @@ use crate::frame::{
 };
 use chat_net::accept::{ConnectionLimits, Listener, accept_loop};
 use chat_proto::api::{AppApi, Call};
-use chat_proto::link::{Delivery, Target};
+use chat_proto::link::{Delivery, Receipt, Target};
 use chat_proto::rest::ConversationView;
 use chat_proto::{ApiError, Message, ServerId};
 use std::collections::HashMap;
@@ -89,6 +89,17 @@ impl Delivery for LinkRoutes {
         self.each_server(targets, frame, |server| {
             // Its event is in the `seq` stream; clients see it when they sync.
             tracing::debug!(server, conv = conversation.conv_id, "announcement dropped");
+        });
+    }
+
+    fn receipt(&self, targets: &[Target], receipt: Receipt) {
+        let frame = |targets| LinkFrame::Receipt {
+            targets,
+            receipt: receipt.clone(),
+        };
+        self.each_server(targets, frame, |server| {
+            // The cursor is stored; clients read it with `GET .../reads`.
+            tracing::debug!(server, conv = receipt.conv, "receipt dropped");
         });
     }
 }
@@ -177,7 +188,8 @@ async fn serve_connection(
             | LinkFrame::Proof { .. }
             | LinkFrame::Response { .. }
             | LinkFrame::Deliver { .. }
-            | LinkFrame::Announce { .. } => {
+            | LinkFrame::Announce { .. }
+            | LinkFrame::Receipt { .. } => {
                 tracing::warn!(?peer, "unexpected link frame");
                 break;
             }

@@ -14,7 +14,7 @@ use crate::error::ApiError;
 use crate::model::{ConnAddr, ConvId, Message, Role, Seq};
 use crate::rest::{
     ConvChanged, ConversationView, CreateConversation, Credentials, HistoryPage, HistoryQuery,
-    Inbox, InboxQuery, Session, UserCreated,
+    Inbox, InboxQuery, Reads, Session, Settings, SettingsUpdate, UserCreated,
 };
 use futures::future::BoxFuture;
 use std::future::Future;
@@ -105,6 +105,16 @@ pub enum Request {
         caller: String,
         conv: ConvId,
     },
+    /// The members' read cursors (those who share them).
+    Reads {
+        caller: String,
+        conv: ConvId,
+    },
+    /// The caller's settings, after applying `update` (none: just read them).
+    Settings {
+        caller: String,
+        update: Option<SettingsUpdate>,
+    },
     /// Reads up to `limit` messages with `seq > after`.
     Sync {
         user: String,
@@ -148,6 +158,12 @@ pub enum Response {
     ConversationView {
         conversation: ConversationView,
     },
+    Reads {
+        reads: Reads,
+    },
+    Settings {
+        settings: Settings,
+    },
 }
 
 /// What a request is routed by, when several app servers share the load.
@@ -171,7 +187,9 @@ impl Request {
             | Request::Inbox { caller, .. } => RouteKey::User(caller),
             Request::Send { request } => RouteKey::Conv(request.conv),
             Request::Change { conv, .. } => RouteKey::Conv(*conv),
-            Request::Conversation { caller, .. } => RouteKey::User(caller),
+            Request::Conversation { caller, .. }
+            | Request::Reads { caller, .. }
+            | Request::Settings { caller, .. } => RouteKey::User(caller),
             Request::Read { user, .. } | Request::Sync { user, .. } => RouteKey::User(user),
         }
     }
@@ -189,6 +207,8 @@ impl Request {
             Request::Sync { .. } => "sync",
             Request::Change { .. } => "change",
             Request::Conversation { .. } => "conversation",
+            Request::Reads { .. } => "reads",
+            Request::Settings { .. } => "settings",
         }
     }
 }
@@ -303,6 +323,25 @@ pub trait AppApiExt: AppApi {
             Response::Changed { changed } => Ok(changed),
             other => Err(other),
         })
+    }
+
+    fn reads(&self, caller: &str, conv: ConvId) -> Answer<Reads> {
+        let caller = caller.to_owned();
+        Answer::new(self.call(Request::Reads { caller, conv }), |r| match r {
+            Response::Reads { reads } => Ok(reads),
+            other => Err(other),
+        })
+    }
+
+    fn settings(&self, caller: &str, update: Option<SettingsUpdate>) -> Answer<Settings> {
+        let caller = caller.to_owned();
+        Answer::new(
+            self.call(Request::Settings { caller, update }),
+            |r| match r {
+                Response::Settings { settings } => Ok(settings),
+                other => Err(other),
+            },
+        )
     }
 
     fn conversation(&self, caller: &str, conv: ConvId) -> Answer<ConversationView> {

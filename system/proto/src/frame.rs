@@ -61,6 +61,14 @@ pub enum ServerFrame {
         conv: ConvId,
         seq: Seq,
     },
+    /// `user` has read `conv` up to `seq`: to the other members (unless `user` turned
+    /// receipts off) and to `user`'s own devices (read state follows a user across devices).
+    /// Coalesced: a burst of reads is one receipt, of the newest.
+    Receipt {
+        conv: ConvId,
+        user: String,
+        seq: Seq,
+    },
     Pong,
     Error {
         code: ErrorCode,

@@ -29,4 +29,16 @@ pub trait Delivery: Send + Sync + 'static {
     /// Queues a `conversation` frame (a conversation created or changed) for each target
     /// connection, like [`Delivery::deliver`] but unordered with messages.
     fn announce(&self, targets: &[Target], conversation: Arc<ConversationView>);
+
+    /// Queues a `receipt` frame (`user` read `conv` up to `seq`) for each target
+    /// connection, unordered with messages.
+    fn receipt(&self, targets: &[Target], receipt: Receipt);
+}
+
+/// A member's read cursor moved: what a `receipt` frame says.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Receipt {
+    pub conv: crate::ConvId,
+    pub user: String,
+    pub seq: crate::Seq,
 }

@@ -182,6 +182,41 @@ pub struct Inbox {
     pub next_before: Option<InboxCursor>,
 }
 
+/// One member's read cursor: they have read the conversation up to `seq`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadCursor {
+    pub user: String,
+    pub seq: Seq,
+}
+
+/// `GET /v1/conversations/{id}/reads`: the members' read cursors, by username; members who
+/// turned receipts off are left out (the caller's own is always there).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reads {
+    pub reads: Vec<ReadCursor>,
+}
+
+/// A user's settings (`GET /v1/settings`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    /// Others see how far this user has read (receipts, `GET .../reads`).
+    pub receipts: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { receipts: true }
+    }
+}
+
+/// `PATCH /v1/settings`: the fields to change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsUpdate {
+    #[serde(default)]
+    pub receipts: Option<bool>,
+}
+
 /// `PUT /v1/conversations/{id}/members/{user}`: adds `user`, or sets a member's role.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberUpdate {

@@ -9,7 +9,7 @@ use crate::keys::{self, COUNTER_CONV, Key, value};
 use crate::kv::{Kv, KvError, RunOptions, Tx, TxError, run_with};
 use chat_proto::api::ConvChange;
 use chat_proto::limits::CONV_MEMBERS_MAX;
-use chat_proto::rest::InboxCursor;
+use chat_proto::rest::{InboxCursor, ReadCursor, Settings, SettingsUpdate};
 use chat_proto::{ConvEvent, ConvId, ConvKind, Conversation, Message, Role, Seq};
 use futures::future::try_join_all;
 use std::collections::{BTreeMap, HashMap};
@@ -93,6 +93,18 @@ pub struct Appended {
     /// delivered to. Read in the batch's transaction, so a member removed before the commit
     /// is never among them, whatever any app server cached.
     pub members: Arc<[String]>,
+}
+
+/// A read cursor that moved forward.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadMoved {
+    /// The cursor now.
+    pub seq: Seq,
+    /// The conversation's members, who may be told (a former member's read concerns
+    /// nobody else any more: just themself).
+    pub members: Vec<String>,
+    /// Whether the reader shares receipts ([`Settings::receipts`]).
+    pub receipts: bool,
 }
 
 /// What a [`ChatStore::change`] came to.
@@ -488,18 +500,85 @@ impl ChatStore {
     }
 
     /// Moves the user's read cursor to `seq`, capped at the newest message; never backwards.
-    /// Idempotent.
-    pub async fn mark_read(&self, user: &str, conv_id: ConvId, seq: Seq) -> Result<(), StoreError> {
+    /// Answers where it moved to, and whom to tell, when it moved. Idempotent (a retry after
+    /// an unknown commit result finds it moved, and answers `None`).
+    pub async fn mark_read(
+        &self,
+        user: &str,
+        conv_id: ConvId,
+        seq: Seq,
+    ) -> Result<Option<ReadMoved>, StoreError> {
         self.run(move |tx, _| async move {
             let (conv, visible_last) = load_visible(&tx, user, conv_id).await?;
             let (last_seq, _) = load_head(&tx, &conv).await?;
             let last_seq = visible_last.map_or(last_seq, |last| last.min(last_seq));
             let old = load_cursor(&tx, user, conv_id).await?;
             let new = old.max(seq.min(last_seq));
-            if new != old {
-                tx.set(&keys::cursor(user, conv_id), &value::int(new));
+            if new == old {
+                return Ok(None);
             }
-            Ok(())
+            tx.set(&keys::cursor(user, conv_id), &value::int(new));
+            let settings = load_settings(&tx, user).await?;
+            let members = match visible_last {
+                None => conv.members,
+                Some(_) => vec![user.to_owned()],
+            };
+            Ok(Some(ReadMoved {
+                seq: new,
+                members,
+                receipts: settings.receipts,
+            }))
+        })
+        .await
+    }
+
+    /// The read cursors of `conv_id`'s members who share receipts, and always the caller's
+    /// own, by username. For members and former members.
+    pub async fn reads(&self, user: &str, conv_id: ConvId) -> Result<Vec<ReadCursor>, StoreError> {
+        self.run(move |tx, _| async move {
+            let (conv, _) = load_visible(&tx, user, conv_id).await?;
+            let tx = &tx;
+            let mut readers: Vec<&str> = conv.members.iter().map(String::as_str).collect();
+            if !conv.is_member(user) {
+                readers.push(user);
+            }
+            let reads = try_join_all(readers.into_iter().map(|reader| async move {
+                let shared = reader == user || load_settings(tx, reader).await?.receipts;
+                let seq = match shared {
+                    true => Some(load_cursor(tx, reader, conv_id).await?),
+                    false => None,
+                };
+                Ok::<_, KvError>(seq.map(|seq| ReadCursor {
+                    user: reader.to_owned(),
+                    seq,
+                }))
+            }))
+            .await?;
+            let mut reads: Vec<ReadCursor> = reads.into_iter().flatten().collect();
+            reads.sort_by(|a, b| a.user.cmp(&b.user));
+            Ok(reads)
+        })
+        .await
+    }
+
+    /// The user's settings after applying `update` (none: just reads them). Idempotent.
+    pub async fn settings(
+        &self,
+        user: &str,
+        update: Option<&SettingsUpdate>,
+    ) -> Result<Settings, StoreError> {
+        self.run(move |tx, _| async move {
+            let mut settings = load_settings(&tx, user).await?;
+            if let Some(update) = update {
+                if tx.get(&keys::user(user)).await?.is_none() {
+                    return Err(StoreError::UnknownUser(user.to_owned()));
+                }
+                if let Some(receipts) = update.receipts {
+                    settings.receipts = receipts;
+                }
+                tx.set(&keys::setting(user), &value::setting(&settings));
+            }
+            Ok(settings)
         })
         .await
     }
@@ -816,6 +895,14 @@ async fn load_visible(
     match load_gone(tx, conv_id, user).await? {
         Some((removed, _)) => Ok((conv, Some(removed))),
         None => Err(StoreError::UnknownConversation),
+    }
+}
+
+/// The user's settings; the defaults until they change one.
+async fn load_settings(tx: &Tx, user: &str) -> Result<Settings, KvError> {
+    match tx.get(&keys::setting(user)).await? {
+        Some(raw) => value::decode_setting(&raw),
+        None => Ok(Settings::default()),
     }
 }
 

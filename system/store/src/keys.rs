@@ -9,6 +9,7 @@
 //! [`KvError::Corrupt`].
 
 use crate::kv::KvError;
+use chat_proto::rest::Settings;
 use chat_proto::{ConvEvent, ConvId, ConvKind, Conversation, Message, Role, Seq};
 use foundationdb_tuple::{TuplePack, TupleUnpack, pack, unpack};
 
@@ -24,9 +25,10 @@ pub mod subspace {
     pub const CURSOR: &str = "cursor";
     pub const COUNTER: &str = "counter";
     pub const GONE: &str = "gone";
+    pub const SETTING: &str = "setting";
 
-    pub const ALL: [&str; 10] = [
-        USER, CONV, HEAD, DIRECT, MSG, IDEM, RECENT, CURSOR, COUNTER, GONE,
+    pub const ALL: [&str; 11] = [
+        USER, CONV, HEAD, DIRECT, MSG, IDEM, RECENT, CURSOR, COUNTER, GONE, SETTING,
     ];
 }
 
@@ -75,6 +77,10 @@ pub enum Key {
         conv: ConvId,
         user: String,
     },
+    /// A user's settings.
+    Setting {
+        user: String,
+    },
 }
 
 impl Key {
@@ -93,6 +99,7 @@ impl Key {
             Key::Cursor { user, conv } => cursor(user, *conv),
             Key::Counter { name } => counter(name),
             Key::Gone { conv, user } => gone(*conv, user),
+            Key::Setting { user } => setting(user),
         }
     }
 
@@ -144,6 +151,9 @@ impl Key {
                 let (conv, user) = unpack(rest).map_err(fields)?;
                 Key::Gone { conv, user }
             }
+            subspace::SETTING => Key::Setting {
+                user: unpack::<(String,)>(rest).map_err(fields)?.0,
+            },
             _ => return Err(corrupt("unknown subspace".into())),
         })
     }
@@ -235,6 +245,10 @@ pub fn counter(name: &str) -> Vec<u8> {
 
 pub fn gone(conv: ConvId, user: &str) -> Vec<u8> {
     pack(&(subspace::GONE, conv, user))
+}
+
+pub fn setting(user: &str) -> Vec<u8> {
+    pack(&(subspace::SETTING, user))
 }
 
 /// Value encodings, also tuples.
@@ -421,6 +435,16 @@ pub mod value {
         decode(subspace::GONE, bytes)
     }
 
+    /// A user's settings: `(receipts: bool)`.
+    pub fn setting(settings: &Settings) -> Vec<u8> {
+        pack(&(settings.receipts,))
+    }
+
+    pub fn decode_setting(bytes: &[u8]) -> Result<Settings, KvError> {
+        let (receipts,) = decode::<(bool,)>(subspace::SETTING, bytes)?;
+        Ok(Settings { receipts })
+    }
+
     pub fn int(n: u64) -> Vec<u8> {
         pack(&(n,))
     }
@@ -472,6 +496,7 @@ mod tests {
                 conv: 9,
                 user: "bob".into(),
             },
+            Key::Setting { user: "bob".into() },
         ];
         for key in keys {
             assert_eq!(Key::decode(&key.encode()), Ok(key.clone()), "{key:?}");
@@ -591,6 +616,8 @@ mod tests {
             Err(KvError::Corrupt(_))
         ));
         assert_eq!(value::decode_head(&value::head(4, 8)), Ok((4, 8)));
+        let off = Settings { receipts: false };
+        assert_eq!(value::decode_setting(&value::setting(&off)), Ok(off));
         assert_eq!(value::decode_int("cursor", &value::int(12)), Ok(12));
         assert!(matches!(
             value::decode_head(b"\x02x\x00"),

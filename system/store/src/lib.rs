@@ -26,7 +26,10 @@ pub mod redb_kv;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-pub use chat::{AppendError, Appended, ChatStore, InboxItem, NewMessage, StoreError, UserRecord};
+pub use chat::{
+    AppendError, Appended, Changed, ChatStore, InboxItem, NewMessage, ReadMoved, StoreError,
+    UserRecord,
+};
 pub use kv::{Kv, KvError, KvTx, RunOptions, Tx, TxError, run, run_with};
 pub use memory::MemoryKv;
 pub use redb_kv::{RedbKv, RedbOptions};
