@@ -183,6 +183,7 @@ fn append(c: &mut Criterion) {
                                         next_id.fetch_add(1, Ordering::Relaxed)
                                     ),
                                     body: text.clone(),
+                                    amend: None,
                                 })
                                 .collect();
                             let started = Instant::now();
@@ -244,6 +245,7 @@ fn concurrent(c: &mut Criterion) {
                                         next_id.fetch_add(1, Ordering::Relaxed)
                                     ),
                                     body: text.clone(),
+                                    amend: None,
                                 };
                                 store.append(*conv, vec![message], i + 2)
                             });
@@ -296,6 +298,7 @@ async fn filled_store(kv: Arc<dyn Kv>) -> (ChatStore, Vec<(String, ConvId)>) {
                     sender: members[n % members.len()].clone(),
                     client_msg_id: format!("c{conv}n{n}"),
                     body: text.clone(),
+                    amend: None,
                 })
                 .collect();
             ts += 1;
@@ -373,6 +376,8 @@ fn frame(c: &mut Criterion) {
         client_msg_id: "5d0e77c3-1234".into(),
         ts: 1_767_139_200_123,
         event: None,
+        edited: false,
+        deleted: false,
     });
     let ack = ServerFrame::Sent {
         id: "5d0e77c3-1234".into(),

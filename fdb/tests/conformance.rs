@@ -161,6 +161,7 @@ mod scenarios {
             sender: sender.into(),
             client_msg_id: id.into(),
             body: body.into(),
+            amend: None,
         }
     }
 

@@ -112,6 +112,8 @@ impl ChatModel {
                 client_msg_id: item.client_msg_id.clone(),
                 ts,
                 event: None,
+                edited: false,
+                deleted: false,
             };
             conv.log.push(message.clone());
             self.idem.insert(id, (conv_id, seq));
@@ -186,6 +188,7 @@ mod tests {
             sender: sender.into(),
             client_msg_id: id.into(),
             body: format!("{sender}:{id}"),
+            amend: None,
         }
     }
 

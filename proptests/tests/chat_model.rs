@@ -133,6 +133,7 @@ fn check(backend: Backend, case: Case) -> Result<(), TestCaseError> {
                             sender: user(sender),
                             client_msg_id: format!("m{id}"),
                             body: format!("round {r} batch {b} item {i}"),
+                            amend: None,
                         })
                         .collect();
                     (conv, items, batch.ts)
@@ -270,6 +271,7 @@ fn concurrent_batches_of_one_conversation_conflict_and_retry() {
             sender: user(0),
             client_msg_id: id.into(),
             body: "hi".into(),
+            amend: None,
         };
         let (a, b) = futures::join!(
             store.append(conv.conv_id, vec![send("a")], CREATED_TS),

@@ -235,6 +235,18 @@ fn membership(e: &Evidence, out: &mut Vec<Violation>) {
                     );
                 }
             }
+            Some(ConvEvent::Edited { seq: at } | ConvEvent::Deleted { seq: at }) => {
+                let target = history.get((*at as usize).wrapping_sub(1));
+                if target.is_none_or(|t| t.sender != m.sender || t.event.is_some()) {
+                    v(
+                        out,
+                        format!(
+                            "group {conv} seq {}: {} amended seq {at}, not a message of theirs",
+                            m.seq, m.sender
+                        ),
+                    );
+                }
+            }
             Some(other) if m.sender != OWNER => {
                 v(
                     out,
@@ -250,6 +262,55 @@ fn membership(e: &Evidence, out: &mut Vec<Violation>) {
             );
         }
         members.push(now);
+    }
+    // Edits and deletes: each amended message holds the body of its newest edit (or none
+    // once deleted), and so does every edit event of it.
+    let mut newest: HashMap<Seq, (&str, bool)> = HashMap::new();
+    for m in history {
+        match &m.event {
+            Some(ConvEvent::Edited { seq: at }) => {
+                let body = run.edits.get(&m.client_msg_id).map_or("?", String::as_str);
+                let slot = newest.entry(*at).or_insert((body, false));
+                if !slot.1 {
+                    slot.0 = body;
+                }
+            }
+            Some(ConvEvent::Deleted { seq: at }) => {
+                newest.insert(*at, ("", true));
+            }
+            _ => {}
+        }
+    }
+    for m in history {
+        let amended = match &m.event {
+            Some(ConvEvent::Edited { seq: at }) => newest.get(at).map(|n| (n.0, "its edit event")),
+            None => newest.get(&m.seq).map(|n| (n.0, "the message")),
+            _ => None,
+        };
+        let expected_marks = newest.get(&m.seq).map_or((false, false), |n| (!n.1, n.1));
+        if m.event.is_none()
+            && (m.edited || m.deleted, m.deleted)
+                != (expected_marks.0 || expected_marks.1, expected_marks.1)
+        {
+            v(
+                out,
+                format!(
+                    "group {conv} seq {}: marked edited {} deleted {}, its events say edited {} deleted {}",
+                    m.seq, m.edited, m.deleted, expected_marks.0, expected_marks.1
+                ),
+            );
+        }
+        if let Some((body, what)) = amended
+            && m.body != body
+        {
+            v(
+                out,
+                format!(
+                    "group {conv} seq {}: {what} reads {:?}, expected {body:?}",
+                    m.seq, m.body
+                ),
+            );
+        }
     }
     for done in &run.forbidden_done {
         v(
@@ -281,7 +342,13 @@ fn membership(e: &Evidence, out: &mut Vec<Violation>) {
                 ),
             );
         }
-        if (&p.sender, &p.body, &p.event) != (&stored.sender, &stored.body, &stored.event) {
+        // Bodies change with later edits and deletes: compared only where none came.
+        let amended = stored.edited
+            || stored.deleted
+            || matches!(stored.event, Some(ConvEvent::Edited { .. }));
+        if (&p.sender, &p.event) != (&stored.sender, &stored.event)
+            || (!amended && p.body != stored.body)
+        {
             v(
                 out,
                 format!(
@@ -318,6 +385,16 @@ fn membership(e: &Evidence, out: &mut Vec<Violation>) {
         };
         let got: Vec<Seq> = seen.iter().map(|m| m.seq).collect();
         let expected = got.len() as Seq;
+        // Every device converges to the same edited and deleted state.
+        if let Some(m) = seen.iter().zip(history).find(|(mine, truth)| mine != truth) {
+            v(
+                out,
+                format!(
+                    "group {conv}: {user} reads seq {} as {:?}, the owner as {:?}",
+                    m.0.seq, m.0, m.1
+                ),
+            );
+        }
         if !(least..=most).contains(&expected) || got != (1..=expected).collect::<Vec<_>>() {
             v(
                 out,

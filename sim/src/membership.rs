@@ -6,15 +6,19 @@
 //! `grp_c0`.. who are added, removed, and sometimes leave on their own, all through any
 //! gateway with retries like a real app's (a change answered with something that may have
 //! been applied is asked again: changes are idempotent). The owner sends a message every
-//! second or so; `grp_keep` now and then tries to remove someone, which only an owner may.
+//! second or so, and now and then edits or deletes one of its messages; `grp_keep` now and
+//! then tries to remove someone, and churn users to edit the owner's messages, which only an
+//! owner (the sender) may.
 //!
 //! The `membership` checker ([`crate::checkers`]) judges it against the group's final
 //! history, whose events say who was a member at each `seq`:
 //! - a churn user is pushed nothing of the group at a `seq` where they were not a member
 //!   (their own removal event is the last thing they get);
 //! - what is pushed is what history holds at that `seq`;
-//! - every change in history was made by someone allowed to (an owner, or a member leaving),
-//!   and no forbidden change was answered as done;
+//! - every change in history was made by someone allowed to (an owner, or a member leaving;
+//!   an edit or delete by the message's sender), and no forbidden change was answered as done;
+//! - an edited message holds the body of its newest edit, a deleted one none, and so does every
+//!   edit event of it;
 //! - after the faults, each churn user reads exactly the history up to their removal, or all
 //!   of it when they are a member.
 
@@ -26,6 +30,7 @@ use chat_proto::rest::MessageView;
 use chat_proto::{ConvEvent, ConvId, ErrorCode, Seq};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -65,6 +70,8 @@ pub struct MembershipRun {
     pub pushed: Vec<Pushed>,
     /// Forbidden changes that were answered as done.
     pub forbidden_done: Vec<String>,
+    /// The owner's edits: client id -> the body it set.
+    pub edits: HashMap<String, String>,
     /// After the faults: how long the history was when the owner first read it...
     pub history_first_len: Option<usize>,
     /// ...and the whole of it as the owner read it after everyone else...
@@ -155,6 +162,7 @@ pub async fn run_membership(
 
     // Each churn user's device records what it is pushed, until the faults are over.
     let pushed = Arc::new(Mutex::new(Vec::new()));
+    let hijacked = Arc::new(Mutex::new(Vec::new()));
     let mut listeners = Vec::new();
     for (k, token) in tokens.iter().enumerate().skip(2) {
         let client = client(&gateways, &mut rng, Some(token));
@@ -164,27 +172,58 @@ pub async fn run_membership(
             conv,
             controls.clone(),
             pushed.clone(),
+            hijacked.clone(),
         )));
     }
 
     let keep = client(&gateways, &mut rng, Some(&tokens[1]));
-    let mut ws = None;
+    let mut ws: Option<chat_client::WsSender> = None;
+    // The seqs of the owner's messages, from their acks: what it may edit.
+    let acked = Arc::new(Mutex::new(Vec::new()));
     let mut n = 0u64;
     while controls.phase() == Phase::Chaos {
         tokio::time::sleep(Duration::from_millis(rng.random_range(500..1500))).await;
         n += 1;
         // A message from the owner, without waiting for its ack: history says what landed.
-        if ws.is_none() {
-            ws = owner.connect_ws().await.ok();
+        if ws.is_none()
+            && let Ok(socket) = owner.connect_ws().await
+        {
+            let (sender, receiver) = socket.split();
+            tokio::spawn(read_acks(receiver, acked.clone()));
+            ws = Some(sender);
+        }
+        let mine: Vec<Seq> = acked.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut frames = vec![ClientFrame::Send {
+            id: format!("o{n}"),
+            conv,
+            body: format!("message {n}"),
+        }];
+        if !mine.is_empty() && rng.random_range(0..4) == 0 {
+            let seq = mine[rng.random_range(0..mine.len())];
+            frames.push(match rng.random_range(0..3) {
+                0 => ClientFrame::Delete {
+                    id: format!("d{n}"),
+                    conv,
+                    seq,
+                },
+                _ => {
+                    let body = format!("edit {n} of {seq}");
+                    run.edits.insert(format!("e{n}"), body.clone());
+                    ClientFrame::Edit {
+                        id: format!("e{n}"),
+                        conv,
+                        seq,
+                        body,
+                    }
+                }
+            });
         }
         if let Some(socket) = ws.as_mut() {
-            let frame = ClientFrame::Send {
-                id: format!("o{n}"),
-                conv,
-                body: format!("message {n}"),
-            };
-            if socket.send(&frame).await.is_err() {
-                ws = None;
+            for frame in &frames {
+                if socket.send(frame).await.is_err() {
+                    ws = None;
+                    break;
+                }
             }
         }
         let roll = rng.random_range(0..10);
@@ -219,10 +258,13 @@ pub async fn run_membership(
         let _ = listener.await;
     }
     run.pushed = std::mem::take(&mut *pushed.lock().unwrap_or_else(|p| p.into_inner()));
+    run.forbidden_done.extend(std::mem::take(
+        &mut *hijacked.lock().unwrap_or_else(|p| p.into_inner()),
+    ));
 
     // The faults are over. The owner's last sends were not waited for: they land (or not)
     // within this, before the final reads.
-    if let Some(socket) = ws.take() {
+    if let Some(mut socket) = ws.take() {
         let _ = socket.close().await;
     }
     tokio::time::sleep(SENDS_LAND_WITHIN).await;
@@ -267,14 +309,30 @@ async fn read_all(client: &Client, conv: ConvId) -> Option<Vec<MessageView>> {
     }
 }
 
-/// A churn user's device: connected whenever it can be, recording the group's pushes.
+/// The owner's acks: the seqs of its messages (not of its edits and deletes).
+async fn read_acks(mut receiver: chat_client::WsReceiver, acked: Arc<Mutex<Vec<Seq>>>) {
+    loop {
+        match receiver.recv_timeout(IDLE * 4).await {
+            Ok(WsEvent::Frame(ServerFrame::Sent { id, seq, .. })) if id.starts_with('o') => {
+                acked.lock().unwrap_or_else(|p| p.into_inner()).push(seq);
+            }
+            Ok(_) | Err(ClientError::Timeout { .. }) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// A churn user's device: connected whenever it can be, recording the group's pushes, and
+/// now and then trying to edit one of the owner's messages (it must be refused).
 async fn listen(
     client: Client,
     user: String,
     conv: ConvId,
     controls: Arc<Controls>,
     pushed: Arc<Mutex<Vec<Pushed>>>,
+    hijacked: Arc<Mutex<Vec<String>>>,
 ) {
+    let mut tries = 0u64;
     while controls.phase() == Phase::Chaos {
         let Ok(mut ws) = client.connect_ws().await else {
             tokio::time::sleep(RETRY_AFTER).await;
@@ -290,6 +348,7 @@ async fn listen(
                     event,
                     ..
                 })) if c == conv => {
+                    let theirs = event.is_none() && sender == OWNER;
                     pushed
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -300,6 +359,25 @@ async fn listen(
                             body,
                             event,
                         });
+                    // Deterministic: every seventh of the owner's messages.
+                    if theirs && seq % 7 == 0 {
+                        tries += 1;
+                        let edit = ClientFrame::Edit {
+                            id: format!("x{tries}"),
+                            conv,
+                            seq,
+                            body: "not mine to change".into(),
+                        };
+                        if ws.send(&edit).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                Ok(WsEvent::Frame(ServerFrame::Sent { id, seq, .. })) if id.starts_with('x') => {
+                    hijacked
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(format!("{user} edited the owner's message as {seq}"));
                 }
                 Ok(_) => {}
                 Err(ClientError::Timeout { .. }) => {

@@ -460,6 +460,7 @@ async fn appends_under_faults(
                     sender: user.clone(),
                     client_msg_id: id.clone(),
                     body: format!("hello {n}"),
+                    amend: None,
                 };
                 match chat.append(conv, vec![message], 10 + n as u64).await {
                     Ok(mut results) => match results.pop() {
@@ -505,6 +506,7 @@ async fn appends_under_faults(
                 sender: user.clone(),
                 client_msg_id: format!("{user}-0"),
                 body: "again".into(),
+                amend: None,
             };
             let again = chat
                 .append(conv, vec![resend], 999)

@@ -254,6 +254,9 @@ impl Sequencers {
     }
 
     /// A new queue for `conv`, holding `work`, with a task to drain it.
+    // The error hands the work back to be refused at once, never up a call chain: boxing
+    // it would cost every send an allocation for the rare refusal.
+    #[allow(clippy::result_large_err)]
     fn start(
         &self,
         queues: &mut HashMap<ConvId, mpsc::Sender<Work>>,
@@ -275,10 +278,14 @@ fn validate(request: &SendRequest) -> Result<(), ApiError> {
             "`id` must be 1-64 characters of A-Za-z0-9_-",
         ));
     }
-    if request.body.is_empty() {
+    let deleting = matches!(request.amend, Some(chat_proto::Amend::Delete(_)));
+    if request.body.is_empty() != deleting {
         return Err(ApiError::new(
             ErrorCode::BadFrame,
-            "`body` must not be empty",
+            match deleting {
+                true => "a delete has no `body`",
+                false => "`body` must not be empty",
+            },
         ));
     }
     if request.body.len() > chat_proto::limits::BODY_BYTES_MAX {
@@ -410,6 +417,7 @@ async fn commit(shared: &Arc<Shared>, conv: ConvId, batch: Vec<Pending>) -> Outc
             sender: p.request.sender.clone(),
             client_msg_id: p.request.client_msg_id.clone(),
             body: p.request.body.clone(),
+            amend: p.request.amend,
         })
         .collect();
     let results = match shared.store.append(conv, items, now_ms()).await {
@@ -455,6 +463,14 @@ async fn commit(shared: &Arc<Shared>, conv: ConvId, batch: Vec<Pending>) -> Outc
                 Ok(ack)
             }
             Err(AppendError::UnknownConversation) => Err(ApiError::unknown_conversation()),
+            Err(AppendError::NoSuchMessage) => Err(ApiError::new(
+                ErrorCode::NotFound,
+                "no such message: it does not exist, was deleted, or is an event",
+            )),
+            Err(AppendError::NotTheSender) => Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "only its sender may edit or delete a message",
+            )),
             Err(AppendError::IdConflict { .. }) => Err(ApiError::new(
                 ErrorCode::IdConflict,
                 "this id was used in another conversation; send with a new id",

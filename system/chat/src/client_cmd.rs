@@ -40,6 +40,8 @@ commands:
   /remove <user>               remove <user> from the current group (owners only)
   /leave                       leave the current group
   /title <title> | /title -    set or remove the current group's title (owners only)
+  /edit <seq> <text>           replace the text of your message <seq>
+  /delete <seq>                delete your message <seq>
   /reads                       how far each member has read the current conversation
   /receipts on|off             whether others see how far you have read
   /help                        this text
@@ -213,6 +215,15 @@ impl Ui {
                 let me = self.user.clone();
                 self.change_member(&me, None).await?
             }
+            ["edit", seq, _, ..] => {
+                let seq = seq.parse().context("usage: /edit <seq> <text>")?;
+                let text = command["edit".len()..].trim_start()[seq_len(seq)..].trim();
+                self.amend(seq, Some(text)).await?;
+            }
+            ["delete", seq] => {
+                let seq = seq.parse().context("usage: /delete <seq>")?;
+                self.amend(seq, None).await?;
+            }
             ["reads"] => {
                 let reads = self.live.client().reads(self.current()?).await?;
                 for read in &reads.reads {
@@ -313,6 +324,29 @@ impl Ui {
         Ok(())
     }
 
+    /// Edits (`Some(text)`) or deletes your message `seq` of the current conversation; the
+    /// answer comes as `sent`, or as an error.
+    async fn amend(&mut self, seq: u64, text: Option<&str>) -> anyhow::Result<()> {
+        let conv = self.current()?;
+        if let Some(text) = text
+            && (text.is_empty() || text.len() > BODY_BYTES_MAX)
+        {
+            bail!("the new text must be 1-{BODY_BYTES_MAX} bytes");
+        }
+        let id = format!("a{:016x}", rand::random::<u64>());
+        let frame = match text {
+            Some(text) => chat_client::ClientFrame::Edit {
+                id,
+                conv,
+                seq,
+                body: text.to_owned(),
+            },
+            None => chat_client::ClientFrame::Delete { id, conv, seq },
+        };
+        self.live.send_frame(frame).await?;
+        Ok(())
+    }
+
     fn current(&self) -> anyhow::Result<ConvId> {
         self.current
             .context("no current conversation: /dm, /group or /open one first")
@@ -408,7 +442,14 @@ fn describe(sender: &str, body: &str, event: Option<&ConvEvent>) -> String {
             format!("* {sender} set the title to \"{}\"", clean(title))
         }
         Some(ConvEvent::TitleChanged { title: None }) => format!("* {sender} removed the title"),
+        Some(ConvEvent::Edited { seq }) => format!("* {sender} edited {seq}: {}", clean(body)),
+        Some(ConvEvent::Deleted { seq }) => format!("* {sender} deleted {seq}"),
     }
+}
+
+/// How many characters `seq` takes written out.
+fn seq_len(seq: u64) -> usize {
+    seq.to_string().len()
 }
 
 fn show_members(conv: &ConversationView) {
@@ -463,12 +504,12 @@ fn show_event(event: &LiveEvent) {
 }
 
 fn show_message_view(m: &MessageView) {
-    println!(
-        "[#{} {}] {}",
-        m.conv_id,
-        m.seq,
-        describe(&m.sender, &m.body, m.event.as_ref())
-    );
+    let line = match (m.deleted, m.edited) {
+        (true, _) => format!("{}: (deleted)", m.sender),
+        (false, true) => format!("{} (edited)", describe(&m.sender, &m.body, None)),
+        (false, false) => describe(&m.sender, &m.body, m.event.as_ref()),
+    };
+    println!("[#{} {}] {line}", m.conv_id, m.seq);
 }
 
 /// Escapes control characters so a message cannot drive the terminal.

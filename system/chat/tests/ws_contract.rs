@@ -124,6 +124,8 @@ async fn messages_are_acked_and_pushed_to_every_other_device() {
         id: "m1".into(),
         ts,
         event: None,
+        edited: false,
+        deleted: false,
     };
     for ws in [&mut alice_laptop, &mut bob_phone, &mut bob_laptop] {
         assert_eq!(next_frame(ws).await, expected);
@@ -744,4 +746,100 @@ async fn reads_become_coalesced_receipts_unless_turned_off() {
         .await
         .unwrap();
     assert_eq!(unknown.status, 400);
+}
+
+/// Edits and deletes: acked like sends, pushed as events, shown by history with their marks;
+/// only the sender may make them, and a deleted message stays deleted.
+#[tokio::test]
+async fn senders_edit_and_delete_their_own_messages() {
+    use chat_client::ConvEvent;
+    let server = TestServer::start().await;
+    let [alice, bob] = server.users(["alice", "bob"]).await;
+    let conv = direct(&alice, "bob").await.conv_id;
+    let mut alice_ws = alice.connect_ws().await.unwrap();
+    let mut bob_ws = bob.connect_ws().await.unwrap();
+    wait_ready(&mut bob_ws).await;
+    alice_ws.send(&send("m1", conv, "helo")).await.unwrap();
+    assert!(matches!(
+        next_frame(&mut alice_ws).await,
+        ServerFrame::Sent { seq: 1, .. }
+    ));
+    let _ = next_frame(&mut bob_ws).await;
+
+    let edit = ClientFrame::Edit {
+        id: "e1".into(),
+        conv,
+        seq: 1,
+        body: "hello".into(),
+    };
+    alice_ws.send(&edit).await.unwrap();
+    assert!(matches!(
+        next_frame(&mut alice_ws).await,
+        ServerFrame::Sent { seq: 2, .. }
+    ));
+    match next_frame(&mut bob_ws).await {
+        ServerFrame::Message {
+            seq: 2,
+            body,
+            event: Some(ConvEvent::Edited { seq: 1 }),
+            ..
+        } => assert_eq!(body, "hello"),
+        other => panic!("expected the edit, got {other:?}"),
+    }
+    // Only the sender edits; nothing, an event or a deleted message cannot be edited.
+    let theirs = ClientFrame::Edit {
+        id: "b1".into(),
+        conv,
+        seq: 1,
+        body: "mine".into(),
+    };
+    bob_ws.send(&theirs).await.unwrap();
+    expect_error(&mut bob_ws, ErrorCode::Forbidden, Some("b1")).await;
+    let nothing = ClientFrame::Delete {
+        id: "d0".into(),
+        conv,
+        seq: 9,
+    };
+    alice_ws.send(&nothing).await.unwrap();
+    expect_error(&mut alice_ws, ErrorCode::NotFound, Some("d0")).await;
+    let empty = r#"{"type":"edit","id":"e2","conv":1,"seq":1,"body":""}"#;
+    alice_ws.send_text(empty.into()).await.unwrap();
+    expect_error(&mut alice_ws, ErrorCode::BadFrame, Some("e2")).await;
+
+    let delete = ClientFrame::Delete {
+        id: "d1".into(),
+        conv,
+        seq: 1,
+    };
+    alice_ws.send(&delete).await.unwrap();
+    assert!(matches!(
+        next_frame(&mut alice_ws).await,
+        ServerFrame::Sent { seq: 3, .. }
+    ));
+    assert!(matches!(
+        next_frame(&mut bob_ws).await,
+        ServerFrame::Message {
+            seq: 3,
+            event: Some(ConvEvent::Deleted { seq: 1 }),
+            ..
+        }
+    ));
+    let page = bob.history(conv, None, None).await.unwrap();
+    let shown: Vec<(u64, &str, bool)> = page
+        .messages
+        .iter()
+        .map(|m| (m.seq, m.body.as_str(), m.deleted))
+        .collect();
+    assert_eq!(shown, [(1, "", true), (2, "", false), (3, "", false)]);
+    alice_ws.send(&edit_again(conv)).await.unwrap();
+    expect_error(&mut alice_ws, ErrorCode::NotFound, Some("e3")).await;
+}
+
+fn edit_again(conv: u64) -> ClientFrame {
+    ClientFrame::Edit {
+        id: "e3".into(),
+        conv,
+        seq: 1,
+        body: "back".into(),
+    }
 }

@@ -229,6 +229,8 @@ impl Tracker {
                 id,
                 ts,
                 event,
+                edited,
+                deleted,
             } => {
                 let message = Message {
                     conv,
@@ -238,6 +240,8 @@ impl Tracker {
                     client_msg_id: id,
                     ts,
                     event,
+                    edited,
+                    deleted,
                 };
                 self.arrive(conv, seq, Some(message), &mut step);
             }
@@ -371,6 +375,8 @@ mod tests {
             id: format!("b{seq}"),
             ts: seq,
             event: None,
+            edited: false,
+            deleted: false,
         }
     }
 

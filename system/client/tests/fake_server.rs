@@ -255,6 +255,8 @@ fn message(conv: u64, seq: u64) -> ServerFrame {
         id: format!("b{seq}"),
         ts: 0,
         event: None,
+        edited: false,
+        deleted: false,
     }
 }
 

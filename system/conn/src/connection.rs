@@ -14,7 +14,7 @@ use chat_proto::api::{AppApiExt, SendRequest};
 use chat_proto::deadline::Deadline;
 use chat_proto::frame::{ClientFrame, FrameOp, ServerFrame};
 use chat_proto::model::now_ms;
-use chat_proto::{ApiError, ConnAddr, ConvId, ErrorCode, Seq};
+use chat_proto::{Amend, ApiError, ConnAddr, ConvId, ErrorCode, Seq};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use std::sync::Arc;
@@ -317,7 +317,9 @@ impl Reader {
         let limits = self.server.frame_limits.as_ref()?;
         let (id, op, conv) = match frame {
             ClientFrame::Ping => return None,
-            ClientFrame::Send { id, .. } => (Some(id.clone()), None, None),
+            ClientFrame::Send { id, .. }
+            | ClientFrame::Edit { id, .. }
+            | ClientFrame::Delete { id, .. } => (Some(id.clone()), None, None),
             ClientFrame::Read { conv, .. } => (None, Some(FrameOp::Read), Some(*conv)),
             ClientFrame::Sync { conv, .. } => (None, Some(FrameOp::Sync), Some(*conv)),
         };
@@ -335,7 +337,17 @@ impl Reader {
         }
         match frame {
             ClientFrame::Ping => self.reply(ServerFrame::Pong).await,
-            ClientFrame::Send { id, conv, body } => self.send(id, conv, body).await,
+            ClientFrame::Send { id, conv, body } => self.send(id, conv, body, None).await,
+            ClientFrame::Edit {
+                id,
+                conv,
+                seq,
+                body,
+            } => self.send(id, conv, body, Some(Amend::Edit(seq))).await,
+            ClientFrame::Delete { id, conv, seq } => {
+                self.send(id, conv, String::new(), Some(Amend::Delete(seq)))
+                    .await
+            }
             ClientFrame::Read { conv, seq } => {
                 let read = self.server.app.read(&self.user, conv, seq);
                 match self.with_timeout(read).await {
@@ -350,7 +362,8 @@ impl Reader {
         }
     }
 
-    async fn send(&self, id: String, conv: ConvId, body: String) -> bool {
+    /// A send, or (`amend`) an edit or delete: the same path, acked with `sent`.
+    async fn send(&self, id: String, conv: ConvId, body: String, amend: Option<Amend>) -> bool {
         // Waiting here stops reading the socket: backpressure on a client that outruns the store.
         let Ok(permit) = self.sends.clone().acquire_owned().await else {
             return false;
@@ -361,6 +374,7 @@ impl Reader {
             conv,
             client_msg_id: id.clone(),
             body,
+            amend,
         };
         // Submitted now, in read order; only the ack is awaited off the read loop.
         let ack = self.server.app.send(request);

@@ -133,6 +133,8 @@ mod tests {
             body: format!("m{seq}"),
             ts: seq,
             event: None,
+            edited: false,
+            deleted: false,
         }
     }
 

@@ -366,6 +366,8 @@ mod tests {
             client_msg_id: "m1".into(),
             ts: 0,
             event: None,
+            edited: false,
+            deleted: false,
         }
     }
 

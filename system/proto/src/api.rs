@@ -11,7 +11,7 @@
 //! server's `call`, and a helper in [`AppApiExt`].
 
 use crate::error::ApiError;
-use crate::model::{ConnAddr, ConvId, Message, Role, Seq};
+use crate::model::{Amend, ConnAddr, ConvId, Message, Role, Seq};
 use crate::rest::{
     ConvChanged, ConversationView, CreateConversation, Credentials, HistoryPage, HistoryQuery,
     Inbox, InboxQuery, Reads, Session, Settings, SettingsUpdate, UserCreated,
@@ -29,7 +29,11 @@ pub struct SendRequest {
     pub origin: ConnAddr,
     pub conv: ConvId,
     pub client_msg_id: String,
+    /// Empty for a delete.
     pub body: String,
+    /// An edit or delete of the sender's earlier message, instead of a new message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amend: Option<Amend>,
 }
 
 /// The answer to a durable send (or to a repeated client id: the first send's `seq`).
@@ -420,6 +424,7 @@ mod tests {
                 conv: 7,
                 client_msg_id: "m1".into(),
                 body: "hi".into(),
+                amend: None,
             },
         };
         assert_eq!(send.route_key(), RouteKey::Conv(7));

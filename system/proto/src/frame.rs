@@ -19,6 +19,20 @@ pub enum ClientFrame {
         conv: ConvId,
         body: String,
     },
+    /// Replaces the body of the sender's own message at `seq`; acked with `sent` like a
+    /// send (the edit takes the next `seq`).
+    Edit {
+        id: String,
+        conv: ConvId,
+        seq: Seq,
+        body: String,
+    },
+    /// Deletes the sender's own message at `seq`: its body is gone; acked with `sent`.
+    Delete {
+        id: String,
+        conv: ConvId,
+        seq: Seq,
+    },
     Read {
         conv: ConvId,
         seq: Seq,
@@ -47,9 +61,14 @@ pub enum ServerFrame {
         body: String,
         id: String,
         ts: u64,
-        /// A change to the conversation (members, roles, title) in its `seq` stream.
+        /// A change to the conversation (members, roles, title, an edit or a delete) in its
+        /// `seq` stream.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         event: Option<ConvEvent>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        edited: bool,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        deleted: bool,
     },
     /// A conversation the user is (or was just removed from) was created or changed: its
     /// current state. Not ordered with messages; the change itself is also an event in the
@@ -105,6 +124,8 @@ impl ServerFrame {
             id: m.client_msg_id.clone(),
             ts: m.ts,
             event: m.event.clone(),
+            edited: m.edited,
+            deleted: m.deleted,
         }
     }
 
@@ -199,7 +220,7 @@ impl ClientFrame {
         let Some(kind) = object.get("type").and_then(|v| v.as_str()) else {
             return Err(FrameError::bad("missing string field `type`", id));
         };
-        if !matches!(kind, "send" | "read" | "sync" | "ping") {
+        if !matches!(kind, "send" | "edit" | "delete" | "read" | "sync" | "ping") {
             return Err(FrameError::bad(format!("unknown frame type `{kind}`"), id));
         }
         let kind = kind.to_owned();
@@ -210,7 +231,18 @@ impl ClientFrame {
     }
 
     fn validate(&self, id: Option<String>) -> Result<(), FrameError> {
+        if let ClientFrame::Delete { id: msg_id, .. } = self
+            && !is_valid_client_msg_id(msg_id)
+        {
+            return Err(FrameError::bad(
+                "`id` must be 1-64 characters of A-Za-z0-9_-",
+                id,
+            ));
+        }
         if let ClientFrame::Send {
+            id: msg_id, body, ..
+        }
+        | ClientFrame::Edit {
             id: msg_id, body, ..
         } = self
         {

@@ -26,5 +26,6 @@ pub mod sim;
 
 pub use error::{ApiError, ErrorCode};
 pub use model::{
-    ConnAddr, ConnId, ConvEvent, ConvId, ConvKind, Conversation, Message, Role, Seq, ServerId,
+    Amend, ConnAddr, ConnId, ConvEvent, ConvId, ConvKind, Conversation, Message, Role, Seq,
+    ServerId,
 };

@@ -41,6 +41,32 @@ pub struct Message {
     /// durable, ordered and synced like messages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<ConvEvent>,
+    /// Its sender changed the body after sending it (an `edited` event says when).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub edited: bool,
+    /// Its sender deleted it: the body is gone (from storage too), the place in the `seq`
+    /// stream stays.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+}
+
+/// A send that changes an earlier message of the same sender instead of adding one. The
+/// change itself takes the next `seq` (an `edited` or `deleted` event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Amend {
+    /// The message at this `seq` gets the send's body.
+    Edit(Seq),
+    /// The message at this `seq` loses its body.
+    Delete(Seq),
+}
+
+impl Amend {
+    pub fn target(self) -> Seq {
+        match self {
+            Amend::Edit(seq) | Amend::Delete(seq) => seq,
+        }
+    }
 }
 
 /// A member's standing in a group: owners add and remove members, set roles and the title.
@@ -96,6 +122,14 @@ pub enum ConvEvent {
     TitleChanged {
         title: Option<String>,
     },
+    /// The message at `seq` was edited by its sender; this event's `body` is its body now.
+    Edited {
+        seq: Seq,
+    },
+    /// The message at `seq` was deleted by its sender.
+    Deleted {
+        seq: Seq,
+    },
 }
 
 impl Message {
@@ -119,6 +153,7 @@ impl Message {
             Some(ConvEvent::TitleChanged { title }) => {
                 64 + 6 * title.as_ref().map_or(0, String::len)
             }
+            Some(ConvEvent::Edited { .. } | ConvEvent::Deleted { .. }) => 64,
             Some(_) => 64 + USERNAME_LEN_MAX,
         };
         body + self.sender.len() + self.client_msg_id.len() + event + 256
@@ -302,6 +337,8 @@ mod page_tests {
             client_msg_id: format!("m{seq}"),
             ts: 0,
             event: None,
+            edited: false,
+            deleted: false,
         }
     }
 

@@ -64,6 +64,10 @@ pub struct MessageView {
     /// A change to the conversation (see the protocol's events).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<ConvEvent>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub edited: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
 }
 
 impl From<&Message> for MessageView {
@@ -76,6 +80,8 @@ impl From<&Message> for MessageView {
             client_msg_id: m.client_msg_id.clone(),
             ts: m.ts,
             event: m.event.clone(),
+            edited: m.edited,
+            deleted: m.deleted,
         }
     }
 }
@@ -90,6 +96,8 @@ impl From<MessageView> for Message {
             client_msg_id: m.client_msg_id,
             ts: m.ts,
             event: m.event,
+            edited: m.edited,
+            deleted: m.deleted,
         }
     }
 }

@@ -10,7 +10,7 @@ use crate::kv::{Kv, KvError, RunOptions, Tx, TxError, run_with};
 use chat_proto::api::ConvChange;
 use chat_proto::limits::CONV_MEMBERS_MAX;
 use chat_proto::rest::{InboxCursor, ReadCursor, Settings, SettingsUpdate};
-use chat_proto::{ConvEvent, ConvId, ConvKind, Conversation, Message, Role, Seq};
+use chat_proto::{Amend, ConvEvent, ConvId, ConvKind, Conversation, Message, Role, Seq};
 use futures::future::try_join_all;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -57,6 +57,12 @@ impl TxError for StoreError {
 /// Why one message of an append batch was not stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AppendError {
+    /// An edit or delete of a message that does not exist, is an event, or was deleted.
+    #[error("no such message")]
+    NoSuchMessage,
+    /// An edit or delete of someone else's message.
+    #[error("only its sender may edit or delete a message")]
+    NotTheSender,
     /// The conversation does not exist or the sender is not a member.
     #[error("no such conversation")]
     UnknownConversation,
@@ -77,6 +83,8 @@ pub struct NewMessage {
     pub sender: String,
     pub client_msg_id: String,
     pub body: String,
+    /// An edit or delete of the sender's earlier message instead of a new one.
+    pub amend: Option<Amend>,
 }
 
 /// The outcome of one appended message.
@@ -390,6 +398,7 @@ impl ChatStore {
             let pairs = tx.get_range(&begin, &end, limit as usize, true).await?;
             let mut messages = decode_messages(conv_id, pairs)?;
             messages.reverse();
+            fill_edits(&tx, conv_id, &mut messages).await?;
             // `seq` is gapless from 1, so older messages exist exactly when the oldest of
             // this page is not message 1.
             let next_before = messages.first().map(|m| m.seq).filter(|&seq| seq > 1);
@@ -422,7 +431,9 @@ impl ChatStore {
             let pairs = tx
                 .get_range(&keys::msg(conv_id, first), &end, limit as usize, false)
                 .await?;
-            Ok((decode_messages(conv_id, pairs)?, last_seq))
+            let mut messages = decode_messages(conv_id, pairs)?;
+            fill_edits(&tx, conv_id, &mut messages).await?;
+            Ok((messages, last_seq))
         })
         .await
     }
@@ -480,11 +491,17 @@ impl ChatStore {
                 let cursor = load_cursor(tx, user, conv_id).await?;
                 let last_message = match last_seq {
                     0 => None,
-                    seq => Some(load_message(tx, conv_id, seq).await?.ok_or_else(|| {
-                        corrupt(format!(
-                            "conversation {conv_id} head names missing message {seq}"
-                        ))
-                    })?),
+                    seq => {
+                        let last = load_message(tx, conv_id, seq).await?.ok_or_else(|| {
+                            corrupt(format!(
+                                "conversation {conv_id} head names missing message {seq}"
+                            ))
+                        })?;
+                        let mut last = [last];
+                        fill_edits(tx, conv_id, &mut last).await?;
+                        let [last] = last;
+                        Some(last)
+                    }
                 };
                 Ok::<_, StoreError>(InboxItem {
                     conv,
@@ -613,6 +630,8 @@ async fn append_in(
     let mut results = Vec::with_capacity(batch.len());
     let mut answered: HashMap<(&str, &str), Appended> = HashMap::new();
     let mut newest_by_sender: BTreeMap<&str, Seq> = BTreeMap::new();
+    // Messages written (or amended) by this batch so far: an edit may name one of them.
+    let mut written: HashMap<Seq, Message> = HashMap::new();
     for (item, stored) in batch.iter().zip(stored) {
         if !conv.is_member(&item.sender) {
             results.push(Err(AppendError::UnknownConversation));
@@ -647,7 +666,38 @@ async fn append_in(
                 }
             }
             None => {
+                // An edit or delete names a message of its sender that is still there.
+                let target = match item.amend {
+                    None => None,
+                    Some(amend) => {
+                        let at = amend.target();
+                        let found = match written.get(&at) {
+                            Some(m) => Some(m.clone()),
+                            None if (1..=seq).contains(&at) => {
+                                load_message(tx, conv_id, at).await?
+                            }
+                            None => None,
+                        };
+                        match found {
+                            Some(m) if m.event.is_none() && !m.deleted => {
+                                if m.sender != item.sender {
+                                    results.push(Err(AppendError::NotTheSender));
+                                    continue;
+                                }
+                                Some((amend, m))
+                            }
+                            _ => {
+                                results.push(Err(AppendError::NoSuchMessage));
+                                continue;
+                            }
+                        }
+                    }
+                };
                 seq += 1;
+                let event = target.as_ref().map(|(amend, _)| match amend {
+                    Amend::Edit(at) => ConvEvent::Edited { seq: *at },
+                    Amend::Delete(at) => ConvEvent::Deleted { seq: *at },
+                });
                 let message = Message {
                     conv: conv_id,
                     seq,
@@ -655,9 +705,36 @@ async fn append_in(
                     body: item.body.clone(),
                     client_msg_id: item.client_msg_id.clone(),
                     ts,
-                    event: None,
+                    event,
+                    edited: false,
+                    deleted: false,
                 };
-                tx.set(&keys::msg(conv_id, seq), &value::msg(&message));
+                if let Some((amend, mut amended)) = target {
+                    // The body lives in the amended message only: an edit event is stored
+                    // without it (reads fill it in), so a delete leaves no copy behind.
+                    tx.set(
+                        &keys::msg(conv_id, seq),
+                        &value::msg(&Message {
+                            body: String::new(),
+                            ..message.clone()
+                        }),
+                    );
+                    match amend {
+                        Amend::Edit(_) => {
+                            amended.body = item.body.clone();
+                            amended.edited = true;
+                        }
+                        Amend::Delete(_) => {
+                            amended.body.clear();
+                            amended.deleted = true;
+                        }
+                    }
+                    tx.set(&keys::msg(conv_id, amended.seq), &value::msg(&amended));
+                    written.insert(amended.seq, amended);
+                } else {
+                    tx.set(&keys::msg(conv_id, seq), &value::msg(&message));
+                    written.insert(seq, message.clone());
+                }
                 tx.set(
                     &keys::idem(&item.sender, &item.client_msg_id),
                     &value::idem(conv_id, seq),
@@ -806,6 +883,8 @@ async fn change_in(
         client_msg_id: String::new(),
         ts,
         event: Some(event),
+        edited: false,
+        deleted: false,
     };
     tx.set(&keys::msg(conv_id, seq), &value::msg(&message));
     tx.set(&keys::conv(conv_id), &value::conv(&next));
@@ -934,6 +1013,31 @@ async fn load_message(tx: &Tx, conv_id: ConvId, seq: Seq) -> Result<Option<Messa
         Some(raw) => value::decode_msg(conv_id, seq, &raw).map(Some),
         None => Ok(None),
     }
+}
+
+/// Fills in the body of each `edited` event: the edited message's body now (none once it is
+/// deleted). From the same page when it holds the message, else one read each.
+async fn fill_edits(tx: &Tx, conv_id: ConvId, messages: &mut [Message]) -> Result<(), KvError> {
+    let first = messages.first().map_or(0, |m| m.seq);
+    for i in 0..messages.len() {
+        let Some(ConvEvent::Edited { seq: at }) = messages[i].event else {
+            continue;
+        };
+        let in_page = at
+            .checked_sub(first)
+            .and_then(|k| messages.get(k as usize))
+            .filter(|m| m.seq == at)
+            .map(|m| m.body.clone());
+        let body = match in_page {
+            Some(body) => body,
+            None => load_message(tx, conv_id, at)
+                .await?
+                .map(|m| m.body)
+                .unwrap_or_default(),
+        };
+        messages[i].body = body;
+    }
+    Ok(())
 }
 
 fn decode_messages(

@@ -337,73 +337,87 @@ pub mod value {
     }
 
     /// `("msg", conv, seq)` -> `(sender, client_msg_id, body, ts)`.
-    /// An event as a tuple: its kind, the user it names (or the title) and the role.
-    type EventFields = (String, Option<String>, Option<String>);
+    /// An event as a tuple: its kind, the user it names (or the title), the role, and the
+    /// message it amends.
+    type EventFields = (String, Option<String>, Option<String>, Option<u64>);
 
     fn event_fields(event: &ConvEvent) -> EventFields {
-        match event {
-            ConvEvent::MemberAdded { user, role } => (
-                "added".into(),
-                Some(user.clone()),
-                Some(role.as_str().into()),
-            ),
-            ConvEvent::MemberRemoved { user } => ("removed".into(), Some(user.clone()), None),
-            ConvEvent::RoleChanged { user, role } => (
-                "role".into(),
-                Some(user.clone()),
-                Some(role.as_str().into()),
-            ),
-            ConvEvent::TitleChanged { title } => ("title".into(), title.clone(), None),
-        }
+        let (kind, text, role, seq) = match event {
+            ConvEvent::MemberAdded { user, role } => {
+                ("added", Some(user.clone()), Some(*role), None)
+            }
+            ConvEvent::MemberRemoved { user } => ("removed", Some(user.clone()), None, None),
+            ConvEvent::RoleChanged { user, role } => {
+                ("role", Some(user.clone()), Some(*role), None)
+            }
+            ConvEvent::TitleChanged { title } => ("title", title.clone(), None, None),
+            ConvEvent::Edited { seq } => ("edited", None, None, Some(*seq)),
+            ConvEvent::Deleted { seq } => ("deleted", None, None, Some(*seq)),
+        };
+        (kind.into(), text, role.map(|r| r.as_str().into()), seq)
     }
 
-    fn decode_event((kind, text, role): EventFields) -> Result<ConvEvent, KvError> {
-        let bad = || KvError::Corrupt(format!("event `{kind}` with {text:?}, {role:?}"));
-        let parse_role = |role: Option<String>| -> Result<Role, KvError> {
-            role.as_deref().ok_or_else(bad)?.parse().map_err(|_| bad())
+    fn decode_event((kind, text, role, seq): EventFields) -> Result<ConvEvent, KvError> {
+        let bad = || KvError::Corrupt(format!("event `{kind}` with {text:?}, {role:?}, {seq:?}"));
+        let parse_role = |role: Option<&str>| -> Result<Role, KvError> {
+            role.ok_or_else(bad)?.parse().map_err(|_| bad())
         };
+        let user = || text.clone().ok_or_else(bad);
         Ok(match kind.as_str() {
             "added" => ConvEvent::MemberAdded {
-                user: text.clone().ok_or_else(bad)?,
-                role: parse_role(role.clone())?,
+                user: user()?,
+                role: parse_role(role.as_deref())?,
             },
-            "removed" => ConvEvent::MemberRemoved {
-                user: text.clone().ok_or_else(bad)?,
-            },
+            "removed" => ConvEvent::MemberRemoved { user: user()? },
             "role" => ConvEvent::RoleChanged {
-                user: text.clone().ok_or_else(bad)?,
-                role: parse_role(role.clone())?,
+                user: user()?,
+                role: parse_role(role.as_deref())?,
             },
-            "title" => ConvEvent::TitleChanged { title: text },
+            "title" => ConvEvent::TitleChanged {
+                title: text.clone(),
+            },
+            "edited" => ConvEvent::Edited {
+                seq: seq.ok_or_else(bad)?,
+            },
+            "deleted" => ConvEvent::Deleted {
+                seq: seq.ok_or_else(bad)?,
+            },
             _ => return Err(bad()),
         })
     }
 
-    /// A message is `(sender, client id, body, ts)`, an event the same with its fields
-    /// after them (messages keep the shape they had before events existed).
+    /// A plain message is `(sender, client id, body, ts)` (the shape messages had before
+    /// events and edits existed); an event, or an edited or deleted message, adds `(event or
+    /// null, edited, deleted)` after them.
     pub fn msg(m: &Message) -> Vec<u8> {
-        match &m.event {
-            None => pack(&(&m.sender, &m.client_msg_id, &m.body, m.ts)),
-            Some(event) => pack(&(
+        match (&m.event, m.edited, m.deleted) {
+            (None, false, false) => pack(&(&m.sender, &m.client_msg_id, &m.body, m.ts)),
+            (event, edited, deleted) => pack(&(
                 &m.sender,
                 &m.client_msg_id,
                 &m.body,
                 m.ts,
-                event_fields(event),
+                event.as_ref().map(event_fields),
+                edited,
+                deleted,
             )),
         }
     }
 
-    type EventMsgFields = (String, String, String, u64, EventFields);
+    type FullMsgFields = (String, String, String, u64, Option<EventFields>, bool, bool);
 
     pub fn decode_msg(conv: ConvId, seq: Seq, bytes: &[u8]) -> Result<Message, KvError> {
-        let (sender, client_msg_id, body, ts, event) = match unpack::<EventMsgFields>(bytes) {
-            Ok((sender, id, body, ts, event)) => (sender, id, body, ts, Some(decode_event(event)?)),
-            Err(_) => {
-                let (sender, id, body, ts) = decode(subspace::MSG, bytes)?;
-                (sender, id, body, ts, None)
-            }
-        };
+        let (sender, client_msg_id, body, ts, event, edited, deleted) =
+            match unpack::<FullMsgFields>(bytes) {
+                Ok((sender, id, body, ts, event, edited, deleted)) => {
+                    let event = event.map(decode_event).transpose()?;
+                    (sender, id, body, ts, event, edited, deleted)
+                }
+                Err(_) => {
+                    let (sender, id, body, ts) = decode(subspace::MSG, bytes)?;
+                    (sender, id, body, ts, None, false, false)
+                }
+            };
         Ok(Message {
             conv,
             seq,
@@ -412,10 +426,11 @@ pub mod value {
             client_msg_id,
             ts,
             event,
+            edited,
+            deleted,
         })
     }
 
-    /// `("idem", sender, client_msg_id)` -> `(conv_id, seq)`.
     pub fn idem(conv: ConvId, seq: Seq) -> Vec<u8> {
         pack(&(conv, seq))
     }
@@ -582,6 +597,8 @@ mod tests {
             client_msg_id: "x".into(),
             ts: 9,
             event: None,
+            edited: false,
+            deleted: false,
         };
         // Plain messages keep the shape they had before events existed.
         assert_eq!(value::msg(&m), pack(&("a", "x", "hi\0there", 9u64)));
@@ -600,6 +617,8 @@ mod tests {
             ConvEvent::TitleChanged {
                 title: Some("new".into()),
             },
+            ConvEvent::Edited { seq: 7 },
+            ConvEvent::Deleted { seq: 8 },
         ];
         for event in events {
             let e = Message {
@@ -610,7 +629,23 @@ mod tests {
             };
             assert_eq!(value::decode_msg(1, 2, &value::msg(&e)), Ok(e));
         }
-        let unknown = pack(&("a", "", "", 9u64, ("exploded", Some("c"), None::<String>)));
+        for (edited, deleted) in [(true, false), (false, true), (true, true)] {
+            let amended = Message {
+                edited,
+                deleted,
+                ..m.clone()
+            };
+            assert_eq!(value::decode_msg(1, 2, &value::msg(&amended)), Ok(amended));
+        }
+        let unknown = pack(&(
+            "a",
+            "",
+            "",
+            9u64,
+            Some(("exploded", Some("c"), None::<String>, None::<u64>)),
+            false,
+            false,
+        ));
         assert!(matches!(
             value::decode_msg(1, 2, &unknown),
             Err(KvError::Corrupt(_))

@@ -63,6 +63,7 @@ on_every_backend!(
     owners_change_members_and_changes_are_events,
     removed_members_read_up_to_their_removal,
     members_may_leave_but_the_last_owner_may_not_strand_a_group,
+    senders_edit_and_delete_their_messages_as_events,
 );
 
 fn msg(sender: &str, id: &str, body: &str) -> NewMessage {
@@ -70,6 +71,7 @@ fn msg(sender: &str, id: &str, body: &str) -> NewMessage {
         sender: sender.into(),
         client_msg_id: id.into(),
         body: body.into(),
+        amend: None,
     }
 }
 
@@ -888,4 +890,151 @@ async fn members_may_leave_but_the_last_owner_may_not_strand_a_group(store: Chat
         (conv.members, conv.owners),
         (vec!["bob".to_owned()], vec!["bob".to_owned()])
     );
+}
+
+fn amend(sender: &str, id: &str, body: &str, amend: chat_proto::Amend) -> NewMessage {
+    NewMessage {
+        amend: Some(amend),
+        ..msg(sender, id, body)
+    }
+}
+
+async fn senders_edit_and_delete_their_messages_as_events(store: ChatStore) {
+    use chat_proto::Amend::{Delete, Edit};
+    with_users(&store, &["alice", "bob"]).await;
+    let (d, _) = direct(&store, "alice", "bob", 10).await;
+    let c = d.conv_id;
+    ok(store
+        .append(
+            c,
+            vec![msg("alice", "a1", "helo"), msg("bob", "b1", "hi")],
+            20,
+        )
+        .await
+        .expect("append"));
+    // An edit of a message written in the same batch, then of an earlier one.
+    let results = store
+        .append(
+            c,
+            vec![
+                msg("alice", "a2", "tpyo"),
+                amend("alice", "e1", "hello", Edit(1)),
+                amend("alice", "e2", "typo", Edit(3)),
+                amend("bob", "e3", "mine now", Edit(1)),
+                amend("alice", "e4", "nothing there", Edit(99)),
+                amend("alice", "e5", "an event", Edit(0)),
+            ],
+            30,
+        )
+        .await
+        .expect("append");
+    let seqs: Vec<Result<u64, AppendError>> = results
+        .iter()
+        .map(|r| r.as_ref().map(|a| a.seq).map_err(|e| *e))
+        .collect();
+    assert_eq!(
+        seqs,
+        [
+            Ok(3),
+            Ok(4),
+            Ok(5),
+            Err(AppendError::NotTheSender),
+            Err(AppendError::NoSuchMessage),
+            Err(AppendError::NoSuchMessage),
+        ]
+    );
+    // The edit event is pushed with the new body.
+    let pushed = &results[1].as_ref().expect("edit").message;
+    assert_eq!(pushed.event, Some(ConvEvent::Edited { seq: 1 }));
+    assert_eq!(pushed.body, "hello");
+
+    let (page, _) = store.history("bob", c, None, 50).await.expect("history");
+    let shown: Vec<(u64, &str, bool, bool)> = page
+        .iter()
+        .map(|m| (m.seq, m.body.as_str(), m.edited, m.deleted))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            (1, "hello", true, false),
+            (2, "hi", false, false),
+            (3, "typo", true, false),
+            (4, "hello", false, false),
+            (5, "typo", false, false),
+        ]
+    );
+
+    // Deleted: the body is gone from the message and from every edit event of it; deleting
+    // or editing it again finds nothing.
+    let deleted = store
+        .append(c, vec![amend("alice", "x1", "", Delete(1))], 40)
+        .await
+        .expect("append");
+    assert_eq!(deleted[0].as_ref().map(|a| a.seq), Ok(6));
+    let again = store
+        .append(
+            c,
+            vec![
+                amend("alice", "x2", "", Delete(1)),
+                amend("alice", "x3", "back", Edit(1)),
+                amend("alice", "x4", "an edit event", Edit(4)),
+            ],
+            50,
+        )
+        .await
+        .expect("append");
+    assert!(again.iter().all(|r| *r == Err(AppendError::NoSuchMessage)));
+    let (page, _) = store.messages_after("bob", c, 0, 50).await.expect("sync");
+    assert_eq!((page[0].body.as_str(), page[0].deleted), ("", true));
+    assert_eq!(
+        page[3].body, "",
+        "the edit event of a deleted message has no body"
+    );
+    assert_eq!(page[5].event, Some(ConvEvent::Deleted { seq: 1 }));
+    // A resend of the delete answers its seq, and changes nothing.
+    let resent = store
+        .append(c, vec![amend("alice", "x1", "", Delete(1))], 60)
+        .await
+        .expect("append");
+    assert_eq!(resent[0].as_ref().map(|a| (a.seq, a.fresh)), Ok((6, false)));
+}
+
+/// A deleted body is gone from storage: no key or value of the store holds its bytes.
+#[tokio::test]
+async fn a_deleted_body_is_gone_from_storage() {
+    use chat_proto::Amend::{Delete, Edit};
+    let kv: Arc<dyn Kv> = Arc::new(MemoryKv::new());
+    let store = ChatStore::new(kv.clone());
+    with_users(&store, &["alice", "bob"]).await;
+    let (d, _) = direct(&store, "alice", "bob", 10).await;
+    let c = d.conv_id;
+    ok(store
+        .append(c, vec![msg("alice", "a1", "secret one")], 20)
+        .await
+        .expect("append"));
+    ok(store
+        .append(c, vec![amend("alice", "e1", "secret two", Edit(1))], 30)
+        .await
+        .expect("edit"));
+    ok(store
+        .append(c, vec![amend("alice", "d1", "", Delete(1))], 40)
+        .await
+        .expect("delete"));
+    let everything = chat_store::run(&*kv, |tx, _| async move {
+        tx.get_range(&[0x00], &[0xff], 0, false).await
+    })
+    .await
+    .expect("scan");
+    assert!(!everything.is_empty());
+    for (key, value) in everything {
+        for secret in [&b"secret one"[..], &b"secret two"[..]] {
+            assert!(
+                !key.windows(secret.len()).any(|w| w == secret)
+                    && !value.windows(secret.len()).any(|w| w == secret),
+                "found {:?} under {:?}",
+                String::from_utf8_lossy(secret),
+                String::from_utf8_lossy(&key)
+            );
+        }
+    }
 }
