@@ -28,6 +28,8 @@
 //! - `receipts`: a receipt reaches only members of its conversation, names a member, never
 //!   says more than that reader asked to mark read, and never reaches anyone else's device
 //!   for a reader who turned receipts off;
+//! - `typing`: a typing notice reaches only a member of its conversation, names another
+//!   member, and is throttled: a typer's burst of notices is one (away from faults);
 //! - `membership`: in a group whose members come and go during the faults, nobody is
 //!   pushed a message of a `seq` at which they were not a member, pushes carry what history
 //!   holds, every change was made by someone allowed to, and after the faults each user reads
@@ -147,7 +149,61 @@ pub fn check_all(e: &Evidence) -> (Vec<Violation>, LiveFigures) {
     accounts(e, &mut out);
     membership(e, &mut out);
     receipts(e, &mut out);
+    typing(e, &mut out);
     (out, live)
+}
+
+/// See the module's list. The throttle: a typer's client sends a burst of notices as they
+/// type; one per interval is passed on, so three within a second at one device mean
+/// the burst went through. Judged away from faults and fault points (a delayed notice may
+/// meet the next ones there).
+fn typing(e: &Evidence, out: &mut Vec<Violation>) {
+    const TYPING_BURST_US: u64 = 1_000_000;
+    let members: HashMap<ConvId, &Vec<String>> = e.convs.iter().map(|(c, m)| (*c, m)).collect();
+    let quiet = |from: u64, to: u64| {
+        let recovered = RECOVERY.as_micros() as u64;
+        e.faults
+            .iter()
+            .all(|f| !overlaps((f.begin_us, f.end_us + recovered), (from, to)))
+            && e.buggify.is_none_or(|b| !overlaps(b, (from, to)))
+    };
+    for (device, o) in e.devices.iter().zip(e.observed) {
+        let mut recent: HashMap<(ConvId, &str), Vec<u64>> = HashMap::new();
+        let mut reported = 0;
+        for (conv, typer, at) in &o.typing {
+            let problem = match members.get(conv) {
+                None => Some("of a conversation outside the scenario".to_owned()),
+                Some(m) if !m.contains(&o.user) => Some("while not a member".to_owned()),
+                Some(m) if !m.contains(typer) => Some("naming a non-member".to_owned()),
+                Some(_) if *typer == o.user => Some("naming its own user".to_owned()),
+                Some(_) => {
+                    let times = recent.entry((*conv, typer.as_str())).or_default();
+                    times.push(*at);
+                    if times.len() > 3 {
+                        times.remove(0);
+                    }
+                    let first = times[0];
+                    (times.len() == 3
+                        && at - first < TYPING_BURST_US
+                        && quiet(first.saturating_sub(10_000_000), *at))
+                    .then(|| format!("three times within {} us: not throttled", at - first))
+                }
+            };
+            if let Some(problem) = problem {
+                reported += 1;
+                if reported <= 3 {
+                    violation(
+                        out,
+                        "typing",
+                        format!(
+                            "device {} ({}) got {typer} typing in conv {conv} {problem}",
+                            device.index, o.user
+                        ),
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// See the module's list. What each reader asked to mark read comes from every `read` frame

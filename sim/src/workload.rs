@@ -26,7 +26,8 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Receipts a device records at most (a device in the hot group gets several a second).
+/// Receipts (and typing notices) a device records at most (a device in the hot group gets
+/// several a second).
 const RECEIPTS_RECORDED_MAX: usize = 20_000;
 
 /// Simulated wall-clock time in microseconds since the epoch: the time base shared by every
@@ -232,6 +233,8 @@ pub struct Observed {
     pub marks: Vec<MarkRecord>,
     /// Every `receipt` frame: (conversation, reader, seq), in arrival order.
     pub receipts: Vec<(ConvId, String, Seq)>,
+    /// Every `typing` frame: (conversation, typer, when), in arrival order.
+    pub typing: Vec<(ConvId, String, u64)>,
     /// Sends refused with a non-retryable error (none are expected: every conversation is
     /// real), and inconsistent answers seen along the way.
     pub refused: Vec<(String, String)>,
@@ -906,7 +909,15 @@ async fn act(
     let conv = state.device.convs[state.rng.random_range(0..state.device.convs.len())];
     let roll = state.rng.random_range(0..100u32);
     match roll {
-        0..55 if state.pending.len() < PENDING_MAX => send_new(state, ws, conv).await,
+        0..55 if state.pending.len() < PENDING_MAX => {
+            // Typing first, as a person does (faster than the server passes it on).
+            if state.rng.random_bool(0.3) {
+                for _ in 0..3 {
+                    ws.send(&ClientFrame::Typing { conv }).await?;
+                }
+            }
+            send_new(state, ws, conv).await
+        }
         55..62 => {
             // Resend an id that was already acked: idempotency must answer the same seq.
             let acked: Vec<String> = state
@@ -1005,11 +1016,14 @@ async fn act(
             let other = state
                 .device
                 .other(state.rng.random_range(0..state.device.others_len()));
-            if state.rng.random_bool(0.5) {
-                history(state, client, other, None, 20).await;
-                Ok(())
-            } else {
-                sync(state, ws, other, 0, SyncReason::Browse).await
+            match state.rng.random_range(0..3) {
+                0 => {
+                    history(state, client, other, None, 20).await;
+                    Ok(())
+                }
+                1 => sync(state, ws, other, 0, SyncReason::Browse).await,
+                // Refused: nobody there may see this user typing.
+                _ => ws.send(&ClientFrame::Typing { conv: other }).await,
             }
         }
         _ => ping(state, ws).await,
@@ -1259,6 +1273,11 @@ async fn on_frame(
         }
         // Conversations created or changed: the standard workload's never change after setup.
         ServerFrame::Conversation { .. } => {}
+        ServerFrame::Typing { conv, user, .. } => {
+            if state.observed.typing.len() < RECEIPTS_RECORDED_MAX {
+                state.observed.typing.push((conv, user, at_us));
+            }
+        }
         ServerFrame::Receipt { conv, user, seq } => {
             if state.observed.receipts.len() < RECEIPTS_RECORDED_MAX {
                 state.observed.receipts.push((conv, user, seq));

@@ -101,6 +101,7 @@ struct Handlers {
     /// For telling members' devices of a new conversation.
     router: Arc<routing::Router>,
     receipts: Arc<receipts::Receipts>,
+    typing: throttle::TypingGate,
     passwords: Passwords,
     tokens: Tokens,
     /// Permits for password hashing: see [`AppConfig::password_hashes_in_flight_max`].
@@ -136,6 +137,10 @@ impl AppServer {
                 throttle::GroupCap::USERS_MAX,
             ),
             store: store.clone(),
+            typing: throttle::TypingGate::new(
+                Duration::from_millis(TYPING_INTERVAL_MS),
+                throttle::TypingGate::KEYS_MAX,
+            ),
             receipts: receipts::Receipts::new(
                 router.clone(),
                 config.receipt_window,
@@ -219,6 +224,11 @@ impl AppApi for AppServer {
                 Ok(Response::ConversationView {
                     conversation: ConversationView::from(&conv),
                 })
+            }
+            .boxed(),
+            Request::Typing { user, conv } => async move {
+                h.typing(&user, conv).await?;
+                Ok(Response::Done)
             }
             .boxed(),
             Request::Reads { caller, conv } => async move {
@@ -514,6 +524,26 @@ impl Handlers {
         })
     }
 
+    /// Passes `user`'s typing in `conv` on to the other members online, at most once per
+    /// interval; a non-member is refused (when the notice passes the gate).
+    async fn typing(&self, user: &str, conv: ConvId) -> Result<(), ApiError> {
+        if !self.typing.pass(user, conv, tokio::time::Instant::now()) {
+            return Ok(());
+        }
+        let conversation = self.store.conversation(conv).await.map_err(store_error)?;
+        let Some(conversation) = conversation.filter(|c| c.is_member(user)) else {
+            return Err(ApiError::unknown_conversation());
+        };
+        let others: Vec<String> = conversation
+            .members
+            .into_iter()
+            .filter(|m| m != user)
+            .collect();
+        let targets = self.router.targets(&others).await;
+        self.router.typing(&targets, conv, user);
+        Ok(())
+    }
+
     async fn read(&self, user: &str, conv: ConvId, seq: Seq) -> Result<(), ApiError> {
         let moved = self
             .store
@@ -558,6 +588,7 @@ mod tests {
         fn deliver(&self, _targets: &[Target], _message: Arc<Message>) {}
         fn announce(&self, _targets: &[Target], _conversation: Arc<ConversationView>) {}
         fn receipt(&self, _targets: &[Target], _receipt: chat_proto::link::Receipt) {}
+        fn typing(&self, _targets: &[Target], _conv: ConvId, _user: &str) {}
     }
 
     fn server(password_hashes_in_flight_max: usize) -> Arc<AppServer> {

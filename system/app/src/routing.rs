@@ -91,6 +91,13 @@ impl Router {
         }
     }
 
+    /// Tells `targets` that `user` is typing in `conv`.
+    pub fn typing(&self, targets: &[Target], conv: chat_proto::ConvId, user: &str) {
+        if !targets.is_empty() {
+            self.delivery.typing(targets, conv, user);
+        }
+    }
+
     /// Tells `targets` of a conversation created or changed.
     pub fn announce(&self, targets: &[Target], conversation: ConversationView) {
         if !targets.is_empty() {

@@ -5,6 +5,7 @@
 //!   any hashing (it costs the server nothing). The price: someone who knows a username can
 //!   make its owner wait up to [`ThrottleConfig::wait_max`] to log in.
 //! - [`GroupCap`]: groups created per user per hour.
+//! - [`TypingGate`]: typing notices passed on per user and conversation.
 //!
 //! A user's requests route to one app server while it is up, so that server sees all of
 //! them. Each table is bounded; when full, it never forgets a live entry to make room (that
@@ -159,6 +160,48 @@ impl GroupCap {
 
 /// Whether `table` has room for `key`: it is there already, or there is room once the
 /// entries `live` says are over are forgotten. A live entry is never forgotten.
+/// Typing notices: at most one per user and conversation per interval is passed on (each
+/// costs a store read and a fan-out to every online member); the others are dropped. A
+/// client sends one every few seconds while its user types; the gate makes a faster one
+/// cost nothing.
+pub struct TypingGate {
+    interval: Duration,
+    keys_max: usize,
+    last: Mutex<HashMap<String, Instant>>,
+}
+
+impl TypingGate {
+    pub const KEYS_MAX: usize = 100_000;
+
+    pub fn new(interval: Duration, keys_max: usize) -> TypingGate {
+        TypingGate {
+            interval,
+            keys_max,
+            last: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `user`'s notice for `conv` goes on now. A full table (of notices all within
+    /// the interval) drops new ones: typing is best-effort.
+    pub fn pass(&self, user: &str, conv: chat_proto::ConvId, now: Instant) -> bool {
+        let key = format!("{conv}/{user}");
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let interval = self.interval;
+        if !room_for(&mut last, &key, self.keys_max, |at| {
+            now.duration_since(*at) < interval
+        }) {
+            return false;
+        }
+        match last.get(&key) {
+            Some(at) if now.duration_since(*at) < interval => false,
+            _ => {
+                last.insert(key, now);
+                true
+            }
+        }
+    }
+}
+
 fn room_for<V>(
     table: &mut HashMap<String, V>,
     key: &str,
@@ -175,6 +218,24 @@ fn room_for<V>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn typing_passes_once_per_interval_per_user_and_conversation() {
+        let gate = TypingGate::new(Duration::from_secs(2), 2);
+        let t0 = Instant::now();
+        assert!(gate.pass("ann", 1, t0));
+        assert!(!gate.pass("ann", 1, t0 + Duration::from_millis(1999)));
+        assert!(gate.pass("ann", 2, t0), "another conversation");
+        assert!(
+            !gate.pass("bob", 1, t0),
+            "the table is full of live notices"
+        );
+        assert!(gate.pass("ann", 1, t0 + Duration::from_secs(2)));
+        assert!(
+            gate.pass("bob", 1, t0 + Duration::from_secs(5)),
+            "old ones make room"
+        );
+    }
 
     fn throttle() -> LoginThrottle {
         LoginThrottle::new(ThrottleConfig {

@@ -480,6 +480,7 @@ fn show_event(event: &LiveEvent) {
             m.seq,
             describe(&m.sender, &m.body, m.event.as_ref())
         ),
+        LiveEvent::Typing { conv, user, .. } => println!("  ({user} is typing in #{conv})"),
         LiveEvent::Receipt { conv, user, seq } => println!("  ({user} read #{conv} up to {seq})"),
         LiveEvent::Conversation(conv) => {
             let title = conv.title.as_deref().map(clean).unwrap_or_default();

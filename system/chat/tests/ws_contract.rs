@@ -843,3 +843,45 @@ fn edit_again(conv: u64) -> ClientFrame {
         body: "back".into(),
     }
 }
+
+/// Typing: passed on to the other members online, at most once per interval, never to the
+/// typer's own devices or to non-members; a non-member's typing is refused.
+#[tokio::test]
+async fn typing_reaches_the_other_members_throttled() {
+    let server = TestServer::start().await;
+    let [alice, bob, carol] = server.users(["alice", "bob", "carol"]).await;
+    let conv = direct(&alice, "bob").await.conv_id;
+    let mut alice_phone = alice.connect_ws().await.unwrap();
+    let mut alice_laptop = alice.connect_ws().await.unwrap();
+    let mut bob_ws = bob.connect_ws().await.unwrap();
+    let mut carol_ws = carol.connect_ws().await.unwrap();
+    for ws in [&mut alice_laptop, &mut bob_ws, &mut carol_ws] {
+        wait_ready(ws).await;
+    }
+    for _ in 0..3 {
+        alice_phone
+            .send(&ClientFrame::Typing { conv })
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        next_frame(&mut bob_ws).await,
+        ServerFrame::Typing {
+            conv,
+            user: "alice".into(),
+            expires_in_ms: chat_proto::limits::TYPING_SHOWN_MS,
+        }
+    );
+    assert_quiet(&mut bob_ws).await;
+    assert_quiet(&mut alice_laptop).await;
+    assert_quiet(&mut carol_ws).await;
+    carol_ws.send(&ClientFrame::Typing { conv }).await.unwrap();
+    match next_frame(&mut carol_ws).await {
+        ServerFrame::Error { code, op, .. } => {
+            assert_eq!(code, ErrorCode::UnknownConversation);
+            assert_eq!(op, Some(chat_proto::frame::FrameOp::Typing));
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_quiet(&mut bob_ws).await;
+}

@@ -47,6 +47,12 @@ pub enum LiveEvent {
         user: String,
         seq: Seq,
     },
+    /// `user` is typing in `conv`: show it for `expires_in_ms` unless another comes.
+    Typing {
+        conv: ConvId,
+        user: String,
+        expires_in_ms: u64,
+    },
     /// An `error` frame not tied to one of our pending sends.
     Error(ApiError),
 }
@@ -270,6 +276,15 @@ impl Tracker {
             ServerFrame::Conversation { conversation } => {
                 step.events.push(LiveEvent::Conversation(conversation))
             }
+            ServerFrame::Typing {
+                conv,
+                user,
+                expires_in_ms,
+            } => step.events.push(LiveEvent::Typing {
+                conv,
+                user,
+                expires_in_ms,
+            }),
             ServerFrame::Receipt { conv, user, seq } => {
                 // Receipts may come out of order (after a failover): only a move forward is one.
                 let key = (conv, user.clone());

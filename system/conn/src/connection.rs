@@ -321,6 +321,7 @@ impl Reader {
             | ClientFrame::Edit { id, .. }
             | ClientFrame::Delete { id, .. } => (Some(id.clone()), None, None),
             ClientFrame::Read { conv, .. } => (None, Some(FrameOp::Read), Some(*conv)),
+            ClientFrame::Typing { conv } => (None, Some(FrameOp::Typing), Some(*conv)),
             ClientFrame::Sync { conv, .. } => (None, Some(FrameOp::Sync), Some(*conv)),
         };
         let wait = limits.check(&self.user).err()?;
@@ -359,6 +360,16 @@ impl Reader {
                 }
             }
             ClientFrame::Sync { conv, after } => self.sync(conv, after).await,
+            ClientFrame::Typing { conv } => {
+                let typing = self.server.app.typing(&self.user, conv);
+                match self.with_timeout(typing).await {
+                    Ok(()) => true,
+                    Err(err) => {
+                        self.reply(ServerFrame::error_for(&err, FrameOp::Typing, conv))
+                            .await
+                    }
+                }
+            }
         }
     }
 

@@ -185,6 +185,20 @@ impl Delivery for ConnHub {
         self.each_target(targets, || Outbound::Text(Box::new(text.clone())));
     }
 
+    fn typing(&self, targets: &[Target], conv: chat_proto::ConvId, user: &str) {
+        if !targets.iter().any(|t| t.addr.server == self.server) {
+            return;
+        }
+        let text: Utf8Bytes = ServerFrame::Typing {
+            conv,
+            user: user.to_owned(),
+            expires_in_ms: chat_proto::limits::TYPING_SHOWN_MS,
+        }
+        .to_json()
+        .into();
+        self.each_target(targets, || Outbound::Text(Box::new(text.clone())));
+    }
+
     fn receipt(&self, targets: &[Target], receipt: Receipt) {
         if !targets.iter().any(|t| t.addr.server == self.server) {
             return;

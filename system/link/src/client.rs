@@ -235,6 +235,15 @@ async fn run_connection(
                     delivery.receipt(&targets, receipt);
                 }
             }
+            LinkFrame::Typing {
+                targets,
+                conv,
+                user,
+            } => {
+                if let Some(delivery) = delivery {
+                    delivery.typing(&targets, conv, &user);
+                }
+            }
             LinkFrame::Pong | LinkFrame::Ping => {}
             LinkFrame::Hello { .. }
             | LinkFrame::Challenge { .. }

@@ -83,6 +83,12 @@ pub enum LinkFrame {
         targets: Vec<Target>,
         receipt: Receipt,
     },
+    /// `user` is typing in `conv`, for the other members' connections.
+    Typing {
+        targets: Vec<Target>,
+        conv: chat_proto::ConvId,
+        user: String,
+    },
     Ping,
     Pong,
 }

@@ -92,6 +92,16 @@ impl Delivery for LinkRoutes {
         });
     }
 
+    fn typing(&self, targets: &[Target], conv: chat_proto::ConvId, user: &str) {
+        let frame = |targets| LinkFrame::Typing {
+            targets,
+            conv,
+            user: user.to_owned(),
+        };
+        // Typing is best-effort: a dropped notice is never missed for long.
+        self.each_server(targets, frame, |_| {});
+    }
+
     fn receipt(&self, targets: &[Target], receipt: Receipt) {
         let frame = |targets| LinkFrame::Receipt {
             targets,
@@ -189,7 +199,8 @@ async fn serve_connection(
             | LinkFrame::Response { .. }
             | LinkFrame::Deliver { .. }
             | LinkFrame::Announce { .. }
-            | LinkFrame::Receipt { .. } => {
+            | LinkFrame::Receipt { .. }
+            | LinkFrame::Typing { .. } => {
                 tracing::warn!(?peer, "unexpected link frame");
                 break;
             }

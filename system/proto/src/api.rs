@@ -109,6 +109,11 @@ pub enum Request {
         caller: String,
         conv: ConvId,
     },
+    /// `user` is typing in `conv` (passed on to the members online, throttled).
+    Typing {
+        user: String,
+        conv: ConvId,
+    },
     /// The members' read cursors (those who share them).
     Reads {
         caller: String,
@@ -194,7 +199,9 @@ impl Request {
             Request::Conversation { caller, .. }
             | Request::Reads { caller, .. }
             | Request::Settings { caller, .. } => RouteKey::User(caller),
-            Request::Read { user, .. } | Request::Sync { user, .. } => RouteKey::User(user),
+            Request::Read { user, .. }
+            | Request::Sync { user, .. }
+            | Request::Typing { user, .. } => RouteKey::User(user),
         }
     }
 
@@ -212,6 +219,7 @@ impl Request {
             Request::Change { .. } => "change",
             Request::Conversation { .. } => "conversation",
             Request::Reads { .. } => "reads",
+            Request::Typing { .. } => "typing",
             Request::Settings { .. } => "settings",
         }
     }
@@ -325,6 +333,14 @@ pub trait AppApiExt: AppApi {
         });
         Answer::new(call, |r| match r {
             Response::Changed { changed } => Ok(changed),
+            other => Err(other),
+        })
+    }
+
+    fn typing(&self, user: &str, conv: ConvId) -> Answer<()> {
+        let user = user.to_owned();
+        Answer::new(self.call(Request::Typing { user, conv }), |r| match r {
+            Response::Done => Ok(()),
             other => Err(other),
         })
     }

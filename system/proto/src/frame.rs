@@ -41,6 +41,12 @@ pub enum ClientFrame {
         conv: ConvId,
         after: Seq,
     },
+    /// The user is typing in `conv`: the conversation's other members who are online see it
+    /// for [`crate::limits::TYPING_SHOWN_MS`]. Send it again while typing goes on; the
+    /// server passes on at most one per [`crate::limits::TYPING_INTERVAL_MS`].
+    Typing {
+        conv: ConvId,
+    },
     Ping,
 }
 
@@ -88,6 +94,13 @@ pub enum ServerFrame {
         user: String,
         seq: Seq,
     },
+    /// `user` is typing in `conv`: show it for `expires_in_ms` unless another comes. Never
+    /// stored, never synced.
+    Typing {
+        conv: ConvId,
+        user: String,
+        expires_in_ms: u64,
+    },
     Pong,
     Error {
         code: ErrorCode,
@@ -112,6 +125,7 @@ pub enum ServerFrame {
 pub enum FrameOp {
     Sync,
     Read,
+    Typing,
 }
 
 impl ServerFrame {
@@ -220,7 +234,10 @@ impl ClientFrame {
         let Some(kind) = object.get("type").and_then(|v| v.as_str()) else {
             return Err(FrameError::bad("missing string field `type`", id));
         };
-        if !matches!(kind, "send" | "edit" | "delete" | "read" | "sync" | "ping") {
+        if !matches!(
+            kind,
+            "send" | "edit" | "delete" | "read" | "sync" | "typing" | "ping"
+        ) {
             return Err(FrameError::bad(format!("unknown frame type `{kind}`"), id));
         }
         let kind = kind.to_owned();

@@ -24,6 +24,10 @@ pub const INBOX_LIMIT_DEFAULT: u32 = 20;
 pub const INBOX_LIMIT_MAX: u32 = 100;
 /// A REST request body larger than this is answered 413.
 pub const REST_BODY_BYTES_MAX: usize = 64 * 1024;
+/// A `typing` notice is shown this long unless another comes.
+pub const TYPING_SHOWN_MS: u64 = 5_000;
+/// At most one `typing` notice per user and conversation is passed on per this long.
+pub const TYPING_INTERVAL_MS: u64 = 2_000;
 /// Messages sent per `sync` page; a sync streams pages until it has caught up.
 pub const SYNC_PAGE_MESSAGES_MAX: u32 = 200;
 

@@ -33,6 +33,9 @@ pub trait Delivery: Send + Sync + 'static {
     /// Queues a `receipt` frame (`user` read `conv` up to `seq`) for each target
     /// connection, unordered with messages.
     fn receipt(&self, targets: &[Target], receipt: Receipt);
+
+    /// Queues a `typing` frame (`user` is typing in `conv`) for each target connection.
+    fn typing(&self, targets: &[Target], conv: crate::ConvId, user: &str);
 }
 
 /// A member's read cursor moved: what a `receipt` frame says.
