@@ -550,15 +550,13 @@ impl ChatStore {
     }
 
     /// The read cursors of `conv_id`'s members who share receipts, and always the caller's
-    /// own, by username. For members and former members.
+    /// own, by username. For members only.
     pub async fn reads(&self, user: &str, conv_id: ConvId) -> Result<Vec<ReadCursor>, StoreError> {
         self.run(move |tx, _| async move {
-            let (conv, _) = load_visible(&tx, user, conv_id).await?;
+            // Members only: a former member would learn how the group reads after they left.
+            let conv = load_member_conv(&tx, user, conv_id).await?;
             let tx = &tx;
-            let mut readers: Vec<&str> = conv.members.iter().map(String::as_str).collect();
-            if !conv.is_member(user) {
-                readers.push(user);
-            }
+            let readers: Vec<&str> = conv.members.iter().map(String::as_str).collect();
             let reads = try_join_all(readers.into_iter().map(|reader| async move {
                 let shared = reader == user || load_settings(tx, reader).await?.receipts;
                 let seq = match shared {

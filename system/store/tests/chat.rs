@@ -831,7 +831,11 @@ async fn removed_members_read_up_to_their_removal(store: ChatStore) {
         "his inbox stops at his removal"
     );
     assert_eq!(inbox[0].last_message.as_ref().map(|m| m.seq), Some(2));
-    // He can no longer send.
+    // Nor how the others read from then on; and he can no longer send.
+    assert_eq!(
+        store.reads("bob", c).await,
+        Err(StoreError::UnknownConversation)
+    );
     let refused = store
         .append(c, vec![msg("bob", "b2", "let me in")], 50)
         .await
