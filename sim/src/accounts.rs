@@ -26,8 +26,8 @@ use std::time::Duration;
 /// Newcomers at most per run.
 const NEWCOMERS_MAX: usize = 40;
 /// Attempts of one request before giving up on it (the faults may outlast them).
-const ATTEMPTS_MAX: u32 = 20;
-const RETRY_AFTER: Duration = Duration::from_millis(500);
+pub(crate) const ATTEMPTS_MAX: u32 = 20;
+pub(crate) const RETRY_AFTER: Duration = Duration::from_millis(500);
 
 /// What one newcomer did and saw.
 #[derive(Debug, Clone)]
@@ -174,7 +174,8 @@ pub async fn run_newcomers(
     newcomers
 }
 
-fn client(gateways: &[String], rng: &mut StdRng, token: Option<&str>) -> Client {
+/// A client of a gateway drawn from `rng`, with a 5 s timeout.
+pub(crate) fn client(gateways: &[String], rng: &mut StdRng, token: Option<&str>) -> Client {
     let url = &gateways[rng.random_range(0..gateways.len())];
     let client = Client::new(url)
         .unwrap_or_else(|err| panic!("gateway url {url}: {err}"))
@@ -255,7 +256,7 @@ async fn create(
 }
 
 /// Retries while the answer is retryable, up to [`ATTEMPTS_MAX`] attempts.
-async fn retried<T, F, Fut>(call: F) -> Result<T, ClientError>
+pub(crate) async fn retried<T, F, Fut>(call: F) -> Result<T, ClientError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, ClientError>>,

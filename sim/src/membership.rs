@@ -22,7 +22,7 @@
 //! - after the faults, each churn user reads exactly the history up to their removal, or all
 //!   of it when they are a member.
 
-use crate::scenario::retry_up_to;
+use crate::accounts::{RETRY_AFTER, client, retried};
 use crate::trace::Trace;
 use crate::workload::{Controls, Phase};
 use chat_client::{Client, ClientError, ClientFrame, ServerFrame, WsEvent};
@@ -38,11 +38,9 @@ pub const OWNER: &str = "grp_owner";
 pub const KEEP: &str = "grp_keep";
 const CHURN_USERS: usize = 3;
 const PASSWORD: &str = "membership password";
-const ATTEMPTS_MAX: u32 = 20;
 /// The setup (accounts, the group) is retried this many times over: the faults may be on
 /// from the start, and it must get through once they stop.
 const SETUP_ROUNDS_MAX: u32 = 30;
-const RETRY_AFTER: Duration = Duration::from_millis(500);
 /// The owner's sends still in flight when the faults end land within this.
 const SENDS_LAND_WITHIN: Duration = Duration::from_secs(15);
 /// A churn user's socket waits this long for a frame before it pings.
@@ -78,25 +76,6 @@ pub struct MembershipRun {
     pub history: Option<Vec<MessageView>>,
     /// ...and as each churn user does (None: unreadable).
     pub seen_by: Vec<(String, Option<Vec<MessageView>>)>,
-}
-
-fn client(gateways: &[String], rng: &mut StdRng, token: Option<&str>) -> Client {
-    let url = &gateways[rng.random_range(0..gateways.len())];
-    let client = Client::new(url)
-        .unwrap_or_else(|err| panic!("gateway url {url}: {err}"))
-        .with_timeout(Duration::from_secs(5));
-    match token {
-        Some(token) => client.with_token(token.to_owned()),
-        None => client,
-    }
-}
-
-async fn retried<T, F, Fut>(call: F) -> Result<T, ClientError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, ClientError>>,
-{
-    retry_up_to(ATTEMPTS_MAX - 1, RETRY_AFTER, call).await
 }
 
 /// Registers `user` (taken counts: only this actor uses these names) and logs in.
